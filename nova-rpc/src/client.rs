@@ -1,0 +1,340 @@
+//! The caller's side: `call`, `cast`, fanout, and the reply router.
+//!
+//! [`RpcClient`] is cheap to clone; `with_*` methods return a prepared copy,
+//! like oslo's `client.prepare(server=…, timeout=…)`. All clones made from
+//! one client share one reply queue (created on the first `call`) and one
+//! [`ReplyRouter`] task that hands each reply to the caller waiting on its
+//! `_msg_id`. A call that times out removes its entry, so nothing is left
+//! behind; a reply that arrives later is dropped with a debug log.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, OnceCell};
+
+use crate::{
+    dedupe::SeenIds,
+    transport::{Destination, Outgoing, Transport},
+    wire::{self, Reply, Request},
+    RequestContext, Result, RpcError, Target, Version,
+};
+
+type Waiters = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Reply>>>>;
+
+/// Routes replies from this process's reply queue to the waiting callers.
+#[derive(Debug)]
+pub struct ReplyRouter {
+    queue: String,
+    waiters: Waiters,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl ReplyRouter {
+    async fn start(transport: &Arc<dyn Transport>) -> Result<Self> {
+        let queue = format!("reply_{}", wire::new_id());
+        let mut listener = transport.listen_replies(&queue).await?;
+        let waiters: Waiters = Arc::default();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let routed = waiters.clone();
+        tokio::spawn(async move {
+            let mut seen = SeenIds::new(1024);
+            loop {
+                let delivery = tokio::select! {
+                    d = listener.recv() => match d { Some(d) => d, None => break },
+                    _ = crate::transport::stopped(&mut stopped) => {
+                        // Settle what was already handed over, then let the
+                        // listener go (which deletes the reply queue).
+                        listener.stop();
+                        while let Some(d) = listener.recv().await {
+                            d.into_parts().1.ack().await;
+                        }
+                        break;
+                    }
+                };
+                let (body, acker) = delivery.into_parts();
+                acker.ack().await;
+                let reply = match wire::decode_reply(&body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dropping malformed reply");
+                        continue;
+                    }
+                };
+                if !reply.unique_id.is_empty() && !seen.insert(&reply.unique_id) {
+                    tracing::debug!(msg_id = %reply.msg_id, "dropping duplicate reply");
+                    continue;
+                }
+                let waiter = routed.lock().unwrap_or_else(|p| p.into_inner()).get(&reply.msg_id).cloned();
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(reply);
+                    }
+                    None => {
+                        tracing::debug!(msg_id = %reply.msg_id, "dropping reply nobody waits for (late or unknown)")
+                    }
+                }
+            }
+        });
+        Ok(Self { queue, waiters, stop })
+    }
+
+    /// The reply queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// How many calls are waiting for a reply.
+    pub fn pending(&self) -> usize {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for ReplyRouter {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Removes a call's waiter entry however the call ends.
+struct Waiting<'a> {
+    waiters: &'a Waiters,
+    msg_id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.msg_id);
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    transport: Arc<dyn Transport>,
+    replies: OnceCell<ReplyRouter>,
+}
+
+/// Sends calls and casts to a [`Target`]; see the module docs.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use nova_rpc::{transport, RpcClient, Target, RequestContext};
+/// let t = transport::connect(transport::TransportOptions::new("memory://client-doc")).await.unwrap();
+/// let client = RpcClient::new(t, Target::new("compute").with_version("5.0"));
+/// let err = client.with_fanout(true).call(&RequestContext::new(), "ping", serde_json::json!({})).await.unwrap_err();
+/// assert!(matches!(err, nova_rpc::RpcError::InvalidTarget { .. }));
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct RpcClient {
+    shared: Arc<Shared>,
+    target: Target,
+    timeout: Option<Duration>,
+    version_cap: Option<Version>,
+    call_monitor_timeout: Option<Duration>,
+    retry: Option<u32>,
+}
+
+impl RpcClient {
+    /// A client for `target` over `transport`.
+    pub fn new(transport: Arc<dyn Transport>, target: Target) -> Self {
+        Self {
+            shared: Arc::new(Shared { transport, replies: OnceCell::new() }),
+            target,
+            timeout: None,
+            version_cap: None,
+            call_monitor_timeout: None,
+            retry: None,
+        }
+    }
+
+    /// The target calls go to.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The transport underneath.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.shared.transport
+    }
+
+    /// The same client, aimed at another target (sharing the reply queue).
+    pub fn with_target(&self, target: Target) -> Self {
+        Self { target, ..self.clone() }
+    }
+
+    /// Address one server (`topic.server`).
+    pub fn with_server(&self, server: impl Into<String>) -> Self {
+        self.with_target(self.target.clone().with_server(server))
+    }
+
+    /// Address every server of the topic (casts only).
+    pub fn with_fanout(&self, fanout: bool) -> Self {
+        self.with_target(self.target.clone().with_fanout(fanout))
+    }
+
+    /// Ask for another API version.
+    pub fn with_version(&self, version: impl Into<String>) -> Self {
+        self.with_target(self.target.clone().with_version(version))
+    }
+
+    /// Call into another namespace.
+    pub fn with_namespace(&self, namespace: impl Into<String>) -> Self {
+        self.with_target(self.target.clone().with_namespace(namespace))
+    }
+
+    /// Wait this long for replies (default `rpc_response_timeout`).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self { timeout: Some(timeout), ..self.clone() }
+    }
+
+    /// Refuse to send versions above `cap`.
+    pub fn with_version_cap(&self, cap: Version) -> Self {
+        Self { version_cap: Some(cap), ..self.clone() }
+    }
+
+    /// Fail a call early when the server sends no heartbeat for this long.
+    pub fn with_call_monitor_timeout(&self, timeout: Duration) -> Self {
+        Self { call_monitor_timeout: Some(timeout), ..self.clone() }
+    }
+
+    /// Reconnect at most `retry` times when sending (`None`: until the broker is back).
+    pub fn with_retry(&self, retry: Option<u32>) -> Self {
+        Self { retry, ..self.clone() }
+    }
+
+    /// Whether `version` is within the client's `version_cap` (Nova's `can_send_version`).
+    pub fn can_send_version(&self, version: &str) -> bool {
+        match (&self.version_cap, version.parse::<Version>()) {
+            (None, Ok(_)) => true,
+            (Some(cap), Ok(v)) => cap.can_serve(&v),
+            (_, Err(_)) => false,
+        }
+    }
+
+    fn check_version(&self) -> Result<()> {
+        if let (Some(cap), Some(v)) = (&self.version_cap, &self.target.version) {
+            if !self.can_send_version(v) {
+                return Err(RpcError::VersionCap { version: v.clone(), cap: cap.to_string() });
+            }
+        }
+        Ok(())
+    }
+
+    fn request(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<Request> {
+        let args = match serde_json::to_value(args).map_err(|e| RpcError::Serialization(e.to_string()))? {
+            Value::Object(m) => m,
+            Value::Null => Map::new(),
+            other => {
+                return Err(RpcError::Serialization(format!(
+                    "arguments must serialize to a JSON object, not {}",
+                    wire::json_type(&other)
+                )))
+            }
+        };
+        Ok(Request {
+            method: method.to_owned(),
+            args,
+            namespace: self.target.namespace.clone(),
+            version: self.target.version.clone(),
+            msg_id: None,
+            reply_q: None,
+            monitor_timeout: None,
+            unique_id: wire::new_id(),
+            context: ctx.clone(),
+        })
+    }
+
+    fn exchange(&self) -> String {
+        self.target.exchange.clone().unwrap_or_else(|| self.shared.transport.options().control_exchange.clone())
+    }
+
+    /// Send a one-way message; returns once the broker has confirmed it.
+    pub async fn cast(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<()> {
+        self.check_version()?;
+        let request = self.request(ctx, method, args)?;
+        let destination = if self.target.fanout {
+            Destination::Fanout { topic: self.target.topic.clone() }
+        } else {
+            Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() }
+        };
+        let body = wire::encode_request(&request)?;
+        let message = Outgoing { body: body.into(), ttl: None, retry: self.retry };
+        self.shared.transport.send(&destination, message).await
+    }
+
+    /// Call a method and wait for its result.
+    pub async fn call(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<Value> {
+        if self.target.fanout {
+            return Err(RpcError::InvalidTarget {
+                target: self.target.to_string(),
+                reason: "a call cannot be fanned out".into(),
+            });
+        }
+        self.check_version()?;
+        let timeout = self.timeout.unwrap_or(self.shared.transport.options().rpc_response_timeout);
+        let started = Instant::now();
+        let router = self.shared.replies.get_or_try_init(|| ReplyRouter::start(&self.shared.transport)).await?;
+        let mut request = self.request(ctx, method, args)?;
+        let msg_id = wire::new_id();
+        request.msg_id = Some(msg_id.clone());
+        request.reply_q = Some(router.queue.clone());
+        request.monitor_timeout = self.call_monitor_timeout.map(|d| d.as_secs_f64());
+        let body = wire::encode_request(&request)?;
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        router.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(msg_id.clone(), tx);
+        let _waiting = Waiting { waiters: &router.waiters, msg_id };
+
+        let destination = Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() };
+        let message = Outgoing { body: body.into(), ttl: Some(timeout), retry: self.retry };
+        let timed_out = || RpcError::Timeout {
+            topic: self.target.routing_key(),
+            method: method.to_owned(),
+            after: started.elapsed(),
+        };
+        let deadline = started + timeout;
+        match tokio::time::timeout_at(deadline.into(), self.shared.transport.send(&destination, message)).await {
+            Ok(sent) => sent?,
+            Err(_) => return Err(timed_out()),
+        }
+        let mut monitor_deadline = self.call_monitor_timeout.map(|m| Instant::now() + m);
+        loop {
+            let wait_until = monitor_deadline.map_or(deadline, |m| m.min(deadline));
+            let reply = match tokio::time::timeout_at(wait_until.into(), rx.recv()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) | Err(_) => return Err(timed_out()),
+            };
+            if !reply.ending {
+                // A call-monitor heartbeat: the server is still working on it.
+                monitor_deadline = self.call_monitor_timeout.map(|m| Instant::now() + m);
+                continue;
+            }
+            return match reply.failure {
+                Some(failure) => Err(RpcError::from_failure(failure)),
+                None => Ok(reply.result),
+            };
+        }
+    }
+
+    /// Call and deserialise the result into `T`.
+    pub async fn call_as<T: DeserializeOwned>(
+        &self,
+        ctx: &RequestContext,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<T> {
+        let value = self.call(ctx, method, args).await?;
+        serde_json::from_value(value)
+            .map_err(|e| RpcError::Serialization(format!("unexpected result of {method}: {e}")))
+    }
+
+    /// How many calls from this client (and its clones) await a reply.
+    pub fn pending_calls(&self) -> usize {
+        self.shared.replies.get().map_or(0, ReplyRouter::pending)
+    }
+}

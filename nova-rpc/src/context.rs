@@ -1,0 +1,122 @@
+//! The request context: who is calling, and which request this is.
+//!
+//! A [`RequestContext`] travels with every call and cast as the `_context_*`
+//! keys of the oslo message, exactly as `oslo.context` puts them there. Keys
+//! this type does not know are kept in [`RequestContext::extra`] and sent on
+//! unchanged, so a context passes through a Python hop without losing
+//! anything (the trace layer relies on that).
+
+use serde_json::{Map, Value};
+
+/// The caller's identity and the request id, carried as `_context_*` keys.
+///
+/// ```
+/// use nova_rpc::RequestContext;
+/// let ctx = RequestContext::new().with_user("u1", "p1");
+/// assert!(ctx.request_id.starts_with("req-"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestContext {
+    /// `req-<uuid>`; generated when absent.
+    pub request_id: String,
+    /// The calling user.
+    pub user_id: Option<String>,
+    /// The calling project (tenant).
+    pub project_id: Option<String>,
+    /// Roles the caller holds.
+    pub roles: Vec<String>,
+    /// Request id of the request that started the chain, across services.
+    pub global_request_id: Option<String>,
+    /// Every other context key, passed on untouched.
+    pub extra: Map<String, Value>,
+}
+
+/// A freshly generated OpenStack style request id: `req-<uuid4>`.
+pub fn generate_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4())
+}
+
+impl RequestContext {
+    /// An anonymous context with a new request id.
+    pub fn new() -> Self {
+        Self { request_id: generate_request_id(), ..Self::default() }
+    }
+
+    /// Set user and project.
+    pub fn with_user(mut self, user_id: impl Into<String>, project_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
+        self.project_id = Some(project_id.into());
+        self
+    }
+
+    /// Add roles.
+    pub fn with_roles<I: IntoIterator<Item = S>, S: Into<String>>(mut self, roles: I) -> Self {
+        self.roles.extend(roles.into_iter().map(Into::into));
+        self
+    }
+
+    /// Set an extra key, sent as `_context_<key>`.
+    pub fn with_extra(mut self, key: impl Into<String>, value: Value) -> Self {
+        self.extra.insert(key.into(), value);
+        self
+    }
+
+    /// Whether the caller holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Build from a context dictionary (the `_context_` prefix already removed).
+    /// A missing `request_id` is generated; unknown keys go to `extra`.
+    pub fn from_map(mut map: Map<String, Value>) -> Self {
+        fn take_str(map: &mut Map<String, Value>, key: &str) -> Option<String> {
+            match map.remove(key) {
+                Some(Value::String(s)) => Some(s),
+                Some(Value::Null) | None => None,
+                Some(other) => Some(other.to_string()),
+            }
+        }
+        let request_id = take_str(&mut map, "request_id").unwrap_or_else(generate_request_id);
+        let user_id = take_str(&mut map, "user_id");
+        let project_id = take_str(&mut map, "project_id");
+        let global_request_id = take_str(&mut map, "global_request_id");
+        let roles = match map.remove("roles") {
+            Some(Value::Array(items)) => items.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            Some(Value::String(s)) => s.split(',').map(|r| r.trim().to_owned()).collect(),
+            _ => Vec::new(),
+        };
+        Self { request_id, user_id, project_id, roles, global_request_id, extra: map }
+    }
+
+    /// Visit every context entry as `(key, value)`: `user_id`, `project_id`,
+    /// `request_id`, `global_request_id`, `roles`, then the extra keys in
+    /// their order. Unset optional keys are skipped.
+    pub fn for_each_entry(&self, mut f: impl FnMut(&str, &Value)) {
+        let text = |s: &String| Value::String(s.clone());
+        if let Some(u) = &self.user_id {
+            f("user_id", &text(u));
+        }
+        if let Some(p) = &self.project_id {
+            f("project_id", &text(p));
+        }
+        f("request_id", &text(&self.request_id));
+        if let Some(g) = &self.global_request_id {
+            f("global_request_id", &text(g));
+        }
+        if !self.roles.is_empty() {
+            f("roles", &Value::Array(self.roles.iter().map(text).collect()));
+        }
+        for (k, v) in &self.extra {
+            f(k, v);
+        }
+    }
+
+    /// The context as a dictionary, as an oslo endpoint would see it.
+    pub fn to_map(&self) -> Map<String, Value> {
+        let mut map = Map::new();
+        self.for_each_entry(|k, v| {
+            map.insert(k.to_owned(), v.clone());
+        });
+        map
+    }
+}

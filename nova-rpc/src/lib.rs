@@ -1,0 +1,51 @@
+//! Nova-style RPC over AMQP, on oslo.messaging's wire format.
+//!
+//! The path of one call, a module per arrow:
+//!
+//! ```text
+//! RpcClient::call(ctx, "method", args)          client
+//!   → Request {method, args, _context_*, …}     wire (oslo envelope 2.0)
+//!   → Transport::send                           transport::{amqp, memory}
+//!   → RpcServer consumes topic | topic.host     server
+//!   → Dispatcher (namespace, version, method)   dispatcher
+//!   → Reply (result | failure, ending)          wire
+//!   → ReplyRouter matches _msg_id → caller      client
+//! ```
+//!
+//! A Rust service and a Python oslo.messaging service on the same broker
+//! can call each other: the envelope, properties and topology are oslo's.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use nova_rpc::{dispatcher::{Dispatcher, Router}, transport, RequestContext, RpcClient, RpcError, RpcServer, Target, Version};
+//! use std::sync::Arc;
+//!
+//! let t = transport::connect(transport::TransportOptions::new("memory://lib-doc")).await?;
+//! let api = Router::new(Version::new(1, 0))
+//!     .method("add", |_ctx: RequestContext, (a, b): (i64, i64)| async move { Ok::<_, RpcError>(a + b) });
+//! # let api = Router::new(Version::new(1, 0)).method("add", |_ctx: RequestContext, a: serde_json::Map<String, serde_json::Value>| async move {
+//! #     Ok::<_, RpcError>(a["a"].as_i64().unwrap_or(0) + a["b"].as_i64().unwrap_or(0)) });
+//! let server = RpcServer::new(t.clone(), Target::new("calc").with_server("h1"), Dispatcher::new(vec![Arc::new(api)]))
+//!     .start().await?;
+//! let client = RpcClient::new(t, Target::new("calc"));
+//! let sum = client.call(&RequestContext::new(), "add", serde_json::json!({"a": 2, "b": 3})).await?;
+//! assert_eq!(sum, 5);
+//! server.stop(std::time::Duration::from_secs(1)).await;
+//! # Ok::<(), RpcError>(()) }).unwrap();
+//! ```
+
+pub mod client;
+pub mod context;
+pub mod dedupe;
+pub mod dispatcher;
+pub mod error;
+pub mod server;
+pub mod target;
+pub mod transport;
+pub mod wire;
+
+pub use client::RpcClient;
+pub use context::RequestContext;
+pub use error::{RemoteFailure, Result, RpcError};
+pub use server::{RpcServer, RunningServer, StopReport};
+pub use target::{Target, Version};

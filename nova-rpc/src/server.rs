@@ -1,0 +1,293 @@
+//! The serving side: consume, decode, dispatch, reply.
+//!
+//! An [`RpcServer`] listens on `topic`, `topic.host` and its own fanout
+//! queue. Each request runs in its own task under a limit of
+//! `executor_thread_pool_size` (64) concurrent requests; the broker's
+//! prefetch is the same number, and a delivery is acknowledged only once a
+//! slot is free, so a busy server pushes back on the broker instead of
+//! buffering without bound. Requests carrying `_timeout` get call-monitor
+//! heartbeats every `_timeout / 2` seconds while they run.
+//!
+//! Bad input never stops a server: a message that cannot be decoded is
+//! logged in one line and settled, and the caller gets a clear failure when
+//! its reply address can still be read.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+use crate::{
+    dedupe::SeenIds,
+    dispatcher::Dispatcher,
+    transport::{Delivery, Destination, ListenSpec, Outgoing, Transport},
+    wire::{self, Reply},
+    RemoteFailure, Result, RpcError, Target,
+};
+
+/// Builds and starts a server; see the module docs.
+#[derive(Debug)]
+pub struct RpcServer {
+    transport: Arc<dyn Transport>,
+    target: Target,
+    dispatcher: Dispatcher,
+    executor_size: usize,
+    durable: bool,
+}
+
+struct Shared {
+    transport: Arc<dyn Transport>,
+    dispatcher: Dispatcher,
+    topic: String,
+    seen: Mutex<SeenIds>,
+}
+
+/// A running server. Dropping it does not stop it; call [`RunningServer::stop`].
+#[derive(Debug)]
+pub struct RunningServer {
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<StopReport>,
+}
+
+/// How a server's stop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopReport {
+    /// Requests that were still running when the graceful timeout ran out.
+    pub abandoned: usize,
+    /// Deliveries handed back to the broker without being dispatched.
+    pub requeued: usize,
+}
+
+impl RpcServer {
+    /// A server for `target` (its `topic` and `server`, which must be set).
+    pub fn new(transport: Arc<dyn Transport>, target: Target, dispatcher: Dispatcher) -> Self {
+        Self { transport, target, dispatcher, executor_size: 64, durable: false }
+    }
+
+    /// At most `n` requests at once (`executor_thread_pool_size`); also the prefetch.
+    pub fn with_executor_size(mut self, n: usize) -> Self {
+        self.executor_size = n.clamp(1, usize::from(u16::MAX));
+        self
+    }
+
+    /// Declare the topic queues durable.
+    pub fn with_durable_queues(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Declare the topology, start consuming, and serve in the background.
+    pub async fn start(self) -> Result<RunningServer> {
+        let server = self.target.server.clone().ok_or_else(|| RpcError::InvalidTarget {
+            target: self.target.to_string(),
+            reason: "a server needs a server name (host)".into(),
+        })?;
+        let exchange =
+            self.target.exchange.clone().unwrap_or_else(|| self.transport.options().control_exchange.clone());
+        let spec = ListenSpec {
+            exchange,
+            topic: self.target.topic.clone(),
+            server,
+            prefetch: self.executor_size as u16,
+            durable: self.durable,
+            max_deliveries: None,
+        };
+        let listener = self.transport.listen(spec).await?;
+        let shared = Arc::new(Shared {
+            transport: self.transport,
+            dispatcher: self.dispatcher,
+            topic: self.target.topic,
+            seen: Mutex::new(SeenIds::new(1024)),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let done = tokio::spawn(serve(shared, listener, self.executor_size, stopped));
+        Ok(RunningServer { stop, done })
+    }
+}
+
+impl RunningServer {
+    /// Stop consuming, hand undispatched messages back to the broker, and
+    /// wait up to `graceful` for the requests in flight to finish.
+    pub async fn stop(self, graceful: Duration) -> StopReport {
+        self.stop.send_replace(true);
+        let _ = self.stop.send(true);
+        let mut done = self.done;
+        let _keep = self.stop;
+        match tokio::time::timeout(graceful, &mut done).await {
+            Ok(Ok(report)) => report,
+            _ => {
+                done.abort();
+                StopReport { abandoned: usize::MAX, requeued: 0 }
+            }
+        }
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    mut listener: crate::transport::Listener,
+    limit: usize,
+    mut stopped: watch::Receiver<bool>,
+) -> StopReport {
+    let slots = Arc::new(Semaphore::new(limit));
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = crate::transport::stopped(&mut stopped) => break,
+            d = listener.recv() => match d { Some(d) => d, None => break },
+        };
+        let slot = tokio::select! {
+            biased;
+            _ = crate::transport::stopped(&mut stopped) => {
+                delivery.into_parts().1.requeue().await;
+                break;
+            }
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle(&shared, delivery).await;
+            drop(slot);
+        });
+    }
+    let requeued = listener.stop_and_requeue().await;
+    let busy = slots.acquire_many(limit as u32).await.map(|p| p.forget());
+    drop(listener);
+    StopReport { abandoned: usize::from(busy.is_err()), requeued }
+}
+
+async fn handle(shared: &Shared, delivery: Delivery) {
+    let deadline = delivery.deadline;
+    let (body, acker) = delivery.into_parts();
+    let max = shared.transport.options().max_message_size;
+    if body.len() > max {
+        tracing::warn!(topic = %shared.topic, size = body.len(), max, "rejecting message larger than max_message_size");
+        acker.reject().await;
+        return;
+    }
+    let request = match wire::decode_request(&body) {
+        Ok(r) => r,
+        Err(bad) => {
+            tracing::warn!(topic = %shared.topic, error = %bad, "rejecting malformed message");
+            acker.reject().await;
+            if let (Some(msg_id), Some(reply_q)) = (bad.msg_id, bad.reply_q) {
+                let failure = RemoteFailure::new("MalformedMessage", "nova_rpc.wire", bad.reason);
+                send_reply(shared, &reply_q, &msg_id, Err(failure), deadline).await;
+            }
+            return;
+        }
+    };
+    if !request.unique_id.is_empty()
+        && !shared.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(&request.unique_id)
+    {
+        tracing::info!(topic = %shared.topic, unique_id = %request.unique_id, "dropping duplicate message");
+        acker.ack().await;
+        return;
+    }
+    // oslo's default is at-most-once: acknowledge before dispatching.
+    acker.ack().await;
+    let span = tracing::info_span!("rpc", request_id = %request.context.request_id, topic = %shared.topic, method = %request.method);
+    async {
+        let started = Instant::now();
+        let heartbeat = match (&request.msg_id, &request.reply_q, request.monitor_timeout) {
+            (Some(msg_id), Some(reply_q), Some(t)) if t > 0.0 => {
+                Some(spawn_heartbeat(shared, reply_q.clone(), msg_id.clone(), t))
+            }
+            _ => None,
+        };
+        let call = shared.dispatcher.dispatch(
+            request.context,
+            request.namespace.as_deref(),
+            request.version.as_deref(),
+            &request.method,
+            request.args,
+        );
+        let outcome = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::remote("Panic", "nova_rpc.server", format!("method {} panicked", request.method))),
+        };
+        if let Some(h) = heartbeat {
+            h.abort();
+        }
+        match &outcome {
+            Ok(_) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "served"),
+            Err(e) => tracing::info!(error = %e, "method failed"),
+        }
+        if let (Some(msg_id), Some(reply_q)) = (&request.msg_id, &request.reply_q) {
+            send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline).await;
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+fn spawn_heartbeat(shared: &Shared, reply_q: String, msg_id: String, monitor: f64) -> tokio::task::JoinHandle<()> {
+    let transport = shared.transport.clone();
+    let every = Duration::from_secs_f64((monitor / 2.0).max(0.05));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            let beat = Reply {
+                result: Value::Null,
+                failure: None,
+                ending: false,
+                msg_id: msg_id.clone(),
+                unique_id: wire::new_id(),
+            };
+            let Ok(body) = wire::encode_reply(&beat) else { return };
+            let message = Outgoing { body: body.into(), ttl: None, retry: Some(0) };
+            if let Err(e) = transport.send(&Destination::Reply { queue: reply_q.clone() }, message).await {
+                tracing::debug!(error = %e, "call-monitor heartbeat not sent");
+            }
+        }
+    })
+}
+
+async fn send_reply(
+    shared: &Shared,
+    reply_q: &str,
+    msg_id: &str,
+    outcome: Result<Value, RemoteFailure>,
+    deadline: Option<Instant>,
+) {
+    let (result, failure) = match outcome {
+        Ok(v) => (v, None),
+        Err(f) => (Value::Null, Some(f)),
+    };
+    let reply = Reply { result, failure, ending: true, msg_id: msg_id.to_owned(), unique_id: wire::new_id() };
+    let body: bytes::Bytes = match wire::encode_reply(&reply) {
+        Ok(b) => b.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode reply");
+            return;
+        }
+    };
+    let options = shared.transport.options();
+    let give_up = {
+        let missing = Instant::now() + options.rabbit.kombu_missing_consumer_retry_timeout;
+        deadline.map_or(missing, |d| d.min(missing))
+    };
+    let destination = Destination::Reply { queue: reply_q.to_owned() };
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let message = Outgoing { body: body.clone(), ttl: None, retry: Some(3) };
+        match shared.transport.send(&destination, message).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() + pause < give_up => {
+                tracing::debug!(error = %e, reply_q, "reply not delivered yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reply_q, msg_id, "dropping reply: reply queue unreachable");
+                return;
+            }
+        }
+    }
+}

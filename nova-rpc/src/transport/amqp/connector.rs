@@ -1,0 +1,137 @@
+//! Opening AMQP connections: failover across the URL's hosts, backoff with
+//! jitter between rounds (oslo's `rabbit_retry_interval`,
+//! `rabbit_retry_backoff`, `rabbit_interval_max`), heartbeats, TLS.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use lapin::{
+    tcp::{OwnedIdentity, OwnedTLSConfig},
+    uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo},
+    Connection, ConnectionProperties,
+};
+
+use crate::{
+    transport::{HostAddress, RabbitOptions, TransportUrl},
+    Result, RpcError,
+};
+
+/// Opens connections to the first broker of the URL that answers.
+#[derive(Debug)]
+pub(crate) struct Connector {
+    url: TransportUrl,
+    options: RabbitOptions,
+    tls: Option<OwnedTLSConfig>,
+    next_host: AtomicUsize,
+}
+
+fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| RpcError::Transport(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+impl Connector {
+    pub(crate) fn new(url: TransportUrl, options: RabbitOptions) -> Result<Self> {
+        let tls = if url.tls() || options.ssl {
+            let cert_chain = match &options.ssl_ca_file {
+                Some(p) => Some(
+                    String::from_utf8(read_file("ssl_ca_file", p)?)
+                        .map_err(|_| RpcError::Transport(format!("ssl_ca_file {} is not PEM text", p.display())))?,
+                ),
+                None => None,
+            };
+            let identity = match (&options.ssl_cert_file, &options.ssl_key_file) {
+                (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                    pem: read_file("ssl_cert_file", cert)?,
+                    key: read_file("ssl_key_file", key)?,
+                }),
+                (None, None) => None,
+                _ => return Err(RpcError::Transport("ssl_cert_file and ssl_key_file must be set together".into())),
+            };
+            Some(OwnedTLSConfig { identity, cert_chain })
+        } else {
+            None
+        };
+        Ok(Self { url, options, tls, next_host: AtomicUsize::new(0) })
+    }
+
+    pub(crate) fn options(&self) -> &RabbitOptions {
+        &self.options
+    }
+
+    async fn connect_host(&self, host: &HostAddress, purpose: &str) -> Result<Connection> {
+        let heartbeat = match self.url.param("heartbeat") {
+            Some(h) => h.parse().ok(),
+            None => Some(self.options.heartbeat_timeout_threshold),
+        };
+        let uri = AMQPUri {
+            scheme: if self.tls.is_some() { AMQPScheme::AMQPS } else { AMQPScheme::AMQP },
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo { username: host.username.clone(), password: host.password.clone() },
+                host: host.host.clone(),
+                port: host.port,
+            },
+            vhost: self.url.vhost.clone(),
+            query: AMQPQueryString {
+                heartbeat,
+                connection_timeout: Some(self.options.connection_timeout.as_millis() as u64),
+                ..AMQPQueryString::default()
+            },
+        };
+        let program = std::env::args()
+            .next()
+            .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "nova-rs".into());
+        let name = format!("{program}:{}:{purpose}", std::process::id());
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let runtime = lapin::runtime::default_runtime()?;
+        let connect = Connection::connect_uri_with_config(uri, props, self.tls.clone().unwrap_or_default(), runtime);
+        match tokio::time::timeout(self.options.connection_timeout + Duration::from_secs(1), connect).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(RpcError::Transport(format!("connecting to {host:?} timed out"))),
+        }
+    }
+
+    /// Connect to the first host that answers, starting with the last good
+    /// one. After a full round of failures wait the backoff delay; give up
+    /// after `retry` rounds (`None`: keep trying).
+    pub(crate) async fn connect(&self, purpose: &str, retry: Option<u32>) -> Result<Connection> {
+        let hosts = &self.url.hosts;
+        let mut round = 0u32;
+        loop {
+            let mut last_error = None;
+            for _ in 0..hosts.len() {
+                let i = self.next_host.load(Ordering::Relaxed) % hosts.len();
+                match self.connect_host(&hosts[i], purpose).await {
+                    Ok(conn) => {
+                        if round > 0 {
+                            tracing::info!(host = ?hosts[i], purpose, "reconnected to AMQP server");
+                        }
+                        return Ok(conn);
+                    }
+                    Err(e) => {
+                        tracing::debug!(host = ?hosts[i], purpose, error = %e, "AMQP connect failed");
+                        self.next_host.store(i + 1, Ordering::Relaxed);
+                        last_error = Some(e);
+                    }
+                }
+            }
+            let error = last_error.unwrap_or_else(|| RpcError::Transport("no hosts in transport URL".into()));
+            if retry.is_some_and(|r| round >= r) {
+                return Err(RpcError::Transport(format!(
+                    "AMQP server {} unreachable after {} attempt(s): {error}",
+                    self.url,
+                    round + 1
+                )));
+            }
+            let delay = self.options.reconnect_delay(round);
+            if round == 0 {
+                tracing::warn!(url = %self.url, purpose, error = %error, "AMQP server unreachable; retrying with backoff");
+            }
+            tracing::debug!(url = %self.url, delay_ms = delay.as_millis() as u64, "waiting before reconnecting");
+            tokio::time::sleep(delay).await;
+            round += 1;
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Transports: how encoded messages move between clients and servers.
+//!
+//! A [`Transport`] publishes bytes to a [`Destination`] and hands a server
+//! or a client's reply router a [`Listener`] of [`Delivery`]s. Two
+//! implementations are chosen by the URL's scheme in [`connect`]:
+//!
+//! * `rabbit://`, `amqp://`, `amqps://` → [`amqp::AmqpTransport`], on lapin,
+//!   with oslo.messaging's topology, publisher confirms and reconnects;
+//! * `memory://[name]` → [`memory::MemoryTransport`], in-process with the same
+//!   routing semantics (topic, `topic.server`, fanout, replies).
+//!
+//! The transport knows nothing of methods or versions: that is the
+//! dispatcher's job, one arrow further along the call path.
+
+pub mod amqp;
+pub mod memory;
+mod options;
+mod url;
+
+use std::{sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+pub use self::options::{RabbitOptions, TransportOptions};
+pub use self::url::{HostAddress, TransportUrl};
+use crate::Result;
+
+/// Where a message is published.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// The topic exchange, routing key `topic` or `topic.server`.
+    Topic {
+        /// The exchange (`control_exchange` unless the target says otherwise).
+        exchange: String,
+        /// `topic` or `topic.server`.
+        routing_key: String,
+    },
+    /// Every server of a topic, through the `topic_fanout` exchange.
+    Fanout {
+        /// The topic.
+        topic: String,
+    },
+    /// A client's reply queue, through the default exchange, `mandatory`.
+    Reply {
+        /// The `reply_<uuid>` queue.
+        queue: String,
+    },
+}
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The encoded body.
+    pub body: Bytes,
+    /// Time to live in the queue (AMQP `expiration`), set on calls.
+    pub ttl: Option<std::time::Duration>,
+    /// How many times to reconnect and try again before failing; `None` retries
+    /// until the broker comes back.
+    pub retry: Option<u32>,
+}
+
+/// What a server listens to: `topic`, `topic.server`, and its own fanout queue.
+#[derive(Debug, Clone)]
+pub struct ListenSpec {
+    /// The topic exchange.
+    pub exchange: String,
+    /// The topic.
+    pub topic: String,
+    /// This server's name (the `host`).
+    pub server: String,
+    /// How many unacknowledged messages the broker may hand over at once.
+    pub prefetch: u16,
+    /// Declare the topic queues durable (at-least-once casts survive a broker restart).
+    pub durable: bool,
+    /// With at-least-once delivery: dead-letter a message after this many deliveries.
+    pub max_deliveries: Option<u32>,
+}
+
+/// One received message, to be acknowledged exactly once.
+pub struct Delivery {
+    /// The raw body.
+    pub body: Bytes,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+    /// When the message expires (from its TTL), if it has one.
+    pub deadline: Option<Instant>,
+    /// How often it was delivered before (quorum queues' `x-delivery-count`).
+    pub delivery_count: u32,
+    acker: Box<dyn Acknowledge>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("len", &self.body.len()).field("redelivered", &self.redelivered).finish()
+    }
+}
+
+impl Delivery {
+    /// A delivery with its acknowledger.
+    pub fn new(body: Bytes, acker: Box<dyn Acknowledge>) -> Self {
+        Self { body, redelivered: false, deadline: None, delivery_count: 0, acker }
+    }
+
+    /// Split into body and acknowledger.
+    pub fn into_parts(self) -> (Bytes, Box<dyn Acknowledge>) {
+        (self.body, self.acker)
+    }
+}
+
+/// Settles a delivery with the broker.
+#[async_trait]
+pub trait Acknowledge: Send + Sync {
+    /// Done with it: the broker forgets it.
+    async fn ack(self: Box<Self>);
+    /// Not processed: give it back to the queue for another consumer.
+    async fn requeue(self: Box<Self>);
+    /// Unprocessable: drop it (or dead-letter it, where the queue says so).
+    async fn reject(self: Box<Self>);
+}
+
+/// A stream of deliveries from one or more queues, and the switch that
+/// stops the consumers behind it.
+#[derive(Debug)]
+pub struct Listener {
+    deliveries: mpsc::Receiver<Delivery>,
+    stop: watch::Sender<bool>,
+}
+
+impl Listener {
+    /// A listener fed by `deliveries`; the feeder watches `stop`.
+    pub fn new(deliveries: mpsc::Receiver<Delivery>, stop: watch::Sender<bool>) -> Self {
+        Self { deliveries, stop }
+    }
+
+    /// The next delivery; `None` once the listener has stopped and drained.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.deliveries.recv().await
+    }
+
+    /// Stop consuming: no new messages arrive after the ones already handed over.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Stop, and give every delivery not yet taken back to the broker.
+    pub async fn stop_and_requeue(&mut self) -> usize {
+        self.stop();
+        let mut n = 0;
+        while let Some(d) = self.deliveries.recv().await {
+            d.acker.requeue().await;
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Moves encoded messages; see the module docs.
+#[async_trait]
+pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
+    /// Publish a message. Returns once the broker has taken responsibility
+    /// for it (publisher confirm), or with an error.
+    async fn send(&self, destination: &Destination, message: Outgoing) -> Result<()>;
+
+    /// Start consuming a server's queues. Returns once the topology is
+    /// declared and the consumers are running.
+    async fn listen(&self, spec: ListenSpec) -> Result<Listener>;
+
+    /// Declare and consume a client's reply queue.
+    async fn listen_replies(&self, queue: &str) -> Result<Listener>;
+
+    /// The options this transport was built with.
+    fn options(&self) -> &TransportOptions;
+
+    /// Close connections. Listeners stop; sends fail afterwards.
+    async fn close(&self);
+}
+
+/// Build the transport named by `options.transport_url`.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use nova_rpc::transport::{connect, TransportOptions};
+/// let t = connect(TransportOptions::new("memory://doc")).await.unwrap();
+/// assert_eq!(t.options().control_exchange, "nova");
+/// let err = connect(TransportOptions::new("kafka://x")).await.unwrap_err();
+/// assert!(err.to_string().contains("kafka"));
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Runtime::new().unwrap().block_on(f) }
+/// ```
+pub async fn connect(options: TransportOptions) -> Result<Arc<dyn Transport>> {
+    let url = TransportUrl::parse(&options.transport_url)?;
+    match url.scheme.as_str() {
+        "memory" => Ok(Arc::new(memory::MemoryTransport::new(&url, options))),
+        "rabbit" | "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpTransport::new(url, options)?)),
+        _ => unreachable!("TransportUrl::parse accepts only known schemes"),
+    }
+}
+
+/// Resolve once `stop` is set (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one command that runs every nova-rs check: formatting, lints, and all
+# tests against a real RabbitMQ and PostgreSQL. It starts either service
+# when it is installed but not running, and fails loudly when it cannot.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { printf '\n== %s\n' "$*"; }
+
+ensure_rabbitmq() {
+    if rabbitmqctl -q await_startup --timeout 2 >/dev/null 2>&1; then return; fi
+    command -v rabbitmq-server >/dev/null || { echo "RabbitMQ is not installed: apt-get install rabbitmq-server" >&2; exit 1; }
+    say "starting RabbitMQ"
+    rabbitmq-server -detached || true
+    rabbitmqctl await_startup --timeout 120 || { echo "RabbitMQ did not start" >&2; exit 1; }
+}
+
+ensure_postgres() {
+    if pg_isready -q -h 127.0.0.1 -p 5432; then return; fi
+    command -v pg_ctlcluster >/dev/null || { echo "PostgreSQL is not installed: apt-get install postgresql" >&2; exit 1; }
+    say "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && return; sleep 1; done
+    echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1
+}
+
+ensure_rabbitmq
+ensure_postgres
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+say "cargo test"
+cargo test --workspace --no-fail-fast
