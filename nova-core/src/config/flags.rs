@@ -1,0 +1,63 @@
+//! The flags every service binary accepts.
+
+use std::path::PathBuf;
+
+/// Common flags of every nova-rs binary. Flatten into a binary's own
+/// `clap::Parser` with `#[command(flatten)]`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// Read options from this INI file (repeatable; later files win).
+    #[arg(long = "config-file", value_name = "PATH")]
+    pub config_file: Vec<PathBuf>,
+    /// Also read every *.conf file in this directory, in name order.
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// This node's name ([DEFAULT] host).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Messaging transport URL ([DEFAULT] transport_url), e.g. rabbit://user:pass@host:5672/.
+    #[arg(long = "transport-url", value_name = "URL", hide_default_value = true)]
+    pub transport_url: Option<String>,
+    /// Topic exchange name ([DEFAULT] control_exchange).
+    #[arg(long = "control-exchange", value_name = "NAME")]
+    pub control_exchange: Option<String>,
+    /// Database URL ([database] connection), e.g. postgresql://user@host/nova.
+    #[arg(long = "database-connection", value_name = "URL")]
+    pub database_connection: Option<String>,
+    /// The manager to run ([DEFAULT] <topic>_manager), e.g. nova_services::compute::ComputeManager.
+    #[arg(long, value_name = "NAME")]
+    pub manager: Option<String>,
+    /// Directory for local state ([DEFAULT] state_path).
+    #[arg(long = "state-path", value_name = "DIR")]
+    pub state_path: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address ([DEFAULT] metrics_listen).
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Log at debug level ([DEFAULT] debug).
+    #[arg(long)]
+    pub debug: bool,
+    /// Log one JSON object per line ([DEFAULT] log_json).
+    #[arg(long = "log-json")]
+    pub log_json: bool,
+}
+
+impl CommonArgs {
+    /// The flags that were given, as `(section, option, value, flag)`.
+    pub fn overrides(&self) -> Vec<(&'static str, &'static str, String, &'static str)> {
+        let mut out = Vec::new();
+        let mut put = |section, name, value: Option<String>, flag| {
+            if let Some(v) = value {
+                out.push((section, name, v, flag));
+            }
+        };
+        put("DEFAULT", "host", self.host.clone(), "--host");
+        put("DEFAULT", "transport_url", self.transport_url.clone(), "--transport-url");
+        put("DEFAULT", "control_exchange", self.control_exchange.clone(), "--control-exchange");
+        put("database", "connection", self.database_connection.clone(), "--database-connection");
+        put("DEFAULT", "state_path", self.state_path.as_ref().map(|p| p.display().to_string()), "--state-path");
+        put("DEFAULT", "metrics_listen", self.metrics_listen.clone(), "--metrics-listen");
+        put("DEFAULT", "debug", self.debug.then(|| "true".to_owned()), "--debug");
+        put("DEFAULT", "log_json", self.log_json.then(|| "true".to_owned()), "--log-json");
+        out
+    }
+}

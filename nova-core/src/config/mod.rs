@@ -1,0 +1,332 @@
+//! Configuration: built-in defaults < `--config-file`s and `--config-dir`
+//! < environment (`NOVA_…`) < command-line flags.
+//!
+//! Files are INI like `nova.conf`, with OpenStack's option names
+//! (`[DEFAULT] transport_url`, `[database] connection`,
+//! `[oslo_messaging_rabbit] …`). Every value keeps its origin, so a bad
+//! value is reported as "option X in file:line: why", and options nobody
+//! declared are warned about. Managers declare their own options (for
+//! example `[compute] allowed_commands`) as [`OptSpec`]s next to their
+//! factory in the registry.
+//!
+//! Environment variables: `NOVA_<KEY>` for `[DEFAULT]` options,
+//! `NOVA_<SECTION>__<KEY>` for the others (`NOVA_DATABASE__CONNECTION`).
+
+mod flags;
+pub mod ini;
+mod options;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+pub use self::{
+    flags::CommonArgs,
+    options::{CoreOptions, CORE_OPTIONS},
+};
+
+/// A declared option: its section, name, default (as text) and help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptSpec {
+    /// `DEFAULT`, `database`, `oslo_messaging_rabbit`, …
+    pub section: &'static str,
+    /// The option name.
+    pub name: &'static str,
+    /// The default, as it would be written in a file (empty: unset).
+    pub default: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A config file, with its line.
+    File(PathBuf, usize),
+    /// An environment variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(String),
+    /// Set at run time by code.
+    Code,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "the built-in default"),
+            Origin::File(p, line) => write!(f, "{}:{line}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Code => write!(f, "code"),
+        }
+    }
+}
+
+/// A configuration problem, naming the option and where it was set.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file cannot be read.
+    #[error("cannot read config file {}: {reason}", file.display())]
+    Unreadable {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A file is not valid INI.
+    #[error("{}:{line}: {reason}", file.display())]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value does not parse as its option's type.
+    #[error("invalid value {value:?} for option [{section}] {name} (from {origin}): {reason}")]
+    BadValue {
+        /// Section.
+        section: String,
+        /// Option name.
+        name: String,
+        /// The offending value (passwords masked).
+        value: String,
+        /// Where it was set.
+        origin: Origin,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A required option is not set.
+    #[error("option [{section}] {name} is required")]
+    Missing {
+        /// Section.
+        section: String,
+        /// Option name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Setting {
+    value: String,
+    origin: Origin,
+}
+
+/// The merged configuration; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    values: BTreeMap<(String, String), Setting>,
+    specs: Vec<OptSpec>,
+    files: Vec<PathBuf>,
+}
+
+fn key(section: &str, name: &str) -> (String, String) {
+    (section.to_owned(), name.to_owned())
+}
+
+/// The environment variable for an option.
+pub fn env_var(section: &str, name: &str) -> String {
+    if section == "DEFAULT" {
+        format!("NOVA_{}", name.to_ascii_uppercase())
+    } else {
+        format!("NOVA_{}__{}", section.to_ascii_uppercase(), name.to_ascii_uppercase())
+    }
+}
+
+impl Config {
+    /// Only the defaults of `specs`.
+    pub fn with_defaults(specs: &[OptSpec]) -> Self {
+        let mut c = Self::default();
+        c.declare(specs);
+        c
+    }
+
+    /// Declare more options (their defaults apply where nothing is set).
+    pub fn declare(&mut self, specs: &[OptSpec]) {
+        for s in specs {
+            if !self.specs.iter().any(|k| k.section == s.section && k.name == s.name) {
+                self.specs.push(*s);
+            }
+            if !s.default.is_empty() {
+                self.values
+                    .entry(key(s.section, s.name))
+                    .or_insert(Setting { value: s.default.to_owned(), origin: Origin::Default });
+            }
+        }
+    }
+
+    /// The declared options.
+    pub fn specs(&self) -> &[OptSpec] {
+        &self.specs
+    }
+
+    /// The files read, in order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Load every layer: `files` (then `*.conf` in `dir`, sorted), the
+    /// environment, and `flags` as `(section, name, value, flag)`.
+    pub fn load(
+        specs: &[OptSpec],
+        files: &[PathBuf],
+        dir: Option<&Path>,
+        flags: &[(&str, &str, String, &str)],
+    ) -> Result<Self, ConfigError> {
+        let mut c = Self::with_defaults(specs);
+        let mut all = files.to_vec();
+        if let Some(dir) = dir {
+            let mut in_dir: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| ConfigError::Unreadable { file: dir.to_owned(), reason: e.to_string() })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+                .collect();
+            in_dir.sort();
+            all.extend(in_dir);
+        }
+        for file in &all {
+            c.read_file(file)?;
+        }
+        c.read_env();
+        for (section, name, value, flag) in flags {
+            c.set(section, name, value.clone(), Origin::Flag((*flag).to_owned()));
+        }
+        Ok(c)
+    }
+
+    /// Read one file on top of what is there.
+    pub fn read_file(&mut self, file: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::Unreadable { file: file.to_owned(), reason: e.to_string() })?;
+        for e in ini::parse(&text, file)? {
+            self.set(&e.section, &e.key, e.value, Origin::File(e.file, e.line));
+        }
+        self.files.push(file.to_owned());
+        Ok(())
+    }
+
+    fn read_env(&mut self) {
+        let specs = self.specs.clone();
+        for s in specs {
+            let var = env_var(s.section, s.name);
+            if let Ok(v) = std::env::var(&var) {
+                self.set(s.section, s.name, v, Origin::Env(var));
+            }
+        }
+    }
+
+    /// Set a value.
+    pub fn set(&mut self, section: &str, name: &str, value: String, origin: Origin) {
+        self.values.insert(key(section, name), Setting { value, origin });
+    }
+
+    /// Options set in files or the environment that nobody declared.
+    pub fn unknown(&self) -> Vec<String> {
+        self.values
+            .iter()
+            .filter(|((s, n), _)| !self.specs.iter().any(|k| k.section == s && k.name == n))
+            .map(|((s, n), v)| format!("[{s}] {n} (from {})", v.origin))
+            .collect()
+    }
+
+    /// The raw text of an option, if set.
+    pub fn raw(&self, section: &str, name: &str) -> Option<&str> {
+        self.values.get(&key(section, name)).map(|s| s.value.as_str())
+    }
+
+    /// Where an option's value came from.
+    pub fn origin(&self, section: &str, name: &str) -> Option<&Origin> {
+        self.values.get(&key(section, name)).map(|s| &s.origin)
+    }
+
+    /// Parse an option with `parse`, naming the option and its origin on error.
+    pub fn parse_with<T>(
+        &self,
+        section: &str,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(s) = self.values.get(&key(section, name)) else { return Ok(None) };
+        if s.value.is_empty() {
+            return Ok(None);
+        }
+        parse(&s.value).map(Some).map_err(|reason| ConfigError::BadValue {
+            section: section.to_owned(),
+            name: name.to_owned(),
+            value: nova_rpc::transport::TransportUrl::mask(&s.value),
+            origin: s.origin.clone(),
+            reason,
+        })
+    }
+
+    /// Parse an option as `T`.
+    pub fn get<T: FromStr>(&self, section: &str, name: &str) -> Result<Option<T>, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.parse_with(section, name, |v| v.parse::<T>().map_err(|e| e.to_string()))
+    }
+
+    /// Parse a required option as `T`.
+    pub fn require<T: FromStr>(&self, section: &str, name: &str) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.get(section, name)?.ok_or_else(|| ConfigError::Missing { section: section.into(), name: name.into() })
+    }
+
+    /// Parse a boolean the way oslo.config does (`true/false/yes/no/on/off/1/0`).
+    pub fn get_bool(&self, section: &str, name: &str) -> Result<Option<bool>, ConfigError> {
+        self.parse_with(section, name, |v| match v.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err("expected a boolean (true/false)".into()),
+        })
+    }
+
+    /// Parse a `key = value` list (one per line, or comma separated; oslo's `DictOpt`).
+    pub fn get_dict(&self, section: &str, name: &str) -> Result<Option<Vec<(String, String)>>, ConfigError> {
+        self.parse_with(section, name, |v| {
+            v.split(['\n', ','])
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let (k, v) =
+                        l.split_once(['=', ':']).ok_or_else(|| format!("expected key = value, found {l:?}"))?;
+                    Ok((k.trim().to_owned(), v.trim().to_owned()))
+                })
+                .collect()
+        })
+    }
+
+    /// Render a sample config file documenting every declared option.
+    pub fn sample(specs: &[OptSpec]) -> String {
+        let mut out = String::from("# nova-rs sample configuration: every option with its default.\n");
+        let mut sections: Vec<&str> = Vec::new();
+        for s in specs {
+            if !sections.contains(&s.section) {
+                sections.push(s.section);
+            }
+        }
+        for section in sections {
+            out.push_str(&format!("\n[{section}]\n"));
+            for s in specs.iter().filter(|s| s.section == section) {
+                out.push_str(&format!(
+                    "\n# {}\n# (env: {})\n#{} = {}\n",
+                    s.help,
+                    env_var(s.section, s.name),
+                    s.name,
+                    s.default
+                ));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,196 @@
+//! The framework's own options, with Nova's and oslo's names and defaults.
+
+use std::{path::PathBuf, time::Duration};
+
+use nova_rpc::transport::{RabbitOptions, TransportOptions};
+
+use super::{Config, ConfigError, OptSpec};
+
+macro_rules! opt {
+    ($section:literal, $name:literal, $default:literal, $help:literal) => {
+        OptSpec { section: $section, name: $name, default: $default, help: $help }
+    };
+}
+
+/// Every option the framework itself reads.
+pub const CORE_OPTIONS: &[OptSpec] = &[
+    opt!("DEFAULT", "host", "", "Name of this node (default: the machine's hostname); servers listen on topic.host."),
+    opt!(
+        "DEFAULT",
+        "transport_url",
+        "memory://",
+        "Messaging transport: rabbit://user:pass@host:port[,host2:port]/vhost, amqps://…, or memory://."
+    ),
+    opt!("DEFAULT", "control_exchange", "nova", "The topic exchange RPC messages are published to."),
+    opt!("DEFAULT", "rpc_response_timeout", "60", "Seconds to wait for a reply to a call."),
+    opt!("DEFAULT", "executor_thread_pool_size", "64", "Requests a server runs at once (also the broker prefetch)."),
+    opt!("DEFAULT", "max_message_size", "16777216", "Largest message, in bytes, a server accepts or a client sends."),
+    opt!("DEFAULT", "report_interval", "10", "Seconds between service heartbeats into the services table."),
+    opt!("DEFAULT", "service_down_time", "60", "A service not seen for this many seconds is down."),
+    opt!("DEFAULT", "periodic_enable", "true", "Run the manager's periodic tasks."),
+    opt!(
+        "DEFAULT",
+        "periodic_fuzzy_delay",
+        "60",
+        "Random delay (0..N seconds) before the first periodic run, to spread load."
+    ),
+    opt!("DEFAULT", "periodic_interval_max", "60", "Longest sleep of the periodic loop, in seconds."),
+    opt!("DEFAULT", "graceful_shutdown_timeout", "60", "Seconds to let in-flight requests finish on SIGTERM."),
+    opt!("DEFAULT", "state_path", "nova-state", "Directory for local state (the embedded SQLite database)."),
+    opt!("DEFAULT", "debug", "false", "Log at debug level."),
+    opt!("DEFAULT", "log_json", "false", "Log one JSON object per line."),
+    opt!("DEFAULT", "metrics_listen", "", "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9100)."),
+    opt!(
+        "database",
+        "connection",
+        "",
+        "Database URL: sqlite:///path/nova.sqlite or postgresql://user@host/db (default: SQLite under state_path)."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "heartbeat_timeout_threshold",
+        "60",
+        "Seconds without a heartbeat before a broker connection is dead (0 = off)."
+    ),
+    opt!("oslo_messaging_rabbit", "amqp_durable_queues", "false", "Durable topic exchange and queues."),
+    opt!("oslo_messaging_rabbit", "amqp_auto_delete", "false", "Auto-delete topic exchange and queues."),
+    opt!("oslo_messaging_rabbit", "rabbit_quorum_queue", "false", "Topic queues are quorum queues."),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rabbit_quorum_delivery_limit",
+        "0",
+        "Quorum queues: dead-letter a message after this many deliveries (0 = never)."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rabbit_transient_queues_ttl",
+        "1800",
+        "Seconds an unused reply or fanout queue lives (x-expires)."
+    ),
+    opt!("oslo_messaging_rabbit", "rabbit_retry_interval", "1", "Seconds before the first reconnect."),
+    opt!("oslo_messaging_rabbit", "rabbit_retry_backoff", "2", "Seconds added to the reconnect delay at each attempt."),
+    opt!("oslo_messaging_rabbit", "rabbit_interval_max", "30", "Longest reconnect delay, in seconds."),
+    opt!(
+        "oslo_messaging_rabbit",
+        "kombu_missing_consumer_retry_timeout",
+        "60",
+        "Seconds a reply to a missing reply queue is retried."
+    ),
+    opt!("oslo_messaging_rabbit", "publisher_confirms", "true", "Wait for broker confirms on every publish."),
+    opt!("oslo_messaging_rabbit", "ssl", "false", "Connect with TLS."),
+    opt!("oslo_messaging_rabbit", "ssl_ca_file", "", "CA bundle (PEM) to verify the broker's certificate."),
+    opt!("oslo_messaging_rabbit", "ssl_cert_file", "", "Client certificate (PEM)."),
+    opt!("oslo_messaging_rabbit", "ssl_key_file", "", "Client private key (PEM)."),
+];
+
+/// The framework's options, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    /// `host` (defaults to the hostname).
+    pub host: String,
+    /// Everything the transport needs.
+    pub transport: TransportOptions,
+    /// `executor_thread_pool_size`.
+    pub executor_thread_pool_size: usize,
+    /// `report_interval`.
+    pub report_interval: Duration,
+    /// `service_down_time`.
+    pub service_down_time: Duration,
+    /// `periodic_enable`.
+    pub periodic_enable: bool,
+    /// `periodic_fuzzy_delay`.
+    pub periodic_fuzzy_delay: Duration,
+    /// `periodic_interval_max`.
+    pub periodic_interval_max: Duration,
+    /// `graceful_shutdown_timeout`.
+    pub graceful_shutdown_timeout: Duration,
+    /// `state_path`.
+    pub state_path: PathBuf,
+    /// `[database] connection`, resolved (SQLite under `state_path` by default).
+    pub database_connection: String,
+    /// `debug`.
+    pub debug: bool,
+    /// `log_json`.
+    pub log_json: bool,
+    /// `metrics_listen`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
+    let f: f64 = v.parse().map_err(|_| "expected a number of seconds".to_owned())?;
+    if !(0.0..=1e9).contains(&f) {
+        return Err("must be between 0 and 1e9 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(f))
+}
+
+impl CoreOptions {
+    /// Read and check the framework's options.
+    pub fn from_config(c: &Config) -> Result<Self, ConfigError> {
+        const D: &str = "DEFAULT";
+        const R: &str = "oslo_messaging_rabbit";
+        let secs = |section: &str, name: &str| -> Result<Duration, ConfigError> {
+            c.parse_with(section, name, seconds)?
+                .ok_or_else(|| ConfigError::Missing { section: section.into(), name: name.into() })
+        };
+        let host = match c.get::<String>(D, "host")? {
+            Some(h) => h,
+            None => hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into()),
+        };
+        let state_path: PathBuf = c.require(D, "state_path")?;
+        let database_connection = match c.get::<String>("database", "connection")? {
+            Some(url) => url,
+            None => format!("sqlite://{}", state_path.join("nova.sqlite").display()),
+        };
+        let transport_url: String = c.require(D, "transport_url")?;
+        c.parse_with(D, "transport_url", |v| {
+            nova_rpc::transport::TransportUrl::parse(v).map(|_| ()).map_err(|e| e.to_string())
+        })?;
+        let path = |name: &str| c.get::<PathBuf>(R, name);
+        let rabbit = RabbitOptions {
+            heartbeat_timeout_threshold: c.require(R, "heartbeat_timeout_threshold")?,
+            amqp_durable_queues: c.get_bool(R, "amqp_durable_queues")?.unwrap_or(false),
+            amqp_auto_delete: c.get_bool(R, "amqp_auto_delete")?.unwrap_or(false),
+            rabbit_quorum_queue: c.get_bool(R, "rabbit_quorum_queue")?.unwrap_or(false),
+            rabbit_quorum_delivery_limit: c.require(R, "rabbit_quorum_delivery_limit")?,
+            rabbit_transient_queues_ttl: secs(R, "rabbit_transient_queues_ttl")?,
+            rabbit_retry_interval: secs(R, "rabbit_retry_interval")?,
+            rabbit_retry_backoff: secs(R, "rabbit_retry_backoff")?,
+            rabbit_interval_max: secs(R, "rabbit_interval_max")?,
+            kombu_missing_consumer_retry_timeout: secs(R, "kombu_missing_consumer_retry_timeout")?,
+            publisher_confirms: c.get_bool(R, "publisher_confirms")?.unwrap_or(true),
+            ssl: c.get_bool(R, "ssl")?.unwrap_or(false),
+            ssl_ca_file: path("ssl_ca_file")?,
+            ssl_cert_file: path("ssl_cert_file")?,
+            ssl_key_file: path("ssl_key_file")?,
+            ..RabbitOptions::default()
+        };
+        let mut transport =
+            TransportOptions::new(transport_url).with_control_exchange(c.require::<String>(D, "control_exchange")?);
+        transport.rpc_response_timeout = secs(D, "rpc_response_timeout")?;
+        transport.max_message_size = c.require(D, "max_message_size")?;
+        transport.rabbit = rabbit;
+        let executor_thread_pool_size = c
+            .parse_with(D, "executor_thread_pool_size", |v| match v.parse::<usize>() {
+                Ok(n) if (1..=65535).contains(&n) => Ok(n),
+                _ => Err("expected a whole number from 1 to 65535".into()),
+            })?
+            .unwrap_or(64);
+        Ok(Self {
+            host,
+            transport,
+            executor_thread_pool_size,
+            report_interval: secs(D, "report_interval")?,
+            service_down_time: secs(D, "service_down_time")?,
+            periodic_enable: c.get_bool(D, "periodic_enable")?.unwrap_or(true),
+            periodic_fuzzy_delay: secs(D, "periodic_fuzzy_delay")?,
+            periodic_interval_max: secs(D, "periodic_interval_max")?,
+            graceful_shutdown_timeout: secs(D, "graceful_shutdown_timeout")?,
+            state_path,
+            database_connection,
+            debug: c.get_bool(D, "debug")?.unwrap_or(false),
+            log_json: c.get_bool(D, "log_json")?.unwrap_or(false),
+            metrics_listen: c.get(D, "metrics_listen")?,
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! The database: SQLite (embedded default) or PostgreSQL, chosen by
+//! `[database] connection`, with migrations run at start.
+//!
+//! Every query is written once and run on either pool by [`with_pool!`];
+//! the SQL sticks to what both understand (`$1` parameters,
+//! `ON CONFLICT DO NOTHING`).
+
+pub mod services;
+
+use std::time::Duration;
+
+use sqlx::{postgres::PgPoolOptions, sqlite::SqlitePoolOptions, PgPool, SqlitePool};
+
+/// Run `$body` with `$pool` bound to whichever pool `$db` holds.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Database::Sqlite($pool) => $body,
+            $crate::db::Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// A database error, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The connection URL is not one we know.
+    #[error("unsupported database connection {0:?}: use sqlite:///path or postgresql://user@host/db")]
+    BadUrl(String),
+    /// The database could not be reached or answered with an error.
+    #[error("database error while {doing}: {source}")]
+    Sql {
+        /// What we were doing.
+        doing: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl DbError {
+    /// Wrap a driver error with what we were doing.
+    pub fn sql(doing: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Self {
+        let doing = doing.into();
+        move |source| DbError::Sql { doing, source }
+    }
+}
+
+/// A connection pool to either database.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// SQLite, the embedded default.
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// A schema change, written for both databases. SQLite migrations must be
+/// idempotent (`IF NOT EXISTS`): concurrent starts may both run them.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// A unique, ordered id, e.g. `0001_services`.
+    pub id: &'static str,
+    /// The SQLite statements.
+    pub sqlite: &'static str,
+    /// The PostgreSQL statements.
+    pub postgres: &'static str,
+}
+
+/// Turn SQLAlchemy-style URLs (`sqlite:////abs/path`, `postgresql+psycopg2://…`)
+/// into what the driver expects.
+pub fn normalize_url(url: &str) -> Result<(bool, String), DbError> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| DbError::BadUrl(mask(url)))?;
+    let base = scheme.split('+').next().unwrap_or(scheme).to_ascii_lowercase();
+    match base.as_str() {
+        "sqlite" => {
+            // sqlite:///relative and sqlite:////absolute, as SQLAlchemy spells them.
+            let path = rest.strip_prefix('/').unwrap_or(rest);
+            Ok((true, path.to_owned()))
+        }
+        "postgres" | "postgresql" => Ok((false, format!("postgres://{rest}"))),
+        _ => Err(DbError::BadUrl(mask(url))),
+    }
+}
+
+fn mask(url: &str) -> String {
+    nova_rpc::transport::TransportUrl::mask(url)
+}
+
+impl Database {
+    /// Connect (creating the SQLite file and its directory when needed).
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        let (sqlite, target) = normalize_url(url)?;
+        let doing = format!("connecting to {}", mask(url));
+        if sqlite {
+            let path = std::path::Path::new(&target);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| DbError::Sql { doing: doing.clone(), source: sqlx::Error::Io(e) })?;
+            }
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await
+                .map_err(DbError::sql(doing))?;
+            Ok(Database::Sqlite(pool))
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(5)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect(&target)
+                .await
+                .map_err(DbError::sql(doing))?;
+            Ok(Database::Postgres(pool))
+        }
+    }
+
+    /// `sqlite` or `postgresql`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Apply the migrations not applied yet, in order.
+    pub async fn migrate(&self, migrations: &[Migration]) -> Result<(), DbError> {
+        const TABLE: &str =
+            "CREATE TABLE IF NOT EXISTS nova_migrations (id VARCHAR(255) PRIMARY KEY, applied_at TIMESTAMP NOT NULL)";
+        let now = chrono::Utc::now().naive_utc();
+        match self {
+            Database::Sqlite(pool) => {
+                sqlx::raw_sql(TABLE).execute(pool).await.map_err(DbError::sql("creating nova_migrations"))?;
+                for m in migrations {
+                    let done: Option<(String,)> = sqlx::query_as("SELECT id FROM nova_migrations WHERE id = $1")
+                        .bind(m.id)
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(DbError::sql("reading nova_migrations"))?;
+                    if done.is_some() {
+                        continue;
+                    }
+                    sqlx::raw_sql(m.sqlite).execute(pool).await.map_err(DbError::sql(format!("migration {}", m.id)))?;
+                    sqlx::query("INSERT INTO nova_migrations (id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(m.id)
+                        .bind(now)
+                        .execute(pool)
+                        .await
+                        .map_err(DbError::sql("recording a migration"))?;
+                    tracing::info!(migration = m.id, "applied migration");
+                }
+            }
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(DbError::sql("starting migrations"))?;
+                // One migrator at a time across processes.
+                sqlx::query("SELECT pg_advisory_xact_lock(7400281)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(DbError::sql("locking for migrations"))?;
+                sqlx::raw_sql(TABLE).execute(&mut *tx).await.map_err(DbError::sql("creating nova_migrations"))?;
+                for m in migrations {
+                    let done: Option<(String,)> = sqlx::query_as("SELECT id FROM nova_migrations WHERE id = $1")
+                        .bind(m.id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(DbError::sql("reading nova_migrations"))?;
+                    if done.is_some() {
+                        continue;
+                    }
+                    sqlx::raw_sql(m.postgres)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(DbError::sql(format!("migration {}", m.id)))?;
+                    sqlx::query("INSERT INTO nova_migrations (id, applied_at) VALUES ($1, $2)")
+                        .bind(m.id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(DbError::sql("recording a migration"))?;
+                    tracing::info!(migration = m.id, "applied migration");
+                }
+                tx.commit().await.map_err(DbError::sql("committing migrations"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the pool.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}

@@ -1,0 +1,244 @@
+//! From `main` to a running service, and the signals that end it.
+//!
+//! A per-topic binary is one line:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     nova_core::launch("nova-compute", "Runs tasks on this host.", nova_core::ManagerRegistry::new())
+//! }
+//! ```
+//!
+//! [`launch`] parses the common flags, loads the configuration, sets up
+//! logging, connects the transport and the database (running migrations),
+//! resolves `<topic>_manager`, starts the service and waits for a signal:
+//! SIGTERM or Ctrl-C stop it gracefully (a second Ctrl-C exits at once),
+//! SIGHUP re-reads the configuration, applies the log level and calls the
+//! manager's `reset`.
+
+use std::{process::ExitCode, sync::Arc};
+
+use clap::{Args, FromArgMatches};
+use nova_rpc::transport::{self, Transport};
+
+use crate::{
+    config::{CommonArgs, Config, ConfigError, CoreOptions, OptSpec, CORE_OPTIONS},
+    db::{services::ServiceRecords, Database, DbError},
+    logging,
+    manager::BoxError,
+    registry::{ManagerDeps, ManagerRegistry, UnknownManager},
+    service::{RunningService, Service, ServiceError, ServiceOptions},
+    ServiceInfo,
+};
+
+/// Why a binary could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The transport.
+    #[error(transparent)]
+    Rpc(#[from] nova_rpc::RpcError),
+    /// `<topic>_manager` names no known manager.
+    #[error(transparent)]
+    UnknownManager(#[from] UnknownManager),
+    /// The manager's factory failed.
+    #[error("cannot build manager {name}: {error}")]
+    Manager {
+        /// Manager name.
+        name: String,
+        /// Its error.
+        error: BoxError,
+    },
+    /// The service failed to start.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// Everything a process needs before it starts services: configuration,
+/// transport and database.
+#[derive(Clone)]
+pub struct Bootstrap {
+    /// The command-line flags.
+    pub args: CommonArgs,
+    /// Every declared option.
+    pub specs: Vec<OptSpec>,
+    /// The merged configuration.
+    pub config: Arc<Config>,
+    /// The framework's options.
+    pub options: CoreOptions,
+    /// The transport.
+    pub transport: Arc<dyn Transport>,
+    /// The database (migrated).
+    pub db: Database,
+    /// The managers this process knows.
+    pub registry: ManagerRegistry,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap").field("host", &self.options.host).finish()
+    }
+}
+
+/// Load the configuration for `args` (defaults < files < env < flags).
+pub fn load_config(args: &CommonArgs, specs: &[OptSpec]) -> Result<Config, ConfigError> {
+    Config::load(specs, &args.config_file, args.config_dir.as_deref(), &args.overrides())
+}
+
+impl Bootstrap {
+    /// Load config, start logging, connect transport and database, migrate.
+    pub async fn new(args: CommonArgs, registry: ManagerRegistry, extra: &[OptSpec]) -> Result<Self, LaunchError> {
+        let mut specs = CORE_OPTIONS.to_vec();
+        specs.extend(registry.option_specs());
+        specs.extend_from_slice(extra);
+        let config = load_config(&args, &specs)?;
+        let options = CoreOptions::from_config(&config)?;
+        logging::init(options.debug, options.log_json);
+        for unknown in config.unknown() {
+            tracing::warn!(option = %unknown, "ignoring unknown option");
+        }
+        let db = Database::connect(&options.database_connection).await?;
+        let mut migrations = crate::db::services::MIGRATIONS.to_vec();
+        for e in registry.entries() {
+            migrations.extend_from_slice(e.migrations);
+        }
+        db.migrate(&migrations).await?;
+        let transport = transport::connect(options.transport.clone()).await?;
+        Ok(Self { args, specs, config: Arc::new(config), options, transport, db, registry })
+    }
+
+    /// Build the service for `binary` (topic = binary without `nova-`),
+    /// with the manager named by `--manager` or `[DEFAULT] <topic>_manager`.
+    pub async fn service(&self, binary: &str, manager_override: Option<&str>) -> Result<Service, LaunchError> {
+        let topic = binary.strip_prefix("nova-").unwrap_or(binary).to_owned();
+        let option = format!("{topic}_manager");
+        let name = match manager_override {
+            Some(m) => m.to_owned(),
+            None => self
+                .config
+                .raw("DEFAULT", &option)
+                .map(str::to_owned)
+                .or_else(|| self.registry.default_for(&topic).map(str::to_owned))
+                .ok_or_else(|| ConfigError::Missing { section: "DEFAULT".into(), name: option.clone() })?,
+        };
+        let entry = self.registry.resolve(&name)?;
+        let info = ServiceInfo { host: self.options.host.clone(), binary: binary.to_owned(), topic: topic.clone() };
+        let deps = ManagerDeps {
+            service: info.clone(),
+            config: self.config.clone(),
+            options: self.options.clone(),
+            transport: self.transport.clone(),
+            db: self.db.clone(),
+        };
+        let manager = entry.build(deps).await.map_err(|error| LaunchError::Manager { name: name.clone(), error })?;
+        Ok(Service::create(self.transport.clone(), manager)
+            .binary(binary)
+            .topic(topic)
+            .host(&self.options.host)
+            .records(ServiceRecords::new(self.db.clone()))
+            .options(ServiceOptions::from(&self.options)))
+    }
+
+    /// SIGHUP: re-read the configuration files and apply what can change at
+    /// run time (the log level), then call every manager's `reset`.
+    pub async fn reload(&self, running: &[RunningService]) {
+        match load_config(&self.args, &self.specs).and_then(|c| CoreOptions::from_config(&c)) {
+            Ok(options) => {
+                let filter = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+                    if options.debug {
+                        "debug,lapin=info,sqlx=info".into()
+                    } else {
+                        logging::DEFAULT_FILTER.into()
+                    }
+                });
+                if let Err(e) = logging::set_filter(&filter) {
+                    tracing::warn!(error = %e, "cannot apply the log level");
+                }
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the old one"),
+        }
+        for s in running {
+            s.manager().hooks.reset().await;
+        }
+    }
+}
+
+/// Wait for SIGTERM, Ctrl-C or SIGHUP; reload on SIGHUP. Returns when the
+/// process should stop. A second Ctrl-C after that exits at once.
+pub async fn wait_for_stop_signal(bootstrap: &Bootstrap, running: &[RunningService]) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+        (Ok(t), Ok(h)) => (t, h),
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received; stopping gracefully"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt received; stopping gracefully (again to exit now)"); break; }
+            _ = hup.recv() => { tracing::info!("SIGHUP received; reloading"); bootstrap.reload(running).await; }
+        }
+    }
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("second interrupt: exiting now");
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Stop every service, in reverse start order.
+pub async fn stop_all(running: Vec<RunningService>) {
+    for s in running.into_iter().rev() {
+        s.stop().await;
+    }
+}
+
+/// Parse the common flags for `binary`, with `about` as its help text.
+pub fn parse_args(binary: &'static str, about: &'static str) -> CommonArgs {
+    let command = CommonArgs::augment_args(clap::Command::new(binary).about(about).version(env!("CARGO_PKG_VERSION")));
+    let matches = command.get_matches();
+    CommonArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The tokio runtime every binary runs on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+/// Run a per-topic service binary; see the module docs.
+pub fn launch(binary: &'static str, about: &'static str, registry: ManagerRegistry) -> ExitCode {
+    let args = parse_args(binary, about);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{binary}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(async move {
+        let manager = args.manager.clone();
+        let bootstrap = Bootstrap::new(args, registry, &[]).await?;
+        let service = bootstrap.service(binary, manager.as_deref()).await?;
+        let running = vec![service.start().await?];
+        wait_for_stop_signal(&bootstrap, &running).await;
+        stop_all(running).await;
+        bootstrap.transport.close().await;
+        Ok::<_, LaunchError>(())
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{binary} failed to start");
+            eprintln!("{binary}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Logging with `tracing`: `RUST_LOG` or `--debug` choose the filter,
+//! `--log-json` the format, and the filter can be changed while the
+//! service runs (SIGHUP, or the `set_log_level` base API call) without a
+//! restart.
+
+use std::sync::OnceLock;
+
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Registry};
+
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// The filter used when neither `RUST_LOG` nor `--debug` says otherwise.
+pub const DEFAULT_FILTER: &str = "info,lapin=warn,sqlx=warn";
+
+/// Install the process-wide subscriber. Later calls do nothing.
+pub fn init(debug: bool, json: bool) {
+    let spec = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        if debug {
+            "debug,lapin=info,sqlx=info".to_owned()
+        } else {
+            DEFAULT_FILTER.to_owned()
+        }
+    });
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (layer, handle) = reload::Layer::new(filter);
+    let json_layer =
+        json.then(|| tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr));
+    let text_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    if tracing_subscriber::registry().with(layer).with(json_layer).with(text_layer).try_init().is_ok() {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// The filter in force, e.g. `info,nova_rpc=debug`.
+pub fn current_filter() -> Option<String> {
+    FILTER.get().and_then(|h| h.with_current(|f| f.to_string()).ok())
+}
+
+/// Replace the filter. A bad filter is an error and leaves the old one in place.
+pub fn set_filter(spec: &str) -> Result<String, String> {
+    let filter = EnvFilter::try_new(spec).map_err(|e| format!("invalid log filter {spec:?}: {e}"))?;
+    let handle = FILTER.get().ok_or_else(|| "logging is not managed by nova-core in this process".to_owned())?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    tracing::info!(filter = spec, "log filter changed");
+    Ok(spec.to_owned())
+}

@@ -1,0 +1,130 @@
+//! Managers: the structs that hold a service's logic.
+//!
+//! A manager is a plain struct with two impls: an inherent impl marked
+//! `#[rpc_api]` whose `pub async fn`s are its RPC methods (and whose
+//! `#[periodic_task]`s run in the periodic loop), and an `impl Manager`
+//! with whichever of Nova's hooks it needs.
+//!
+//! ```
+//! use nova_core::{rpc_api, Manager, RpcApi};
+//! use nova_rpc::{RequestContext, RpcError};
+//!
+//! /// Says hello.
+//! #[derive(Default)]
+//! pub struct GreeterManager;
+//!
+//! #[rpc_api(version = "1.1")]
+//! impl GreeterManager {
+//!     /// Greet `name`, `times` times.
+//!     pub async fn greet(&self, _ctx: RequestContext, name: String, times: Option<u32>) -> Result<String, RpcError> {
+//!         Ok(format!("hello {name}! ").repeat(times.unwrap_or(1) as usize))
+//!     }
+//!
+//!     #[periodic_task(spacing = 30)]
+//!     async fn tidy_up(&self, _ctx: RequestContext) -> Result<(), RpcError> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl Manager for GreeterManager {}
+//!
+//! assert_eq!(GreeterManager::API_VERSION, "1.1");
+//! // The macro also wrote the typed client, `GreeterManagerClient`.
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use nova_rpc::dispatcher::{Endpoint, Router};
+
+use crate::periodic::PeriodicTask;
+
+/// Errors from hooks.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who the service is: what hooks and periodic tasks are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// The node name; servers listen on `topic.host`.
+    pub host: String,
+    /// The program name, e.g. `nova-compute`.
+    pub binary: String,
+    /// The RPC topic, e.g. `compute`.
+    pub topic: String,
+}
+
+/// Nova's manager hooks, called by the service in its start and stop order.
+#[async_trait]
+pub trait Manager: Send + Sync + 'static {
+    /// Before the service record is written and before RPC starts.
+    async fn init_host(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// After the service record exists, before the RPC server starts.
+    async fn pre_start_hook(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// After the RPC server is consuming.
+    async fn post_start_hook(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// On stop, after in-flight requests are done.
+    async fn cleanup_host(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// On SIGHUP, after the configuration was re-read.
+    async fn reset(&self) {}
+}
+
+/// The RPC surface of a manager; written by `#[rpc_api]`.
+pub trait RpcApi: Send + Sync + Sized + 'static {
+    /// The API version, `major.minor`.
+    const API_VERSION: &'static str;
+    /// The API namespace (`None`: the default namespace).
+    const NAMESPACE: Option<&'static str>;
+    /// The endpoint that serves the manager's methods.
+    fn rpc_router(self: &Arc<Self>) -> Router;
+    /// The manager's periodic tasks.
+    fn periodic_tasks(self: &Arc<Self>) -> Vec<PeriodicTask>;
+}
+
+/// A manager with its RPC endpoint and periodic tasks, ready for a service.
+#[derive(Clone)]
+pub struct ManagerHandle {
+    /// The registry name (or type name).
+    pub name: String,
+    /// The hooks.
+    pub hooks: Arc<dyn Manager>,
+    /// The RPC endpoint.
+    pub endpoint: Arc<dyn Endpoint>,
+    /// The periodic tasks.
+    pub periodic_tasks: Vec<PeriodicTask>,
+}
+
+impl std::fmt::Debug for ManagerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerHandle").field("name", &self.name).finish()
+    }
+}
+
+impl ManagerHandle {
+    /// Wrap a manager.
+    pub fn new<M: Manager + RpcApi>(manager: Arc<M>) -> Self {
+        Self {
+            name: std::any::type_name::<M>().to_owned(),
+            endpoint: Arc::new(manager.rpc_router()),
+            periodic_tasks: manager.periodic_tasks(),
+            hooks: manager,
+        }
+    }
+
+    /// Set the name shown in logs and `describe`.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}

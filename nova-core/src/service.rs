@@ -1,0 +1,307 @@
+//! A service: one manager served on its topic, with its report and
+//! periodic loops, in Nova's start order:
+//!
+//! look up record → `init_host` → create/update record → `pre_start_hook`
+//! → RPC server → `post_start_hook` → report loop → periodic loop.
+//!
+//! Stopping reverses it: the RPC server stops consuming and lets in-flight
+//! requests finish (up to `graceful_shutdown_timeout`), the loops stop, and
+//! `cleanup_host` runs.
+
+use std::{sync::Arc, time::Duration};
+
+use nova_rpc::{dispatcher::Dispatcher, transport::Transport, RpcServer, RunningServer, StopReport, Target};
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    baseapi,
+    config::CoreOptions,
+    db::{services::ServiceRecords, DbError},
+    manager::{BoxError, ManagerHandle, ServiceInfo},
+    periodic,
+};
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A hook failed.
+    #[error("{hook} failed: {error}")]
+    Hook {
+        /// Which hook.
+        hook: &'static str,
+        /// Its error.
+        error: BoxError,
+    },
+    /// The service record could not be read or written.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The RPC server could not start.
+    #[error(transparent)]
+    Rpc(#[from] nova_rpc::RpcError),
+}
+
+/// The loop timings and limits of a service (Nova's defaults).
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Seconds between heartbeats (`report_interval`, 10).
+    pub report_interval: Duration,
+    /// Run periodic tasks (`periodic_enable`).
+    pub periodic_enable: bool,
+    /// First periodic run delay, random up to this (`periodic_fuzzy_delay`, 60).
+    pub periodic_fuzzy_delay: Duration,
+    /// Longest periodic sleep (`periodic_interval_max`, 60).
+    pub periodic_interval_max: Duration,
+    /// In-flight grace on stop (`graceful_shutdown_timeout`, 60).
+    pub graceful_shutdown_timeout: Duration,
+    /// Concurrent requests (`executor_thread_pool_size`, 64).
+    pub executor_thread_pool_size: usize,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            report_interval: Duration::from_secs(10),
+            periodic_enable: true,
+            periodic_fuzzy_delay: Duration::from_secs(60),
+            periodic_interval_max: Duration::from_secs(60),
+            graceful_shutdown_timeout: Duration::from_secs(60),
+            executor_thread_pool_size: 64,
+        }
+    }
+}
+
+impl From<&CoreOptions> for ServiceOptions {
+    fn from(o: &CoreOptions) -> Self {
+        Self {
+            report_interval: o.report_interval,
+            periodic_enable: o.periodic_enable,
+            periodic_fuzzy_delay: o.periodic_fuzzy_delay,
+            periodic_interval_max: o.periodic_interval_max,
+            graceful_shutdown_timeout: o.graceful_shutdown_timeout,
+            executor_thread_pool_size: o.executor_thread_pool_size,
+        }
+    }
+}
+
+/// The program name of this process, e.g. `nova-compute`.
+pub fn program_name() -> String {
+    std::env::args()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "nova-service".into())
+}
+
+/// A service ready to start; see the module docs.
+#[derive(Debug)]
+pub struct Service {
+    info: ServiceInfo,
+    manager: ManagerHandle,
+    transport: Arc<dyn Transport>,
+    records: Option<ServiceRecords>,
+    options: ServiceOptions,
+}
+
+impl Service {
+    /// Nova's `Service.create`: host = the hostname, binary = the program
+    /// name, topic = the binary without `nova-`; change them with the setters.
+    pub fn create(transport: Arc<dyn Transport>, manager: ManagerHandle) -> Self {
+        let binary = program_name();
+        let topic = binary.strip_prefix("nova-").unwrap_or(&binary).to_owned();
+        let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into());
+        Self {
+            info: ServiceInfo { host, binary, topic },
+            manager,
+            transport,
+            records: None,
+            options: ServiceOptions::default(),
+        }
+    }
+
+    /// Set the host.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.info.host = host.into();
+        self
+    }
+
+    /// Set the binary (and, unless set after, the topic derived from it).
+    pub fn binary(mut self, binary: impl Into<String>) -> Self {
+        self.info.binary = binary.into();
+        self.info.topic = self.info.binary.strip_prefix("nova-").unwrap_or(&self.info.binary).to_owned();
+        self
+    }
+
+    /// Set the topic.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.info.topic = topic.into();
+        self
+    }
+
+    /// Keep the service record in this database.
+    pub fn records(mut self, records: ServiceRecords) -> Self {
+        self.records = Some(records);
+        self
+    }
+
+    /// Timings and limits.
+    pub fn options(mut self, options: ServiceOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// `report_interval`.
+    pub fn report_interval(mut self, d: Duration) -> Self {
+        self.options.report_interval = d;
+        self
+    }
+
+    /// `periodic_enable`.
+    pub fn periodic_enable(mut self, on: bool) -> Self {
+        self.options.periodic_enable = on;
+        self
+    }
+
+    /// `periodic_fuzzy_delay`.
+    pub fn periodic_fuzzy_delay(mut self, d: Duration) -> Self {
+        self.options.periodic_fuzzy_delay = d;
+        self
+    }
+
+    /// `periodic_interval_max`.
+    pub fn periodic_interval_max(mut self, d: Duration) -> Self {
+        self.options.periodic_interval_max = d;
+        self
+    }
+
+    /// Who the service is.
+    pub fn info(&self) -> &ServiceInfo {
+        &self.info
+    }
+
+    /// Start, in Nova's order (see the module docs).
+    pub async fn start(self) -> Result<RunningService, ServiceError> {
+        let Service { info, manager, transport, records, options } = self;
+        let hooks = manager.hooks.clone();
+        let hook = |hook: &'static str| move |error| ServiceError::Hook { hook, error };
+        if let Some(r) = &records {
+            match r.get(&info.host, &info.binary).await? {
+                Some(existing) => tracing::debug!(id = existing.id, "found existing service record"),
+                None => tracing::debug!("no service record yet"),
+            }
+        }
+        hooks.init_host(&info).await.map_err(hook("init_host"))?;
+        let record_id = match &records {
+            Some(r) => Some(r.create_or_update(&info.host, &info.binary, &info.topic).await?.id),
+            None => None,
+        };
+        hooks.pre_start_hook(&info).await.map_err(hook("pre_start_hook"))?;
+        let base = baseapi::endpoint(&info, &manager.name, std::slice::from_ref(&manager.endpoint));
+        let dispatcher = Dispatcher::new(vec![manager.endpoint.clone(), Arc::new(base)]);
+        let server = RpcServer::new(transport.clone(), Target::new(&info.topic).with_server(&info.host), dispatcher)
+            .with_executor_size(options.executor_thread_pool_size)
+            .start()
+            .await?;
+        let (stop, stopped) = watch::channel(false);
+        let mut loops = Vec::new();
+        if let Err(e) = hooks.post_start_hook(&info).await {
+            server.stop(options.graceful_shutdown_timeout).await;
+            return Err(hook("post_start_hook")(e));
+        }
+        if let (Some(r), Some(id)) = (&records, record_id) {
+            if !options.report_interval.is_zero() {
+                loops.push(tokio::spawn(report_loop(
+                    r.clone(),
+                    id,
+                    info.clone(),
+                    options.report_interval,
+                    stopped.clone(),
+                )));
+            }
+        }
+        if options.periodic_enable {
+            loops.push(tokio::spawn(periodic::run_periodic_tasks(
+                manager.periodic_tasks.clone(),
+                options.periodic_fuzzy_delay,
+                options.periodic_interval_max,
+                stopped,
+            )));
+        }
+        tracing::info!(host = %info.host, binary = %info.binary, topic = %info.topic, manager = %manager.name, "service started");
+        Ok(RunningService { info, manager, server, stop, loops, graceful: options.graceful_shutdown_timeout })
+    }
+}
+
+/// Heartbeats into the service record. A database outage is logged once,
+/// and its end once; RPC is served all along.
+async fn report_loop(
+    records: ServiceRecords,
+    mut id: i64,
+    info: ServiceInfo,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut lost = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let outcome = match records.report(id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::warn!(host = %info.host, binary = %info.binary, "service record was deleted; creating it again");
+                records.create_or_update(&info.host, &info.binary, &info.topic).await.map(|r| id = r.id)
+            }
+            Err(e) => Err(e),
+        };
+        match (outcome, lost) {
+            (Ok(()), true) => {
+                tracing::info!("Recovered from being unable to report status.");
+                lost = false;
+            }
+            (Ok(()), false) => {}
+            (Err(e), false) => {
+                tracing::error!(error = %e, "Lost connection to the database for reporting service status; still serving RPC.");
+                lost = true;
+            }
+            (Err(e), true) => tracing::debug!(error = %e, "still unable to report status"),
+        }
+    }
+}
+
+/// A started service.
+#[derive(Debug)]
+pub struct RunningService {
+    info: ServiceInfo,
+    manager: ManagerHandle,
+    server: RunningServer,
+    stop: watch::Sender<bool>,
+    loops: Vec<JoinHandle<()>>,
+    graceful: Duration,
+}
+
+impl RunningService {
+    /// Who the service is.
+    pub fn info(&self) -> &ServiceInfo {
+        &self.info
+    }
+
+    /// The manager's hooks (for `reset` on SIGHUP).
+    pub fn manager(&self) -> &ManagerHandle {
+        &self.manager
+    }
+
+    /// Stop consuming, finish in-flight requests (up to the graceful
+    /// timeout), stop the loops and run `cleanup_host`.
+    pub async fn stop(self) -> StopReport {
+        let report = self.server.stop(self.graceful).await;
+        self.stop.send_replace(true);
+        for l in self.loops {
+            let _ = l.await;
+        }
+        if let Err(e) = self.manager.hooks.cleanup_host(&self.info).await {
+            tracing::error!(error = %e, "cleanup_host failed");
+        }
+        tracing::info!(binary = %self.info.binary, requeued = report.requeued, "service stopped");
+        report
+    }
+}
