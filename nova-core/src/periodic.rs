@@ -7,11 +7,7 @@
 //! error is logged and the loop goes on. The first run waits a random
 //! `0..periodic_fuzzy_delay` so a fleet started together spreads its load.
 
-use std::{
-    future::Future,
-    sync::Arc,
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use nova_rpc::dispatcher::BoxFuture;
 use tokio::{sync::watch, time::Instant};

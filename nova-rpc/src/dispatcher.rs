@@ -27,12 +27,22 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub struct MethodInfo {
     /// The method name.
     pub name: String,
-    /// Arguments as `(name, type)`.
-    pub args: Vec<(String, String)>,
+    /// The arguments, in order.
+    pub args: Vec<ArgInfo>,
     /// Whether it runs on the blocking pool.
     pub blocking: bool,
     /// One line of documentation.
     pub doc: String,
+}
+
+/// One argument of a method, for introspection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArgInfo {
+    /// The argument's name (arguments are passed by name).
+    pub name: String,
+    /// Its Rust type, e.g. `Vec<String>`; `Option<…>` may be left out.
+    #[serde(rename = "type")]
+    pub ty: String,
 }
 
 /// A set of methods callable over RPC under one namespace and version.
@@ -246,7 +256,7 @@ impl Router {
     /// Describe the last added method: its arguments and a line of docs.
     pub fn describe(mut self, name: &str, args: &[(&str, &str)], doc: &str) -> Self {
         if let Some(m) = self.methods.get_mut(name) {
-            m.info.args = args.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
+            m.info.args = args.iter().map(|(n, t)| ArgInfo { name: (*n).to_owned(), ty: (*t).to_owned() }).collect();
             m.info.doc = doc.to_owned();
         }
         self

@@ -153,8 +153,8 @@ fn read_signature(f: &ImplItemFn) -> syn::Result<(bool, Vec<(syn::Ident, Type)>)
     let sig = &f.sig;
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
-        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
-        _ => return Err(syn::Error::new(sig.span(), "an RPC method takes &self first")),
+        Some(FnArg::Receiver(r)) if r.mutability.is_none() && (r.reference.is_some() || r.colon_token.is_some()) => {}
+        _ => return Err(syn::Error::new(sig.span(), "an RPC method takes &self (or self: &Arc<Self>) first")),
     }
     let ctx_by_ref = match inputs.next() {
         Some(FnArg::Typed(t)) => matches!(t.ty.as_ref(), Type::Reference(_)),
@@ -280,23 +280,23 @@ fn expand(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
         let inserts = m.args.iter().map(|(n, _)| {
             let key = n.to_string();
             quote! {
-                args.insert(#key.to_owned(), #p::serde_json::to_value(&#n)
+                __args.insert(#key.to_owned(), #p::serde_json::to_value(&#n)
                     .map_err(|e| #p::RpcError::Serialization(e.to_string()))?);
             }
         });
         let ok = &m.ok;
         let doc_attr = (!m.doc.is_empty()).then(|| quote!(#[doc = #doc]));
         let body = if m.flags.cast {
-            quote!(self.client.cast(ctx, #name_str, args).await)
+            quote!(self.client.cast(ctx, #name_str, __args).await)
         } else {
-            quote!(self.client.call_as::<#ok>(ctx, #name_str, args).await)
+            quote!(self.client.call_as::<#ok>(ctx, #name_str, __args).await)
         };
         let ret = if m.flags.cast { quote!(()) } else { quote!(#ok) };
         client_fns.push(quote! {
             #doc_attr
             pub async fn #name(&self, ctx: &#p::RequestContext, #(#params),*) -> ::core::result::Result<#ret, #p::RpcError> {
                 #[allow(unused_mut)]
-                let mut args = #p::serde_json::Map::new();
+                let mut __args = #p::serde_json::Map::new();
                 #(#inserts)*
                 #body
             }

@@ -1,0 +1,132 @@
+//! `nova-manage service list|enable|disable|force-down|delete`: the
+//! operator's view of the `services` table.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nova_core::{
+    config::CommonArgs,
+    db::{
+        services::{is_up, AdminAction, ServiceRecords, MIGRATIONS},
+        Database,
+    },
+};
+
+/// Manage nova-rs service records.
+#[derive(Parser)]
+#[command(name = "nova-manage", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Service records.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// List services with their state (up/down) and status (enabled/disabled).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Enable scheduling to a service.
+    Enable { host: String, binary: String },
+    /// Disable scheduling to a service.
+    Disable {
+        host: String,
+        binary: String,
+        /// Why (shown in `list`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Mark a service down whatever its heartbeats say (or lift it with --unset).
+    ForceDown {
+        host: String,
+        binary: String,
+        /// Lift a forced down.
+        #[arg(long)]
+        unset: bool,
+    },
+    /// Soft-delete a service record.
+    Delete { host: String, binary: String },
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (_, options) = nova_bin::tool_options(&cli.common)?;
+    let db = Database::connect(&options.database_connection).await?;
+    db.migrate(MIGRATIONS).await?;
+    let records = ServiceRecords::new(db);
+    let Top::Service(cmd) = cli.command;
+    let (host, binary, action) = match cmd {
+        ServiceCommand::List { json, topic } => {
+            let now = chrono::Utc::now().naive_utc();
+            let rows = records.list(topic.as_deref()).await?;
+            if json {
+                let out: Vec<_> = rows
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r).unwrap_or_default();
+                        v["state"] = (if is_up(r, options.service_down_time, now) { "up" } else { "down" }).into();
+                        v["status"] = (if r.disabled { "disabled" } else { "enabled" }).into();
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{:<5} {:<20} {:<16} {:<12} {:<6} {:<9} {:<20} Disabled Reason",
+                    "Id", "Host", "Binary", "Topic", "State", "Status", "Updated At"
+                );
+                for r in rows {
+                    let state = if is_up(&r, options.service_down_time, now) { "up" } else { "down" };
+                    let status = if r.disabled { "disabled" } else { "enabled" };
+                    let updated = r.updated_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+                    println!(
+                        "{:<5} {:<20} {:<16} {:<12} {:<6} {:<9} {:<20} {}",
+                        r.id,
+                        r.host,
+                        r.binary,
+                        r.topic,
+                        state,
+                        status,
+                        updated,
+                        r.disabled_reason.unwrap_or_default()
+                    );
+                }
+            }
+            return Ok(());
+        }
+        ServiceCommand::Enable { host, binary } => (host, binary, AdminAction::Enable),
+        ServiceCommand::Disable { host, binary, reason } => (host, binary, AdminAction::Disable(reason)),
+        ServiceCommand::ForceDown { host, binary, unset } => (host, binary, AdminAction::ForceDown(!unset)),
+        ServiceCommand::Delete { host, binary } => (host, binary, AdminAction::Delete),
+    };
+    if !records.admin(&host, &binary, &action).await? {
+        anyhow::bail!("no service {binary} on host {host}");
+    }
+    println!("{action:?}: {binary} on {host}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = nova_core::launcher::runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(cli)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nova-manage: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `nova-rpc`: call and cast any method of any service from the shell.
+//!
+//! `call` prints the JSON result on stdout and exits 0; a remote error is
+//! printed as `Class: message` on stderr with exit code 1; a timeout says
+//! so with exit code 2; anything else exits 3.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use nova_core::config::CommonArgs;
+use nova_rpc::{transport, RequestContext, RpcClient, RpcError, Target};
+
+/// Call and cast methods of nova-rs (and oslo.messaging) services.
+#[derive(Parser)]
+#[command(name = "nova-rpc", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Address {
+    /// The service topic, e.g. compute.
+    topic: String,
+    /// One server of the topic.
+    #[arg(long)]
+    server: Option<String>,
+    /// API namespace (baseapi for ping, describe and log levels).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// API version to ask for.
+    #[arg(long)]
+    version: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Call METHOD and print its JSON result.
+    Call {
+        #[command(flatten)]
+        to: Address,
+        /// The method.
+        method: String,
+        /// Arguments, as a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Seconds to wait for the reply.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Cast METHOD (no reply).
+    Cast {
+        #[command(flatten)]
+        to: Address,
+        /// The method.
+        method: String,
+        /// Arguments, as a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// To every server of the topic.
+        #[arg(long)]
+        fanout: bool,
+    },
+    /// Show (or with FILTER, set) a service's log filter, e.g. nova_rpc=debug.
+    LogLevel {
+        /// The service topic.
+        topic: String,
+        /// Set this filter.
+        filter: Option<String>,
+        /// One server of the topic.
+        #[arg(long)]
+        server: Option<String>,
+        /// Every server of the topic (set only).
+        #[arg(long)]
+        fanout: bool,
+    },
+}
+
+fn client(t: std::sync::Arc<dyn transport::Transport>, to: &Address) -> RpcClient {
+    let mut target = Target::new(&to.topic);
+    target.server = to.server.clone();
+    target.namespace = to.namespace.clone();
+    target.version = to.version.clone();
+    RpcClient::new(t, target)
+}
+
+fn parse_args(args: &str) -> Result<serde_json::Value, Failure> {
+    match serde_json::from_str::<serde_json::Value>(args) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err(Failure::Usage("--args must be a JSON object".into())),
+        Err(e) => Err(Failure::Usage(format!("--args is not valid JSON: {e}"))),
+    }
+}
+
+enum Failure {
+    Rpc(RpcError),
+    Usage(String),
+}
+
+impl From<RpcError> for Failure {
+    fn from(e: RpcError) -> Self {
+        Failure::Rpc(e)
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let (_, options) = nova_bin::tool_options(&cli.common).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    let t = transport::connect(options.transport.clone()).await?;
+    let ctx = RequestContext::new();
+    let outcome = match cli.command {
+        Command::Call { to, method, args, timeout } => {
+            let args = parse_args(&args)?;
+            let mut c = client(t.clone(), &to);
+            if let Some(s) = timeout {
+                c = c.with_timeout(Duration::from_secs_f64(s.max(0.001)));
+            }
+            let result = c.call(&ctx, &method, args).await?;
+            println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+            Ok(())
+        }
+        Command::Cast { to, method, args, fanout } => {
+            let args = parse_args(&args)?;
+            client(t.clone(), &to).with_fanout(fanout).cast(&ctx, &method, args).await?;
+            Ok(())
+        }
+        Command::LogLevel { topic, filter, server, fanout } => {
+            let to = Address { topic, server, namespace: Some("baseapi".into()), version: Some("1.1".into()) };
+            let c = client(t.clone(), &to);
+            match (filter, fanout) {
+                (Some(f), true) => {
+                    c.with_fanout(true).cast(&ctx, "set_log_level", serde_json::json!({ "filter": f })).await?
+                }
+                (Some(f), false) => {
+                    println!("{}", c.call(&ctx, "set_log_level", serde_json::json!({ "filter": f })).await?)
+                }
+                (None, _) => println!("{}", c.call(&ctx, "get_log_level", serde_json::json!({})).await?),
+            }
+            Ok(())
+        }
+    };
+    t.close().await;
+    outcome
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match nova_core::launcher::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nova-rpc: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Rpc(e @ RpcError::Timeout { .. })) => {
+            eprintln!("Timeout: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Rpc(
+            e @ (RpcError::Remote(_) | RpcError::NoSuchMethod { .. } | RpcError::UnsupportedVersion { .. }),
+        )) => {
+            let message = match &e {
+                RpcError::Remote(f) => f.message.clone(),
+                other => other.to_string(),
+            };
+            eprintln!("{}: {message}", e.class());
+            ExitCode::from(1)
+        }
+        Err(Failure::Rpc(e)) => {
+            eprintln!("{}: {e}", e.class());
+            ExitCode::from(3)
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("nova-rpc: {m}");
+            ExitCode::from(3)
+        }
+    }
+}

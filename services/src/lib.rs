@@ -1,0 +1,17 @@
+//! The example services — the managers a new user copies.
+//!
+//! * [`compute`]: `nova-compute`, runs tasks as supervised OS processes from
+//!   an allow-list, one process per task;
+//! * [`scheduler`]: `nova-scheduler`, places tasks on up compute hosts with
+//!   free capacity.
+//!
+//! Each comes with its typed client (`ComputeManagerClient`,
+//! `SchedulerManagerClient`), written by `#[rpc_api]`.
+
+pub mod compute;
+pub mod scheduler;
+
+/// Every manager in this crate, by its `<topic>_manager` name.
+pub fn registry() -> nova_core::ManagerRegistry {
+    nova_core::ManagerRegistry::new().register(compute::entry()).register(scheduler::entry())
+}
