@@ -31,5 +31,7 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+say "cargo build --bins (the process tests run the service binaries)"
+cargo build --workspace --bins
 say "cargo test"
 cargo test --workspace --no-fail-fast

@@ -146,3 +146,187 @@ macro_rules! transport_suite {
         }
     };
 }
+
+fn psql(sql: &str) -> Result<(), String> {
+    let host = std::env::var("NOVA_TEST_PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let out = Command::new("psql")
+        .args(["-h", &host, "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .map_err(|e| format!("cannot run psql: {e} (is PostgreSQL installed?)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// A database that exists for one test: a fresh PostgreSQL database
+/// (dropped at the end) or a SQLite file in a temporary directory.
+#[derive(Debug)]
+pub struct TestDb {
+    /// `postgresql://…` or `sqlite://…`.
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    /// A new PostgreSQL database on 127.0.0.1:5432. Panics clearly when PostgreSQL is unreachable.
+    pub fn postgres() -> Self {
+        let name = unique("nova_test").replace('-', "_");
+        psql(&format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("PostgreSQL is required for this test: {e}"));
+        let host = std::env::var("NOVA_TEST_PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+        Self { url: format!("postgresql://postgres@{host}:5432/{name}"), pg_name: Some(name), _dir: None }
+    }
+
+    /// A new SQLite file.
+    pub fn sqlite() -> Self {
+        let dir = TempDir::new("db");
+        Self { url: format!("sqlite://{}", dir.path().join("nova.sqlite").display()), pg_name: None, _dir: Some(dir) }
+    }
+
+    /// Either kind, by name (`"postgresql"` or `"sqlite"`).
+    pub fn of(kind: &str) -> Self {
+        if kind == "sqlite" {
+            Self::sqlite()
+        } else {
+            Self::postgres()
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            if let Err(e) = psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// A temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// A new directory under the system's temp dir.
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(&format!("nova-{prefix}")));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Write a file in it; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The path of a workspace binary (built by `cargo build --bins`, which the
+/// test command runs first). Panics with that hint when it is missing.
+pub fn bin_path(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --bins` first (./test.sh does)", p.display());
+    p
+}
+
+/// A running child process (a service binary), killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: std::process::Child,
+    /// Combined stdout and stderr go here.
+    pub log: std::path::PathBuf,
+}
+
+impl Proc {
+    /// Start `bin` with `args`, output to `log_dir/<bin>-<unique>.log`.
+    pub fn spawn(bin: &str, args: &[&str], log_dir: &std::path::Path) -> Self {
+        Self::spawn_env(bin, args, &[], log_dir)
+    }
+
+    /// Start with extra environment variables.
+    pub fn spawn_env(bin: &str, args: &[&str], env: &[(&str, &str)], log_dir: &std::path::Path) -> Self {
+        let log = log_dir.join(format!("{}.log", unique(bin)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let child = Command::new(bin_path(bin))
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        Self { child, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal by name (`TERM`, `KILL`, `HUP`, `INT`).
+    pub fn signal(&self, sig: &str) {
+        let ok =
+            Command::new("kill").args([format!("-{sig}"), self.pid().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Wait up to `timeout` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, or panic after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < until, "timed out after {timeout:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

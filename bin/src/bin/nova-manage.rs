@@ -27,6 +27,15 @@ enum Top {
     /// Service records.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a sample nova.conf documenting every option with its default.
+    Sample,
 }
 
 #[derive(Subcommand)]
@@ -63,11 +72,19 @@ enum ServiceCommand {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cmd = match cli.command {
+        Top::Config(ConfigCommand::Sample) => {
+            let mut specs = nova_core::config::CORE_OPTIONS.to_vec();
+            specs.extend(nova_services::registry().option_specs());
+            print!("{}", nova_core::config::Config::sample(&specs));
+            return Ok(());
+        }
+        Top::Service(cmd) => cmd,
+    };
     let (_, options) = nova_bin::tool_options(&cli.common)?;
     let db = Database::connect(&options.database_connection).await?;
     db.migrate(MIGRATIONS).await?;
     let records = ServiceRecords::new(db);
-    let Top::Service(cmd) = cli.command;
     let (host, binary, action) = match cmd {
         ServiceCommand::List { json, topic } => {
             let now = chrono::Utc::now().naive_utc();

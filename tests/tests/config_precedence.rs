@@ -1,0 +1,117 @@
+//! Configuration: defaults < files (and --config-dir) < environment < flags;
+//! bad values name the option and where they came from; unknown options
+//! are warned about; `--help` lists the common flags and no secrets.
+
+use std::{path::PathBuf, process::Command};
+
+use nova_core::config::{Config, CoreOptions, OptSpec, Origin, CORE_OPTIONS};
+use nova_tests::{bin_path, TempDir};
+
+const TEST_OPTS: &[OptSpec] = &[
+    OptSpec { section: "probe", name: "level", default: "default", help: "test" },
+    OptSpec { section: "probe", name: "from_dir", default: "default", help: "test" },
+];
+
+#[test]
+fn each_layer_overrides_the_one_below() {
+    let dir = TempDir::new("conf");
+    let a = dir.write("a.conf", "[probe]\nlevel = file-a\nfrom_dir = file-a\n");
+    let b = dir.write("b.conf", "[probe]\nlevel = file-b\n");
+    let conf_d = TempDir::new("conf-d");
+    conf_d.write("10-x.conf", "[probe]\nfrom_dir = dir\n");
+    let specs: Vec<OptSpec> = CORE_OPTIONS.iter().chain(TEST_OPTS).copied().collect();
+    let load = |flags: &[(&str, &str, String, &str)]| {
+        Config::load(&specs, &[a.clone(), b.clone()], Some(conf_d.path()), flags).unwrap()
+    };
+
+    let c = load(&[]);
+    assert_eq!(c.raw("probe", "level"), Some("file-b"), "later files win");
+    assert_eq!(c.raw("probe", "from_dir"), Some("dir"), "--config-dir comes after --config-file");
+    assert_eq!(c.origin("probe", "level"), Some(&Origin::File(b.clone(), 2)));
+    assert_eq!(c.raw("DEFAULT", "control_exchange"), Some("nova"), "defaults apply");
+
+    // The environment beats files (this is the only test in this binary touching it).
+    std::env::set_var("NOVA_PROBE__LEVEL", "env");
+    let c = load(&[]);
+    assert_eq!(c.raw("probe", "level"), Some("env"));
+    assert_eq!(c.origin("probe", "level"), Some(&Origin::Env("NOVA_PROBE__LEVEL".into())));
+    // Flags beat the environment.
+    let c = load(&[("probe", "level", "flag".into(), "--level")]);
+    assert_eq!(c.raw("probe", "level"), Some("flag"));
+    std::env::remove_var("NOVA_PROBE__LEVEL");
+}
+
+#[test]
+fn bad_values_name_the_option_and_the_file() {
+    let dir = TempDir::new("conf");
+    let f = dir.write("bad.conf", "[DEFAULT]\nreport_interval = soon\n");
+    let c = Config::load(CORE_OPTIONS, &[f.clone()], None, &[]).unwrap();
+    let err = CoreOptions::from_config(&c).unwrap_err().to_string();
+    assert!(err.contains("[DEFAULT] report_interval") && err.contains(&format!("{}:2", f.display())), "{err}");
+    let f = dir.write("bad2.conf", "[DEFAULT]\ntransport_url = rabbit://u:hunter2@h:notaport/\n");
+    let c = Config::load(CORE_OPTIONS, &[f], None, &[]).unwrap();
+    let err = CoreOptions::from_config(&c).unwrap_err().to_string();
+    assert!(err.contains("transport_url") && err.contains("notaport") && !err.contains("hunter2"), "{err}");
+    let f = dir.write("unknown.conf", "[DEFAULT]\nno_such_option = 1\n");
+    let c = Config::load(CORE_OPTIONS, &[f], None, &[]).unwrap();
+    assert_eq!(c.unknown().len(), 1);
+    assert!(c.unknown()[0].contains("no_such_option"));
+}
+
+fn run(bin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin_path(bin)).args(args).env_remove("RUST_LOG").output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn binaries_report_config_errors_and_list_their_flags() {
+    let dir = TempDir::new("conf");
+    let state = dir.path().display().to_string();
+    let bad: PathBuf = dir.write("bad.conf", "[DEFAULT]\nexecutor_thread_pool_size = lots\nsurprise = 1\n");
+    let (ok, out) = run("nova-compute", &["--config-file", bad.to_str().unwrap(), "--state-path", &state]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("executor_thread_pool_size") && out.contains("bad.conf:2"), "{out}");
+
+    let unknown = dir.write("unknown.conf", "[DEFAULT]\nsurprise = 1\n");
+    let (ok, out) = run(
+        "nova-compute",
+        &["--config-file", unknown.to_str().unwrap(), "--state-path", &state, "--manager", "nope::Nope"],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("surprise") && out.contains("ignoring unknown option"),
+        "unknown options are warned about: {out}"
+    );
+    assert!(
+        out.contains("unknown manager \"nope::Nope\"") && out.contains("nova_services::compute::ComputeManager"),
+        "{out}"
+    );
+
+    let (ok, out) = run("nova-compute", &["--help"]);
+    assert!(ok);
+    for flag in [
+        "--config-file",
+        "--config-dir",
+        "--host",
+        "--transport-url",
+        "--control-exchange",
+        "--database-connection",
+        "--manager",
+        "--debug",
+    ] {
+        assert!(out.contains(flag), "--help lists {flag}: {out}");
+    }
+}
+
+#[test]
+fn sample_config_documents_every_option() {
+    let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/nova/nova.conf.sample"))
+        .expect("etc/nova/nova.conf.sample");
+    let mut specs = CORE_OPTIONS.to_vec();
+    specs.extend(nova_services::registry().option_specs());
+    assert_eq!(
+        sample,
+        Config::sample(&specs),
+        "regenerate with: cargo run --bin nova-manage -- config sample > etc/nova/nova.conf.sample"
+    );
+}
