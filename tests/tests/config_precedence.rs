@@ -45,7 +45,7 @@ fn each_layer_overrides_the_one_below() {
 fn bad_values_name_the_option_and_the_file() {
     let dir = TempDir::new("conf");
     let f = dir.write("bad.conf", "[DEFAULT]\nreport_interval = soon\n");
-    let c = Config::load(CORE_OPTIONS, &[f.clone()], None, &[]).unwrap();
+    let c = Config::load(CORE_OPTIONS, std::slice::from_ref(&f), None, &[]).unwrap();
     let err = CoreOptions::from_config(&c).unwrap_err().to_string();
     assert!(err.contains("[DEFAULT] report_interval") && err.contains(&format!("{}:2", f.display())), "{err}");
     let f = dir.write("bad2.conf", "[DEFAULT]\ntransport_url = rabbit://u:hunter2@h:notaport/\n");
