@@ -17,3 +17,5 @@ pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> 
     }
     Ok((config, options))
 }
+
+pub mod gateway;

@@ -335,6 +335,14 @@ impl Manager for ComputeManager {
         Ok(())
     }
 
+    /// Tell the schedulers about this host right away, not at the first periodic report.
+    async fn post_start_hook(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
+        if let Err(e) = self.report_capacity(RequestContext::new()).await {
+            tracing::warn!(error = %e, "first capacity report failed; the periodic report will retry");
+        }
+        Ok(())
+    }
+
     /// Kill what still runs: a task's life is bounded by its compute's.
     async fn cleanup_host(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
         let running: Vec<_> = self.running.lock().await.values().cloned().collect();

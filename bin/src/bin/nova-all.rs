@@ -1,0 +1,90 @@
+//! `nova-all`: every service in one process, plus the HTTP gateway and
+//! console. With nothing configured it runs on the embedded defaults:
+//! `memory://` messaging, SQLite under `./nova-state`, and a compute allow-list
+//! of harmless commands (`echo`, `sleep`, `true`, `false`). With
+//! `--transport-url`/`--database-connection` it runs the same on RabbitMQ
+//! and PostgreSQL.
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::Parser;
+use nova_bin::gateway::{self, Gateway};
+use nova_core::{
+    config::{CommonArgs, OptSpec},
+    db::services::ServiceRecords,
+    launcher::{stop_all, wait_for_stop_signal},
+    Bootstrap, LaunchError,
+};
+
+/// Run the scheduler, a compute host, and the HTTP gateway in one process.
+#[derive(Parser)]
+#[command(name = "nova-all", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Where the gateway listens ([api] listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+const API_OPTIONS: &[OptSpec] = &[OptSpec {
+    section: "api",
+    name: "listen",
+    default: "127.0.0.1:8774",
+    help: "Address of the HTTP gateway and console.",
+}];
+
+async fn run(cli: Cli) -> Result<(), LaunchError> {
+    let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), API_OPTIONS).await?;
+    let listen = match cli.listen {
+        Some(l) => l,
+        None => bootstrap.config.require("api", "listen")?,
+    };
+    let mut running = Vec::new();
+    for binary in ["nova-scheduler", "nova-compute"] {
+        let service = bootstrap.service(binary, None).await?;
+        running.push(service.start().await?);
+    }
+    let gw = Gateway::new(
+        bootstrap.transport.clone(),
+        ServiceRecords::new(bootstrap.db.clone()),
+        bootstrap.options.service_down_time,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(gateway::serve(gw, listen, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!("nova-all is up: console at http://{listen}/");
+    tokio::select! {
+        _ = wait_for_stop_signal(&bootstrap, &running) => {}
+        served = http => {
+            stop_all(running).await;
+            return match served {
+                Ok(Err(e)) => Err(nova_rpc::RpcError::Transport(format!("cannot serve HTTP on {listen}: {e}")).into()),
+                _ => Ok(()),
+            };
+        }
+    }
+    let _ = stop_tx.send(());
+    stop_all(running).await;
+    bootstrap.transport.close().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match nova_core::launcher::runtime() {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("nova-all: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nova-all: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
