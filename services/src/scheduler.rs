@@ -148,14 +148,15 @@ impl SchedulerManager {
                 format!("no compute host allows command {name:?}"),
             ));
         }
-        let best = allowing
-            .into_iter()
-            .filter(|h| up.contains(&h.host) && h.free_slots > 0)
-            .max_by_key(|h| (h.free_slots, std::cmp::Reverse(h.host.clone())))
-            .map(|h| h.host.clone())
-            .ok_or_else(|| {
-                no_valid_host(format!("{} compute host(s) up, none with a free slot that allows {name:?}.", up.len()))
-            })?;
+        let candidates: Vec<&HostState> =
+            allowing.into_iter().filter(|h| up.contains(&h.host) && h.free_slots > 0).collect();
+        let most_free = candidates.iter().map(|h| h.free_slots).max().unwrap_or(0);
+        // Among the hosts with the most free slots, pick one at random (as
+        // Nova's host_subset_size spreads load across equally good hosts).
+        let best: Vec<&&HostState> = candidates.iter().filter(|h| h.free_slots == most_free).collect();
+        let best = best.get(fastrand::usize(..best.len().max(1))).map(|h| h.host.clone()).ok_or_else(|| {
+            no_valid_host(format!("{} compute host(s) up, none with a free slot that allows {name:?}.", up.len()))
+        })?;
         if let Some(h) = hosts.get_mut(&best) {
             h.free_slots -= 1;
         }

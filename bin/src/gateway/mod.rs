@@ -179,16 +179,17 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     }
 }
 
-async fn invoke(
-    gw: &Gateway,
-    headers: &HeaderMap,
+/// Where a gateway request goes: topic, optional server, method, and
+/// whether it is a call (else a cast).
+struct Address {
     topic: String,
     server: Option<String>,
     method: String,
-    q: CallQuery,
-    body: Bytes,
     call: bool,
-) -> Response {
+}
+
+async fn invoke(gw: &Gateway, headers: &HeaderMap, to: Address, q: CallQuery, body: Bytes) -> Response {
+    let Address { topic, server, method, call } = to;
     let id = request_id(headers);
     let outcome = async {
         let args = parse_body(&body)?;
@@ -236,7 +237,7 @@ async fn call_topic(
     body: Bytes,
 ) -> Response {
     match query(q) {
-        Ok(q) => invoke(&gw, &headers, topic, None, method, q, body, true).await,
+        Ok(q) => invoke(&gw, &headers, Address { topic, server: None, method, call: true }, q, body).await,
         Err(r) => r,
     }
 }
@@ -249,7 +250,7 @@ async fn call_server(
     body: Bytes,
 ) -> Response {
     match query(q) {
-        Ok(q) => invoke(&gw, &headers, topic, Some(server), method, q, body, true).await,
+        Ok(q) => invoke(&gw, &headers, Address { topic, server: Some(server), method, call: true }, q, body).await,
         Err(r) => r,
     }
 }
@@ -262,7 +263,7 @@ async fn cast_topic(
     body: Bytes,
 ) -> Response {
     match query(q) {
-        Ok(q) => invoke(&gw, &headers, topic, None, method, q, body, false).await,
+        Ok(q) => invoke(&gw, &headers, Address { topic, server: None, method, call: false }, q, body).await,
         Err(r) => r,
     }
 }
@@ -275,7 +276,7 @@ async fn cast_server(
     body: Bytes,
 ) -> Response {
     match query(q) {
-        Ok(q) => invoke(&gw, &headers, topic, Some(server), method, q, body, false).await,
+        Ok(q) => invoke(&gw, &headers, Address { topic, server: Some(server), method, call: false }, q, body).await,
         Err(r) => r,
     }
 }
