@@ -24,8 +24,37 @@ ensure_postgres() {
     echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1
 }
 
+# Headless Chromium drives the console test (Debian's package).
+ensure_chromium() {
+    if command -v chromium >/dev/null; then return; fi
+    say "installing chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
+        || { echo "cannot install chromium (the console test needs it)" >&2; exit 1; }
+}
+
+# The interop tests run real oslo.messaging peers from a virtualenv kept
+# beside the build (so it is cached between runs).
+OSLO_MESSAGING_VERSION=18.3.1
+ensure_interop_venv() {
+    local target="${CARGO_TARGET_DIR:-$PWD/target}"
+    local venv="$target/interop-venv"
+    local stamp="$venv/.oslo.messaging-$OSLO_MESSAGING_VERSION"
+    if [ ! -f "$stamp" ]; then
+        say "installing oslo.messaging $OSLO_MESSAGING_VERSION into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "oslo.messaging==$OSLO_MESSAGING_VERSION" \
+            || { echo "cannot install oslo.messaging (the interop tests need it)" >&2; exit 1; }
+        touch "$stamp"
+    fi
+    export NOVA_INTEROP_PYTHON="$venv/bin/python"
+}
+
 ensure_rabbitmq
 ensure_postgres
+ensure_chromium
+ensure_interop_venv
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
