@@ -25,7 +25,9 @@ pub fn init(debug: bool, json: bool) {
     let (layer, handle) = reload::Layer::new(filter);
     let json_layer =
         json.then(|| tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr));
-    let text_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Colours only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr));
     if tracing_subscriber::registry().with(layer).with(json_layer).with(text_layer).try_init().is_ok() {
         let _ = FILTER.set(handle);
     }

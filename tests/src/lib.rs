@@ -6,6 +6,8 @@
 //! skip. Point them elsewhere with `NOVA_TEST_RABBIT` (host:port) and
 //! `RABBITMQCTL` (the control command).
 
+pub mod interop;
+
 use std::{process::Command, sync::Arc, time::Duration};
 
 use nova_rpc::transport::{self, Transport, TransportOptions};

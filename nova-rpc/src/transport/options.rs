@@ -97,6 +97,13 @@ impl Default for RabbitOptions {
 }
 
 impl RabbitOptions {
+    /// Whether the topic exchange and the `topic`/`topic.server` queues are
+    /// durable: oslo's `amqp_durable_queues or rabbit_quorum_queue`
+    /// (quorum queues are always durable).
+    pub fn topic_durable(&self) -> bool {
+        self.amqp_durable_queues || self.rabbit_quorum_queue
+    }
+
     /// The delay before reconnect attempt `attempt` (0-based): oslo's
     /// `interval + backoff × attempt`, capped at `rabbit_interval_max`, with ±20 % jitter.
     pub fn reconnect_delay(&self, attempt: u32) -> Duration {

@@ -72,12 +72,7 @@ impl AmqpTransport {
                 arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit as i32));
             }
         }
-        Declare::Queue {
-            name,
-            durable: r.amqp_durable_queues || quorum || spec.durable,
-            auto_delete: r.amqp_auto_delete,
-            arguments,
-        }
+        Declare::Queue { name, durable: r.topic_durable() || spec.durable, auto_delete: r.amqp_auto_delete, arguments }
     }
 }
 
@@ -95,7 +90,7 @@ impl Transport for AmqpTransport {
         let exchange = Declare::Exchange {
             name: spec.exchange.clone(),
             kind: ExchangeKind::Topic,
-            durable: r.amqp_durable_queues || spec.durable,
+            durable: r.topic_durable() || spec.durable,
             auto_delete: r.amqp_auto_delete,
         };
         let server_key = format!("{}.{}", spec.topic, spec.server);

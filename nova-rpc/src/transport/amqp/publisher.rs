@@ -66,7 +66,7 @@ impl Publisher {
     pub(crate) fn new(connector: Arc<Connector>) -> Self {
         let o = connector.options();
         Self {
-            topic_durable: o.amqp_durable_queues,
+            topic_durable: o.topic_durable(),
             topic_auto_delete: o.amqp_auto_delete,
             connector,
             current: RwLock::new(None),

@@ -1,0 +1,122 @@
+"""A real oslo.messaging peer for nova-rs's interop tests.
+
+    peer.py server URL EXCHANGE TOPIC SERVER [--durable] [--quorum]
+        Serve an endpoint on TOPIC (and TOPIC.SERVER, and the fanout queue)
+        with the rabbit driver; print "READY" once consuming. Runs until
+        its standard input closes.
+
+    peer.py client URL EXCHANGE [--durable] [--quorum]
+        Read one JSON request per line from standard input, make it with an
+        RPCClient, and print one JSON answer per line:
+        {"op": "call"|"cast", "topic", "method", "args", "server", "fanout",
+         "namespace", "version", "timeout", "context"} ->
+        {"ok": result} or {"error": {"class", "exc_type", "message"}}.
+"""
+
+import json
+import sys
+import threading
+import time
+
+import oslo_messaging
+from oslo_config import cfg
+from oslo_messaging._drivers import amqp, impl_rabbit
+
+
+def transport_for(url, exchange, flags):
+    conf = cfg.CONF
+    conf([], project="nova-rs-interop")
+    oslo_messaging.set_transport_defaults(control_exchange=exchange)
+    group = "oslo_messaging_rabbit"
+    conf.register_opts(impl_rabbit.rabbit_opts, group=group)
+    conf.register_opts(amqp.amqp_opts, group=group)
+    conf.set_override("amqp_durable_queues", "--durable" in flags, group=group)
+    conf.set_override("rabbit_quorum_queue", "--quorum" in flags, group=group)
+    return conf, oslo_messaging.get_rpc_transport(conf, url=url)
+
+
+class Endpoint:
+    """The Python service's API (version 1.3, default namespace)."""
+
+    target = oslo_messaging.Target(version="1.3")
+
+    def __init__(self, name):
+        self.name = name
+        self.casts = []
+        self.lock = threading.Lock()
+
+    def echo(self, ctxt, **kwargs):
+        return {"server": self.name, "args": kwargs,
+                "request_id": ctxt.get("request_id"),
+                "context": ctxt}
+
+    def fail(self, ctxt, message):
+        raise ValueError(message)
+
+    def slow(self, ctxt, seconds):
+        time.sleep(seconds)
+        return {"server": self.name, "slept": seconds}
+
+    def record(self, ctxt, value):
+        with self.lock:
+            self.casts.append(value)
+
+    def recorded(self, ctxt):
+        with self.lock:
+            return list(self.casts)
+
+
+def serve(url, exchange, topic, server, flags):
+    conf, transport = transport_for(url, exchange, flags)
+    target = oslo_messaging.Target(topic=topic, server=server)
+    rpc = oslo_messaging.get_rpc_server(transport, target, [Endpoint(server)],
+                                        executor="threading")
+    rpc.start()
+    print("READY", flush=True)
+    sys.stdin.read()
+    rpc.stop()
+    rpc.wait()
+    transport.cleanup()
+
+
+def answer(client_base, req):
+    kw = {}
+    for key in ("server", "namespace", "version", "timeout", "fanout"):
+        if req.get(key) is not None:
+            kw[key] = req[key]
+    if req.get("call_monitor_timeout") is not None:
+        kw["call_monitor_timeout"] = req["call_monitor_timeout"]
+    client = client_base.prepare(topic=req["topic"], **kw)
+    ctxt = req.get("context") or {}
+    try:
+        if req["op"] == "call":
+            return {"ok": client.call(ctxt, req["method"], **req.get("args", {}))}
+        client.cast(ctxt, req["method"], **req.get("args", {}))
+        return {"ok": None}
+    except oslo_messaging.RemoteError as e:
+        return {"error": {"class": "RemoteError", "exc_type": e.exc_type,
+                          "message": e.value}}
+    except Exception as e:  # noqa: BLE001 - reported to the test as data
+        return {"error": {"class": type(e).__name__, "exc_type": None,
+                          "message": str(e)}}
+
+
+def client(url, exchange, flags):
+    conf, transport = transport_for(url, exchange, flags)
+    base = oslo_messaging.get_rpc_client(
+        transport, oslo_messaging.Target(topic="unused"), timeout=10)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip():
+            print(json.dumps(answer(base, json.loads(line))), flush=True)
+    transport.cleanup()
+
+
+if __name__ == "__main__":
+    mode, args = sys.argv[1], sys.argv[2:]
+    flags = [a for a in args if a.startswith("--")]
+    pos = [a for a in args if not a.startswith("--")]
+    if mode == "server":
+        serve(*pos, flags)
+    else:
+        client(*pos, flags)
