@@ -62,5 +62,15 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 say "cargo build --bins (the process tests run the service binaries)"
 cargo build --workspace --bins
+say "nova-bench --smoke (proves the bench runs; measures nothing)"
+bench_vhost="nova-bench-smoke-$$"
+rabbitmqctl -q add_vhost "$bench_vhost"
+rabbitmqctl -q set_permissions -p "$bench_vhost" guest '.*' '.*' '.*'
+smoke_status=0
+"${CARGO_TARGET_DIR:-target}/debug/nova-bench" --smoke \
+    --transport-url memory://bench-smoke \
+    --transport-url "rabbit://guest:guest@127.0.0.1:5672/$bench_vhost" || smoke_status=$?
+rabbitmqctl -q delete_vhost "$bench_vhost"
+[ "$smoke_status" = 0 ] || { echo "nova-bench --smoke failed" >&2; exit 1; }
 say "cargo test"
 cargo test --workspace --no-fail-fast

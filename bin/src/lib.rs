@@ -18,4 +18,5 @@ pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> 
     Ok((config, options))
 }
 
+pub mod bench;
 pub mod gateway;

@@ -7,37 +7,37 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CommonArgs {
     /// Read options from this INI file (repeatable; later files win).
-    #[arg(long = "config-file", value_name = "PATH")]
+    #[arg(long = "config-file", value_name = "PATH", global = true)]
     pub config_file: Vec<PathBuf>,
     /// Also read every *.conf file in this directory, in name order.
-    #[arg(long = "config-dir", value_name = "DIR")]
+    #[arg(long = "config-dir", value_name = "DIR", global = true)]
     pub config_dir: Option<PathBuf>,
     /// This node's name ([DEFAULT] host).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub host: Option<String>,
     /// Messaging transport URL ([DEFAULT] transport_url), e.g. rabbit://user:pass@host:5672/.
-    #[arg(long = "transport-url", value_name = "URL", hide_default_value = true)]
+    #[arg(long = "transport-url", value_name = "URL", hide_default_value = true, global = true)]
     pub transport_url: Option<String>,
     /// Topic exchange name ([DEFAULT] control_exchange).
-    #[arg(long = "control-exchange", value_name = "NAME")]
+    #[arg(long = "control-exchange", value_name = "NAME", global = true)]
     pub control_exchange: Option<String>,
     /// Database URL ([database] connection), e.g. postgresql://user@host/nova.
-    #[arg(long = "database-connection", value_name = "URL")]
+    #[arg(long = "database-connection", value_name = "URL", global = true)]
     pub database_connection: Option<String>,
     /// The manager to run ([DEFAULT] <topic>_manager), e.g. nova_services::compute::ComputeManager.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub manager: Option<String>,
     /// Directory for local state ([DEFAULT] state_path).
-    #[arg(long = "state-path", value_name = "DIR")]
+    #[arg(long = "state-path", value_name = "DIR", global = true)]
     pub state_path: Option<PathBuf>,
     /// Serve Prometheus metrics on this address ([DEFAULT] metrics_listen).
-    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    #[arg(long = "metrics-listen", value_name = "ADDR", global = true)]
     pub metrics_listen: Option<String>,
     /// Log at debug level ([DEFAULT] debug).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub debug: bool,
     /// Log one JSON object per line ([DEFAULT] log_json).
-    #[arg(long = "log-json")]
+    #[arg(long = "log-json", global = true)]
     pub log_json: bool,
 }
 

@@ -1,0 +1,161 @@
+//! `nova-bench`: what nova-rs costs, measured beside its ceiling.
+//!
+//! Every figure is taken twice in one run on the same broker: through
+//! nova-rs (a [`Pattern`] over [`nova::NovaPattern`]) and through raw lapin
+//! doing the same request/reply or one-way work ([`lapin::LapinPattern`]),
+//! so a figure is always printed with its ratio to the ceiling. The runners
+//! here ([`sequential`], [`concurrent`], [`casts`]) know nothing of either
+//! side. [`process`] measures whole service processes: start-up, resident
+//! memory, and how fast added workers drain a backlog.
+
+pub mod lapin;
+pub mod nova;
+pub mod process;
+mod report;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+
+pub use self::report::Report;
+
+/// One way of sending work: nova-rs or raw lapin, over one broker.
+#[async_trait]
+pub trait Pattern: Send + Sync {
+    /// Request and wait for the reply.
+    async fn call(&self) -> anyhow::Result<()>;
+    /// Send one-way; returns once the message is confirmed (when confirms are on).
+    async fn cast(&self) -> anyhow::Result<()>;
+    /// Send one-way to every consumer.
+    async fn fanout(&self) -> anyhow::Result<()>;
+    /// How many one-way messages the consumers have received so far.
+    async fn received(&self) -> anyhow::Result<usize>;
+    /// Release what the pattern declared.
+    async fn close(&self);
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest.
+    pub max: f64,
+    /// Calls per second, one at a time.
+    pub per_s: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// `n` calls one after another after `warmup` untimed ones.
+pub async fn sequential(p: &dyn Pattern, warmup: usize, n: usize) -> anyhow::Result<Latency> {
+    for _ in 0..warmup {
+        p.call().await?;
+    }
+    let mut times = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        p.call().await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total = started.elapsed().as_secs_f64();
+    times.sort_by(f64::total_cmp);
+    Ok(Latency {
+        p50: percentile(&times, 0.5),
+        p90: percentile(&times, 0.9),
+        p99: percentile(&times, 0.99),
+        max: times.last().copied().unwrap_or(0.0),
+        per_s: n as f64 / total.max(1e-9),
+    })
+}
+
+/// `total` calls with `outstanding` in flight at once; calls per second.
+pub async fn concurrent(p: Arc<dyn Pattern>, outstanding: usize, total: usize) -> anyhow::Result<f64> {
+    let outstanding = outstanding.clamp(1, total.max(1));
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(outstanding);
+    for w in 0..outstanding {
+        let share = total / outstanding + usize::from(w < total % outstanding);
+        let p = p.clone();
+        workers.push(tokio::spawn(async move {
+            for _ in 0..share {
+                p.call().await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// Which one-way send [`casts`] measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneWay {
+    /// To one of the topic's consumers.
+    Cast,
+    /// To every consumer (counted once per consumer).
+    Fanout,
+}
+
+/// Send `n` one-way messages, `outstanding` confirms awaited at once, and
+/// count on the consumers until `n × copies` arrived; messages per second.
+pub async fn casts(
+    p: Arc<dyn Pattern>,
+    kind: OneWay,
+    outstanding: usize,
+    n: usize,
+    copies: usize,
+) -> anyhow::Result<f64> {
+    let before = p.received().await?;
+    let started = Instant::now();
+    let outstanding = outstanding.clamp(1, n.max(1));
+    let mut senders = Vec::with_capacity(outstanding);
+    for w in 0..outstanding {
+        let share = n / outstanding + usize::from(w < n % outstanding);
+        let p = p.clone();
+        senders.push(tokio::spawn(async move {
+            for _ in 0..share {
+                match kind {
+                    OneWay::Cast => p.cast().await?,
+                    OneWay::Fanout => p.fanout().await?,
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    let want = before + n * copies;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = p.received().await?;
+        if got >= want {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {} of {} one-way messages arrived", got - before, n * copies);
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    Ok((n * copies) as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// The benchmark arguments, `~size` bytes of JSON.
+pub fn payload(size: usize) -> serde_json::Value {
+    serde_json::json!({ "data": "x".repeat(size.saturating_sub(11)) })
+}

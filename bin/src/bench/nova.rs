@@ -1,0 +1,180 @@
+//! The measured side: nova-rs clients and servers doing the bench's work.
+//!
+//! The bench API (version 1.0) is what `nova-bench serve` serves in its own
+//! process and what in-process servers serve: `echo` returns its arguments,
+//! `count` (cast) counts, `work` (cast) sleeps `work_ms` then counts, and
+//! `received` (call) returns the count.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use nova_rpc::{
+    dispatcher::{Dispatcher, Router},
+    transport::{self, Transport, TransportOptions, TransportUrl},
+    RequestContext, RpcClient, RpcError, RpcServer, RunningServer, Target, Version,
+};
+use serde_json::{json, Map, Value};
+use tokio::sync::Mutex;
+
+use super::Pattern;
+
+/// The bench API; `first` runs once, on the first message of any kind.
+pub fn bench_api(count: Arc<AtomicUsize>, work: Duration, first: Arc<dyn Fn() + Send + Sync>) -> Dispatcher {
+    let once = Arc::new(std::sync::Once::new());
+    let mark = move || {
+        let first = first.clone();
+        once.call_once(move || first());
+    };
+    let (m1, m2, m3) = (mark.clone(), mark.clone(), mark);
+    let (c1, c2, c3) = (count.clone(), count.clone(), count);
+    let api = Router::new(Version::new(1, 0))
+        .method("echo", move |_ctx: RequestContext, args: Map<String, Value>| {
+            m1();
+            async move { Ok::<_, RpcError>(Value::Object(args)) }
+        })
+        .method("count", move |_ctx: RequestContext, _args: Map<String, Value>| {
+            m2();
+            c1.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, RpcError>(()) }
+        })
+        .method("work", move |_ctx: RequestContext, _args: Map<String, Value>| {
+            m3();
+            let c = c2.clone();
+            async move {
+                tokio::time::sleep(work).await;
+                c.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, RpcError>(())
+            }
+        })
+        .method("received", move |_ctx: RequestContext, _args: Map<String, Value>| {
+            let n = c3.load(Ordering::Relaxed);
+            async move { Ok::<_, RpcError>(n) }
+        });
+    Dispatcher::new(vec![Arc::new(api)])
+}
+
+/// Where the bench's servers run.
+pub enum Servers {
+    /// Two servers in this process, sharing one counter.
+    InProcess(Vec<RunningServer>, Arc<AtomicUsize>),
+    /// Two `nova-bench serve` processes, counted by calling `received`.
+    Processes(Vec<super::process::Child>),
+}
+
+/// nova-rs calls, casts and fanouts against two bench servers on a topic.
+pub struct NovaPattern {
+    client: RpcClient,
+    args: Value,
+    servers: Mutex<Option<Servers>>,
+    transport: Arc<dyn Transport>,
+    hosts: [&'static str; 2],
+}
+
+/// Transport options for the bench: `url`, a private exchange, confirms on or off.
+pub fn options(url: &str, exchange: &str, confirms: bool) -> TransportOptions {
+    let mut o = TransportOptions::new(url).with_control_exchange(exchange);
+    o.rabbit.publisher_confirms = confirms;
+    o.rpc_response_timeout = Duration::from_secs(30);
+    o
+}
+
+impl NovaPattern {
+    /// Start two servers for `topic` (in this process, or as `nova-bench
+    /// serve` processes) and a client; `executor` is each server's limit.
+    pub async fn start(
+        options: TransportOptions,
+        topic: &str,
+        payload: Value,
+        executor: usize,
+        separate_process: bool,
+    ) -> anyhow::Result<Self> {
+        let transport = transport::connect(options.clone()).await?;
+        let hosts = ["s1", "s2"];
+        let servers = if separate_process {
+            let mut children = Vec::new();
+            for host in hosts {
+                children.push(super::process::Child::serve(&options, topic, host, executor, 0).await?);
+            }
+            Servers::Processes(children)
+        } else {
+            let count = Arc::new(AtomicUsize::new(0));
+            let mut running = Vec::new();
+            for host in hosts {
+                let api = bench_api(count.clone(), Duration::ZERO, Arc::new(|| {}));
+                let server = RpcServer::new(transport.clone(), Target::new(topic).with_server(host), api)
+                    .with_executor_size(executor);
+                running.push(server.start().await?);
+            }
+            Servers::InProcess(running, count)
+        };
+        let client = RpcClient::new(transport.clone(), Target::new(topic).with_version("1.0"));
+        Ok(Self { client, args: payload, servers: Mutex::new(Some(servers)), transport, hosts })
+    }
+
+    /// The client, for other measurements against these servers.
+    pub fn client(&self) -> &RpcClient {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl Pattern for NovaPattern {
+    async fn call(&self) -> anyhow::Result<()> {
+        self.client.call(&RequestContext::default(), "echo", &self.args).await?;
+        Ok(())
+    }
+
+    async fn cast(&self) -> anyhow::Result<()> {
+        Ok(self.client.cast(&RequestContext::default(), "count", &self.args).await?)
+    }
+
+    async fn fanout(&self) -> anyhow::Result<()> {
+        Ok(self.client.with_fanout(true).cast(&RequestContext::default(), "count", &self.args).await?)
+    }
+
+    async fn received(&self) -> anyhow::Result<usize> {
+        let in_process = match self.servers.lock().await.as_ref() {
+            Some(Servers::InProcess(_, count)) => Some(count.load(Ordering::Relaxed)),
+            _ => None,
+        };
+        if let Some(n) = in_process {
+            return Ok(n);
+        }
+        let mut total = 0;
+        for host in self.hosts {
+            let n: usize =
+                self.client.with_server(host).call_as(&RequestContext::default(), "received", json!({})).await?;
+            total += n;
+        }
+        Ok(total)
+    }
+
+    async fn close(&self) {
+        match self.servers.lock().await.take() {
+            Some(Servers::InProcess(running, _)) => {
+                for s in running {
+                    s.stop(Duration::from_secs(5)).await;
+                }
+            }
+            Some(Servers::Processes(children)) => drop(children),
+            None => {}
+        }
+        let o = self.transport.options();
+        if TransportUrl::parse(&o.transport_url).is_ok_and(|u| u.scheme != "memory") {
+            let topic = &self.client.target().topic;
+            let mut queues = vec![topic.clone()];
+            queues.extend(self.hosts.iter().map(|h| format!("{topic}.{h}")));
+            let exchanges = [o.control_exchange.clone(), format!("{topic}_fanout")];
+            if let Err(e) = super::process::delete_topology(&o.transport_url, &queues, &exchanges).await {
+                eprintln!("nova-bench: cleanup: {e}");
+            }
+        }
+        self.transport.close().await;
+    }
+}

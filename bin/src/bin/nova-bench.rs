@@ -1,0 +1,194 @@
+//! `nova-bench`: nova-rs throughput and latency beside raw lapin on the same
+//! broker, in one run; see `BENCHMARKS.md` for the figures on this machine.
+//!
+//! ```text
+//! nova-bench                                # memory:// and RabbitMQ on 127.0.0.1
+//! nova-bench --transport-url rabbit://u:p@host:5672/ --json
+//! nova-bench --smoke                        # seconds, for the test command
+//! nova-bench serve --topic T --host H ...   # a worker process (used by the bench)
+//! ```
+
+use std::{sync::Arc, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use nova_bin::bench::{self, lapin::LapinPattern, nova::NovaPattern, process, OneWay, Pattern, Report};
+
+/// Measure nova-rs against raw lapin on the same broker.
+#[derive(Parser)]
+#[command(name = "nova-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Transports to measure (repeatable); default memory:// and rabbit://guest:guest@127.0.0.1:5672/.
+    #[arg(long = "transport-url", value_name = "URL")]
+    transport_url: Vec<String>,
+    /// Calls per throughput figure.
+    #[arg(long, default_value_t = 20_000)]
+    calls: usize,
+    /// Sequential calls for the latency figures (after as many warm-up calls / 10).
+    #[arg(long, default_value_t = 5_000)]
+    seq: usize,
+    /// Casts (and fanout casts) per figure.
+    #[arg(long, default_value_t = 20_000)]
+    casts: usize,
+    /// Size of each call's arguments in bytes (~100; try 10240).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Run the bench servers as separate `nova-bench serve` processes.
+    #[arg(long)]
+    server_process: bool,
+    /// Pings sent to a nova-compute process for the memory-growth figure.
+    #[arg(long, default_value_t = 100_000)]
+    rss_calls: usize,
+    /// Casts in the scale-out backlog.
+    #[arg(long, default_value_t = 20_000)]
+    scale_backlog: usize,
+    /// Skip the process figures (start-up, memory, scale-out).
+    #[arg(long)]
+    no_processes: bool,
+    /// Tiny counts, for the test command: proves the bench runs, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the bench API as a worker process.
+    Serve {
+        #[arg(long = "transport-url")]
+        transport_url: String,
+        #[arg(long = "control-exchange")]
+        control_exchange: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 64)]
+        executor: usize,
+        /// How long the `work` method takes.
+        #[arg(long, default_value_t = 0)]
+        work_ms: u64,
+        #[arg(long)]
+        no_confirms: bool,
+    },
+}
+
+const OUTSTANDING: [usize; 4] = [1, 16, 64, 256];
+
+/// Every figure for one pattern, keys suffixed with `suffix`.
+async fn measure(p: Arc<dyn Pattern>, a: &RunArgs, group: &str, suffix: &str, r: &mut Report) -> anyhow::Result<()> {
+    let seq = bench::sequential(p.as_ref(), a.seq / 10 + 1, a.seq).await?;
+    r.add(group, &format!("seq_p50_ms{suffix}"), seq.p50);
+    r.add(group, &format!("seq_p90_ms{suffix}"), seq.p90);
+    r.add(group, &format!("seq_p99_ms{suffix}"), seq.p99);
+    r.add(group, &format!("seq_max_ms{suffix}"), seq.max);
+    r.add(group, &format!("seq_calls_per_s{suffix}"), seq.per_s);
+    for c in OUTSTANDING {
+        let per_s = bench::concurrent(p.clone(), c, a.calls).await?;
+        r.add(group, &format!("calls_per_s_c{c}{suffix}"), per_s);
+    }
+    r.add(group, &format!("casts_per_s{suffix}"), bench::casts(p.clone(), OneWay::Cast, 64, a.casts, 1).await?);
+    let fanout = bench::casts(p.clone(), OneWay::Fanout, 64, a.casts / 2, 2).await?;
+    r.add(group, &format!("fanout_deliveries_per_s{suffix}"), fanout);
+    Ok(())
+}
+
+/// The figures with publisher confirms off, against plain lapin.
+async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -> anyhow::Result<()> {
+    let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let p: Arc<dyn Pattern> = Arc::new(
+        NovaPattern::start(
+            bench::nova::options(url, &exchange, false),
+            "bench",
+            bench::payload(a.payload),
+            64,
+            a.server_process,
+        )
+        .await?,
+    );
+    let l: Arc<dyn Pattern> =
+        Arc::new(LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, false).await?);
+    for (pattern, suffix) in [(&p, ""), (&l, "_lapin")] {
+        r.add(
+            group,
+            &format!("calls_per_s_c64_noconfirm{suffix}"),
+            bench::concurrent(pattern.clone(), 64, a.calls).await?,
+        );
+        let casts = bench::casts(pattern.clone(), OneWay::Cast, 64, a.casts, 1).await?;
+        r.add(group, &format!("casts_per_s_noconfirm{suffix}"), casts);
+    }
+    p.close().await;
+    l.close().await;
+    Ok(())
+}
+
+async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result<()> {
+    let scheme = url.split("://").next().unwrap_or("memory");
+    let group = if scheme == "memory" { "memory" } else { "rabbit" };
+    let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let options = bench::nova::options(url, &exchange, true);
+    let nova: Arc<dyn Pattern> =
+        Arc::new(NovaPattern::start(options, "bench", bench::payload(a.payload), 64, a.server_process).await?);
+    let measured = measure(nova.clone(), a, group, "", r).await;
+    nova.close().await;
+    measured?;
+    if group == "memory" {
+        return Ok(());
+    }
+    let lapin: Arc<dyn Pattern> =
+        Arc::new(LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, true).await?);
+    let measured = measure(lapin.clone(), a, group, "_lapin", r).await;
+    lapin.close().await;
+    measured?;
+    without_confirms(url, a, group, r).await?;
+    if !a.no_processes {
+        process::startup_and_memory(url, a.rss_calls, r).await?;
+        let executor = 4;
+        process::scale_out(url, a.scale_backlog, 5, executor, Duration::from_secs(2), r).await?;
+    }
+    Ok(())
+}
+
+async fn run(mut a: RunArgs) -> anyhow::Result<Report> {
+    if a.smoke {
+        (a.calls, a.seq, a.casts, a.rss_calls, a.scale_backlog) = (200, 50, 200, 200, 300);
+    }
+    if a.transport_url.is_empty() {
+        a.transport_url = vec!["memory://bench".into(), "rabbit://guest:guest@127.0.0.1:5672/".into()];
+    }
+    let mut report = Report::default();
+    for url in a.transport_url.clone() {
+        run_transport(&url, &a, &mut report).await?;
+    }
+    Ok(report)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Some(Command::Serve { transport_url, control_exchange, topic, host, executor, work_ms, no_confirms }) => {
+            let options = bench::nova::options(&transport_url, &control_exchange, !no_confirms);
+            rt.block_on(process::serve(options, &topic, &host, executor, work_ms))
+        }
+        None => {
+            let json = cli.run.json;
+            let report = rt.block_on(run(cli.run))?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+    }
+}
