@@ -278,7 +278,19 @@ impl RpcClient {
         self.check_version()?;
         let timeout = self.timeout.unwrap_or(self.shared.transport.options().rpc_response_timeout);
         let started = Instant::now();
-        let router = self.shared.replies.get_or_try_init(|| ReplyRouter::start(&self.shared.transport)).await?;
+        let deadline = started + timeout;
+        let timed_out = || RpcError::Timeout {
+            topic: self.target.routing_key(),
+            method: method.to_owned(),
+            after: started.elapsed(),
+        };
+        // Setting up the reply queue counts against the call's timeout too:
+        // an unreachable broker never makes a call hang.
+        let init = self.shared.replies.get_or_try_init(|| ReplyRouter::start(&self.shared.transport));
+        let router = match tokio::time::timeout_at(deadline.into(), init).await {
+            Ok(router) => router?,
+            Err(_) => return Err(timed_out()),
+        };
         let mut request = self.request(ctx, method, args)?;
         let msg_id = wire::new_id();
         request.msg_id = Some(msg_id.clone());
@@ -292,12 +304,6 @@ impl RpcClient {
 
         let destination = Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() };
         let message = Outgoing { body: body.into(), ttl: Some(timeout), retry: self.retry };
-        let timed_out = || RpcError::Timeout {
-            topic: self.target.routing_key(),
-            method: method.to_owned(),
-            after: started.elapsed(),
-        };
-        let deadline = started + timeout;
         match tokio::time::timeout_at(deadline.into(), self.shared.transport.send(&destination, message)).await {
             Ok(sent) => sent?,
             Err(_) => return Err(timed_out()),

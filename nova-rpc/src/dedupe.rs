@@ -20,6 +20,11 @@ impl SeenIds {
         }
     }
 
+    /// Whether `id` is in the window.
+    pub fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
     /// Record `id`; `false` when it was already in the window.
     pub fn insert(&mut self, id: &str) -> bool {
         if self.set.contains(id) {

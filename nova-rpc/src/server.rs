@@ -8,6 +8,15 @@
 //! buffering without bound. Requests carrying `_timeout` get call-monitor
 //! heartbeats every `_timeout / 2` seconds while they run.
 //!
+//! Delivery is oslo's at-most-once by default: a message is acknowledged
+//! before its method runs. [`RpcServer::with_at_least_once`] opts a target
+//! into at-least-once: durable quorum queues, the acknowledgement after the
+//! method returned (so a crash mid-method hands the message to the next
+//! server), a failed cast given back to the queue, and after
+//! `max_deliveries` attempts the message dead-lettered to `<topic>.dead`
+//! rather than looping forever. Either way a window of recent `_unique_id`s
+//! drops duplicates.
+//!
 //! Bad input never stops a server: a message that cannot be decoded is
 //! logged in one line and settled, and the caller gets a clear failure when
 //! its reply address can still be read.
@@ -38,6 +47,7 @@ pub struct RpcServer {
     dispatcher: Dispatcher,
     executor_size: usize,
     durable: bool,
+    max_deliveries: Option<u32>,
 }
 
 struct Shared {
@@ -45,6 +55,7 @@ struct Shared {
     dispatcher: Dispatcher,
     topic: String,
     seen: Mutex<SeenIds>,
+    at_least_once: bool,
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::stop`].
@@ -66,7 +77,7 @@ pub struct StopReport {
 impl RpcServer {
     /// A server for `target` (its `topic` and `server`, which must be set).
     pub fn new(transport: Arc<dyn Transport>, target: Target, dispatcher: Dispatcher) -> Self {
-        Self { transport, target, dispatcher, executor_size: 64, durable: false }
+        Self { transport, target, dispatcher, executor_size: 64, durable: false, max_deliveries: None }
     }
 
     /// At most `n` requests at once (`executor_thread_pool_size`); also the prefetch.
@@ -78,6 +89,16 @@ impl RpcServer {
     /// Declare the topic queues durable.
     pub fn with_durable_queues(mut self, durable: bool) -> Self {
         self.durable = durable;
+        self
+    }
+
+    /// At-least-once delivery for this target (see the module docs): a
+    /// message is attempted at most `max_deliveries` times, then
+    /// dead-lettered to the `<topic>.dead` queue. Every server of the topic
+    /// must agree, since it changes the queues' declaration.
+    pub fn with_at_least_once(mut self, max_deliveries: u32) -> Self {
+        self.durable = true;
+        self.max_deliveries = Some(max_deliveries.max(1));
         self
     }
 
@@ -95,14 +116,15 @@ impl RpcServer {
             server,
             prefetch: self.executor_size as u16,
             durable: self.durable,
-            max_deliveries: None,
+            max_deliveries: self.max_deliveries,
         };
         let listener = self.transport.listen(spec).await?;
         let shared = Arc::new(Shared {
             transport: self.transport,
             dispatcher: self.dispatcher,
             topic: self.target.topic,
-            seen: Mutex::new(SeenIds::new(1024)),
+            seen: Mutex::new(SeenIds::new(4096)),
+            at_least_once: self.max_deliveries.is_some(),
         });
         let (stop, stopped) = watch::channel(false);
         let done = tokio::spawn(serve(shared, listener, self.executor_size, stopped));
@@ -163,6 +185,7 @@ async fn serve(
 
 async fn handle(shared: &Shared, delivery: Delivery) {
     let deadline = delivery.deadline;
+    let delivery_count = delivery.delivery_count;
     let (body, acker) = delivery.into_parts();
     let max = shared.transport.options().max_message_size;
     if body.len() > max {
@@ -182,15 +205,28 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             return;
         }
     };
-    if !request.unique_id.is_empty()
-        && !shared.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(&request.unique_id)
-    {
+    let seen = |record: bool| {
+        let mut ids = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if record {
+            !ids.insert(&request.unique_id)
+        } else {
+            ids.contains(&request.unique_id)
+        }
+    };
+    // At-most-once records the id on receipt; at-least-once only once the
+    // method succeeded, so a failed attempt can be tried again.
+    if !request.unique_id.is_empty() && seen(!shared.at_least_once) {
         tracing::info!(topic = %shared.topic, unique_id = %request.unique_id, "dropping duplicate message");
         acker.ack().await;
         return;
     }
     // oslo's default is at-most-once: acknowledge before dispatching.
-    acker.ack().await;
+    let mut acker = Some(acker);
+    if !shared.at_least_once {
+        if let Some(a) = acker.take() {
+            a.ack().await;
+        }
+    }
     let span = tracing::info_span!("rpc", request_id = %request.context.request_id, topic = %shared.topic, method = %request.method);
     async {
         let started = Instant::now();
@@ -218,8 +254,23 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             Ok(_) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "served"),
             Err(e) => tracing::info!(error = %e, "method failed"),
         }
+        let failed = outcome.is_err();
+        let is_call = request.msg_id.is_some();
         if let (Some(msg_id), Some(reply_q)) = (&request.msg_id, &request.reply_q) {
             send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline).await;
+        }
+        if let Some(a) = acker {
+            // At-least-once: a failed cast goes back to the queue (the broker
+            // dead-letters it after max_deliveries); anything else is done.
+            if failed && !is_call {
+                tracing::warn!(delivery = delivery_count + 1, "cast failed; handing it back for another attempt");
+                a.requeue().await;
+            } else {
+                if !request.unique_id.is_empty() {
+                    seen(true);
+                }
+                a.ack().await;
+            }
         }
     }
     .instrument(span)

@@ -6,7 +6,9 @@
 //! skip. Point them elsewhere with `NOVA_TEST_RABBIT` (host:port) and
 //! `RABBITMQCTL` (the control command).
 
+pub mod broker;
 pub mod interop;
+pub mod postgres;
 
 use std::{process::Command, sync::Arc, time::Duration};
 
@@ -36,6 +38,19 @@ fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
     } else {
         Err(format!("{ctl} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
     }
+}
+
+/// How many messages queue `name` in `vhost` holds (shared broker).
+pub fn rabbit_queue_depth(vhost: &str, name: &str) -> Option<u64> {
+    let ctl = std::env::var("RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let out = Command::new(ctl)
+        .args(["-q", "list_queues", "-p", vhost, "name", "messages", "--no-table-headers"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next()? == name).then(|| parts.next()?.parse().ok()).flatten()
+    })
 }
 
 /// A RabbitMQ vhost that exists for one test.
@@ -108,6 +123,11 @@ impl Bus {
                 Self { url: vhost.url(), exchange, _vhost: Some(vhost) }
             }
         }
+    }
+
+    /// The RabbitMQ vhost behind this bus, if it is on RabbitMQ.
+    pub fn vhost(&self) -> Option<&str> {
+        self._vhost.as_ref().map(|v| v.name.as_str())
     }
 
     /// Options for a transport on this bus.
@@ -366,6 +386,27 @@ pub fn http(
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     (status, headers, body.to_owned())
+}
+
+/// A `nova-bench serve` worker process: the bench API (`work` sleeps
+/// `work_ms` and answers the worker's name) on `topic` as `host`, in
+/// `exchange` on the broker at `url`; `extra` adds flags such as
+/// `--executor 2` or `--at-least-once 5`. It prints `READY` once consuming
+/// and `FIRST …` on its first message.
+pub fn bench_worker(
+    url: &str,
+    exchange: &str,
+    topic: &str,
+    host: &str,
+    work_ms: &str,
+    extra: &[&str],
+    log_dir: &std::path::Path,
+) -> Proc {
+    let mut args =
+        vec!["serve", "--transport-url", url, "--control-exchange", exchange, "--topic", topic, "--host", host];
+    args.extend(["--work-ms", work_ms]);
+    args.extend_from_slice(extra);
+    Proc::spawn("nova-bench", &args, log_dir)
 }
 
 /// A free TCP port on 127.0.0.1.

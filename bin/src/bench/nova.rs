@@ -2,7 +2,7 @@
 //!
 //! The bench API (version 1.0) is what `nova-bench serve` serves in its own
 //! process and what in-process servers serve: `echo` returns its arguments,
-//! `count` (cast) counts, `work` (cast) sleeps `work_ms` then counts, and
+//! `count` (cast) counts, `work` sleeps `work_ms`, counts and answers the server's name, and
 //! `received` (call) returns the count.
 
 use std::{
@@ -24,8 +24,15 @@ use tokio::sync::Mutex;
 
 use super::Pattern;
 
-/// The bench API; `first` runs once, on the first message of any kind.
-pub fn bench_api(count: Arc<AtomicUsize>, work: Duration, first: Arc<dyn Fn() + Send + Sync>) -> Dispatcher {
+/// The bench API of server `host`; `first` runs once, on the first message
+/// of any kind. `work` answers with `host`, so a caller sees who served it.
+pub fn bench_api(
+    host: &str,
+    count: Arc<AtomicUsize>,
+    work: Duration,
+    first: Arc<dyn Fn() + Send + Sync>,
+) -> Dispatcher {
+    let host = host.to_owned();
     let once = Arc::new(std::sync::Once::new());
     let mark = move || {
         let first = first.clone();
@@ -45,11 +52,11 @@ pub fn bench_api(count: Arc<AtomicUsize>, work: Duration, first: Arc<dyn Fn() + 
         })
         .method("work", move |_ctx: RequestContext, _args: Map<String, Value>| {
             m3();
-            let c = c2.clone();
+            let (c, host) = (c2.clone(), host.clone());
             async move {
                 tokio::time::sleep(work).await;
                 c.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, RpcError>(())
+                Ok::<_, RpcError>(host)
             }
         })
         .method("received", move |_ctx: RequestContext, _args: Map<String, Value>| {
@@ -106,7 +113,7 @@ impl NovaPattern {
             let count = Arc::new(AtomicUsize::new(0));
             let mut running = Vec::new();
             for host in hosts {
-                let api = bench_api(count.clone(), Duration::ZERO, Arc::new(|| {}));
+                let api = bench_api(host, count.clone(), Duration::ZERO, Arc::new(|| {}));
                 let server = RpcServer::new(transport.clone(), Target::new(topic).with_server(host), api)
                     .with_executor_size(executor);
                 running.push(server.start().await?);

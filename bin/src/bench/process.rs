@@ -113,8 +113,8 @@ impl Child {
 }
 
 impl Drop for Child {
-    /// Close its stdin (a `serve` worker stops cleanly, deleting its fanout
-    /// queue), then SIGTERM, then SIGKILL, a few seconds apart.
+    /// SIGTERM (a `serve` worker stops cleanly, deleting its fanout queue),
+    /// then SIGKILL if it is still there after a few seconds.
     fn drop(&mut self) {
         drop(self.stdin.take());
         let exited = |c: &mut std::process::Child, wait: Duration| {
@@ -127,9 +127,6 @@ impl Drop for Child {
             }
             false
         };
-        if exited(&mut self.child, Duration::from_secs(2)) {
-            return;
-        }
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         if !exited(&mut self.child, Duration::from_secs(5)) {
             let _ = self.child.kill();
@@ -138,28 +135,46 @@ impl Drop for Child {
     }
 }
 
-/// `nova-bench serve`: the bench API on `topic` as `host` until stdin closes.
-pub async fn serve(
-    options: TransportOptions,
-    topic: &str,
-    host: &str,
-    executor: usize,
-    work_ms: u64,
-) -> anyhow::Result<()> {
+/// What a `nova-bench serve` worker serves.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// The topic.
+    pub topic: String,
+    /// Its server name.
+    pub host: String,
+    /// Requests at once.
+    pub executor: usize,
+    /// How long `work` takes.
+    pub work_ms: u64,
+    /// Serve at-least-once with this `max_deliveries`.
+    pub at_least_once: Option<u32>,
+}
+
+/// `nova-bench serve`: the bench API until SIGTERM. Prints `READY`
+/// once consuming and `FIRST <unix ms>` on its first message.
+pub async fn serve(options: TransportOptions, w: Worker) -> anyhow::Result<()> {
     let transport = nova_rpc::transport::connect(options).await?;
     let first = Arc::new(|| {
         let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         println!("FIRST {ms}");
     });
-    let api = bench_api(Arc::new(AtomicUsize::new(0)), Duration::from_millis(work_ms), first);
-    let server = RpcServer::new(transport.clone(), Target::new(topic).with_server(host), api)
-        .with_executor_size(executor)
-        .start()
-        .await?;
+    let api = bench_api(&w.host, Arc::new(AtomicUsize::new(0)), Duration::from_millis(w.work_ms), first);
+    let mut server = RpcServer::new(transport.clone(), Target::new(&w.topic).with_server(&w.host), api)
+        .with_executor_size(w.executor);
+    if let Some(max) = w.at_least_once {
+        server = server.with_at_least_once(max);
+    }
+    let server = server.start().await?;
     println!("READY");
-    // Stop when the parent closes our stdin (or dies).
-    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await??;
-    server.stop(Duration::from_secs(5)).await;
+    // Stop on SIGTERM or Ctrl-C: requests in flight finish, undispatched
+    // ones go back to the broker.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let report = server.stop(Duration::from_secs(30)).await;
+    println!("STOPPED requeued={}", report.requeued);
     transport.close().await;
     Ok(())
 }
@@ -187,7 +202,7 @@ pub async fn startup_and_memory(url: &str, calls: usize, report: &mut Report) ->
     let client =
         RpcClient::new(transport.clone(), Target::new("compute").with_namespace("baseapi").with_version("1.1"))
             .with_server(host);
-    let ping = client.with_timeout(Duration::from_millis(200));
+    let ping = client.with_timeout(Duration::from_millis(20));
     // Connect the client first, so its reply queue is not on the clock.
     let _ = ping.call(&RequestContext::default(), "ping", json!({"arg": 0})).await;
     let mut cmd = Command::new(&bin);

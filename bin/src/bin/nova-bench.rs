@@ -79,6 +79,9 @@ enum Command {
         work_ms: u64,
         #[arg(long)]
         no_confirms: bool,
+        /// Serve the topic at-least-once, dead-lettering after this many returns.
+        #[arg(long, value_name = "MAX_DELIVERIES")]
+        at_least_once: Option<u32>,
     },
 }
 
@@ -176,9 +179,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Some(Command::Serve { transport_url, control_exchange, topic, host, executor, work_ms, no_confirms }) => {
+        Some(Command::Serve {
+            transport_url,
+            control_exchange,
+            topic,
+            host,
+            executor,
+            work_ms,
+            no_confirms,
+            at_least_once,
+        }) => {
             let options = bench::nova::options(&transport_url, &control_exchange, !no_confirms);
-            rt.block_on(process::serve(options, &topic, &host, executor, work_ms))
+            let worker = process::Worker { topic, host, executor, work_ms, at_least_once };
+            rt.block_on(process::serve(options, worker))
         }
         None => {
             let json = cli.run.json;

@@ -53,6 +53,12 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
         "Seconds without a heartbeat before a broker connection is dead (0 = off)."
     ),
     opt!("oslo_messaging_rabbit", "amqp_durable_queues", "false", "Durable topic exchange and queues."),
+    opt!(
+        "oslo_messaging_rabbit",
+        "frame_max",
+        "16384",
+        "Largest AMQP frame in bytes; each connection buffers 64 frames, so this bounds its memory."
+    ),
     opt!("oslo_messaging_rabbit", "amqp_auto_delete", "false", "Auto-delete topic exchange and queues."),
     opt!("oslo_messaging_rabbit", "rabbit_quorum_queue", "false", "Topic queues are quorum queues."),
     opt!(
@@ -163,6 +169,7 @@ impl CoreOptions {
             ssl_ca_file: path("ssl_ca_file")?,
             ssl_cert_file: path("ssl_cert_file")?,
             ssl_key_file: path("ssl_key_file")?,
+            frame_max: c.require(R, "frame_max")?,
             ..RabbitOptions::default()
         };
         let mut transport =

@@ -26,18 +26,36 @@ use crate::{Result, RpcError};
 struct Message {
     body: Bytes,
     deadline: Option<Instant>,
-    redelivered: bool,
+    /// How often it was handed back.
+    returns: u32,
+}
+
+/// An at-least-once queue's limit: after `max` returns, to `dead`.
+struct DeadLetter {
+    max: u32,
+    dead: Arc<Queue>,
 }
 
 struct Queue {
     tx: mpsc::UnboundedSender<Message>,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Message>>,
+    dead_letter: OnceLock<DeadLetter>,
 }
 
 impl Queue {
     fn new() -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        Arc::new(Self { tx, rx: tokio::sync::Mutex::new(rx) })
+        Arc::new(Self { tx, rx: tokio::sync::Mutex::new(rx), dead_letter: OnceLock::new() })
+    }
+
+    /// Take a message back; past the at-least-once limit it goes to the
+    /// dead-letter queue instead.
+    fn give_back(&self, mut message: Message) {
+        message.returns += 1;
+        match self.dead_letter.get() {
+            Some(dl) if message.returns > dl.max => dl.dead.push(Message { returns: 0, ..message }),
+            _ => self.push(message),
+        }
     }
 
     fn push(&self, message: Message) {
@@ -139,12 +157,11 @@ async fn pump(queue: Arc<Queue>, tx: mpsc::Sender<Delivery>, mut stop: watch::Re
         if message.deadline.is_some_and(|d| d <= Instant::now()) {
             continue;
         }
-        let mut delivery = Delivery::new(
-            message.body.clone(),
-            Box::new(MemoryAck { queue: queue.clone(), body: message.body, deadline: message.deadline }),
-        );
-        delivery.redelivered = message.redelivered;
-        delivery.deadline = message.deadline;
+        let (redelivered, delivery_count, deadline) = (message.returns > 0, message.returns, message.deadline);
+        let mut delivery = Delivery::new(message.body.clone(), Box::new(MemoryAck { queue: queue.clone(), message }));
+        delivery.redelivered = redelivered;
+        delivery.delivery_count = delivery_count;
+        delivery.deadline = deadline;
         tokio::select! {
             biased;
             sent = tx.send(delivery) => if let Err(mpsc::error::SendError(d)) = sent {
@@ -158,8 +175,7 @@ async fn pump(queue: Arc<Queue>, tx: mpsc::Sender<Delivery>, mut stop: watch::Re
 
 struct MemoryAck {
     queue: Arc<Queue>,
-    body: Bytes,
-    deadline: Option<Instant>,
+    message: Message,
 }
 
 #[async_trait]
@@ -167,10 +183,16 @@ impl Acknowledge for MemoryAck {
     async fn ack(self: Box<Self>) {}
 
     async fn requeue(self: Box<Self>) {
-        self.queue.push(Message { body: self.body, deadline: self.deadline, redelivered: true });
+        let MemoryAck { queue, message } = *self;
+        queue.give_back(message);
     }
 
-    async fn reject(self: Box<Self>) {}
+    async fn reject(self: Box<Self>) {
+        let MemoryAck { queue, message } = *self;
+        if let Some(dl) = queue.dead_letter.get() {
+            dl.dead.push(message);
+        }
+    }
 }
 
 #[async_trait]
@@ -193,7 +215,7 @@ impl Transport for MemoryTransport {
         };
         for name in names {
             if let Some(queue) = bus.queues.get(name) {
-                queue.push(Message { body: message.body.clone(), deadline, redelivered: false });
+                queue.push(Message { body: message.body.clone(), deadline, returns: 0 });
             }
         }
         if names.is_empty() {
@@ -205,9 +227,13 @@ impl Transport for MemoryTransport {
     async fn listen(&self, spec: ListenSpec) -> Result<Listener> {
         let server_key = format!("{}.{}", spec.topic, spec.server);
         let fanout_name = format!("{}_fanout_{}", spec.topic, crate::wire::new_id());
+        let dead = spec.max_deliveries.map(|max| (max, self.declare(&super::dead_letter_queue(&spec.topic))));
         let mut queues = Vec::new();
         for key in [&spec.topic, &server_key] {
             let q = self.declare(key);
+            if let Some((max, dead)) = &dead {
+                let _ = q.dead_letter.set(DeadLetter { max: *max, dead: dead.clone() });
+            }
             let mut bus = self.lock();
             let bound = bus.bindings.entry((spec.exchange.clone(), key.clone())).or_default();
             if !bound.contains(key) {

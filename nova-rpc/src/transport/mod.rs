@@ -74,7 +74,8 @@ pub struct ListenSpec {
     pub prefetch: u16,
     /// Declare the topic queues durable (at-least-once casts survive a broker restart).
     pub durable: bool,
-    /// With at-least-once delivery: dead-letter a message after this many deliveries.
+    /// At-least-once delivery: a message handed back more than this many
+    /// times is dead-lettered to [`dead_letter_queue`].
     pub max_deliveries: Option<u32>,
 }
 
@@ -197,6 +198,12 @@ pub async fn connect(options: TransportOptions) -> Result<Arc<dyn Transport>> {
         "rabbit" | "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpTransport::new(url, options)?)),
         _ => unreachable!("TransportUrl::parse accepts only known schemes"),
     }
+}
+
+/// Where an at-least-once target's messages go once they were handed back
+/// more than `max_deliveries` times: `<topic>.dead`.
+pub fn dead_letter_queue(topic: &str) -> String {
+    format!("{topic}.dead")
 }
 
 /// Resolve once `stop` is set (or its sender is gone).

@@ -71,6 +71,11 @@ pub struct RabbitOptions {
     pub ssl_key_file: Option<PathBuf>,
     /// TCP connect timeout per host.
     pub connection_timeout: Duration,
+    /// Largest AMQP frame (bytes) asked of the broker. lapin keeps 32
+    /// frames of buffer each way per connection, so this sets most of a
+    /// connection's memory: 16 KiB → 1 MiB; the broker's 128 KiB → 8 MiB.
+    /// Bigger messages are split into more frames, never refused.
+    pub frame_max: u32,
 }
 
 impl Default for RabbitOptions {
@@ -92,6 +97,7 @@ impl Default for RabbitOptions {
             ssl_cert_file: None,
             ssl_key_file: None,
             connection_timeout: Duration::from_secs(5),
+            frame_max: 16 * 1024,
         }
     }
 }

@@ -76,6 +76,7 @@ impl Connector {
             query: AMQPQueryString {
                 heartbeat,
                 connection_timeout: Some(self.options.connection_timeout.as_millis() as u64),
+                frame_max: Some(self.options.frame_max),
                 ..AMQPQueryString::default()
             },
         };

@@ -29,7 +29,9 @@ use self::{
     listener::{Declare, Plan},
     publisher::Publisher,
 };
-use super::{Destination, ListenSpec, Listener, Outgoing, Transport, TransportOptions, TransportUrl};
+use super::{
+    dead_letter_queue, Destination, ListenSpec, Listener, Outgoing, Transport, TransportOptions, TransportUrl,
+};
 use crate::{Result, RpcError};
 
 /// The AMQP transport; see the module docs.
@@ -64,13 +66,22 @@ impl AmqpTransport {
     fn topic_queue(&self, name: String, spec: &ListenSpec) -> Declare {
         let r = &self.options.rabbit;
         let mut arguments = FieldTable::default();
-        let quorum = r.rabbit_quorum_queue;
+        // At-least-once targets are quorum queues: the broker counts
+        // deliveries and dead-letters a message past the limit.
+        let quorum = r.rabbit_quorum_queue || spec.max_deliveries.is_some();
         if quorum {
             arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
             let limit = spec.max_deliveries.unwrap_or(r.rabbit_quorum_delivery_limit);
             if limit > 0 {
                 arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit as i32));
             }
+        }
+        if spec.max_deliveries.is_some() {
+            arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(dead_letter_queue(&spec.topic).into()),
+            );
         }
         Declare::Queue { name, durable: r.topic_durable() || spec.durable, auto_delete: r.amqp_auto_delete, arguments }
     }
@@ -90,13 +101,20 @@ impl Transport for AmqpTransport {
         let exchange = Declare::Exchange {
             name: spec.exchange.clone(),
             kind: ExchangeKind::Topic,
-            durable: r.topic_durable() || spec.durable,
+            // The exchange is shared by every topic and declared by every
+            // publisher: its flags follow the transport options only (an
+            // at-least-once target makes its queues durable, not the exchange).
+            durable: r.topic_durable(),
             auto_delete: r.amqp_auto_delete,
         };
         let server_key = format!("{}.{}", spec.topic, spec.server);
         let fanout_exchange = format!("{}_fanout", spec.topic);
         let fanout_queue = format!("{}_fanout_{}", spec.topic, crate::wire::new_id());
         let mut declare = Vec::new();
+        if spec.max_deliveries.is_some() {
+            let name = dead_letter_queue(&spec.topic);
+            declare.push(Declare::Queue { name, durable: true, auto_delete: false, arguments: FieldTable::default() });
+        }
         for key in [spec.topic.clone(), server_key.clone()] {
             declare.push(exchange.clone());
             declare.push(self.topic_queue(key.clone(), &spec));

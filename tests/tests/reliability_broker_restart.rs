@@ -1,0 +1,192 @@
+//! Broker faults on a RabbitMQ node of the test's own: a restart under a
+//! steady load of calls and casts, and a broker that goes silent (frozen)
+//! being found out by AMQP heartbeats. Nothing hangs past its timeout, and
+//! no cast that returned `Ok` is lost.
+
+use std::{
+    collections::HashSet,
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use nova_rpc::{
+    dispatcher::{Dispatcher, Router},
+    transport::{self, TransportOptions},
+    RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
+};
+use nova_tests::{broker::PrivateBroker, eventually, unique};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Everything logged in this test binary, for checks on what was said.
+fn captured() -> &'static Mutex<Vec<u8>> {
+    static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        struct W;
+        impl Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                captured().lock().unwrap().extend_from_slice(b);
+                std::io::stderr().write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ =
+            tracing_subscriber::fmt().with_env_filter("info,lapin=off").with_ansi(false).with_writer(|| W).try_init();
+        Mutex::default()
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&captured().lock().unwrap()).into_owned()
+}
+
+fn fast_reconnect(url: &str, exchange: &str) -> TransportOptions {
+    let mut o = TransportOptions::new(url).with_control_exchange(exchange);
+    o.rpc_response_timeout = Duration::from_secs(3);
+    o.rabbit.rabbit_retry_interval = Duration::from_millis(200);
+    o.rabbit.rabbit_retry_backoff = Duration::from_millis(200);
+    o.rabbit.rabbit_interval_max = Duration::from_secs(1);
+    o.rabbit.connection_timeout = Duration::from_secs(2);
+    // Casts must survive the restart: durable queue, persistent messages.
+    o.rabbit.amqp_durable_queues = true;
+    o
+}
+
+#[derive(Deserialize)]
+struct Value1 {
+    value: u64,
+}
+
+fn api(received: Arc<Mutex<HashSet<u64>>>) -> Dispatcher {
+    let r = Router::new(Version::new(1, 0))
+        .method("echo", |_ctx: RequestContext, v: Value| async move { Ok::<_, RpcError>(v) })
+        .method("record", move |_ctx: RequestContext, v: Value1| {
+            received.lock().unwrap().insert(v.value);
+            async { Ok::<_, RpcError>(()) }
+        });
+    Dispatcher::new(vec![Arc::new(r)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_under_load() {
+    captured();
+    let broker = PrivateBroker::start(false);
+    let exchange = unique("nova");
+    let options = fast_reconnect(&broker.url(), &exchange);
+    let received = Arc::new(Mutex::new(HashSet::new()));
+    let server_t = transport::connect(options.clone()).await.unwrap();
+    let server = RpcServer::new(server_t.clone(), Target::new("restart").with_server("s1"), api(received.clone()))
+        .start()
+        .await
+        .unwrap();
+    let client_t = transport::connect(options).await.unwrap();
+    let client = RpcClient::new(client_t.clone(), Target::new("restart")).with_timeout(Duration::from_secs(3));
+    client.call(&RequestContext::new(), "echo", json!({"warm": 1})).await.unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Callers: every call ends in a result, a timeout or a transport error, in time.
+    let mut callers = Vec::new();
+    for _ in 0..3 {
+        let (c, stop) = (client.clone(), stop.clone());
+        callers.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let r = c.call(&RequestContext::new(), "echo", json!({"n": 1})).await;
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(5), "a call took {took:?}: {r:?}");
+                outcomes.push((Instant::now(), r.is_ok()));
+                if r.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            outcomes
+        }));
+    }
+    // A caster: each cast waits for the broker (retry budget) or fails; the
+    // ones that returned Ok must all arrive.
+    let caster = {
+        let (c, stop) = (client.with_retry(Some(20)), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (Vec::new(), 0);
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                match c.cast(&RequestContext::new(), "record", json!({"value": i})).await {
+                    Ok(()) => ok.push(i),
+                    Err(_) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.stop_app();
+    // While it is down, a cast with no retry budget fails rather than vanishing.
+    let no_retry = client.with_retry(Some(0)).cast(&RequestContext::new(), "record", json!({"value": 0})).await;
+    assert!(matches!(no_retry, Err(RpcError::Transport(_))), "{no_retry:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.start_app();
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut first_ok_after = None;
+    for c in callers {
+        for (at, ok) in c.await.unwrap() {
+            if ok && at > back && first_ok_after.is_none_or(|f| at < f) {
+                first_ok_after = Some(at);
+            }
+        }
+    }
+    let resumed = first_ok_after.expect("calls succeed again after the broker returns") - back;
+    assert!(resumed < Duration::from_secs(5), "calls resumed {resumed:?} after the broker came back");
+    let (ok, _failed) = caster.await.unwrap();
+    assert!(ok.len() > 100, "casts kept flowing: {}", ok.len());
+    eventually("every confirmed cast arrived", Duration::from_secs(15), || async {
+        let got = received.lock().unwrap();
+        let missing: Vec<_> = ok.iter().filter(|v| !got.contains(v)).take(5).collect();
+        missing.is_empty().then_some(())
+    })
+    .await;
+    assert!(log_text().contains("topology re-declared; consuming again"), "the server re-declared its topology");
+    server.stop(Duration::from_secs(5)).await;
+    client_t.close().await;
+    server_t.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_broker_is_detected_by_heartbeats() {
+    captured();
+    let broker = PrivateBroker::start(false);
+    let exchange = unique("nova");
+    let mut options = fast_reconnect(&broker.url(), &exchange);
+    options.rabbit.heartbeat_timeout_threshold = 2;
+    let t = transport::connect(options).await.unwrap();
+    let server =
+        RpcServer::new(t.clone(), Target::new("silent").with_server("s1"), api(Arc::default())).start().await.unwrap();
+    let client = RpcClient::new(t.clone(), Target::new("silent")).with_timeout(Duration::from_secs(2));
+    client.call(&RequestContext::new(), "echo", json!({})).await.unwrap();
+    let before = log_text().matches("AMQP connection lost").count();
+    broker.freeze(true).unwrap();
+    // A call into the silence times out; it does not hang.
+    let started = Instant::now();
+    let r = client.call(&RequestContext::new(), "echo", json!({})).await;
+    assert!(r.is_err() && started.elapsed() < Duration::from_secs(4), "{r:?} after {:?}", started.elapsed());
+    eventually("heartbeats find the silent connection dead", Duration::from_secs(10), || async {
+        (log_text().matches("AMQP connection lost").count() > before).then_some(())
+    })
+    .await;
+    broker.freeze(false).unwrap();
+    eventually("calls work again once the broker answers", Duration::from_secs(20), || async {
+        client.call(&RequestContext::new(), "echo", json!({})).await.ok()
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    t.close().await;
+}

@@ -1,0 +1,116 @@
+//! Security: `amqps://` with certificate verification against a test CA
+//! (and a client certificate), refusal of a broker whose certificate does
+//! not verify, and passwords that never show — not in logs, errors,
+//! `--help`, the gateway's answers or the console.
+
+use std::{sync::Arc, time::Duration};
+
+use nova_rpc::{
+    dispatcher::{Dispatcher, Router},
+    transport::{self, TransportOptions},
+    RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
+};
+use nova_tests::{broker::PrivateBroker, eventually, free_port, http, unique, Proc, TempDir, TestVhost};
+use serde_json::{json, Value};
+
+fn echo() -> Dispatcher {
+    let r = Router::new(Version::new(1, 0))
+        .method("echo", |_ctx: RequestContext, v: Value| async move { Ok::<_, RpcError>(v) });
+    Dispatcher::new(vec![Arc::new(r)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_verifies_the_broker_certificate() {
+    let broker = PrivateBroker::start(true);
+    let port = broker.tls_port.expect("TLS port");
+    let url = format!("amqps://guest:guest@localhost:{port}/");
+    let exchange = unique("nova");
+    let mut options = TransportOptions::new(url.clone()).with_control_exchange(exchange.clone());
+    options.rabbit.ssl_ca_file = Some(broker.dir.join("ca.pem"));
+    options.rabbit.ssl_cert_file = Some(broker.dir.join("client.pem"));
+    options.rabbit.ssl_key_file = Some(broker.dir.join("client.key"));
+    let t = transport::connect(options).await.unwrap();
+    let server = RpcServer::new(t.clone(), Target::new("tls").with_server("s1"), echo()).start().await.unwrap();
+    let client = RpcClient::new(t.clone(), Target::new("tls")).with_timeout(Duration::from_secs(5));
+    assert_eq!(
+        client.call(&RequestContext::new(), "echo", json!({"over": "tls"})).await.unwrap(),
+        json!({"over": "tls"})
+    );
+    let connections = broker.ctl(&["list_connections", "ssl", "--no-table-headers"]).unwrap();
+    assert!(connections.lines().any(|l| l.trim() == "true"), "the connections are TLS: {connections}");
+    server.stop(Duration::from_secs(5)).await;
+    t.close().await;
+
+    // Without our CA the broker's certificate does not verify: refused.
+    let untrusted = transport::connect(TransportOptions::new(url).with_control_exchange(exchange)).await.unwrap();
+    let e = RpcClient::new(untrusted, Target::new("tls"))
+        .with_retry(Some(0))
+        .cast(&RequestContext::new(), "echo", json!({}))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, RpcError::Transport(_)), "{e:?}");
+    assert!(text.to_lowercase().contains("certificate") || text.contains("UnknownIssuer"), "names the cause: {text}");
+}
+
+const PASSWORD: &str = "Sup3r-s3cret-pw";
+
+fn assert_no_password(what: &str, text: &str) {
+    assert!(!text.contains(PASSWORD), "the password shows in {what}:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_show() {
+    let vhost = TestVhost::new();
+    let user = unique("nova-user");
+    let ctl = |args: &[&str]| {
+        let ok = std::process::Command::new("rabbitmqctl").arg("-q").args(args).status().is_ok_and(|s| s.success());
+        assert!(ok, "rabbitmqctl {args:?}");
+    };
+    ctl(&["add_user", &user, PASSWORD]);
+    ctl(&["set_permissions", "-p", &vhost.name, &user, ".*", ".*", ".*"]);
+    let good = format!("rabbit://{user}:{PASSWORD}@127.0.0.1:5672/{}", vhost.name);
+    let bad = format!("rabbit://{user}:{PASSWORD}-wrong@127.0.0.1:5672/{}", vhost.name);
+    let dir = TempDir::new("secrets");
+
+    // --help, a failing CLI call, a service that cannot log in.
+    let help = std::process::Command::new(nova_tests::bin_path("nova-compute")).arg("--help").output().unwrap();
+    assert_no_password("--help", &String::from_utf8_lossy(&help.stdout));
+    let cli = std::process::Command::new(nova_tests::bin_path("nova-rpc"))
+        .args(["call", "compute", "ping", "--timeout", "2", "--transport-url", &bad, "--debug"])
+        .output()
+        .unwrap();
+    assert!(!cli.status.success());
+    assert_no_password(
+        "nova-rpc's output",
+        &format!("{}{}", String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr)),
+    );
+    let failing = Proc::spawn("nova-compute", &["--transport-url", &bad, "--debug", "--host", "x"], dir.path());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(failing.output().contains("***"), "the URL is shown masked: {}", failing.output());
+    assert_no_password("a service's log", &failing.output());
+
+    // A working nova-all with --debug: its log, its API and its console.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let state = dir.path().join("state");
+    let all = Proc::spawn(
+        "nova-all",
+        &["--transport-url", &good, "--listen", &listen, "--state-path", state.to_str().unwrap(), "--debug"],
+        dir.path(),
+    );
+    eventually("nova-all serves", Duration::from_secs(30), || async {
+        let (status, _, body) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
+        (status == 200 && body.contains("nova-compute")).then_some(body)
+    })
+    .await;
+    for path in ["/", "/v1/services", "/v1/services/compute/describe"] {
+        let (_, _, body) = http("GET", port, path, &[], b"");
+        assert_no_password(path, &body);
+    }
+    let (status, _, body) =
+        http("POST", port, "/v1/call/compute/ping?namespace=baseapi&version=1.1", &[], br#"{"arg": 1}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_no_password("nova-all's log", &all.output());
+    ctl(&["delete_user", &user]);
+}
