@@ -191,6 +191,16 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     if body.len() > max {
         tracing::warn!(topic = %shared.topic, size = body.len(), max, "rejecting message larger than max_message_size");
         acker.reject().await;
+        // Tell the caller, when its reply address can be read.
+        let (msg_id, reply_q) = match wire::decode_request(&body) {
+            Ok(r) => (r.msg_id, r.reply_q),
+            Err(bad) => (bad.msg_id, bad.reply_q),
+        };
+        if let (Some(msg_id), Some(reply_q)) = (msg_id, reply_q) {
+            let reason = format!("message of {} bytes is larger than max_message_size ({max})", body.len());
+            let failure = RemoteFailure::new("MessageTooLarge", "nova_rpc.server", reason);
+            send_reply(shared, &reply_q, &msg_id, Err(failure), deadline).await;
+        }
         return;
     }
     let request = match wire::decode_request(&body) {

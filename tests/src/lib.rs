@@ -19,6 +19,34 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
+/// Everything logged in this test binary (at `info` and above, nova's own
+/// targets), for tests that check what a service said. Installs the
+/// process-wide subscriber on first use; later calls return the same buffer.
+pub fn log_capture() -> &'static std::sync::Mutex<Vec<u8>> {
+    use std::io::Write;
+    static LOG: std::sync::OnceLock<std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    struct Tee;
+    impl Write for Tee {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            log_capture().lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+            std::io::stderr().write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    LOG.get_or_init(|| {
+        let _ =
+            tracing_subscriber::fmt().with_env_filter("info,lapin=off").with_ansi(false).with_writer(|| Tee).try_init();
+        std::sync::Mutex::default()
+    })
+}
+
+/// What [`log_capture`] holds so far, as text.
+pub fn logged() -> String {
+    String::from_utf8_lossy(&log_capture().lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
 /// Log to the test output when `RUST_LOG` asks for it.
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()

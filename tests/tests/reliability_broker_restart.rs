@@ -5,8 +5,7 @@
 
 use std::{
     collections::HashSet,
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -18,30 +17,6 @@ use nova_rpc::{
 use nova_tests::{broker::PrivateBroker, eventually, unique};
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-/// Everything logged in this test binary, for checks on what was said.
-fn captured() -> &'static Mutex<Vec<u8>> {
-    static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        struct W;
-        impl Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                captured().lock().unwrap().extend_from_slice(b);
-                std::io::stderr().write(b)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let _ =
-            tracing_subscriber::fmt().with_env_filter("info,lapin=off").with_ansi(false).with_writer(|| W).try_init();
-        Mutex::default()
-    })
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&captured().lock().unwrap()).into_owned()
-}
 
 fn fast_reconnect(url: &str, exchange: &str) -> TransportOptions {
     let mut o = TransportOptions::new(url).with_control_exchange(exchange);
@@ -72,7 +47,7 @@ fn api(received: Arc<Mutex<HashSet<u64>>>) -> Dispatcher {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_under_load() {
-    captured();
+    nova_tests::log_capture();
     let broker = PrivateBroker::start(false);
     let exchange = unique("nova");
     let options = fast_reconnect(&broker.url(), &exchange);
@@ -154,7 +129,10 @@ async fn broker_restart_under_load() {
         missing.is_empty().then_some(())
     })
     .await;
-    assert!(log_text().contains("topology re-declared; consuming again"), "the server re-declared its topology");
+    assert!(
+        nova_tests::logged().contains("topology re-declared; consuming again"),
+        "the server re-declared its topology"
+    );
     server.stop(Duration::from_secs(5)).await;
     client_t.close().await;
     server_t.close().await;
@@ -162,7 +140,7 @@ async fn broker_restart_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_broker_is_detected_by_heartbeats() {
-    captured();
+    nova_tests::log_capture();
     let broker = PrivateBroker::start(false);
     let exchange = unique("nova");
     let mut options = fast_reconnect(&broker.url(), &exchange);
@@ -172,14 +150,14 @@ async fn silent_broker_is_detected_by_heartbeats() {
         RpcServer::new(t.clone(), Target::new("silent").with_server("s1"), api(Arc::default())).start().await.unwrap();
     let client = RpcClient::new(t.clone(), Target::new("silent")).with_timeout(Duration::from_secs(2));
     client.call(&RequestContext::new(), "echo", json!({})).await.unwrap();
-    let before = log_text().matches("AMQP connection lost").count();
+    let before = nova_tests::logged().matches("AMQP connection lost").count();
     broker.freeze(true).unwrap();
     // A call into the silence times out; it does not hang.
     let started = Instant::now();
     let r = client.call(&RequestContext::new(), "echo", json!({})).await;
     assert!(r.is_err() && started.elapsed() < Duration::from_secs(4), "{r:?} after {:?}", started.elapsed());
     eventually("heartbeats find the silent connection dead", Duration::from_secs(10), || async {
-        (log_text().matches("AMQP connection lost").count() > before).then_some(())
+        (nova_tests::logged().matches("AMQP connection lost").count() > before).then_some(())
     })
     .await;
     broker.freeze(false).unwrap();
