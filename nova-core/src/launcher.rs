@@ -111,6 +111,16 @@ impl Bootstrap {
         Ok(Self { args, specs, config: Arc::new(config), options, transport, db, registry })
     }
 
+    /// Serve `/metrics` on `metrics_listen`, when it is set.
+    pub async fn serve_metrics(&self) -> Result<(), LaunchError> {
+        if let Some(addr) = self.options.metrics_listen {
+            crate::metrics::serve(addr).await.map_err(|e| {
+                LaunchError::from(nova_rpc::RpcError::Transport(format!("cannot serve metrics on {addr}: {e}")))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Build the service for `binary` (topic = binary without `nova-`),
     /// with the manager named by `--manager` or `[DEFAULT] <topic>_manager`.
     pub async fn service(&self, binary: &str, manager_override: Option<&str>) -> Result<Service, LaunchError> {
@@ -226,6 +236,7 @@ pub fn launch(binary: &'static str, about: &'static str, registry: ManagerRegist
     let outcome = rt.block_on(async move {
         let manager = args.manager.clone();
         let bootstrap = Bootstrap::new(args, registry, &[]).await?;
+        bootstrap.serve_metrics().await?;
         let service = bootstrap.service(binary, manager.as_deref()).await?;
         let running = vec![service.start().await?];
         wait_for_stop_signal(&bootstrap, &running).await;

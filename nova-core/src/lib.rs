@@ -13,9 +13,12 @@ pub mod db;
 pub mod launcher;
 pub mod logging;
 pub mod manager;
+pub mod metrics;
 pub mod periodic;
 pub mod registry;
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use launcher::{launch, Bootstrap, LaunchError};
 pub use manager::{BoxError, Manager, ManagerHandle, RpcApi, ServiceInfo};

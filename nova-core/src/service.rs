@@ -10,7 +10,16 @@
 
 use std::{sync::Arc, time::Duration};
 
-use nova_rpc::{dispatcher::Dispatcher, transport::Transport, RpcServer, RunningServer, StopReport, Target};
+use nova_rpc::{
+    dispatcher::Dispatcher,
+    layer::{
+        metrics::MetricsLayer,
+        trace::{TraceLayer, Tracer},
+        Layer, Layers,
+    },
+    transport::Transport,
+    RpcServer, RunningServer, StopReport, Target,
+};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
@@ -55,6 +64,10 @@ pub struct ServiceOptions {
     pub graceful_shutdown_timeout: Duration,
     /// Concurrent requests (`executor_thread_pool_size`, 64).
     pub executor_thread_pool_size: usize,
+    /// Record request traces (`trace_enabled`, on).
+    pub trace: bool,
+    /// Record per-method metrics (`metrics_enabled`, on).
+    pub metrics: bool,
 }
 
 impl Default for ServiceOptions {
@@ -66,6 +79,8 @@ impl Default for ServiceOptions {
             periodic_interval_max: Duration::from_secs(60),
             graceful_shutdown_timeout: Duration::from_secs(60),
             executor_thread_pool_size: 64,
+            trace: true,
+            metrics: true,
         }
     }
 }
@@ -79,6 +94,8 @@ impl From<&CoreOptions> for ServiceOptions {
             periodic_interval_max: o.periodic_interval_max,
             graceful_shutdown_timeout: o.graceful_shutdown_timeout,
             executor_thread_pool_size: o.executor_thread_pool_size,
+            trace: o.trace_enabled,
+            metrics: o.metrics_enabled,
         }
     }
 }
@@ -99,6 +116,7 @@ pub struct Service {
     transport: Arc<dyn Transport>,
     records: Option<ServiceRecords>,
     options: ServiceOptions,
+    layers: Layers,
 }
 
 impl Service {
@@ -114,7 +132,15 @@ impl Service {
             transport,
             records: None,
             options: ServiceOptions::default(),
+            layers: Layers::default(),
         }
+    }
+
+    /// Add a dispatcher layer (inside the built-in metrics and trace
+    /// layers); see [`nova_rpc::layer`].
+    pub fn layer(mut self, layer: Arc<dyn Layer>) -> Self {
+        self.layers = self.layers.with(layer);
+        self
     }
 
     /// Set the host.
@@ -179,7 +205,7 @@ impl Service {
 
     /// Start, in Nova's order (see the module docs).
     pub async fn start(self) -> Result<RunningService, ServiceError> {
-        let Service { info, manager, transport, records, options } = self;
+        let Service { info, manager, transport, records, options, layers } = self;
         let hooks = manager.hooks.clone();
         let hook = |hook: &'static str| move |error| ServiceError::Hook { hook, error };
         if let Some(r) = &records {
@@ -196,10 +222,20 @@ impl Service {
         hooks.pre_start_hook(&info).await.map_err(hook("pre_start_hook"))?;
         let base = baseapi::endpoint(&info, &manager.name, std::slice::from_ref(&manager.endpoint));
         let dispatcher = Dispatcher::new(vec![manager.endpoint.clone(), Arc::new(base)]);
-        let server = RpcServer::new(transport.clone(), Target::new(&info.topic).with_server(&info.host), dispatcher)
-            .with_executor_size(options.executor_thread_pool_size)
-            .start()
-            .await?;
+        let mut server =
+            RpcServer::new(transport.clone(), Target::new(&info.topic).with_server(&info.host), dispatcher)
+                .with_executor_size(options.executor_thread_pool_size);
+        if options.metrics {
+            server = server.with_layer(Arc::new(MetricsLayer));
+        }
+        if options.trace {
+            let tracer = Tracer::new(transport.clone(), &info.binary, &info.host);
+            server = server.with_layer(Arc::new(TraceLayer::new(tracer)));
+        }
+        for layer in layers.iter() {
+            server = server.with_layer(layer.clone());
+        }
+        let server = server.start().await?;
         let (stop, stopped) = watch::channel(false);
         let mut loops = Vec::new();
         if let Err(e) = hooks.post_start_hook(&info).await {
@@ -260,10 +296,14 @@ async fn report_loop(
             }
             (Ok(()), false) => {}
             (Err(e), false) => {
+                nova_rpc::metrics::metrics().report_failures.inc();
                 tracing::error!(error = %e, "Lost connection to the database for reporting service status; still serving RPC.");
                 lost = true;
             }
-            (Err(e), true) => tracing::debug!(error = %e, "still unable to report status"),
+            (Err(e), true) => {
+                nova_rpc::metrics::metrics().report_failures.inc();
+                tracing::debug!(error = %e, "still unable to report status");
+            }
         }
     }
 }

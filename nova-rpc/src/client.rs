@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, OnceCell};
 
 use crate::{
     dedupe::SeenIds,
+    layer::{Call, CallKind, Layer, LayerFuture, Layers},
     transport::{Destination, Outgoing, Transport},
     wire::{self, Reply, Request},
     RequestContext, Result, RpcError, Target, Version,
@@ -137,6 +138,7 @@ pub struct RpcClient {
     version_cap: Option<Version>,
     call_monitor_timeout: Option<Duration>,
     retry: Option<u32>,
+    layers: Layers,
 }
 
 impl RpcClient {
@@ -149,6 +151,7 @@ impl RpcClient {
             version_cap: None,
             call_monitor_timeout: None,
             retry: None,
+            layers: Layers::default(),
         }
     }
 
@@ -207,6 +210,12 @@ impl RpcClient {
         Self { retry, ..self.clone() }
     }
 
+    /// Add a middleware layer around every call and cast this client (and
+    /// clients prepared from it) makes; see [`crate::layer`].
+    pub fn with_layer(&self, layer: Arc<dyn Layer>) -> Self {
+        Self { layers: self.layers.with(layer), ..self.clone() }
+    }
+
     /// Whether `version` is within the client's `version_cap` (Nova's `can_send_version`).
     pub fn can_send_version(&self, version: &str) -> bool {
         match (&self.version_cap, version.parse::<Version>()) {
@@ -225,18 +234,32 @@ impl RpcClient {
         Ok(())
     }
 
-    fn request(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<Request> {
-        let args = match serde_json::to_value(args).map_err(|e| RpcError::Serialization(e.to_string()))? {
-            Value::Object(m) => m,
-            Value::Null => Map::new(),
-            other => {
-                return Err(RpcError::Serialization(format!(
-                    "arguments must serialize to a JSON object, not {}",
-                    wire::json_type(&other)
-                )))
-            }
-        };
-        Ok(Request {
+    fn args(args: impl Serialize) -> Result<Map<String, Value>> {
+        match serde_json::to_value(args).map_err(|e| RpcError::Serialization(e.to_string()))? {
+            Value::Object(m) => Ok(m),
+            Value::Null => Ok(Map::new()),
+            other => Err(RpcError::Serialization(format!(
+                "arguments must serialize to a JSON object, not {}",
+                wire::json_type(&other)
+            ))),
+        }
+    }
+
+    fn layered(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>, kind: CallKind) -> Call {
+        Call {
+            ctx: ctx.clone(),
+            topic: self.target.topic.clone(),
+            server: self.target.server.clone(),
+            namespace: self.target.namespace.clone(),
+            version: self.target.version.clone(),
+            method: method.to_owned(),
+            args,
+            kind,
+        }
+    }
+
+    fn request(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Request {
+        Request {
             method: method.to_owned(),
             args,
             namespace: self.target.namespace.clone(),
@@ -246,7 +269,7 @@ impl RpcClient {
             monitor_timeout: None,
             unique_id: wire::new_id(),
             context: ctx.clone(),
-        })
+        }
     }
 
     fn exchange(&self) -> String {
@@ -255,8 +278,19 @@ impl RpcClient {
 
     /// Send a one-way message; returns once the broker has confirmed it.
     pub async fn cast(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<()> {
+        let args = Self::args(args)?;
+        if self.layers.is_empty() {
+            return self.cast_args(ctx, method, args).await;
+        }
+        let end = |c: Call| -> LayerFuture<'_> {
+            Box::pin(async move { self.cast_args(&c.ctx, &c.method, c.args).await.map(|()| Value::Null) })
+        };
+        self.layers.run(self.layered(ctx, method, args, CallKind::Cast), &end).await.map(|_| ())
+    }
+
+    async fn cast_args(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Result<()> {
         self.check_version()?;
-        let request = self.request(ctx, method, args)?;
+        let request = self.request(ctx, method, args);
         let destination = if self.target.fanout {
             Destination::Fanout { topic: self.target.topic.clone() }
         } else {
@@ -269,6 +303,16 @@ impl RpcClient {
 
     /// Call a method and wait for its result.
     pub async fn call(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<Value> {
+        let args = Self::args(args)?;
+        if self.layers.is_empty() {
+            return self.call_args(ctx, method, args).await;
+        }
+        let end =
+            |c: Call| -> LayerFuture<'_> { Box::pin(async move { self.call_args(&c.ctx, &c.method, c.args).await }) };
+        self.layers.run(self.layered(ctx, method, args, CallKind::Call), &end).await
+    }
+
+    async fn call_args(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Result<Value> {
         if self.target.fanout {
             return Err(RpcError::InvalidTarget {
                 target: self.target.to_string(),
@@ -291,7 +335,7 @@ impl RpcClient {
             Ok(router) => router?,
             Err(_) => return Err(timed_out()),
         };
-        let mut request = self.request(ctx, method, args)?;
+        let mut request = self.request(ctx, method, args);
         let msg_id = wire::new_id();
         request.msg_id = Some(msg_id.clone());
         request.reply_q = Some(router.queue.clone());

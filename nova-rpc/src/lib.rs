@@ -39,6 +39,8 @@ pub mod context;
 pub mod dedupe;
 pub mod dispatcher;
 pub mod error;
+pub mod layer;
+pub mod metrics;
 pub mod server;
 pub mod target;
 pub mod transport;

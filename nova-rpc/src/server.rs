@@ -34,6 +34,7 @@ use tracing::Instrument;
 use crate::{
     dedupe::SeenIds,
     dispatcher::Dispatcher,
+    layer::{Call, CallKind, Layer, LayerFuture, Layers},
     transport::{Delivery, Destination, ListenSpec, Outgoing, Transport},
     wire::{self, Reply},
     RemoteFailure, Result, RpcError, Target,
@@ -48,6 +49,7 @@ pub struct RpcServer {
     executor_size: usize,
     durable: bool,
     max_deliveries: Option<u32>,
+    layers: Layers,
 }
 
 struct Shared {
@@ -56,6 +58,8 @@ struct Shared {
     topic: String,
     seen: Mutex<SeenIds>,
     at_least_once: bool,
+    layers: Layers,
+    server: String,
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::stop`].
@@ -77,7 +81,15 @@ pub struct StopReport {
 impl RpcServer {
     /// A server for `target` (its `topic` and `server`, which must be set).
     pub fn new(transport: Arc<dyn Transport>, target: Target, dispatcher: Dispatcher) -> Self {
-        Self { transport, target, dispatcher, executor_size: 64, durable: false, max_deliveries: None }
+        Self {
+            transport,
+            target,
+            dispatcher,
+            executor_size: 64,
+            durable: false,
+            max_deliveries: None,
+            layers: Layers::default(),
+        }
     }
 
     /// At most `n` requests at once (`executor_thread_pool_size`); also the prefetch.
@@ -89,6 +101,13 @@ impl RpcServer {
     /// Declare the topic queues durable.
     pub fn with_durable_queues(mut self, durable: bool) -> Self {
         self.durable = durable;
+        self
+    }
+
+    /// Add a middleware layer around the dispatcher (the first added is
+    /// outermost); see [`crate::layer`].
+    pub fn with_layer(mut self, layer: Arc<dyn Layer>) -> Self {
+        self.layers = self.layers.with(layer);
         self
     }
 
@@ -113,7 +132,7 @@ impl RpcServer {
         let spec = ListenSpec {
             exchange,
             topic: self.target.topic.clone(),
-            server,
+            server: server.clone(),
             prefetch: self.executor_size as u16,
             durable: self.durable,
             max_deliveries: self.max_deliveries,
@@ -125,6 +144,8 @@ impl RpcServer {
             topic: self.target.topic,
             seen: Mutex::new(SeenIds::new(4096)),
             at_least_once: self.max_deliveries.is_some(),
+            layers: self.layers,
+            server,
         });
         let (stop, stopped) = watch::channel(false);
         let done = tokio::spawn(serve(shared, listener, self.executor_size, stopped));
@@ -183,6 +204,10 @@ async fn serve(
     StopReport { abandoned: usize::from(busy.is_err()), requeued }
 }
 
+fn malformed(topic: &str) {
+    crate::metrics::metrics().malformed.get_or_create(&crate::metrics::TopicLabels { topic: topic.to_owned() }).inc();
+}
+
 async fn handle(shared: &Shared, delivery: Delivery) {
     let deadline = delivery.deadline;
     let delivery_count = delivery.delivery_count;
@@ -190,6 +215,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     let max = shared.transport.options().max_message_size;
     if body.len() > max {
         tracing::warn!(topic = %shared.topic, size = body.len(), max, "rejecting message larger than max_message_size");
+        malformed(&shared.topic);
         acker.reject().await;
         // Tell the caller, when its reply address can be read.
         let (msg_id, reply_q) = match wire::decode_request(&body) {
@@ -207,6 +233,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         Ok(r) => r,
         Err(bad) => {
             tracing::warn!(topic = %shared.topic, error = %bad, "rejecting malformed message");
+            malformed(&shared.topic);
             acker.reject().await;
             if let (Some(msg_id), Some(reply_q)) = (bad.msg_id, bad.reply_q) {
                 let failure = RemoteFailure::new("MalformedMessage", "nova_rpc.wire", bad.reason);
@@ -246,13 +273,20 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             }
             _ => None,
         };
-        let call = shared.dispatcher.dispatch(
-            request.context,
-            request.namespace.as_deref(),
-            request.version.as_deref(),
-            &request.method,
-            request.args,
-        );
+        let end = |c: Call| -> LayerFuture<'_> {
+            shared.dispatcher.dispatch(c.ctx, c.namespace.as_deref(), c.version.as_deref(), &c.method, c.args)
+        };
+        let call = Call {
+            ctx: request.context,
+            topic: shared.topic.clone(),
+            server: Some(shared.server.clone()),
+            namespace: request.namespace,
+            version: request.version,
+            method: request.method.clone(),
+            args: request.args,
+            kind: if request.msg_id.is_some() { CallKind::Call } else { CallKind::Cast },
+        };
+        let call = if shared.layers.is_empty() { end(call) } else { shared.layers.run(call, &end) };
         let outcome = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
             Ok(r) => r,
             Err(_) => Err(RpcError::remote("Panic", "nova_rpc.server", format!("method {} panicked", request.method))),

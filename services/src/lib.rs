@@ -3,17 +3,19 @@
 //! * [`compute`]: `nova-compute`, runs tasks as supervised OS processes from
 //!   an allow-list, one process per task;
 //! * [`scheduler`]: `nova-scheduler`, places tasks on up compute hosts with
-//!   free capacity.
+//!   free capacity;
+//! * [`trace`]: `nova-trace`, keeps the request traces every service sends.
 //!
 //! Each comes with its typed client (`ComputeManagerClient`,
 //! `SchedulerManagerClient`), written by `#[rpc_api]`.
 
 pub mod compute;
 pub mod scheduler;
+pub mod trace;
 
 /// Every manager in this crate, by its `<topic>_manager` name.
 pub fn registry() -> nova_core::ManagerRegistry {
-    nova_core::ManagerRegistry::new().register(compute::entry()).register(scheduler::entry())
+    nova_core::ManagerRegistry::new().register(compute::entry()).register(scheduler::entry()).register(trace::entry())
 }
 
 /// The README's Rust examples, compiled as doc tests so they cannot rot.

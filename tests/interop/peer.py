@@ -40,8 +40,9 @@ class Endpoint:
 
     target = oslo_messaging.Target(version="1.3")
 
-    def __init__(self, name):
+    def __init__(self, name, transport=None):
         self.name = name
+        self.transport = transport
         self.casts = []
         self.lock = threading.Lock()
 
@@ -61,6 +62,12 @@ class Endpoint:
         with self.lock:
             self.casts.append(value)
 
+    def relay(self, ctxt, topic, method, args):
+        """Call another service with the same context (keys pass through)."""
+        target = oslo_messaging.Target(topic=topic)
+        client = oslo_messaging.get_rpc_client(self.transport, target, timeout=10)
+        return client.call(ctxt, method, **args)
+
     def recorded(self, ctxt):
         with self.lock:
             return list(self.casts)
@@ -69,7 +76,7 @@ class Endpoint:
 def serve(url, exchange, topic, server, flags):
     conf, transport = transport_for(url, exchange, flags)
     target = oslo_messaging.Target(topic=topic, server=server)
-    rpc = oslo_messaging.get_rpc_server(transport, target, [Endpoint(server)],
+    rpc = oslo_messaging.get_rpc_server(transport, target, [Endpoint(server, transport)],
                                         executor="threading")
     rpc.start()
     print("READY", flush=True)

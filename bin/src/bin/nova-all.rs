@@ -11,7 +11,6 @@ use clap::Parser;
 use nova_bin::gateway::{self, Gateway};
 use nova_core::{
     config::{CommonArgs, OptSpec},
-    db::services::ServiceRecords,
     launcher::{stop_all, wait_for_stop_signal},
     Bootstrap, LaunchError,
 };
@@ -36,20 +35,17 @@ const API_OPTIONS: &[OptSpec] = &[OptSpec {
 
 async fn run(cli: Cli) -> Result<(), LaunchError> {
     let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), API_OPTIONS).await?;
+    bootstrap.serve_metrics().await?;
     let listen = match cli.listen {
         Some(l) => l,
         None => bootstrap.config.require("api", "listen")?,
     };
     let mut running = Vec::new();
-    for binary in ["nova-scheduler", "nova-compute"] {
+    for binary in ["nova-scheduler", "nova-compute", "nova-trace"] {
         let service = bootstrap.service(binary, None).await?;
         running.push(service.start().await?);
     }
-    let gw = Gateway::new(
-        bootstrap.transport.clone(),
-        ServiceRecords::new(bootstrap.db.clone()),
-        bootstrap.options.service_down_time,
-    );
+    let gw = Gateway::from_bootstrap(&bootstrap);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(gateway::serve(gw, listen, async {
         let _ = stop_rx.await;

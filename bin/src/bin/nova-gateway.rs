@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
 use nova_bin::gateway::{self, Gateway};
-use nova_core::{config::CommonArgs, db::services::ServiceRecords, Bootstrap, LaunchError};
+use nova_core::{config::CommonArgs, Bootstrap, LaunchError};
 
 /// Serve JSON-over-HTTP calls into RPC, and the console.
 #[derive(Parser)]
@@ -26,15 +26,12 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
         help: "Address of the HTTP gateway and console.",
     };
     let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), &[spec]).await?;
+    bootstrap.serve_metrics().await?;
     let listen = match cli.listen {
         Some(l) => l,
         None => bootstrap.config.require("api", "listen")?,
     };
-    let gw = Gateway::new(
-        bootstrap.transport.clone(),
-        ServiceRecords::new(bootstrap.db.clone()),
-        bootstrap.options.service_down_time,
-    );
+    let gw = Gateway::from_bootstrap(&bootstrap);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

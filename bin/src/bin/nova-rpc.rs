@@ -8,7 +8,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use nova_core::config::CommonArgs;
-use nova_rpc::{transport, RequestContext, RpcClient, RpcError, Target};
+use nova_rpc::{layer::trace, transport, RequestContext, RpcClient, RpcError, Target};
 
 /// Call and cast methods of nova-rs (and oslo.messaging) services.
 #[derive(Parser)]
@@ -76,6 +76,11 @@ enum Command {
         #[arg(long)]
         fanout: bool,
     },
+    /// Print the trace of a request as an indented tree with durations.
+    Trace {
+        /// The request id (`req-…`), as the gateway returns it in X-OpenStack-Request-ID.
+        request_id: String,
+    },
 }
 
 fn client(t: std::sync::Arc<dyn transport::Transport>, to: &Address) -> RpcClient {
@@ -136,6 +141,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     println!("{}", c.call(&ctx, "set_log_level", serde_json::json!({ "filter": f })).await?)
                 }
                 (None, _) => println!("{}", c.call(&ctx, "get_log_level", serde_json::json!({})).await?),
+            }
+            Ok(())
+        }
+        Command::Trace { request_id } => {
+            let c = RpcClient::new(t.clone(), Target::new(trace::TRACE_TOPIC));
+            let spans: Vec<trace::Span> =
+                c.call_as(&ctx, "get_trace", serde_json::json!({ "trace_id": request_id })).await?;
+            if spans.is_empty() {
+                return Err(Failure::Usage(format!("no trace {request_id} (is a trace collector running?)")));
+            }
+            for (depth, s) in trace::walk(&spans) {
+                let outcome = if s.outcome == "ok" { String::new() } else { format!("  [{}]", s.outcome) };
+                println!(
+                    "{:indent$}{}.{}  {} on {}  {:.2} ms{outcome}",
+                    "",
+                    s.topic,
+                    s.method,
+                    s.service,
+                    s.host,
+                    s.duration_ms,
+                    indent = depth * 2
+                );
             }
             Ok(())
         }

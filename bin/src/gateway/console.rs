@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::Gateway;
 
 /// Escape text for HTML.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
@@ -52,7 +52,10 @@ async function submitCall(ev) {
     const text = await r.text();
     let shown = text;
     try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch (e) {}
-    out.textContent = 'HTTP ' + r.status + ' (request ' + (r.headers.get('X-OpenStack-Request-ID') || '-') + ')\n' + shown;
+    const rid = r.headers.get('X-OpenStack-Request-ID') || '-';
+    out.textContent = 'HTTP ' + r.status + ' (request ' + rid + ')\n' + shown;
+    const link = document.getElementById('trace-link');
+    link.href = '/traces/' + encodeURIComponent(rid); link.textContent = 'trace of ' + rid;
     out.dataset.status = r.status;
   } catch (e) {
     out.textContent = 'failed: ' + e;
@@ -149,7 +152,9 @@ pub(super) async fn page(State(gw): State<Gateway>) -> Html<String> {
          <label>version</label><input name=\"version\"><br>\
          <label>timeout (s)</label><input name=\"timeout\" placeholder=\"60\"><br>\
          <label>args (JSON)</label><br><textarea name=\"args\" rows=\"5\" cols=\"80\">{}</textarea><br>\
-         <button type=\"submit\" id=\"submit\">Send</button></form><pre id=\"result\"></pre>",
+         <button type=\"submit\" id=\"submit\">Send</button></form><pre id=\"result\"></pre><p><a id=\"trace-link\"></a></p>\
+         <h2>Find a trace</h2><form onsubmit=\"location.href='/traces/'+encodeURIComponent(this.rid.value);return false\">\
+         <input name=\"rid\" size=\"45\" placeholder=\"req-…\"> <button type=\"submit\">Show</button></form>",
     );
     html.push_str(&format!("<script>{SCRIPT}</script></body></html>"));
     Html(html)

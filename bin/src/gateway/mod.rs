@@ -7,6 +7,9 @@
 //! | `POST /v1/cast/{topic}[/{server}]/{method}` | `?fanout=true` too → 202 |
 //! | `GET /v1/services` | service records with `state` up/down and `status` |
 //! | `GET /v1/services/{topic}/describe` | the topic's methods and arguments |
+//! | `GET /v1/traces/{request_id}` | the request's trace: spans, and the tree of calls |
+//! | `GET /traces/{request_id}` | the trace as a timeline in the console |
+//! | `GET /metrics` | Prometheus metrics |
 //! | `GET /` | the console |
 //!
 //! Errors are `{"error": {"class", "message"}}` with a status that says what
@@ -17,6 +20,7 @@
 //! `request_id`, so logs and traces line up.
 
 mod console;
+mod traces;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,7 +33,7 @@ use axum::{
     Json, Router,
 };
 use nova_core::db::services::{is_up, ServiceRecords};
-use nova_rpc::{transport::Transport, RequestContext, RpcClient, RpcError, Target};
+use nova_rpc::{layer::trace::Tracer, transport::Transport, RequestContext, RpcClient, RpcError, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -45,12 +49,31 @@ pub struct Gateway {
     client: RpcClient,
     records: ServiceRecords,
     service_down_time: Duration,
+    tracer: Option<Tracer>,
 }
 
 impl Gateway {
     /// A gateway over `transport`, reading service records from `records`.
     pub fn new(transport: Arc<dyn Transport>, records: ServiceRecords, service_down_time: Duration) -> Self {
-        Self { client: RpcClient::new(transport, Target::new("gateway")), records, service_down_time }
+        Self { client: RpcClient::new(transport, Target::new("gateway")), records, service_down_time, tracer: None }
+    }
+
+    /// The gateway of a started process: its transport, service records and
+    /// options (tracing on when `trace_enabled`).
+    pub fn from_bootstrap(b: &nova_core::Bootstrap) -> Self {
+        let gw = Self::new(b.transport.clone(), ServiceRecords::new(b.db.clone()), b.options.service_down_time);
+        if b.options.trace_enabled {
+            gw.with_tracer(Tracer::new(b.transport.clone(), "nova-gateway", &b.options.host))
+        } else {
+            gw
+        }
+    }
+
+    /// Record a span for every call and cast through the gateway, the root
+    /// of the trace it starts (named by the request id).
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = Some(tracer);
+        self
     }
 
     /// The axum router.
@@ -63,6 +86,9 @@ impl Gateway {
             .route("/v1/call/{topic}/{server}/{method}", post(call_server))
             .route("/v1/cast/{topic}/{method}", post(cast_topic))
             .route("/v1/cast/{topic}/{server}/{method}", post(cast_server))
+            .route("/v1/traces/{request_id}", get(traces::api))
+            .route("/traces/{request_id}", get(traces::page))
+            .route("/metrics", get(traces::metrics))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
@@ -193,6 +219,7 @@ async fn invoke(gw: &Gateway, headers: &HeaderMap, to: Address, q: CallQuery, bo
     let id = request_id(headers);
     let outcome = async {
         let args = parse_body(&body)?;
+        let topic_name = topic.clone();
         let mut target = Target::new(topic);
         target.server = server;
         target.namespace = q.namespace;
@@ -208,16 +235,24 @@ async fn invoke(gw: &Gateway, headers: &HeaderMap, to: Address, q: CallQuery, bo
             }
             client = client.with_timeout(Duration::from_secs_f64(t));
         }
-        let ctx = RequestContext { request_id: id.clone(), ..RequestContext::default() };
-        if call {
-            if q.fanout {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "InvalidTarget", "a call cannot be fanned out"));
+        let mut ctx = RequestContext { request_id: id.clone(), ..RequestContext::default() };
+        let span = traces::Root::enter(gw.tracer.as_ref(), &mut ctx, &topic_name, &method, call, &args);
+        let outcome = async {
+            if call {
+                if q.fanout {
+                    return Err(ApiError::new(StatusCode::BAD_REQUEST, "InvalidTarget", "a call cannot be fanned out"));
+                }
+                Ok((StatusCode::OK, Json(client.call(&ctx, &method, args).await?)).into_response())
+            } else {
+                client.with_fanout(q.fanout).cast(&ctx, &method, args).await?;
+                Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
             }
-            Ok((StatusCode::OK, Json(client.call(&ctx, &method, args).await?)).into_response())
-        } else {
-            client.with_fanout(q.fanout).cast(&ctx, &method, args).await?;
-            Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
         }
+        .await;
+        if let Some(span) = span {
+            span.finish(outcome.as_ref().map(|_| ()).map_err(|e: &ApiError| e.class.as_str()));
+        }
+        outcome
     }
     .await;
     with_request_id(outcome.unwrap_or_else(IntoResponse::into_response), &id)

@@ -39,6 +39,13 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
     opt!("DEFAULT", "state_path", "nova-state", "Directory for local state (the embedded SQLite database)."),
     opt!("DEFAULT", "debug", "false", "Log at debug level."),
     opt!("DEFAULT", "log_json", "false", "Log one JSON object per line."),
+    opt!(
+        "DEFAULT",
+        "trace_enabled",
+        "true",
+        "Record request traces (spans cast to the trace topic, off the hot path)."
+    ),
+    opt!("DEFAULT", "metrics_enabled", "true", "Count requests, errors, in-flight and latency per topic and method."),
     opt!("DEFAULT", "metrics_listen", "", "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9100)."),
     opt!(
         "database",
@@ -120,6 +127,10 @@ pub struct CoreOptions {
     pub log_json: bool,
     /// `metrics_listen`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `trace_enabled`.
+    pub trace_enabled: bool,
+    /// `metrics_enabled`.
+    pub metrics_enabled: bool,
 }
 
 fn seconds(v: &str) -> Result<Duration, String> {
@@ -198,6 +209,8 @@ impl CoreOptions {
             debug: c.get_bool(D, "debug")?.unwrap_or(false),
             log_json: c.get_bool(D, "log_json")?.unwrap_or(false),
             metrics_listen: c.get(D, "metrics_listen")?,
+            trace_enabled: c.get_bool(D, "trace_enabled")?.unwrap_or(true),
+            metrics_enabled: c.get_bool(D, "metrics_enabled")?.unwrap_or(true),
         })
     }
 }

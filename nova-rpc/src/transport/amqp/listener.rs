@@ -152,6 +152,7 @@ async fn run(
         if let Some(r) = ready.take() {
             let _ = r.send(Ok(()));
         } else {
+            crate::metrics::metrics().reconnects.inc();
             tracing::info!(purpose = plan.purpose, queues = ?plan.consume, "topology re-declared; consuming again");
         }
         round = 0;

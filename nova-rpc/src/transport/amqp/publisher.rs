@@ -86,7 +86,11 @@ impl Publisher {
         if let Some(c) = self.current() {
             return Ok(c);
         }
+        let had_one = self.current.read().unwrap_or_else(|p| p.into_inner()).is_some();
         let conn = self.connector.connect("send", retry).await?;
+        if had_one {
+            crate::metrics::metrics().reconnects.inc();
+        }
         let channel = conn.create_channel().await?;
         if self.connector.options().publisher_confirms {
             channel.confirm_select(ConfirmSelectOptions::default()).await?;

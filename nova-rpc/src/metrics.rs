@@ -1,0 +1,112 @@
+//! Process-wide metrics in Prometheus text format, on `prometheus-client`.
+//!
+//! Per topic and method (recorded by [`MetricsLayer`](crate::layer::metrics::MetricsLayer)
+//! around the dispatcher): requests, errors by class, requests in flight
+//! and a latency histogram. Per process: AMQP reconnects, messages
+//! rejected as malformed, and (from `nova-core`) report-loop failures.
+//! [`render`] gives the text a `/metrics` endpoint serves.
+
+use std::sync::{Mutex, OnceLock};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of the per-method families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// The topic served.
+    pub topic: String,
+    /// The method.
+    pub method: String,
+}
+
+/// Labels of the error family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The topic served.
+    pub topic: String,
+    /// The method.
+    pub method: String,
+    /// The error class (`NoSuchMethod`, `InvalidArgument`, a remote class…).
+    pub class: String,
+}
+
+/// Labels of the per-topic malformed counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// The topic served.
+    pub topic: String,
+}
+
+/// Every metric nova-rs records.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Requests dispatched.
+    pub requests: Family<MethodLabels, Counter>,
+    /// Requests that failed, by error class.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Requests running now.
+    pub in_flight: Family<MethodLabels, Gauge>,
+    /// Time from dispatch to result, in seconds.
+    pub latency: Family<MethodLabels, Histogram>,
+    /// AMQP connections re-established after a loss.
+    pub reconnects: Counter,
+    /// Messages refused as malformed or oversized.
+    pub malformed: Family<TopicLabels, Counter>,
+    /// Report-loop rounds that could not reach the database.
+    pub report_failures: Counter,
+    registry: Mutex<Registry>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+}
+
+/// The process's metrics, registered on first use.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let mut registry = Registry::with_prefix("nova");
+        let m = Metrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            in_flight: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            reconnects: Counter::default(),
+            malformed: Family::default(),
+            report_failures: Counter::default(),
+            registry: Mutex::new(Registry::default()),
+        };
+        registry.register("rpc_requests", "RPC requests dispatched, by topic and method", m.requests.clone());
+        registry.register("rpc_errors", "RPC requests that failed, by topic, method and error class", m.errors.clone());
+        registry.register("rpc_in_flight", "RPC requests running now", m.in_flight.clone());
+        registry.register("rpc_request_duration_seconds", "Time to serve an RPC request", m.latency.clone());
+        registry.register("amqp_reconnects", "AMQP connections re-established after a loss", m.reconnects.clone());
+        registry.register("rpc_malformed_messages", "Messages refused as malformed or oversized", m.malformed.clone());
+        registry.register(
+            "report_failures",
+            "Report-loop rounds that could not reach the database",
+            m.report_failures.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
+        m
+    })
+}
+
+/// Every metric in Prometheus text format.
+///
+/// ```
+/// nova_rpc::metrics::metrics().reconnects.inc();
+/// assert!(nova_rpc::metrics::render().contains("nova_amqp_reconnects_total"));
+/// ```
+pub fn render() -> String {
+    let mut out = String::new();
+    let registry = metrics().registry.lock().unwrap_or_else(|p| p.into_inner());
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+    }
+    out
+}
