@@ -16,6 +16,7 @@ use std::{
 use async_trait::async_trait;
 use nova_rpc::{
     dispatcher::{Dispatcher, Router},
+    layer::trace::{TraceLayer, Tracer},
     transport::{self, Transport, TransportOptions, TransportUrl},
     RequestContext, RpcClient, RpcError, RpcServer, RunningServer, Target, Version,
 };
@@ -100,6 +101,7 @@ impl NovaPattern {
         payload: Value,
         executor: usize,
         separate_process: bool,
+        traced: bool,
     ) -> anyhow::Result<Self> {
         let transport = transport::connect(options.clone()).await?;
         let hosts = ["s1", "s2"];
@@ -114,8 +116,12 @@ impl NovaPattern {
             let mut running = Vec::new();
             for host in hosts {
                 let api = bench_api(host, count.clone(), Duration::ZERO, Arc::new(|| {}));
-                let server = RpcServer::new(transport.clone(), Target::new(topic).with_server(host), api)
+                let mut server = RpcServer::new(transport.clone(), Target::new(topic).with_server(host), api)
                     .with_executor_size(executor);
+                if traced {
+                    let tracer = Tracer::new(transport.clone(), "nova-bench", host);
+                    server = server.with_layer(Arc::new(TraceLayer::new(tracer)));
+                }
                 running.push(server.start().await?);
             }
             Servers::InProcess(running, count)

@@ -115,6 +115,7 @@ async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -
             bench::payload(a.payload),
             64,
             a.server_process,
+            false,
         )
         .await?,
     );
@@ -139,11 +140,23 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     let group = if scheme == "memory" { "memory" } else { "rabbit" };
     let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let options = bench::nova::options(url, &exchange, true);
-    let nova: Arc<dyn Pattern> =
-        Arc::new(NovaPattern::start(options, "bench", bench::payload(a.payload), 64, a.server_process).await?);
+    let nova: Arc<dyn Pattern> = Arc::new(
+        NovaPattern::start(options.clone(), "bench", bench::payload(a.payload), 64, a.server_process, false).await?,
+    );
     let measured = measure(nova.clone(), a, group, "", r).await;
     nova.close().await;
     measured?;
+    // The same servers with the trace layer on (no collector: the spans'
+    // cost to the caller and server, not the collector's).
+    let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let traced_options = bench::nova::options(url, &exchange, true);
+    let traced: Arc<dyn Pattern> =
+        Arc::new(NovaPattern::start(traced_options, "bench", bench::payload(a.payload), 64, false, true).await?);
+    let seq = bench::sequential(traced.as_ref(), a.seq / 10 + 1, a.seq).await;
+    let c64 = bench::concurrent(traced.clone(), 64, a.calls).await;
+    traced.close().await;
+    r.add(group, "seq_p50_ms_traced", seq?.p50);
+    r.add(group, "calls_per_s_c64_traced", c64?);
     if group == "memory" {
         return Ok(());
     }
