@@ -26,10 +26,10 @@ async fn nova_all() -> NovaAll {
         &["--listen", &listen, "--state-path", state.to_str().unwrap(), "--host", "gw1"],
         dir.path(),
     );
-    nova_tests::eventually("nova-all lists its two services", Duration::from_secs(30), || async {
+    nova_tests::eventually("nova-all lists its three services", Duration::from_secs(30), || async {
         let (status, _, body) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
         let services: Value = serde_json::from_str(&body).ok()?;
-        (status == 200 && services.as_array()?.len() == 2).then_some(())
+        (status == 200 && services.as_array()?.len() == 3).then_some(())
     })
     .await;
     NovaAll { port, _proc: proc, _dir: dir }

@@ -121,6 +121,12 @@ async fn sigterm_answers_every_call_in_flight() {
             .await
             .unwrap();
     }
+    // The casts are queued on compute.c1 and the waits on compute: let the
+    // tasks exist before waiting on them.
+    eventually("the six tasks run", Duration::from_secs(10), || async {
+        compute.with_server("c1").list_tasks(&ctx).await.ok().filter(|t| t.len() == 6)
+    })
+    .await;
     let waits: Vec<_> = (0..6)
         .map(|i| {
             let c = compute.clone();
@@ -158,4 +164,41 @@ async fn racing_starts_leave_one_record_postgresql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_starts_leave_one_record_sqlite() {
     racing_starts("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_config_and_applies_the_log_level() {
+    let w = World::new("sqlite");
+    let p = w.spawn("nova-compute", "c1");
+    let base = w.client(Target::new("compute").with_namespace("baseapi").with_version("1.1")).await;
+    let ctx = RequestContext::new();
+    eventually("compute is up", Duration::from_secs(30), || async {
+        base.call(&ctx, "ping", json!({"arg": 1})).await.ok()
+    })
+    .await;
+    let level = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let debug = |l: &str| l.split(',').any(|d| d == "debug");
+    assert!(!debug(&level(base.call(&ctx, "get_log_level", json!({})).await.unwrap())));
+
+    // Turn debug on in the file, SIGHUP: applied without a restart.
+    let text = std::fs::read_to_string(&w.conf).unwrap().replace("[DEFAULT]\n", "[DEFAULT]\ndebug = true\n");
+    std::fs::write(&w.conf, text).unwrap();
+    p.signal("HUP");
+    eventually("the reload is applied", Duration::from_secs(10), || async {
+        let l = level(base.call(&ctx, "get_log_level", json!({})).await.ok()?);
+        debug(&l).then_some(())
+    })
+    .await;
+    assert!(p.output().contains("configuration reloaded"), "{}", p.output());
+
+    // A bad file on SIGHUP is refused and the old settings stay.
+    let text = std::fs::read_to_string(&w.conf).unwrap().replace("debug = true", "debug = maybe");
+    std::fs::write(&w.conf, text).unwrap();
+    p.signal("HUP");
+    eventually("the bad reload is refused", Duration::from_secs(10), || async {
+        p.output().contains("configuration reload failed; keeping the old one").then_some(())
+    })
+    .await;
+    assert!(debug(&level(base.call(&ctx, "get_log_level", json!({})).await.unwrap())));
+    assert_eq!(base.call(&ctx, "ping", json!({"arg": 2})).await.unwrap()["arg"], 2, "still serving");
 }
