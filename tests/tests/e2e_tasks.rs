@@ -34,7 +34,11 @@ async fn schedule_echoes(
             .schedule_task(&ctx(), "echo".into(), vec!["hello".into(), i.to_string()], None, None, None)
             .await
             .unwrap();
-        let t = compute.with_server(&p.host).wait_task(&ctx(), p.task_id.clone(), Some(10.0)).await.unwrap();
+        let c = compute.with_server(&p.host);
+        let t = eventually("the echo task ends", Duration::from_secs(30), || async {
+            c.wait_task(&ctx(), p.task_id.clone(), Some(2.0)).await.ok().filter(|t| t.status != TaskStatus::Running)
+        })
+        .await;
         assert_eq!((t.status, t.stdout.as_str()), (TaskStatus::Succeeded, format!("hello {i}\n").as_str()), "{t:?}");
         *hosts.entry(p.host).or_insert(0) += 1;
     }

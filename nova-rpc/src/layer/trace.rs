@@ -111,7 +111,7 @@ fn mask(value: &Value) -> Value {
 /// ```
 /// let args = serde_json::json!({"user": "ada", "password": "hunter2"});
 /// let s = nova_rpc::layer::trace::summarize(args.as_object().unwrap());
-/// assert_eq!(s, r#"{"password":"***","user":"ada"}"#);
+/// assert!(s.contains(r#""password":"***""#) && s.contains(r#""user":"ada""#) && !s.contains("hunter2"));
 /// ```
 pub fn summarize(args: &Map<String, Value>) -> String {
     let mut s = mask(&Value::Object(args.clone())).to_string();
