@@ -12,6 +12,7 @@
 pub mod compute;
 pub mod scheduler;
 pub mod trace;
+mod webhook;
 
 /// Every manager in this crate, by its `<topic>_manager` name.
 pub fn registry() -> nova_core::ManagerRegistry {

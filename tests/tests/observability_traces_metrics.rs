@@ -283,3 +283,71 @@ async fn no_collector_never_fails_or_holds_up_a_call() {
     server.stop(Duration::from_secs(5)).await;
     bus.stop().await;
 }
+
+/// A stand-in OpenTelemetry collector: answers 200 to every POST and hands
+/// over the bodies it got.
+fn otlp_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Value)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+            if tx.send((path, serde_json::from_slice(&body).unwrap_or(Value::Null))).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_opentelemetry_collector_as_otlp() {
+    let (port, bodies) = otlp_receiver();
+    let bus = TestBus::new().await;
+    bus.database().migrate(nova_services::trace::MIGRATIONS).await.unwrap();
+    let collector = TraceCollector::new(bus.database().clone(), 100, Duration::from_secs(3600))
+        .with_otlp(format!("http://127.0.0.1:{port}"));
+    bus.serve(TRACE_TOPIC, "c1", Arc::new(collector)).await;
+    let server = RpcServer::new(bus.transport(), Target::new("otel").with_server("o1"), echo_api())
+        .with_layer(Arc::new(TraceLayer::new(Tracer::new(bus.transport(), "nova-otel", "o1"))))
+        .start()
+        .await
+        .unwrap();
+    let ctx = RequestContext { request_id: "req-0b4f7f2e-3c6a-4b55-9f44-5a0e2d9c8e11".into(), ..RequestContext::new() };
+    bus.client(Target::new("otel")).call(&ctx, "echo", json!({"token": "abc", "n": 1})).await.unwrap();
+    let (path, body) = tokio::task::spawn_blocking(move || bodies.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("an OTLP export");
+    assert_eq!(path, "/v1/traces");
+    let rs = &body["resourceSpans"][0];
+    let service = rs["resource"]["attributes"].as_array().unwrap().iter().find(|a| a["key"] == "service.name").unwrap();
+    assert_eq!(service["value"]["stringValue"], "nova-otel");
+    let span = &rs["scopeSpans"][0]["spans"][0];
+    assert_eq!(span["traceId"], "0b4f7f2e3c6a4b559f445a0e2d9c8e11", "the request id's uuid is the trace id");
+    assert_eq!(span["name"], "otel.echo");
+    assert_eq!(span["status"]["code"], 1);
+    assert_eq!(span["spanId"].as_str().map(str::len), Some(16));
+    let text = span.to_string();
+    assert!(text.contains(r#"\"token\":\"***\""#) && !text.contains("abc"), "secrets are masked: {text}");
+    server.stop(Duration::from_secs(5)).await;
+    bus.stop().await;
+}

@@ -9,7 +9,6 @@
 //! `callback_url`. Tasks live in the database, so a restarted compute still
 //! answers for them, and marks the ones that were running as failed.
 
-mod callback;
 pub mod tasks;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -182,7 +181,7 @@ impl ComputeManager {
         if let Some(url) = info.callback_url.clone() {
             let body = serde_json::to_vec(&info).unwrap_or_default();
             if let Err(e) =
-                callback::post_with_retry(&url, &body, self.callback_attempts, Duration::from_millis(500)).await
+                crate::webhook::post_with_retry(&url, &body, self.callback_attempts, Duration::from_millis(500)).await
             {
                 info.callback_error = Some(e);
                 if let Err(e) = self.store.update(&info).await {

@@ -5,7 +5,12 @@
 //! Recent traces stay in memory (at most `[trace] max_traces`, oldest
 //! dropped first) and every span is written to the `trace_spans` table; a
 //! periodic task deletes spans older than `[trace] retention`.
-//! `get_trace(trace_id)` answers from memory, else from the database.
+//! `get_trace(trace_id)` answers from memory, else from the database. With
+//! `[trace] otlp_endpoint` set, every batch is also forwarded to an
+//! OpenTelemetry collector ([`otlp`]), so Jaeger or Tempo show the same
+//! traces.
+
+pub mod otlp;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -29,6 +34,12 @@ pub const NAME: &str = "nova_services::trace::TraceCollector";
 pub const OPTIONS: &[OptSpec] = &[
     OptSpec { section: "trace", name: "max_traces", default: "10000", help: "Traces kept in memory." },
     OptSpec { section: "trace", name: "retention", default: "86400", help: "Seconds spans are kept in the database." },
+    OptSpec {
+        section: "trace",
+        name: "otlp_endpoint",
+        default: "",
+        help: "Also send spans to this OpenTelemetry collector as OTLP/HTTP JSON (e.g. http://127.0.0.1:4318).",
+    },
 ];
 
 /// The `trace_spans` table.
@@ -52,6 +63,7 @@ pub struct TraceCollector {
     max_traces: usize,
     retention: Duration,
     db: Database,
+    otlp_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for TraceCollector {
@@ -65,7 +77,10 @@ pub fn entry() -> ManagerEntry {
     ManagerEntry::new(NAME, |deps: ManagerDeps| async move {
         let max: usize = deps.config.require("trace", "max_traces")?;
         let retention: f64 = deps.config.require("trace", "retention")?;
-        let m = TraceCollector::new(deps.db.clone(), max, Duration::from_secs_f64(retention));
+        let mut m = TraceCollector::new(deps.db.clone(), max, Duration::from_secs_f64(retention));
+        if let Some(endpoint) = deps.config.get::<String>("trace", "otlp_endpoint")?.filter(|e| !e.is_empty()) {
+            m = m.with_otlp(endpoint);
+        }
         Ok::<_, BoxError>(ManagerHandle::new(Arc::new(m)))
     })
     .options(OPTIONS)
@@ -80,7 +95,13 @@ fn db_error(e: DbError) -> RpcError {
 impl TraceCollector {
     /// A collector over a migrated `db`.
     pub fn new(db: Database, max_traces: usize, retention: Duration) -> Self {
-        Self { recent: Mutex::default(), max_traces: max_traces.max(1), retention, db }
+        Self { recent: Mutex::default(), max_traces: max_traces.max(1), retention, db, otlp_endpoint: None }
+    }
+
+    /// Also forward every batch to the OpenTelemetry collector at `endpoint`.
+    pub fn with_otlp(mut self, endpoint: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(endpoint.into());
+        self
     }
 
     async fn save(&self, spans: &[Span]) -> Result<(), DbError> {
@@ -123,6 +144,14 @@ impl TraceCollector {
                 }
                 recent.traces.entry(s.trace_id.clone()).or_default().push(s.clone());
             }
+        }
+        if let Some(endpoint) = self.otlp_endpoint.clone() {
+            let batch = spans.clone();
+            tokio::spawn(async move {
+                if let Err(e) = otlp::export(&endpoint, &batch).await {
+                    tracing::warn!(error = %e, spans = batch.len(), "spans not forwarded to the OpenTelemetry collector");
+                }
+            });
         }
         self.save(&spans).await.map_err(db_error)
     }

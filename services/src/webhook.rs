@@ -1,5 +1,6 @@
-//! Delivering a finished task to its `callback_url`: an HTTP POST of the
-//! task's JSON, retried with backoff a bounded number of times.
+//! Outgoing HTTP POSTs of JSON, retried with backoff a bounded number of
+//! times: a finished task to its `callback_url`, trace batches to an OTLP
+//! collector. Plain `http://` only, one request per connection.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// POST `body` to `url` (plain `http://` only); `Err` with the last reason
 /// after `attempts` tries with doubling pauses from `first_pause`.
-pub(super) async fn post_with_retry(
+pub(crate) async fn post_with_retry(
     url: &str,
     body: &[u8],
     attempts: u32,
@@ -21,24 +22,24 @@ pub(super) async fn post_with_retry(
             Ok(Err(e)) => last = e,
             Err(_) => last = "timed out after 10s".into(),
         }
-        tracing::warn!(url, attempt, error = %last, "task callback failed");
+        tracing::warn!(url, attempt, error = %last, "HTTP POST failed");
         if attempt < attempts {
             tokio::time::sleep(pause).await;
             pause *= 2;
         }
     }
-    Err(format!("callback to {url} failed after {attempts} attempt(s): {last}"))
+    Err(format!("POST to {url} failed after {attempts} attempt(s): {last}"))
 }
 
 /// Split `http://host[:port]/path`.
 fn split_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("callback_url must be http://…, got {url:?}"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("the URL must be http://…, got {url:?}"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if authority.is_empty() {
-        return Err(format!("callback_url {url:?} has no host"));
+        return Err(format!("URL {url:?} has no host"));
     }
     let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
         authority.to_owned()
@@ -52,7 +53,7 @@ async fn post(url: &str, body: &[u8]) -> Result<(), String> {
     let (addr, path) = split_url(url)?;
     let mut stream = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: nova-compute\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: nova-rs\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
