@@ -265,7 +265,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         }
     }
     let span = tracing::info_span!("rpc", request_id = %request.context.request_id, topic = %shared.topic, method = %request.method);
-    async {
+    let served = async {
         let started = Instant::now();
         let heartbeat = match (&request.msg_id, &request.reply_q, request.monitor_timeout) {
             (Some(msg_id), Some(reply_q), Some(t)) if t > 0.0 => {
@@ -303,6 +303,7 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         if let (Some(msg_id), Some(reply_q)) = (&request.msg_id, &request.reply_q) {
             send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline).await;
         }
+        run_after_reply();
         if let Some(a) = acker {
             // At-least-once: a failed cast goes back to the queue (the broker
             // dead-letters it after max_deliveries); anything else is done.
@@ -317,8 +318,34 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             }
         }
     }
-    .instrument(span)
-    .await;
+    .instrument(span);
+    AFTER_REPLY.scope(std::cell::RefCell::new(Vec::new()), served).await;
+}
+
+tokio::task_local! {
+    static AFTER_REPLY: std::cell::RefCell<Vec<Box<dyn FnOnce() + Send>>>;
+}
+
+/// Run `f` once the reply to the request being served has been sent (or,
+/// for a cast, once its method returned) — how a layer records what it saw
+/// without delaying the caller. Outside a server's request it runs at once.
+pub fn after_reply(f: impl FnOnce() + Send + 'static) {
+    let mut f = Some(Box::new(f) as Box<dyn FnOnce() + Send>);
+    let _ = AFTER_REPLY.try_with(|hooks| {
+        if let Some(f) = f.take() {
+            hooks.borrow_mut().push(f);
+        }
+    });
+    if let Some(f) = f {
+        f();
+    }
+}
+
+fn run_after_reply() {
+    let hooks = AFTER_REPLY.try_with(|h| std::mem::take(&mut *h.borrow_mut())).unwrap_or_default();
+    for f in hooks {
+        f();
+    }
 }
 
 fn spawn_heartbeat(shared: &Shared, reply_q: String, msg_id: String, monitor: f64) -> tokio::task::JoinHandle<()> {

@@ -351,3 +351,45 @@ async fn spans_reach_an_opentelemetry_collector_as_otlp() {
     server.stop(Duration::from_secs(5)).await;
     bus.stop().await;
 }
+
+/// Holds its `after_reply` hook until the test has the reply in hand: if
+/// hooks ran before the reply was sent, the call could never complete.
+struct WaitsForTheReply(Arc<std::sync::atomic::AtomicBool>, Arc<std::sync::atomic::AtomicBool>);
+
+#[async_trait::async_trait]
+impl nova_rpc::layer::Layer for WaitsForTheReply {
+    async fn handle(&self, call: nova_rpc::layer::Call, next: nova_rpc::layer::Next<'_>) -> Result<Value, RpcError> {
+        let (replied, saw_reply) = (self.0.clone(), self.1.clone());
+        nova_rpc::server::after_reply(move || {
+            // Wait off the worker (its queued tasks move on), as a slow hook would.
+            tokio::task::block_in_place(|| {
+                let until = std::time::Instant::now() + Duration::from_secs(5);
+                while !replied.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            saw_reply.store(replied.load(std::sync::atomic::Ordering::SeqCst), std::sync::atomic::Ordering::SeqCst);
+        });
+        next.run(call).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_record_after_the_reply_is_sent() {
+    let bus = TestBus::new().await;
+    let (replied, saw_reply) = (Arc::default(), Arc::default());
+    let server = RpcServer::new(bus.transport(), Target::new("after").with_server("a1"), echo_api())
+        .with_layer(Arc::new(WaitsForTheReply(Arc::clone(&replied), Arc::clone(&saw_reply))))
+        .start()
+        .await
+        .unwrap();
+    let client = bus.client(Target::new("after")).with_timeout(Duration::from_secs(3));
+    assert_eq!(client.call(&RequestContext::new(), "echo", json!({"x": 1})).await.unwrap(), json!({"x": 1}));
+    replied.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("the hook ran after the reply", Duration::from_secs(6), || async {
+        saw_reply.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+    })
+    .await;
+    server.stop(Duration::from_secs(5)).await;
+    bus.stop().await;
+}

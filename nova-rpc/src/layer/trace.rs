@@ -5,8 +5,8 @@
 //! id of the hop that made the request (`_context_trace_parent`). The
 //! [`TraceLayer`] around a server's dispatcher gives each hop a span id,
 //! hands the method a context whose `trace_parent` is that span — so calls
-//! the method makes with its context become its children — and when the
-//! method returns records a [`Span`]: service, host, topic, method, a
+//! the method makes with its context become its children — and, once the
+//! reply has been sent, records a [`Span`]: service, host, topic, method, a
 //! size-capped summary of the arguments with secrets masked, start,
 //! duration and outcome. A request with no trace id starts a trace named
 //! by its `request_id`.
@@ -199,7 +199,7 @@ impl Layer for TraceLayer {
         let (start_ms, started) = (now_ms(), Instant::now());
         let out = next.run(call).await;
         let (service, host) = self.tracer.service();
-        self.tracer.record(Span {
+        let span = Span {
             trace_id,
             span_id,
             parent_id,
@@ -211,7 +211,10 @@ impl Layer for TraceLayer {
             start_ms,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
             outcome: out.as_ref().map_or_else(|e| e.class().to_owned(), |_| "ok".to_owned()),
-        });
+        };
+        // Recorded once the reply is on its way, never before it.
+        let tracer = self.tracer.clone();
+        crate::server::after_reply(move || tracer.record(span));
         out
     }
 }
