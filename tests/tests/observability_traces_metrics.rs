@@ -332,7 +332,7 @@ async fn spans_reach_an_opentelemetry_collector_as_otlp() {
         .await
         .unwrap();
     let ctx = RequestContext { request_id: "req-0b4f7f2e-3c6a-4b55-9f44-5a0e2d9c8e11".into(), ..RequestContext::new() };
-    bus.client(Target::new("otel")).call(&ctx, "echo", json!({"token": "abc", "n": 1})).await.unwrap();
+    bus.client(Target::new("otel")).call(&ctx, "echo", json!({"token": "t0ken-value-xyz", "n": 1})).await.unwrap();
     let (path, body) = tokio::task::spawn_blocking(move || bodies.recv_timeout(Duration::from_secs(10)))
         .await
         .unwrap()
@@ -347,7 +347,7 @@ async fn spans_reach_an_opentelemetry_collector_as_otlp() {
     assert_eq!(span["status"]["code"], 1);
     assert_eq!(span["spanId"].as_str().map(str::len), Some(16));
     let text = span.to_string();
-    assert!(text.contains(r#"\"token\":\"***\""#) && !text.contains("abc"), "secrets are masked: {text}");
+    assert!(text.contains(r#"\"token\":\"***\""#) && !text.contains("t0ken-value-xyz"), "secrets are masked: {text}");
     server.stop(Duration::from_secs(5)).await;
     bus.stop().await;
 }
