@@ -1,0 +1,114 @@
+//! A finished task's result reaches its owner both ways: cast to the
+//! `notify` target, and POSTed to `callback_url`; a callback that keeps
+//! failing is retried a bounded number of times and the failure is
+//! recorded on the task.
+
+#![allow(unreachable_pub)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    sync::Arc,
+    time::Duration,
+};
+
+use nova_core::testing::TestBus;
+use nova_rpc::{
+    dispatcher::{Dispatcher, Router},
+    RequestContext, RpcError, RpcServer, Target, Version,
+};
+use nova_services::compute::{ComputeManager, ComputeManagerClient, NotifyTarget, TaskInfo, TaskStatus};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+/// An HTTP endpoint that answers 200 and hands over each POSTed body.
+fn http_receiver() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send(body).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[derive(Deserialize)]
+struct Done {
+    task: TaskInfo,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_reach_the_owner_by_cast_and_by_callback() {
+    let bus = TestBus::new().await;
+    bus.database().migrate(nova_services::compute::tasks::MIGRATIONS).await.unwrap();
+    let allowed: HashMap<String, Vec<String>> = [("echo".to_owned(), vec!["/bin/echo".to_owned()])].into();
+    let m =
+        ComputeManager::new("c1", allowed, 4, 60.0, 2, bus.database().clone(), bus.client(Target::new("scheduler")));
+    let compute = ComputeManagerClient::new(bus.serve("compute", "c1", Arc::new(m)).await).with_server("c1");
+
+    // The owner: a response queue of its own (topic `owner`).
+    let (tx, mut done) = mpsc::unbounded_channel();
+    let api = Router::new(Version::new(1, 0)).method("task_done", move |_ctx: RequestContext, d: Done| {
+        let _ = tx.send(d.task);
+        async { Ok::<_, RpcError>(()) }
+    });
+    let owner =
+        RpcServer::new(bus.transport(), Target::new("owner").with_server("o1"), Dispatcher::new(vec![Arc::new(api)]))
+            .start()
+            .await
+            .unwrap();
+    let (port, posted) = http_receiver();
+    let notify = NotifyTarget { topic: "owner".into(), method: "task_done".into(), server: None };
+    let ctx = RequestContext::new();
+    let url = format!("http://127.0.0.1:{port}/done");
+    compute.run_task(&ctx, "echo".into(), vec!["result".into()], "r1".into(), Some(notify), Some(url)).await.unwrap();
+
+    let cast = tokio::time::timeout(Duration::from_secs(10), done.recv()).await.expect("notified").unwrap();
+    assert_eq!((cast.task_id.as_str(), cast.status, cast.stdout.as_str()), ("r1", TaskStatus::Succeeded, "result\n"));
+    let body = tokio::task::spawn_blocking(move || posted.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("POSTed");
+    let posted: TaskInfo = serde_json::from_slice(&body).unwrap();
+    assert_eq!(posted, cast, "the same JSON both ways");
+
+    // A callback nobody answers: tried twice, then recorded on the task.
+    let dead = format!("http://127.0.0.1:{}/gone", nova_tests_free_port());
+    compute.run_task(&ctx, "echo".into(), vec![], "r2".into(), None, Some(dead)).await.unwrap();
+    let mut task = None;
+    for _ in 0..100 {
+        // run_task is a cast: the task may not exist for a moment.
+        if let Some(t) = compute.get_task(&ctx, "r2".into()).await.ok().filter(|t| t.callback_error.is_some()) {
+            task = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let task = task.expect("the callback failure is recorded");
+    assert!(task.callback_error.as_deref().unwrap_or_default().contains("after 2 attempt(s)"), "{task:?}");
+    owner.stop(Duration::from_secs(5)).await;
+    bus.stop().await;
+}
+
+/// A port nothing listens on.
+fn nova_tests_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+}
