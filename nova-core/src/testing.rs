@@ -130,3 +130,42 @@ impl TestBus {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A stand-in HTTP endpoint on 127.0.0.1 (a webhook target, an
+/// OpenTelemetry collector): answers `200` to every request and hands over
+/// each request's path and body. Lives until the receiver is dropped and
+/// one more request arrives.
+///
+/// # Panics
+/// When no local port can be bound.
+pub fn http_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+    let port = listener.local_addr().map(|a| a.port()).expect("a local port");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+            if tx.send((path, body)).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}

@@ -5,12 +5,7 @@
 
 #![allow(unreachable_pub)]
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use nova_core::testing::TestBus;
 use nova_rpc::{
@@ -20,35 +15,6 @@ use nova_rpc::{
 use nova_services::compute::{ComputeManager, ComputeManagerClient, NotifyTarget, TaskInfo, TaskStatus};
 use serde::Deserialize;
 use tokio::sync::mpsc;
-
-/// An HTTP endpoint that answers 200 and hands over each POSTed body.
-fn http_receiver() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let mut reader = BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            if tx.send(body).is_err() {
-                break;
-            }
-        }
-    });
-    (port, rx)
-}
 
 #[derive(Deserialize)]
 struct Done {
@@ -75,7 +41,7 @@ async fn results_reach_the_owner_by_cast_and_by_callback() {
             .start()
             .await
             .unwrap();
-    let (port, posted) = http_receiver();
+    let (port, posted) = nova_core::testing::http_receiver();
     let notify = NotifyTarget { topic: "owner".into(), method: "task_done".into(), server: None };
     let ctx = RequestContext::new();
     let url = format!("http://127.0.0.1:{port}/done");
@@ -83,10 +49,11 @@ async fn results_reach_the_owner_by_cast_and_by_callback() {
 
     let cast = tokio::time::timeout(Duration::from_secs(10), done.recv()).await.expect("notified").unwrap();
     assert_eq!((cast.task_id.as_str(), cast.status, cast.stdout.as_str()), ("r1", TaskStatus::Succeeded, "result\n"));
-    let body = tokio::task::spawn_blocking(move || posted.recv_timeout(Duration::from_secs(10)))
+    let (path, body) = tokio::task::spawn_blocking(move || posted.recv_timeout(Duration::from_secs(10)))
         .await
         .unwrap()
         .expect("POSTed");
+    assert_eq!(path, "/done");
     let posted: TaskInfo = serde_json::from_slice(&body).unwrap();
     assert_eq!(posted, cast, "the same JSON both ways");
 

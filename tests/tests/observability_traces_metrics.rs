@@ -284,43 +284,9 @@ async fn no_collector_never_fails_or_holds_up_a_call() {
     bus.stop().await;
 }
 
-/// A stand-in OpenTelemetry collector: answers 200 to every POST and hands
-/// over the bodies it got.
-fn otlp_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Value)>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let mut reader = BufReader::new(stream);
-            let mut request_line = String::new();
-            let _ = reader.read_line(&mut request_line);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
-            if tx.send((path, serde_json::from_slice(&body).unwrap_or(Value::Null))).is_err() {
-                break;
-            }
-        }
-    });
-    (port, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_opentelemetry_collector_as_otlp() {
-    let (port, bodies) = otlp_receiver();
+    let (port, bodies) = nova_core::testing::http_receiver();
     let bus = TestBus::new().await;
     bus.database().migrate(nova_services::trace::MIGRATIONS).await.unwrap();
     let collector = TraceCollector::new(bus.database().clone(), 100, Duration::from_secs(3600))
@@ -337,6 +303,7 @@ async fn spans_reach_an_opentelemetry_collector_as_otlp() {
         .await
         .unwrap()
         .expect("an OTLP export");
+    let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(path, "/v1/traces");
     let rs = &body["resourceSpans"][0];
     let service = rs["resource"]["attributes"].as_array().unwrap().iter().find(|a| a["key"] == "service.name").unwrap();

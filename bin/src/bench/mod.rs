@@ -83,24 +83,35 @@ pub async fn sequential(p: &dyn Pattern, warmup: usize, n: usize) -> anyhow::Res
     })
 }
 
-/// `total` calls with `outstanding` in flight at once; calls per second.
-pub async fn concurrent(p: Arc<dyn Pattern>, outstanding: usize, total: usize) -> anyhow::Result<f64> {
-    let outstanding = outstanding.clamp(1, total.max(1));
-    let started = Instant::now();
-    let mut workers = Vec::with_capacity(outstanding);
-    for w in 0..outstanding {
-        let share = total / outstanding + usize::from(w < total % outstanding);
+/// Do `op` `total` times on `workers` tasks at once (the shares differ by
+/// at most one); the first error, if any.
+async fn spread<F, Fut>(p: &Arc<dyn Pattern>, workers: usize, total: usize, op: F) -> anyhow::Result<()>
+where
+    F: Fn(Arc<dyn Pattern>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let workers = workers.clamp(1, total.max(1));
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let share = total / workers + usize::from(w < total % workers);
         let p = p.clone();
-        workers.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             for _ in 0..share {
-                p.call().await?;
+                op(p.clone()).await?;
             }
             Ok::<_, anyhow::Error>(())
         }));
     }
-    for w in workers {
-        w.await??;
+    for t in tasks {
+        t.await??;
     }
+    Ok(())
+}
+
+/// `total` calls with `outstanding` in flight at once; calls per second.
+pub async fn concurrent(p: Arc<dyn Pattern>, outstanding: usize, total: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    spread(&p, outstanding, total, |p| async move { p.call().await }).await?;
     Ok(total as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
@@ -124,24 +135,13 @@ pub async fn casts(
 ) -> anyhow::Result<f64> {
     let before = p.received().await?;
     let started = Instant::now();
-    let outstanding = outstanding.clamp(1, n.max(1));
-    let mut senders = Vec::with_capacity(outstanding);
-    for w in 0..outstanding {
-        let share = n / outstanding + usize::from(w < n % outstanding);
-        let p = p.clone();
-        senders.push(tokio::spawn(async move {
-            for _ in 0..share {
-                match kind {
-                    OneWay::Cast => p.cast().await?,
-                    OneWay::Fanout => p.fanout().await?,
-                }
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for s in senders {
-        s.await??;
-    }
+    spread(&p, outstanding, n, move |p| async move {
+        match kind {
+            OneWay::Cast => p.cast().await,
+            OneWay::Fanout => p.fanout().await,
+        }
+    })
+    .await?;
     let want = before + n * copies;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
