@@ -57,6 +57,7 @@ struct Shared {
     dispatcher: Dispatcher,
     topic: String,
     seen: Mutex<SeenIds>,
+    in_flight: Mutex<std::collections::HashSet<String>>,
     at_least_once: bool,
     layers: Layers,
     server: String,
@@ -143,6 +144,7 @@ impl RpcServer {
             dispatcher: self.dispatcher,
             topic: self.target.topic,
             seen: Mutex::new(SeenIds::new(4096)),
+            in_flight: Mutex::default(),
             at_least_once: self.max_deliveries.is_some(),
             layers: self.layers,
             server,
@@ -242,17 +244,19 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             return;
         }
     };
-    let seen = |record: bool| {
-        let mut ids = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if record {
-            !ids.insert(&request.unique_id)
+    // At-most-once records the id on receipt. At-least-once records it only
+    // once the method succeeded, so a failed attempt can be tried again, and
+    // meanwhile holds it as in flight so concurrent copies run once.
+    let id = &request.unique_id;
+    let duplicate = !id.is_empty() && {
+        let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.at_least_once {
+            seen.contains(id) || !shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone())
         } else {
-            ids.contains(&request.unique_id)
+            !seen.insert(id)
         }
     };
-    // At-most-once records the id on receipt; at-least-once only once the
-    // method succeeded, so a failed attempt can be tried again.
-    if !request.unique_id.is_empty() && seen(!shared.at_least_once) {
+    if duplicate {
         tracing::info!(topic = %shared.topic, unique_id = %request.unique_id, "dropping duplicate message");
         acker.ack().await;
         return;
@@ -307,13 +311,17 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         if let Some(a) = acker {
             // At-least-once: a failed cast goes back to the queue (the broker
             // dead-letters it after max_deliveries); anything else is done.
-            if failed && !is_call {
+            let retry = failed && !is_call;
+            if !request.unique_id.is_empty() {
+                shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&request.unique_id);
+                if !retry {
+                    shared.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(&request.unique_id);
+                }
+            }
+            if retry {
                 tracing::warn!(delivery = delivery_count + 1, "cast failed; handing it back for another attempt");
                 a.requeue().await;
             } else {
-                if !request.unique_id.is_empty() {
-                    seen(true);
-                }
                 a.ack().await;
             }
         }
