@@ -13,13 +13,24 @@ use nova_core::{
 };
 use nova_rpc::{transport, RequestContext, RpcClient, RpcError, Target};
 use nova_services::{
-    compute::{ComputeManager, ComputeManagerClient, TaskStatus},
+    compute::{ComputeManager, ComputeManagerClient, TaskInfo, TaskStatus},
     scheduler::{SchedulerManager, SchedulerManagerClient},
 };
 use nova_tests::{eventually, Proc, TempDir, TestDb, TestVhost};
 
 fn ctx() -> RequestContext {
     RequestContext::new()
+}
+
+/// The task once it has ended. `run_task` is a cast, served beside the
+/// caller's next call on the same queue, so the task may not exist yet
+/// when the first `wait_task` arrives: ask again until it has ended.
+async fn finished(compute: &ComputeManagerClient, host: &str, task_id: &str) -> TaskInfo {
+    let c = compute.with_server(host);
+    eventually("the task ends", Duration::from_secs(30), || async {
+        c.wait_task(&ctx(), task_id.to_owned(), Some(2.0)).await.ok().filter(|t| t.status != TaskStatus::Running)
+    })
+    .await
 }
 
 /// Schedule `n` echo tasks; returns how many landed on each host.
@@ -34,11 +45,7 @@ async fn schedule_echoes(
             .schedule_task(&ctx(), "echo".into(), vec!["hello".into(), i.to_string()], None, None, None)
             .await
             .unwrap();
-        let c = compute.with_server(&p.host);
-        let t = eventually("the echo task ends", Duration::from_secs(30), || async {
-            c.wait_task(&ctx(), p.task_id.clone(), Some(2.0)).await.ok().filter(|t| t.status != TaskStatus::Running)
-        })
-        .await;
+        let t = finished(compute, &p.host, &p.task_id).await;
         assert_eq!((t.status, t.stdout.as_str()), (TaskStatus::Succeeded, format!("hello {i}\n").as_str()), "{t:?}");
         *hosts.entry(p.host).or_insert(0) += 1;
     }
@@ -53,7 +60,7 @@ async fn refusals_and_kill(scheduler: &SchedulerManagerClient, compute: &Compute
     // Arguments are argv, never shell: metacharacters arrive verbatim.
     let tricky = vec!["$(id)".to_owned(), ";".to_owned(), "rm -rf /tmp/x".to_owned(), "`whoami`".to_owned()];
     let p = scheduler.schedule_task(&ctx(), "echo".into(), tricky, None, None, None).await.unwrap();
-    let t = compute.with_server(&p.host).wait_task(&ctx(), p.task_id, Some(10.0)).await.unwrap();
+    let t = finished(compute, &p.host, &p.task_id).await;
     assert_eq!(t.stdout, "$(id) ; rm -rf /tmp/x `whoami`\n");
     // A long task, killed.
     let p = scheduler
