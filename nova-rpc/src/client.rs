@@ -3,115 +3,26 @@
 //! [`RpcClient`] is cheap to clone; `with_*` methods return a prepared copy,
 //! like oslo's `client.prepare(server=…, timeout=…)`. All clones made from
 //! one client share one reply queue (created on the first `call`) and one
-//! [`ReplyRouter`] task that hands each reply to the caller waiting on its
+//! [`ReplyRouter`](crate::reply::ReplyRouter) that hands each reply to the caller waiting on its
 //! `_msg_id`. A call that times out removes its entry, so nothing is left
 //! behind; a reply that arrives later is dropped with a debug log.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::OnceCell;
 
 use crate::{
-    dedupe::SeenIds,
     layer::{Call, CallKind, Layer, LayerFuture, Layers},
+    reply::ReplyRouter,
     transport::{Destination, Outgoing, Transport},
-    wire::{self, Reply, Request},
+    wire::{self, Request},
     RequestContext, Result, RpcError, Target, Version,
 };
-
-type Waiters = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Reply>>>>;
-
-/// Routes replies from this process's reply queue to the waiting callers.
-#[derive(Debug)]
-pub struct ReplyRouter {
-    queue: String,
-    waiters: Waiters,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl ReplyRouter {
-    async fn start(transport: &Arc<dyn Transport>) -> Result<Self> {
-        let queue = format!("reply_{}", wire::new_id());
-        let mut listener = transport.listen_replies(&queue).await?;
-        let waiters: Waiters = Arc::default();
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let routed = waiters.clone();
-        tokio::spawn(async move {
-            let mut seen = SeenIds::new(1024);
-            loop {
-                let delivery = tokio::select! {
-                    d = listener.recv() => match d { Some(d) => d, None => break },
-                    _ = crate::transport::stopped(&mut stopped) => {
-                        // Settle what was already handed over, then let the
-                        // listener go (which deletes the reply queue).
-                        listener.stop();
-                        while let Some(d) = listener.recv().await {
-                            d.into_parts().1.ack().await;
-                        }
-                        break;
-                    }
-                };
-                let (body, acker) = delivery.into_parts();
-                acker.ack().await;
-                let reply = match wire::decode_reply(&body) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dropping malformed reply");
-                        continue;
-                    }
-                };
-                if !reply.unique_id.is_empty() && !seen.insert(&reply.unique_id) {
-                    tracing::debug!(msg_id = %reply.msg_id, "dropping duplicate reply");
-                    continue;
-                }
-                let waiter = routed.lock().unwrap_or_else(|p| p.into_inner()).get(&reply.msg_id).cloned();
-                match waiter {
-                    Some(w) => {
-                        let _ = w.send(reply);
-                    }
-                    None => {
-                        tracing::debug!(msg_id = %reply.msg_id, "dropping reply nobody waits for (late or unknown)")
-                    }
-                }
-            }
-        });
-        Ok(Self { queue, waiters, stop })
-    }
-
-    /// The reply queue's name.
-    pub fn queue(&self) -> &str {
-        &self.queue
-    }
-
-    /// How many calls are waiting for a reply.
-    pub fn pending(&self) -> usize {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-}
-
-impl Drop for ReplyRouter {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
-    }
-}
-
-/// Removes a call's waiter entry however the call ends.
-struct Waiting<'a> {
-    waiters: &'a Waiters,
-    msg_id: String,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.msg_id);
-    }
-}
 
 #[derive(Debug)]
 struct Shared {
@@ -338,30 +249,23 @@ impl RpcClient {
         let mut request = self.request(ctx, method, args);
         let msg_id = wire::new_id();
         request.msg_id = Some(msg_id.clone());
-        request.reply_q = Some(router.queue.clone());
+        request.reply_q = Some(router.queue().to_owned());
         request.monitor_timeout = self.call_monitor_timeout.map(|d| d.as_secs_f64());
         let body = wire::encode_request(&request)?;
 
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        router.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(msg_id.clone(), tx);
-        let _waiting = Waiting { waiters: &router.waiters, msg_id };
-
+        let mut expected = router.expect(msg_id, deadline, self.call_monitor_timeout);
         let destination = Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() };
         let message = Outgoing { body: body.into(), ttl: Some(timeout), retry: self.retry };
         match tokio::time::timeout_at(deadline.into(), self.shared.transport.send(&destination, message)).await {
             Ok(sent) => sent?,
             Err(_) => return Err(timed_out()),
         }
-        let mut monitor_deadline = self.call_monitor_timeout.map(|m| Instant::now() + m);
+        expected.sent();
+        // The router closes the channel once the call is past its deadline
+        // (or its call-monitor timeout passed without a heartbeat).
         loop {
-            let wait_until = monitor_deadline.map_or(deadline, |m| m.min(deadline));
-            let reply = match tokio::time::timeout_at(wait_until.into(), rx.recv()).await {
-                Ok(Some(reply)) => reply,
-                Ok(None) | Err(_) => return Err(timed_out()),
-            };
+            let Some(reply) = expected.next().await else { return Err(timed_out()) };
             if !reply.ending {
-                // A call-monitor heartbeat: the server is still working on it.
-                monitor_deadline = self.call_monitor_timeout.map(|m| Instant::now() + m);
                 continue;
             }
             return match reply.failure {

@@ -9,7 +9,7 @@
 //!   → RpcServer consumes topic | topic.host     server
 //!   → Dispatcher (namespace, version, method)   dispatcher
 //!   → Reply (result | failure, ending)          wire
-//!   → ReplyRouter matches _msg_id → caller      client
+//!   → ReplyRouter matches _msg_id → caller      reply
 //! ```
 //!
 //! A Rust service and a Python oslo.messaging service on the same broker
@@ -41,6 +41,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod layer;
 pub mod metrics;
+pub mod reply;
 pub mod server;
 pub mod target;
 pub mod transport;

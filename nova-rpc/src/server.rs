@@ -1,8 +1,9 @@
 //! The serving side: consume, decode, dispatch, reply.
 //!
 //! An [`RpcServer`] listens on `topic`, `topic.host` and its own fanout
-//! queue. Each request runs in its own task under a limit of
-//! `executor_thread_pool_size` (64) concurrent requests; the broker's
+//! queue. Each request runs under a limit of `executor_thread_pool_size`
+//! (64) concurrent requests, in its own task once it has to wait (a method
+//! that returns without waiting is served in the server's loop); the broker's
 //! prefetch is the same number, and a delivery is acknowledged only once a
 //! slot is free, so a busy server pushes back on the broker instead of
 //! buffering without bound. Requests carrying `_timeout` get call-monitor
@@ -22,20 +23,22 @@
 //! its reply address can still be read.
 
 use std::{
+    future::Future,
     sync::{Arc, Mutex},
+    task::{Context, Waker},
     time::{Duration, Instant},
 };
 
 use futures_util::FutureExt;
 use serde_json::Value;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::{
     dedupe::SeenIds,
     dispatcher::Dispatcher,
     layer::{Call, CallKind, Layer, LayerFuture, Layers},
-    transport::{Delivery, Destination, ListenSpec, Outgoing, Transport},
+    transport::{Delivery, Destination, Direct, ListenSpec, Outgoing, Transport},
     wire::{self, Reply},
     RemoteFailure, Result, RpcError, Target,
 };
@@ -138,7 +141,7 @@ impl RpcServer {
             durable: self.durable,
             max_deliveries: self.max_deliveries,
         };
-        let listener = self.transport.listen(spec).await?;
+        let mut listener = self.transport.listen(spec).await?;
         let shared = Arc::new(Shared {
             transport: self.transport,
             dispatcher: self.dispatcher,
@@ -150,7 +153,13 @@ impl RpcServer {
             server,
         });
         let (stop, stopped) = watch::channel(false);
-        let done = tokio::spawn(serve(shared, listener, self.executor_size, stopped));
+        let slots = Arc::new(Semaphore::new(self.executor_size));
+        listener.serve_directly(Arc::new(InPlace {
+            shared: shared.clone(),
+            slots: slots.clone(),
+            stopped: stopped.clone(),
+        }));
+        let done = tokio::spawn(serve(shared, listener, slots, self.executor_size, stopped));
         Ok(RunningServer { stop, done })
     }
 }
@@ -176,10 +185,10 @@ impl RunningServer {
 async fn serve(
     shared: Arc<Shared>,
     mut listener: crate::transport::Listener,
+    slots: Arc<Semaphore>,
     limit: usize,
     mut stopped: watch::Receiver<bool>,
 ) -> StopReport {
-    let slots = Arc::new(Semaphore::new(limit));
     loop {
         let delivery = tokio::select! {
             biased;
@@ -194,11 +203,7 @@ async fn serve(
             }
             s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            handle(&shared, delivery).await;
-            drop(slot);
-        });
+        run_request(shared.clone(), delivery, slot, Served::InLoop);
     }
     let requeued = listener.stop_and_requeue().await;
     let busy = slots.acquire_many(limit as u32).await.map(|p| p.forget());
@@ -206,11 +211,44 @@ async fn serve(
     StopReport { abandoned: usize::from(busy.is_err()), requeued }
 }
 
+/// Start a request: it is served right here when its method returns
+/// without waiting (saving a hand-over to another task), otherwise it goes
+/// on in a task of its own. The first poll has no one to wake; the task's
+/// first poll registers its wake-ups again, as every future must.
+fn run_request(shared: Arc<Shared>, delivery: Delivery, slot: OwnedSemaphorePermit, served: Served) {
+    let mut request = Box::pin(async move {
+        handle(&shared, delivery, served).await;
+        drop(slot);
+    });
+    if request.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
+        tokio::spawn(request);
+    }
+}
+
+/// Serves requests in the sender's task when the transport offers them
+/// (the in-process transport does, to an idle server; see [`Direct`]).
+struct InPlace {
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Direct for InPlace {
+    fn reserve(&self) -> Option<Box<dyn FnOnce(Delivery) + Send>> {
+        if *self.stopped.borrow() {
+            return None;
+        }
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let shared = self.shared.clone();
+        Some(Box::new(move |delivery| run_request(shared, delivery, slot, Served::InCallersTask)))
+    }
+}
+
 fn malformed(topic: &str) {
     crate::metrics::metrics().malformed.get_or_create(&crate::metrics::TopicLabels { topic: topic.to_owned() }).inc();
 }
 
-async fn handle(shared: &Shared, delivery: Delivery) {
+async fn handle(shared: &Shared, delivery: Delivery, served: Served) {
     let deadline = delivery.deadline;
     let delivery_count = delivery.delivery_count;
     let (body, acker) = delivery.into_parts();
@@ -268,7 +306,8 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             a.ack().await;
         }
     }
-    let span = tracing::info_span!("rpc", request_id = %request.context.request_id, topic = %shared.topic, method = %request.method);
+    // A root span: a request served in its caller's task is not part of the caller's.
+    let span = tracing::info_span!(parent: None, "rpc", request_id = %request.context.request_id, topic = %shared.topic, method = %request.method);
     let served = async {
         let started = Instant::now();
         let heartbeat = match (&request.msg_id, &request.reply_q, request.monitor_timeout) {
@@ -306,6 +345,11 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         let is_call = request.msg_id.is_some();
         if let (Some(msg_id), Some(reply_q)) = (&request.msg_id, &request.reply_q) {
             send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline).await;
+        }
+        if served == Served::InCallersTask && has_after_reply() {
+            // The caller's task has its reply: let it go on, and run the
+            // hooks in a task of their own.
+            YieldOnce(false).await;
         }
         run_after_reply();
         if let Some(a) = acker {
@@ -347,6 +391,35 @@ pub fn after_reply(f: impl FnOnce() + Send + 'static) {
     if let Some(f) = f {
         f();
     }
+}
+
+/// Where a request started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// In the server's loop (or, once it waited, its own task).
+    InLoop,
+    /// In the task that sent it ([`Direct`]).
+    InCallersTask,
+}
+
+/// Pending once, then ready: moves what follows out of a request served in
+/// its caller's task and into a task of its own.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+fn has_after_reply() -> bool {
+    AFTER_REPLY.try_with(|h| !h.borrow().is_empty()).unwrap_or(false)
 }
 
 fn run_after_reply() {

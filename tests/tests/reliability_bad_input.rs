@@ -90,7 +90,11 @@ async fn garbage_is_settled_and_callers_told(kind: Kind) {
     assert_eq!(lines_about(&topic, "larger than max_message_size"), 1);
     // A malformed message whose reply address is readable gets an answer.
     let reply_q = format!("reply_{}", wire::new_id());
-    let mut replies = t.listen_replies(&reply_q).await.unwrap();
+    let (replied, mut replies) = tokio::sync::mpsc::unbounded_channel();
+    let sink = std::sync::Arc::new(move |body: bytes::Bytes| {
+        let _ = replied.send(body);
+    });
+    let reply_queue = t.listen_replies(&reply_q, sink).await.unwrap();
     let msg_id = wire::new_id();
     send(
         &t,
@@ -99,11 +103,12 @@ async fn garbage_is_settled_and_callers_told(kind: Kind) {
         envelope(&json!({"method": 7, "_msg_id": msg_id, "_reply_q": reply_q}).to_string()),
     )
     .await;
-    let d = tokio::time::timeout(Duration::from_secs(10), replies.recv()).await.expect("an answer").expect("delivery");
-    let reply = wire::decode_reply(&d.body).unwrap();
+    let body =
+        tokio::time::timeout(Duration::from_secs(10), replies.recv()).await.expect("an answer").expect("a reply");
+    let reply = wire::decode_reply(&body).unwrap();
     assert_eq!(reply.msg_id, msg_id);
     assert_eq!(reply.failure.map(|f| f.class), Some("MalformedMessage".to_owned()));
-    replies.stop();
+    drop(reply_queue);
     assert_eq!(client.call(&RequestContext::new(), "add", json!({"a": 1, "b": 1})).await.unwrap(), 2, "still serving");
     server.stop(Duration::from_secs(5)).await;
 }

@@ -200,7 +200,11 @@ async fn server_targeted_and_round_robin(kind: Kind) {
     }
     assert_eq!(seen.len(), 2, "both servers on the topic serve calls: {seen:?}");
     assert!(seen.values().all(|n| *n >= 5), "calls spread across servers: {seen:?}");
+    // A stopped server takes nothing more; the other serves every call.
     s1.stop(Duration::from_secs(5)).await;
+    for _ in 0..10 {
+        assert_eq!(client.call(&ctx(), "whoami", json!({})).await.unwrap(), json!("h2"));
+    }
     s2.stop(Duration::from_secs(5)).await;
 }
 
@@ -221,6 +225,25 @@ async fn timeouts_leave_nothing_behind(kind: Kind) {
     let nobody =
         RpcClient::new(bus.transport().await, Target::new("nobody-listens")).with_timeout(Duration::from_millis(300));
     assert!(matches!(nobody.call(&ctx(), "echo", json!({"value": 1})).await, Err(RpcError::Timeout { .. })));
+    // A short call made while a long one waits still ends on time, and a
+    // call-monitor timeout ends a call nobody sends heartbeats for.
+    let long = tokio::spawn({
+        let c = client.with_timeout(Duration::from_secs(10));
+        async move { c.call(&ctx(), "slow", json!({"seconds": 1.5})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for short in [
+        nobody.with_timeout(Duration::from_millis(300)),
+        nobody.with_timeout(Duration::from_secs(10)).with_call_monitor_timeout(Duration::from_millis(300)),
+    ] {
+        let started = std::time::Instant::now();
+        let err = short.call(&ctx(), "echo", json!({"value": 1})).await.unwrap_err();
+        assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(900), "ended after {took:?}");
+    }
+    assert_eq!(long.await.unwrap().unwrap(), json!(1.5), "the long call is unaffected");
+    assert_eq!(client.pending_calls(), 0);
     server.stop(Duration::from_secs(5)).await;
 }
 
@@ -331,8 +354,48 @@ async fn malformed_messages_do_not_stop_the_server(kind: Kind) {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// A method that casts to itself until its count runs out: every round is
+/// served (in-process, without the stack growing with the rounds), and a
+/// call through the same server still answers.
+async fn self_casting_method_runs_every_round(kind: Kind) {
+    let bus = Bus::new(kind);
+    let t = bus.transport().await;
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let again = RpcClient::new(t.clone(), Target::new("countdown"));
+    let seen = rounds.clone();
+    let api = Router::new(Version::new(1, 0))
+        .method("countdown", move |ctx: RequestContext, a: Count| {
+            let (again, seen) = (again.clone(), seen.clone());
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                if a.count > 0 {
+                    again.cast(&ctx, "countdown", json!({"count": a.count - 1})).await?;
+                }
+                Ok::<_, RpcError>(())
+            }
+        })
+        .method("rounds", {
+            let seen = rounds.clone();
+            move |_ctx: RequestContext, _: Value| {
+                let n = seen.load(Ordering::SeqCst);
+                async move { Ok::<_, RpcError>(n) }
+            }
+        });
+    let server =
+        RpcServer::new(t.clone(), Target::new("countdown").with_server("h1"), Dispatcher::new(vec![Arc::new(api)]))
+            .start()
+            .await
+            .expect("server starts");
+    let client = RpcClient::new(t, Target::new("countdown"));
+    client.cast(&ctx(), "countdown", json!({"count": 5000})).await.unwrap();
+    wait_until("every round ran", || rounds.load(Ordering::SeqCst) == 5001).await;
+    assert_eq!(client.call(&ctx(), "rounds", json!({})).await.unwrap(), json!(5001));
+    server.stop(Duration::from_secs(5)).await;
+}
+
 transport_suite!(
     call_roundtrip_and_context,
+    self_casting_method_runs_every_round,
     cast_arrives_once,
     fanout_reaches_every_server,
     server_targeted_and_round_robin,

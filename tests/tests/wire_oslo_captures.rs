@@ -83,3 +83,20 @@ fn python_json_escapes() {
     wire::to_python_json(&serde_json::json!({"a": ["é", "😀", "\u{7f}", "\n"], "b": 1.5}), &mut out).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), r#"{"a": ["\u00e9", "\ud83d\ude00", "\u007f", "\n"], "b": 1.5}"#);
 }
+
+#[test]
+fn ids_look_like_oslos_and_do_not_repeat() {
+    // oslo makes ids with uuid4().hex: 32 lowercase hex digits, version 4.
+    let ids: Vec<String> = (0..4)
+        .map(|_| std::thread::spawn(|| (0..10_000).map(|_| wire::new_id()).collect::<Vec<_>>()))
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    for id in &ids[..100] {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
+        let parsed = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(parsed.get_version_num(), 4, "{id}");
+    }
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "ids from four threads never repeat");
+}

@@ -89,7 +89,7 @@ const OUTSTANDING: [usize; 4] = [1, 16, 64, 256];
 
 /// Every figure for one pattern, keys suffixed with `suffix`.
 async fn measure(p: Arc<dyn Pattern>, a: &RunArgs, group: &str, suffix: &str, r: &mut Report) -> anyhow::Result<()> {
-    let seq = bench::sequential(p.as_ref(), a.seq / 10 + 1, a.seq).await?;
+    let seq = bench::sequential(p.clone(), a.seq / 10 + 1, a.seq).await?;
     r.add(group, &format!("seq_p50_ms{suffix}"), seq.p50);
     r.add(group, &format!("seq_p90_ms{suffix}"), seq.p90);
     r.add(group, &format!("seq_p99_ms{suffix}"), seq.p99);
@@ -152,7 +152,7 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     let traced_options = bench::nova::options(url, &exchange, true);
     let traced: Arc<dyn Pattern> =
         Arc::new(NovaPattern::start(traced_options, "bench", bench::payload(a.payload), 64, false, true).await?);
-    let seq = bench::sequential(traced.as_ref(), a.seq / 10 + 1, a.seq).await;
+    let seq = bench::sequential(traced.clone(), a.seq / 10 + 1, a.seq).await;
     let c64 = bench::concurrent(traced.clone(), 64, a.calls).await;
     traced.close().await;
     r.add(group, "seq_p50_ms_traced", seq?.p50);

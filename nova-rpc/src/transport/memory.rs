@@ -7,21 +7,32 @@
 //! acknowledgements with requeue. Transports built from the same URL in one
 //! process share one bus; a different name (`memory://test-42`) is a
 //! separate, isolated bus.
+//!
+//! Nothing here has a task of its own. A consumer takes messages out of its
+//! queues itself; a message for an idle server that serves directly (see
+//! [`Direct`]) is handed to it in the sender's task, and a reply goes
+//! straight to the caller's [`ReplySink`]. A call whose method does not wait
+//! is therefore served start to finish without leaving the caller's task.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, OnceLock, Weak},
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, Weak},
     time::Instant,
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::Notify;
 
 use super::{
-    Acknowledge, Delivery, Destination, ListenSpec, Listener, Outgoing, Transport, TransportOptions, TransportUrl,
+    Acknowledge, Delivery, Destination, Direct, ListenSpec, Listener, Outgoing, ReplyQueue, ReplySink, Source,
+    Transport, TransportOptions, TransportUrl,
 };
 use crate::{Result, RpcError};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 struct Message {
     body: Bytes,
@@ -36,31 +47,123 @@ struct DeadLetter {
     dead: Arc<Queue>,
 }
 
+/// A consumer waiting for messages; it is woken by the first queue it
+/// waits on that receives one, or serves the message on the spot.
+#[derive(Default)]
+struct Waiter {
+    wake: Notify,
+    direct: OnceLock<Arc<dyn Direct>>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    messages: VecDeque<Message>,
+    /// Consumers with nothing to do, in the order they started waiting.
+    waiting: VecDeque<Arc<Waiter>>,
+}
+
+/// A queue whose consumers take messages straight out of it: a push wakes
+/// one waiting consumer, which takes the message itself, so a message
+/// crosses no task of the transport's own.
+#[derive(Default)]
 struct Queue {
-    tx: mpsc::UnboundedSender<Message>,
-    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Message>>,
+    state: Mutex<QueueState>,
     dead_letter: OnceLock<DeadLetter>,
 }
 
 impl Queue {
-    fn new() -> Arc<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        Arc::new(Self { tx, rx: tokio::sync::Mutex::new(rx), dead_letter: OnceLock::new() })
-    }
-
     /// Take a message back; past the at-least-once limit it goes to the
     /// dead-letter queue instead.
     fn give_back(&self, mut message: Message) {
         message.returns += 1;
         match self.dead_letter.get() {
-            Some(dl) if message.returns > dl.max => dl.dead.push(Message { returns: 0, ..message }),
-            _ => self.push(message),
+            Some(dl) if message.returns > dl.max => dl.dead.enqueue(Message { returns: 0, ..message }),
+            _ => self.enqueue(message),
         }
     }
 
-    fn push(&self, message: Message) {
-        // The receiver lives inside the queue itself, so this cannot fail.
-        let _ = self.tx.send(message);
+    /// A new message: served on the spot by an idle consumer that serves
+    /// directly and has room, else queued.
+    fn offer(self: &Arc<Self>, message: Message) {
+        // Inside too many requests served in place (a method that casts to
+        // itself, say), queue it rather than grow the stack.
+        let Some(_nested) = Nested::enter() else { return self.enqueue(message) };
+        let idle = {
+            let mut state = lock(&self.state);
+            let direct = state.messages.is_empty() && state.waiting.front().is_some_and(|w| w.direct.get().is_some());
+            // The consumer stays idle, behind the others: they take turns.
+            direct.then(|| state.waiting.pop_front()).flatten().inspect(|w| state.waiting.push_back(w.clone()))
+        };
+        match idle.and_then(|w| w.direct.get().and_then(|d| d.reserve())) {
+            Some(serve) => serve(delivery(self.clone(), message)),
+            None => self.enqueue(message),
+        }
+    }
+
+    /// Queue a message and wake the consumer waiting longest.
+    fn enqueue(&self, message: Message) {
+        let waiter = {
+            let mut state = lock(&self.state);
+            state.messages.push_back(message);
+            state.waiting.pop_front()
+        };
+        if let Some(w) = waiter {
+            w.wake.notify_one();
+        }
+    }
+
+    /// The next live message, or `me` registered as waiting for one.
+    fn take_or_wait(&self, me: &Arc<Waiter>) -> Option<Message> {
+        let mut state = lock(&self.state);
+        while let Some(m) = state.messages.pop_front() {
+            if m.deadline.is_none_or(|d| d > Instant::now()) {
+                return Some(m);
+            }
+        }
+        if !state.waiting.iter().any(|w| Arc::ptr_eq(w, me)) {
+            state.waiting.push_back(me.clone());
+        }
+        None
+    }
+
+    /// `me` stops waiting here. When a push already picked `me` to take a
+    /// message it will not take from this queue, wake the next waiter.
+    fn leave(&self, me: &Arc<Waiter>) {
+        let next = {
+            let mut state = lock(&self.state);
+            let before = state.waiting.len();
+            state.waiting.retain(|w| !Arc::ptr_eq(w, me));
+            let was_waiting = state.waiting.len() < before;
+            if was_waiting || state.messages.is_empty() {
+                None
+            } else {
+                state.waiting.pop_front()
+            }
+        };
+        if let Some(w) = next {
+            w.wake.notify_one();
+        }
+    }
+}
+
+/// How deep requests served in place are nested on this thread.
+struct Nested;
+
+impl Nested {
+    const MAX: u32 = 8;
+
+    thread_local! {
+        static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    fn enter() -> Option<Self> {
+        Self::DEPTH.with(|d| (d.get() < Self::MAX).then(|| d.set(d.get() + 1))).map(|()| Nested)
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        Self::DEPTH.with(|d| d.set(d.get() - 1));
     }
 }
 
@@ -69,13 +172,23 @@ struct Bus {
     queues: HashMap<String, Arc<Queue>>,
     bindings: HashMap<(String, String), Vec<String>>,
     fanout: HashMap<String, Vec<String>>,
+    replies: HashMap<String, ReplySink>,
+}
+
+impl Bus {
+    fn delete_queue(&mut self, name: &str) {
+        self.queues.remove(name);
+        for queues in self.fanout.values_mut() {
+            queues.retain(|q| q != name);
+        }
+    }
 }
 
 type SharedBus = Arc<Mutex<Bus>>;
 
 fn bus_named(name: &str) -> SharedBus {
     static BUSES: OnceLock<Mutex<HashMap<String, Weak<Mutex<Bus>>>>> = OnceLock::new();
-    let mut buses = BUSES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut buses = lock(BUSES.get_or_init(Default::default));
     if let Some(bus) = buses.get(name).and_then(Weak::upgrade) {
         return bus;
     }
@@ -104,72 +217,91 @@ impl MemoryTransport {
         Self { bus: bus_named(&url.vhost), name: url.vhost.clone(), options }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Bus> {
-        self.bus.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Bus> {
+        lock(&self.bus)
     }
 
     fn declare(&self, name: &str) -> Arc<Queue> {
-        self.lock().queues.entry(name.to_owned()).or_insert_with(Queue::new).clone()
-    }
-
-    fn spawn_pumps(&self, queues: Vec<(String, Arc<Queue>)>, capacity: usize, delete_on_stop: Vec<String>) -> Listener {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut pumps = Vec::new();
-        for (_, queue) in queues {
-            pumps.push(tokio::spawn(pump(queue, tx.clone(), stop_rx.clone())));
-        }
-        let bus = self.bus.clone();
-        tokio::spawn(async move {
-            for p in pumps {
-                let _ = p.await;
-            }
-            if !delete_on_stop.is_empty() {
-                let mut bus = bus.lock().unwrap_or_else(|p| p.into_inner());
-                for name in &delete_on_stop {
-                    bus.queues.remove(name);
-                    for queues in bus.fanout.values_mut() {
-                        queues.retain(|q| q != name);
-                    }
-                }
-            }
-        });
-        Listener::new(rx, stop_tx)
+        self.lock().queues.entry(name.to_owned()).or_default().clone()
     }
 }
 
-/// Move messages from one queue to a listener, one at a time, so that the
-/// listener's bounded channel is the consumer's prefetch window.
-async fn pump(queue: Arc<Queue>, tx: mpsc::Sender<Delivery>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let message = {
-            let mut rx = tokio::select! {
-                biased;
-                _ = crate::transport::stopped(&mut stop) => return,
-                rx = queue.rx.lock() => rx,
-            };
-            tokio::select! {
-                biased;
-                _ = crate::transport::stopped(&mut stop) => return,
-                m = rx.recv() => match m { Some(m) => m, None => return },
+/// A server's consumer on its queues. It holds nothing back: a message
+/// leaves its queue only when [`Source::next`] returns it, so competing
+/// consumers share a backlog fairly and stopping hands nothing back.
+struct Consumer {
+    queues: Vec<Arc<Queue>>,
+    me: Arc<Waiter>,
+    /// Which queue to look at first, turning so that none starves.
+    turn: usize,
+    stopped: bool,
+    bus: SharedBus,
+    delete_on_stop: Vec<String>,
+}
+
+impl Consumer {
+    fn leave_all(&self) {
+        for q in &self.queues {
+            q.leave(&self.me);
+        }
+    }
+
+    fn take(&mut self) -> Option<(Arc<Queue>, Message)> {
+        self.turn = (self.turn + 1) % self.queues.len();
+        for i in 0..self.queues.len() {
+            let queue = &self.queues[(self.turn + i) % self.queues.len()];
+            if let Some(m) = queue.take_or_wait(&self.me) {
+                return Some((queue.clone(), m));
             }
-        };
-        if message.deadline.is_some_and(|d| d <= Instant::now()) {
-            continue;
         }
-        let (redelivered, delivery_count, deadline) = (message.returns > 0, message.returns, message.deadline);
-        let mut delivery = Delivery::new(message.body.clone(), Box::new(MemoryAck { queue: queue.clone(), message }));
-        delivery.redelivered = redelivered;
-        delivery.delivery_count = delivery_count;
-        delivery.deadline = deadline;
-        tokio::select! {
-            biased;
-            sent = tx.send(delivery) => if let Err(mpsc::error::SendError(d)) = sent {
-                d.into_parts().1.requeue().await;
-                return;
-            },
-            _ = crate::transport::stopped(&mut stop) => return,
+        None
+    }
+}
+
+/// A message handed to a consumer, settled through its queue.
+fn delivery(queue: Arc<Queue>, message: Message) -> Delivery {
+    let (redelivered, delivery_count, deadline) = (message.returns > 0, message.returns, message.deadline);
+    let mut delivery = Delivery::new(message.body.clone(), Box::new(MemoryAck { queue, message }));
+    delivery.redelivered = redelivered;
+    delivery.delivery_count = delivery_count;
+    delivery.deadline = deadline;
+    delivery
+}
+
+#[async_trait]
+impl Source for Consumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if self.stopped {
+                return None;
+            }
+            if let Some((queue, message)) = self.take() {
+                self.leave_all();
+                return Some(delivery(queue, message));
+            }
+            self.me.wake.notified().await;
         }
+    }
+
+    fn serve_directly(&mut self, direct: Arc<dyn Direct>) {
+        let _ = self.me.direct.set(direct);
+    }
+
+    fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        self.leave_all();
+        let mut bus = lock(&self.bus);
+        for name in &self.delete_on_stop {
+            bus.delete_queue(name);
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -190,7 +322,7 @@ impl Acknowledge for MemoryAck {
     async fn reject(self: Box<Self>) {
         let MemoryAck { queue, message } = *self;
         if let Some(dl) = queue.dead_letter.get() {
-            dl.dead.push(message);
+            dl.dead.enqueue(message);
         }
     }
 }
@@ -203,23 +335,33 @@ impl Transport for MemoryTransport {
         }
         let deadline = message.ttl.map(|t| Instant::now() + t);
         let bus = self.lock();
+        if let Destination::Reply { queue } = destination {
+            // Straight to the waiting caller, in this task.
+            let sink = bus.replies.get(queue).cloned();
+            drop(bus);
+            return match sink {
+                Some(sink) => {
+                    sink(message.body);
+                    Ok(())
+                }
+                None => Err(RpcError::Transport(format!("reply queue {queue} does not exist (NO_ROUTE)"))),
+            };
+        }
         let names: &[String] = match destination {
             Destination::Topic { exchange, routing_key } => {
                 bus.bindings.get(&(exchange.clone(), routing_key.clone())).map(Vec::as_slice).unwrap_or_default()
             }
             Destination::Fanout { topic } => bus.fanout.get(topic).map(Vec::as_slice).unwrap_or_default(),
-            Destination::Reply { queue } => match bus.queues.get(queue) {
-                Some(_) => std::slice::from_ref(queue),
-                None => return Err(RpcError::Transport(format!("reply queue {queue} does not exist (NO_ROUTE)"))),
-            },
+            Destination::Reply { .. } => unreachable!("handled above"),
         };
-        for name in names {
-            if let Some(queue) = bus.queues.get(name) {
-                queue.push(Message { body: message.body.clone(), deadline, returns: 0 });
-            }
-        }
-        if names.is_empty() {
+        let queues: Vec<Arc<Queue>> = names.iter().filter_map(|n| bus.queues.get(n).cloned()).collect();
+        // Offered outside the bus lock: a server may serve it on the spot and send.
+        drop(bus);
+        if queues.is_empty() {
             tracing::debug!(?destination, "memory transport: message routed to no queue");
+        }
+        for queue in queues {
+            queue.offer(Message { body: message.body.clone(), deadline, returns: 0 });
         }
         Ok(())
     }
@@ -239,17 +381,26 @@ impl Transport for MemoryTransport {
             if !bound.contains(key) {
                 bound.push(key.clone());
             }
-            queues.push((key.clone(), q));
+            queues.push(q);
         }
-        let fq = self.declare(&fanout_name);
+        queues.push(self.declare(&fanout_name));
         self.lock().fanout.entry(spec.topic.clone()).or_default().push(fanout_name.clone());
-        queues.push((fanout_name.clone(), fq));
-        Ok(self.spawn_pumps(queues, spec.prefetch as usize, vec![fanout_name]))
+        Ok(Listener::from_source(Consumer {
+            queues,
+            me: Arc::default(),
+            turn: 0,
+            stopped: false,
+            bus: self.bus.clone(),
+            delete_on_stop: vec![fanout_name],
+        }))
     }
 
-    async fn listen_replies(&self, queue: &str) -> Result<Listener> {
-        let q = self.declare(queue);
-        Ok(self.spawn_pumps(vec![(queue.to_owned(), q)], 1024, vec![queue.to_owned()]))
+    async fn listen_replies(&self, queue: &str, sink: ReplySink) -> Result<ReplyQueue> {
+        self.lock().replies.insert(queue.to_owned(), sink);
+        let (bus, queue) = (self.bus.clone(), queue.to_owned());
+        Ok(ReplyQueue::new(move || {
+            lock(&bus).replies.remove(&queue);
+        }))
     }
 
     fn options(&self) -> &TransportOptions {

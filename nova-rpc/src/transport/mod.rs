@@ -1,7 +1,8 @@
 //! Transports: how encoded messages move between clients and servers.
 //!
-//! A [`Transport`] publishes bytes to a [`Destination`] and hands a server
-//! or a client's reply router a [`Listener`] of [`Delivery`]s. Two
+//! A [`Transport`] publishes bytes to a [`Destination`], hands a server a
+//! [`Listener`] of [`Delivery`]s, and hands a client's replies to a
+//! [`ReplySink`] as they arrive. Two
 //! implementations are chosen by the URL's scheme in [`connect`]:
 //!
 //! * `rabbit://`, `amqp://`, `amqps://` → [`amqp::AmqpTransport`], on lapin,
@@ -121,39 +122,127 @@ pub trait Acknowledge: Send + Sync {
     async fn reject(self: Box<Self>);
 }
 
-/// A stream of deliveries from one or more queues, and the switch that
-/// stops the consumers behind it.
-#[derive(Debug)]
+/// Where a [`Listener`]'s deliveries come from: each transport has its own.
+#[async_trait]
+pub trait Source: Send {
+    /// The next delivery; `None` once stopped and drained.
+    async fn next(&mut self) -> Option<Delivery>;
+    /// Stop consuming: nothing new arrives after what was already handed over.
+    fn stop(&mut self);
+    /// Offer deliveries to `direct` in the sender's task while this
+    /// consumer is idle, where the transport can (see [`Direct`]).
+    fn serve_directly(&mut self, direct: Arc<dyn Direct>) {
+        let _ = direct;
+    }
+}
+
+/// Serves a delivery at once, in the task that sent it.
+///
+/// A server hands one to its listener ([`Listener::serve_directly`]); the
+/// in-process transport then gives a message for an idle server straight to
+/// it instead of queueing it and waking the server's task, so a call whose
+/// method does not wait runs start to finish in the caller's task. Over a
+/// broker there is no sender's task to run in, and this is never used.
+pub trait Direct: Send + Sync {
+    /// Room for one more request now? Then the function that serves it.
+    fn reserve(&self) -> Option<Box<dyn FnOnce(Delivery) + Send>>;
+}
+
+/// A stream of deliveries from one or more queues.
 pub struct Listener {
+    source: Box<dyn Source>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listener")
+    }
+}
+
+/// A source fed through a bounded channel by a consumer task that watches `stop`.
+struct Channel {
     deliveries: mpsc::Receiver<Delivery>,
     stop: watch::Sender<bool>,
+}
+
+#[async_trait]
+impl Source for Channel {
+    async fn next(&mut self) -> Option<Delivery> {
+        self.deliveries.recv().await
+    }
+
+    fn stop(&mut self) {
+        self.stop.send_replace(true);
+    }
 }
 
 impl Listener {
     /// A listener fed by `deliveries`; the feeder watches `stop`.
     pub fn new(deliveries: mpsc::Receiver<Delivery>, stop: watch::Sender<bool>) -> Self {
-        Self { deliveries, stop }
+        Self::from_source(Channel { deliveries, stop })
+    }
+
+    /// A listener over a transport's own source.
+    pub fn from_source(source: impl Source + 'static) -> Self {
+        Self { source: Box::new(source) }
     }
 
     /// The next delivery; `None` once the listener has stopped and drained.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        self.deliveries.recv().await
+        self.source.next().await
+    }
+
+    /// Let the transport hand deliveries to `direct` while this listener is
+    /// idle (see [`Direct`]); those never come out of [`Listener::recv`].
+    pub fn serve_directly(&mut self, direct: Arc<dyn Direct>) {
+        self.source.serve_directly(direct);
     }
 
     /// Stop consuming: no new messages arrive after the ones already handed over.
-    pub fn stop(&self) {
-        self.stop.send_replace(true);
+    pub fn stop(&mut self) {
+        self.source.stop();
     }
 
     /// Stop, and give every delivery not yet taken back to the broker.
     pub async fn stop_and_requeue(&mut self) -> usize {
         self.stop();
         let mut n = 0;
-        while let Some(d) = self.deliveries.recv().await {
+        while let Some(d) = self.recv().await {
             d.acker.requeue().await;
             n += 1;
         }
         n
+    }
+}
+
+/// Takes a client's replies as the transport receives them (already
+/// acknowledged), in the transport's own task: it must not block.
+pub type ReplySink = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+/// A client's reply queue being consumed; dropping it stops the consumer
+/// and deletes the queue.
+pub struct ReplyQueue {
+    close: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl ReplyQueue {
+    /// A reply queue that runs `close` when dropped.
+    pub fn new(close: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self { close: Some(Box::new(close)) }
+    }
+}
+
+impl std::fmt::Debug for ReplyQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplyQueue")
+    }
+}
+
+impl Drop for ReplyQueue {
+    fn drop(&mut self) {
+        if let Some(close) = self.close.take() {
+            close();
+        }
     }
 }
 
@@ -168,8 +257,9 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// declared and the consumers are running.
     async fn listen(&self, spec: ListenSpec) -> Result<Listener>;
 
-    /// Declare and consume a client's reply queue.
-    async fn listen_replies(&self, queue: &str) -> Result<Listener>;
+    /// Declare and consume a client's reply queue, handing each reply to
+    /// `sink` as it arrives (no task between the transport and the caller).
+    async fn listen_replies(&self, queue: &str, sink: ReplySink) -> Result<ReplyQueue>;
 
     /// The options this transport was built with.
     fn options(&self) -> &TransportOptions;

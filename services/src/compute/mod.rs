@@ -162,11 +162,13 @@ impl ComputeManager {
         let mut done = task.done.clone();
         let finished = done.wait_for(Option::is_some).await.ok().and_then(|g| g.clone());
         let Some(mut info) = finished else { return };
-        self.running.lock().await.remove(&info.task_id);
         tracing::info!(task_id = %info.task_id, status = ?info.status, exit_code = ?info.exit_code, "task finished");
+        // Saved before it leaves the running set: a reader never finds it in
+        // neither place, nor finds the store's stale "running" record.
         if let Err(e) = self.store.update(&info).await {
             tracing::error!(error = %e, task_id = %info.task_id, "cannot save the finished task");
         }
+        self.running.lock().await.remove(&info.task_id);
         let _ = self.report_capacity(RequestContext::new()).await;
         if let Some(n) = &info.notify {
             let mut target = Target::new(&n.topic);

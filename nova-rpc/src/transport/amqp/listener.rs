@@ -1,6 +1,6 @@
 //! Consuming on AMQP: one task per listener owns a connection and a channel,
 //! declares its topology, consumes its queues and forwards deliveries into
-//! a bounded channel. When the connection drops it reconnects with backoff,
+//! a bounded channel (a server's) or straight to a reply sink (a client's). When the connection drops it reconnects with backoff,
 //! declares everything again and resumes consuming; when told to stop it
 //! cancels its consumers and waits until the last delivery it handed out
 //! has been settled before closing, so unsettled messages go back to the queue.
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::connector::Connector;
 use crate::{
-    transport::{Acknowledge, Delivery, Listener},
+    transport::{Acknowledge, Delivery, Listener, ReplyQueue, ReplySink},
     Result, RpcError,
 };
 
@@ -46,16 +46,37 @@ pub(crate) struct Plan {
     pub(crate) delete_on_stop: Vec<String>,
 }
 
+/// Where a listener task puts what it receives.
+enum Output {
+    /// Into a bounded channel, to be settled by whoever takes it.
+    Channel(mpsc::Sender<Delivery>),
+    /// Acknowledged, and the body handed to a reply sink.
+    Sink(ReplySink),
+}
+
 /// Start a listener task; returns once the first topology declaration and
 /// consume succeeded (or failed for a reason reconnecting cannot fix).
 pub(crate) async fn start(connector: Arc<Connector>, plan: Plan) -> Result<Listener> {
     let capacity = if plan.prefetch == 0 { 1024 } else { usize::from(plan.prefetch) };
     let (tx, rx) = mpsc::channel(capacity);
+    let stop = spawn(connector, plan, Output::Channel(tx)).await?;
+    Ok(Listener::new(rx, stop))
+}
+
+/// Start a reply listener task that hands every body to `sink`.
+pub(crate) async fn start_replies(connector: Arc<Connector>, plan: Plan, sink: ReplySink) -> Result<ReplyQueue> {
+    let stop = spawn(connector, plan, Output::Sink(sink)).await?;
+    Ok(ReplyQueue::new(move || {
+        stop.send_replace(true);
+    }))
+}
+
+async fn spawn(connector: Arc<Connector>, plan: Plan, output: Output) -> Result<watch::Sender<bool>> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel();
-    tokio::spawn(run(connector, plan, tx, stop_rx, ready_tx));
+    tokio::spawn(run(connector, plan, output, stop_rx, ready_tx));
     match ready_rx.await {
-        Ok(Ok(())) => Ok(Listener::new(rx, stop_tx)),
+        Ok(Ok(())) => Ok(stop_tx),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(RpcError::Transport("listener stopped before it was ready".into())),
     }
@@ -116,7 +137,7 @@ enum Ended {
 async fn run(
     connector: Arc<Connector>,
     plan: Plan,
-    tx: mpsc::Sender<Delivery>,
+    output: Output,
     mut stop: watch::Receiver<bool>,
     ready: oneshot::Sender<Result<()>>,
 ) {
@@ -156,7 +177,7 @@ async fn run(
             tracing::info!(purpose = plan.purpose, queues = ?plan.consume, "topology re-declared; consuming again");
         }
         round = 0;
-        match forward(consumers, &tx, &mut stop).await {
+        match forward(consumers, &output, &mut stop).await {
             Ended::Lost(why) => {
                 tracing::warn!(purpose = plan.purpose, error = %why, "AMQP connection lost; reconnecting");
                 continue;
@@ -172,7 +193,7 @@ async fn run(
                 // Deliveries already handed out are settled on this channel:
                 // let the receiver drain, then keep the channel open until
                 // the listener is dropped (its stop switch goes away).
-                drop(tx);
+                drop(output);
                 while stop.changed().await.is_ok() {}
                 let _ = channel.close(200, "stopped".into()).await;
                 let _ = conn.close(200, "stopped".into()).await;
@@ -182,11 +203,7 @@ async fn run(
     }
 }
 
-async fn forward(
-    consumers: Vec<lapin::Consumer>,
-    tx: &mpsc::Sender<Delivery>,
-    stop: &mut watch::Receiver<bool>,
-) -> Ended {
+async fn forward(consumers: Vec<lapin::Consumer>, output: &Output, stop: &mut watch::Receiver<bool>) -> Ended {
     let mut merged = select_all(consumers);
     loop {
         let next = tokio::select! {
@@ -198,6 +215,16 @@ async fn forward(
             Some(Ok(d)) => d,
             Some(Err(e)) => return Ended::Lost(e.to_string()),
             None => return Ended::Lost("consumers cancelled by the broker".into()),
+        };
+        let tx = match output {
+            Output::Channel(tx) => tx,
+            Output::Sink(sink) => {
+                // A reply: the caller first, then the broker.
+                let acker = d.acker;
+                sink(d.data.into());
+                AmqpAck(acker).settle(Settle::Ack).await;
+                continue;
+            }
         };
         let deadline = d
             .properties
@@ -233,23 +260,36 @@ async fn forward(
 
 struct AmqpAck(Acker);
 
+enum Settle {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+impl AmqpAck {
+    async fn settle(self, how: Settle) {
+        let done = match how {
+            Settle::Ack => self.0.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => self.0.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+            Settle::Reject => self.0.reject(BasicRejectOptions { requeue: false }).await,
+        };
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "settling a delivery failed; the broker will redeliver it");
+        }
+    }
+}
+
 #[async_trait]
 impl Acknowledge for AmqpAck {
     async fn ack(self: Box<Self>) {
-        if let Err(e) = self.0.ack(BasicAckOptions::default()).await {
-            tracing::debug!(error = %e, "ack failed; the broker will redeliver");
-        }
+        self.settle(Settle::Ack).await;
     }
 
     async fn requeue(self: Box<Self>) {
-        if let Err(e) = self.0.nack(BasicNackOptions { requeue: true, ..Default::default() }).await {
-            tracing::debug!(error = %e, "requeue failed; the broker will redeliver");
-        }
+        self.settle(Settle::Requeue).await;
     }
 
     async fn reject(self: Box<Self>) {
-        if let Err(e) = self.0.reject(BasicRejectOptions { requeue: false }).await {
-            tracing::debug!(error = %e, "reject failed");
-        }
+        self.settle(Settle::Reject).await;
     }
 }

@@ -30,7 +30,8 @@ use self::{
     publisher::Publisher,
 };
 use super::{
-    dead_letter_queue, Destination, ListenSpec, Listener, Outgoing, Transport, TransportOptions, TransportUrl,
+    dead_letter_queue, Destination, ListenSpec, Listener, Outgoing, ReplyQueue, ReplySink, Transport, TransportOptions,
+    TransportUrl,
 };
 use crate::{Result, RpcError};
 
@@ -147,7 +148,7 @@ impl Transport for AmqpTransport {
         listener::start(self.connector.clone(), plan).await
     }
 
-    async fn listen_replies(&self, queue: &str) -> Result<Listener> {
+    async fn listen_replies(&self, queue: &str, sink: ReplySink) -> Result<ReplyQueue> {
         let plan = Plan {
             purpose: "reply",
             prefetch: 0,
@@ -160,7 +161,7 @@ impl Transport for AmqpTransport {
             consume: vec![queue.to_owned()],
             delete_on_stop: vec![queue.to_owned()],
         };
-        listener::start(self.connector.clone(), plan).await
+        listener::start_replies(self.connector.clone(), plan, sink).await
     }
 
     fn options(&self) -> &TransportOptions {

@@ -1,0 +1,231 @@
+//! The reply router: one reply queue per client, each reply handed to the
+//! call waiting on its `_msg_id`, and every waiting call's deadline.
+//!
+//! The transport hands each reply to the router as it arrives (a
+//! [`ReplySink`](crate::transport::ReplySink)), and the router hands it on to
+//! the caller: no task of its own sits between the reply queue and the
+//! caller. Deadlines are kept here too, in order, with one task that sleeps
+//! until the earliest: a call arms no timer of its own, so a quick call
+//! never wakes the runtime's timer to re-arm it. A call-monitor heartbeat
+//! moves its call's deadline on; a call past its deadline is told by its
+//! channel closing.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::{
+    dedupe::SeenIds,
+    transport::{ReplyQueue, Transport},
+    wire::{self, Reply},
+    Result,
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One waiting call.
+struct Waiter {
+    tx: mpsc::UnboundedSender<Reply>,
+    /// When the call gives up unless a heartbeat moves this on.
+    due: Instant,
+    /// The call's own timeout: no heartbeat moves `due` past it.
+    end: Instant,
+    /// The call-monitor timeout, when the call asked for heartbeats.
+    monitor: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<String, Waiter>,
+    /// `(due, msg_id)` of every waiter, earliest first.
+    due: BTreeSet<(Instant, String)>,
+    /// When the sweeper wakes next (`None`: it waits to be told).
+    armed: Option<Instant>,
+}
+
+impl Pending {
+    fn set_due(&mut self, msg_id: &str, due: Instant) {
+        if let Some(w) = self.waiters.get_mut(msg_id) {
+            let old = std::mem::replace(&mut w.due, due);
+            self.due.remove(&(old, msg_id.to_owned()));
+            self.due.insert((due, msg_id.to_owned()));
+        }
+    }
+
+    fn remove(&mut self, msg_id: &str) {
+        if let Some(w) = self.waiters.remove(msg_id) {
+            self.due.remove(&(w.due, msg_id.to_owned()));
+        }
+    }
+
+    /// Drop every call due by `now` (closing its channel); the next due time.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        while let Some((due, msg_id)) = self.due.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.due.pop_first();
+            self.waiters.remove(&msg_id);
+        }
+        self.armed = self.due.first().map(|(due, _)| *due);
+        self.armed
+    }
+}
+
+struct State {
+    pending: Mutex<Pending>,
+    /// Wakes the sweeper when a call is due before it would wake.
+    rearm: Notify,
+    /// Replies seen, so a duplicate is dropped.
+    seen: Mutex<SeenIds>,
+}
+
+impl State {
+    /// Make sure the sweeper wakes by `due`. The first call of a quiet
+    /// client wakes it; later ones, due after it, do not.
+    fn arm(&self, pending: &mut Pending, due: Instant) {
+        if pending.armed.is_none_or(|armed| due < armed) {
+            pending.armed = Some(due);
+            self.rearm.notify_one();
+        }
+    }
+
+    /// Hand one reply to the call waiting for it.
+    fn route(&self, body: &[u8]) {
+        let reply = match wire::decode_reply(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping malformed reply");
+                return;
+            }
+        };
+        if !reply.unique_id.is_empty() && !lock(&self.seen).insert(&reply.unique_id) {
+            tracing::debug!(msg_id = %reply.msg_id, "dropping duplicate reply");
+            return;
+        }
+        let mut pending = lock(&self.pending);
+        let Some(waiter) = pending.waiters.get(&reply.msg_id) else {
+            drop(pending);
+            tracing::debug!(msg_id = %reply.msg_id, "dropping reply nobody waits for (late or unknown)");
+            return;
+        };
+        let moved = match (reply.ending, waiter.monitor) {
+            // A call-monitor heartbeat: the server is still working on it.
+            (false, Some(monitor)) => Some(((Instant::now() + monitor).min(waiter.end), reply.msg_id.clone())),
+            _ => None,
+        };
+        let _ = waiter.tx.send(reply);
+        if let Some((due, msg_id)) = moved {
+            pending.set_due(&msg_id, due);
+        }
+    }
+}
+
+/// Routes replies from a client's reply queue to the waiting calls; see the module docs.
+pub struct ReplyRouter {
+    queue: String,
+    state: Arc<State>,
+    sweeper: tokio::task::JoinHandle<()>,
+    _replies: ReplyQueue,
+}
+
+impl std::fmt::Debug for ReplyRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyRouter").field("queue", &self.queue).field("pending", &self.pending()).finish()
+    }
+}
+
+impl ReplyRouter {
+    /// Declare a new `reply_<uuid>` queue and start routing its replies.
+    pub(crate) async fn start(transport: &Arc<dyn Transport>) -> Result<Self> {
+        let queue = format!("reply_{}", wire::new_id());
+        let state =
+            Arc::new(State { pending: Mutex::default(), rearm: Notify::new(), seen: Mutex::new(SeenIds::new(1024)) });
+        let routed = state.clone();
+        let replies = transport.listen_replies(&queue, Arc::new(move |body: bytes::Bytes| routed.route(&body))).await?;
+        let sweeper = tokio::spawn(sweep(state.clone()));
+        Ok(Self { queue, state, sweeper, _replies: replies })
+    }
+
+    /// The reply queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// How many calls are waiting for a reply.
+    pub fn pending(&self) -> usize {
+        lock(&self.state.pending).waiters.len()
+    }
+
+    /// Wait for replies to `msg_id` until `end`, or, with a call-monitor
+    /// timeout, until no heartbeat came for that long once the request
+    /// was sent ([`Expected::sent`]).
+    pub(crate) fn expect(&self, msg_id: String, end: Instant, monitor: Option<Duration>) -> Expected<'_> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut pending = lock(&self.state.pending);
+        pending.waiters.insert(msg_id.clone(), Waiter { tx, due: end, end, monitor });
+        pending.due.insert((end, msg_id.clone()));
+        self.state.arm(&mut pending, end);
+        Expected { state: &self.state, msg_id, monitor, rx }
+    }
+}
+
+impl Drop for ReplyRouter {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
+}
+
+/// Sleep until the earliest deadline, drop the calls that are due, repeat.
+async fn sweep(state: Arc<State>) {
+    loop {
+        let next = lock(&state.pending).expire(Instant::now());
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = state.rearm.notified() => {}
+                }
+            }
+            None => state.rearm.notified().await,
+        }
+    }
+}
+
+/// The replies to one call; dropping it forgets the call.
+pub(crate) struct Expected<'a> {
+    state: &'a State,
+    msg_id: String,
+    monitor: Option<Duration>,
+    rx: mpsc::UnboundedReceiver<Reply>,
+}
+
+impl Expected<'_> {
+    /// The request is on its way: a call-monitor timeout starts counting.
+    pub(crate) fn sent(&self) {
+        if let Some(monitor) = self.monitor {
+            let mut pending = lock(&self.state.pending);
+            let Some(end) = pending.waiters.get(&self.msg_id).map(|w| w.end) else { return };
+            let due = (Instant::now() + monitor).min(end);
+            pending.set_due(&self.msg_id, due);
+            self.state.arm(&mut pending, due);
+        }
+    }
+
+    /// The next reply (a heartbeat or the answer); `None` once the call is past its deadline.
+    pub(crate) async fn next(&mut self) -> Option<Reply> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Expected<'_> {
+    fn drop(&mut self) {
+        lock(&self.state.pending).remove(&self.msg_id);
+    }
+}
