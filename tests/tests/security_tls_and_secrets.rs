@@ -85,7 +85,12 @@ async fn passwords_never_show() {
         "nova-rpc's output",
         &format!("{}{}", String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr)),
     );
-    let failing = Proc::spawn("nova-compute", &["--transport-url", &bad, "--debug", "--host", "x"], dir.path());
+    let failing_state = dir.path().join("failing-state");
+    let failing = Proc::spawn(
+        "nova-compute",
+        &["--transport-url", &bad, "--debug", "--host", "x", "--state-path", failing_state.to_str().unwrap()],
+        dir.path(),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(failing.output().contains("***"), "the URL is shown masked: {}", failing.output());
     assert_no_password("a service's log", &failing.output());
