@@ -202,3 +202,25 @@ async fn sighup_rereads_the_config_and_applies_the_log_level() {
     assert!(debug(&level(base.call(&ctx, "get_log_level", json!({})).await.unwrap())));
     assert_eq!(base.call(&ctx, "ping", json!({"arg": 2})).await.unwrap()["arg"], 2, "still serving");
 }
+
+/// Many first connections to a new SQLite file at once (processes starting
+/// together): every one gets in, none sees "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_first_connects_to_a_new_sqlite_file() {
+    for round in 0..20 {
+        let dir = TempDir::new("sqlite-race");
+        let url = format!("sqlite://{}", dir.path().join("nova.sqlite").display());
+        let connects: Vec<_> = (0..12)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let db = Database::connect(&url).await?;
+                    db.migrate(MIGRATIONS).await
+                })
+            })
+            .collect();
+        for c in connects {
+            c.await.unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
+}

@@ -85,6 +85,15 @@ pub fn normalize_url(url: &str) -> Result<(bool, String), DbError> {
     }
 }
 
+/// SQLite's `SQLITE_BUSY` ("database is locked"), or one of its extended codes.
+fn is_locked(e: &sqlx::Error) -> bool {
+    let code = match e {
+        sqlx::Error::Database(d) => d.code().and_then(|c| c.parse::<i32>().ok()),
+        _ => None,
+    };
+    code.is_some_and(|c| c & 0xff == 5)
+}
+
 fn mask(url: &str) -> String {
     nova_rpc::transport::TransportUrl::mask(url)
 }
@@ -105,12 +114,24 @@ impl Database {
                 .create_if_missing(true)
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
-                .await
-                .map_err(DbError::sql(doing))?;
+            // Processes starting together on a new file race to switch it
+            // to WAL, and SQLite answers that with "database is locked"
+            // without waiting: try again for a while.
+            let mut attempt = 0;
+            let pool = loop {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options.clone())
+                    .await;
+                match pool {
+                    Err(e) if is_locked(&e) && attempt < 50 => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => break other.map_err(DbError::sql(doing))?,
+                }
+            };
             Ok(Database::Sqlite(pool))
         } else {
             let pool = PgPoolOptions::new()
