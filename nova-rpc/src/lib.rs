@@ -47,6 +47,12 @@ pub mod target;
 pub mod transport;
 pub mod wire;
 
+/// Lock `m`, going on with its data if a holder panicked: every lock here
+/// guards bookkeeping that stays valid between statements.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub use client::RpcClient;
 pub use context::RequestContext;
 pub use error::{RemoteFailure, Result, RpcError};

@@ -91,7 +91,7 @@ pub fn metrics() -> &'static Metrics {
             "Report-loop rounds that could not reach the database",
             m.report_failures.clone(),
         );
-        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
+        *crate::lock(&m.registry) = registry;
         m
     })
 }
@@ -104,7 +104,7 @@ pub fn metrics() -> &'static Metrics {
 /// ```
 pub fn render() -> String {
     let mut out = String::new();
-    let registry = metrics().registry.lock().unwrap_or_else(|p| p.into_inner());
+    let registry = crate::lock(&metrics().registry);
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
     }

@@ -12,7 +12,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -20,14 +20,11 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{
     dedupe::SeenIds,
+    lock,
     transport::{ReplyQueue, Transport},
     wire::{self, Reply},
     Result,
 };
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// One waiting call.
 struct Waiter {

@@ -287,9 +287,9 @@ async fn handle(shared: &Shared, delivery: Delivery, served: Served) {
     // meanwhile holds it as in flight so concurrent copies run once.
     let id = &request.unique_id;
     let duplicate = !id.is_empty() && {
-        let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::lock(&shared.seen);
         if shared.at_least_once {
-            seen.contains(id) || !shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone())
+            seen.contains(id) || !crate::lock(&shared.in_flight).insert(id.clone())
         } else {
             !seen.insert(id)
         }
@@ -349,7 +349,7 @@ async fn handle(shared: &Shared, delivery: Delivery, served: Served) {
         if served == Served::InCallersTask && has_after_reply() {
             // The caller's task has its reply: let it go on, and run the
             // hooks in a task of their own.
-            YieldOnce(false).await;
+            tokio::task::yield_now().await;
         }
         run_after_reply();
         if let Some(a) = acker {
@@ -357,9 +357,9 @@ async fn handle(shared: &Shared, delivery: Delivery, served: Served) {
             // dead-letters it after max_deliveries); anything else is done.
             let retry = failed && !is_call;
             if !request.unique_id.is_empty() {
-                shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&request.unique_id);
+                crate::lock(&shared.in_flight).remove(&request.unique_id);
                 if !retry {
-                    shared.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(&request.unique_id);
+                    crate::lock(&shared.seen).insert(&request.unique_id);
                 }
             }
             if retry {
@@ -400,22 +400,6 @@ enum Served {
     InLoop,
     /// In the task that sent it ([`Direct`]).
     InCallersTask,
-}
-
-/// Pending once, then ready: moves what follows out of a request served in
-/// its caller's task and into a task of its own.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
-        if std::mem::replace(&mut self.0, true) {
-            return std::task::Poll::Ready(());
-        }
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
 }
 
 fn has_after_reply() -> bool {

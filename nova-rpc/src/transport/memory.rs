@@ -28,11 +28,7 @@ use super::{
     Acknowledge, Delivery, Destination, Direct, ListenSpec, Listener, Outgoing, ReplyQueue, ReplySink, Source,
     Transport, TransportOptions, TransportUrl,
 };
-use crate::{Result, RpcError};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::{lock, Result, RpcError};
 
 struct Message {
     body: Bytes,

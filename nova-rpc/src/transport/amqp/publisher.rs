@@ -136,7 +136,7 @@ impl Publisher {
         durable: bool,
         auto_delete: bool,
     ) -> Result<(), Failure> {
-        if pc.declared.lock().unwrap_or_else(|p| p.into_inner()).contains(name) {
+        if crate::lock(&pc.declared).contains(name) {
             return Ok(());
         }
         let options = ExchangeDeclareOptions { durable, auto_delete, ..ExchangeDeclareOptions::default() };
@@ -144,7 +144,7 @@ impl Publisher {
             .exchange_declare(name.into(), kind, options, FieldTable::default())
             .await
             .map_err(|e| self.classify(pc, e))?;
-        pc.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+        crate::lock(&pc.declared).insert(name.to_owned());
         Ok(())
     }
 
