@@ -33,19 +33,21 @@ ensure_chromium() {
         || { echo "cannot install chromium (the console test needs it)" >&2; exit 1; }
 }
 
-# The interop tests run real oslo.messaging peers from a virtualenv kept
-# beside the build (so it is cached between runs).
+# The interop tests run real oslo.messaging peers, and the gateway's fuzz
+# test runs schemathesis, from a virtualenv kept beside the build (so it is
+# cached between runs).
 OSLO_MESSAGING_VERSION=18.3.1
+SCHEMATHESIS_VERSION=4.32.5
 ensure_interop_venv() {
     local target="${CARGO_TARGET_DIR:-$PWD/target}"
     local venv="$target/interop-venv"
-    local stamp="$venv/.oslo.messaging-$OSLO_MESSAGING_VERSION"
+    local stamp="$venv/.oslo.messaging-$OSLO_MESSAGING_VERSION-schemathesis-$SCHEMATHESIS_VERSION"
     if [ ! -f "$stamp" ]; then
         say "installing oslo.messaging $OSLO_MESSAGING_VERSION into $venv"
         rm -rf "$venv"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q "oslo.messaging==$OSLO_MESSAGING_VERSION" \
-            || { echo "cannot install oslo.messaging (the interop tests need it)" >&2; exit 1; }
+        "$venv/bin/pip" install -q "oslo.messaging==$OSLO_MESSAGING_VERSION" "schemathesis==$SCHEMATHESIS_VERSION" \
+            || { echo "cannot install oslo.messaging and schemathesis (the interop and fuzz tests need them)" >&2; exit 1; }
         touch "$stamp"
     fi
     export NOVA_INTEROP_PYTHON="$venv/bin/python"

@@ -9,6 +9,7 @@ use nova_core::config::{CommonArgs, Config, CoreOptions, CORE_OPTIONS};
 pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> {
     let mut specs = CORE_OPTIONS.to_vec();
     specs.extend(nova_services::registry().option_specs());
+    specs.extend_from_slice(gateway::API_OPTIONS);
     let config = nova_core::launcher::load_config(args, &specs)?;
     let options = CoreOptions::from_config(&config)?;
     nova_core::logging::init(options.debug, options.log_json);

@@ -39,6 +39,18 @@ struct SetLevel {
     filter: String,
 }
 
+/// Whether `ctx` may use an admin method: always without an admin role,
+/// else only signed and holding the role.
+fn admin(role: Option<&str>, ctx: &RequestContext) -> Result<(), RpcError> {
+    let Some(role) = role else { return Ok(()) };
+    if ctx.signed_by.is_some() && ctx.roles.iter().any(|r| r == role) {
+        return Ok(());
+    }
+    let why = format!("this method needs a signed request with role {role}");
+    tracing::warn!(request_id = %ctx.request_id, "refused an admin method: {why}");
+    Err(RpcError::remote("Forbidden", "nova_core.baseapi", why))
+}
+
 /// What `describe` answers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Description {
@@ -55,7 +67,11 @@ pub struct Description {
 }
 
 /// Build the base API endpoint for a service whose other endpoints are `others`.
-pub fn endpoint(info: &ServiceInfo, manager: &str, others: &[Arc<dyn Endpoint>]) -> Router {
+///
+/// With `admin_role`, the admin methods (`set_log_level`) serve only signed
+/// requests ([`nova_rpc::signing`]) whose context carries that role.
+pub fn endpoint(info: &ServiceInfo, manager: &str, others: &[Arc<dyn Endpoint>], admin_role: Option<&str>) -> Router {
+    let admin_role = admin_role.map(str::to_owned);
     let service = info.binary.clone();
     let description: Arc<OnceLock<Description>> = Arc::default();
     let described = description.clone();
@@ -81,8 +97,12 @@ pub fn endpoint(info: &ServiceInfo, manager: &str, others: &[Arc<dyn Endpoint>])
             })
         })
         .describe("get_log_level", &[], "The tracing filter in force.")
-        .method("set_log_level", |_ctx: RequestContext, a: SetLevel| async move {
-            logging::set_filter(&a.filter).map_err(|e| RpcError::remote("InvalidLogFilter", "nova_core.logging", e))
+        .method("set_log_level", move |ctx: RequestContext, a: SetLevel| {
+            let allowed = admin(admin_role.as_deref(), &ctx);
+            async move {
+                allowed?;
+                logging::set_filter(&a.filter).map_err(|e| RpcError::remote("InvalidLogFilter", "nova_core.logging", e))
+            }
         })
         .describe("set_log_level", &[("filter", "String")], "Change the tracing filter, e.g. nova_rpc=debug.");
     let endpoint_json = |e: &dyn Endpoint| json!({"namespace": e.namespace(), "version": e.version().to_string(), "methods": e.methods()});

@@ -89,6 +89,55 @@ pub fn load_config(args: &CommonArgs, specs: &[OptSpec]) -> Result<Config, Confi
     Config::load(specs, &args.config_file, args.config_dir.as_deref(), &args.overrides())
 }
 
+/// What a client-only program (a CLI, a script's helper) needs: its
+/// configuration and a connected transport, and no database.
+#[derive(Debug)]
+pub struct ClientSetup {
+    /// The loaded configuration.
+    pub config: Config,
+    /// The framework's options read from it.
+    pub options: CoreOptions,
+    /// The transport `transport_url` names, with `[oslo_messaging_rabbit]` and `[rpc]` applied.
+    pub transport: Arc<dyn Transport>,
+}
+
+/// Load the configuration as a service would (defaults < files <
+/// `NOVA_…` environment < flags), start logging, and connect the
+/// transport; `extra` declares the program's own options.
+///
+/// # Errors
+/// A bad option (named, with where it was set) or an unusable transport URL.
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo() -> Result<(), nova_core::LaunchError> {
+/// use clap::Parser;
+/// use nova_core::config::CommonArgs;
+/// use nova_rpc::{RequestContext, RpcClient, Target};
+///
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[command(flatten)]
+///     common: CommonArgs,
+/// }
+/// let setup = nova_core::launcher::connect_client(&Cli::parse().common, &[]).await?;
+/// let compute = RpcClient::new(setup.transport, Target::new("compute"));
+/// let tasks = compute.call(&RequestContext::new(), "list_tasks", serde_json::json!({})).await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect_client(args: &CommonArgs, extra: &[OptSpec]) -> Result<ClientSetup, LaunchError> {
+    let mut specs = CORE_OPTIONS.to_vec();
+    specs.extend_from_slice(extra);
+    let config = load_config(args, &specs)?;
+    let options = CoreOptions::from_config(&config)?;
+    logging::init(options.debug, options.log_json);
+    for unknown in config.unknown() {
+        tracing::warn!(option = %unknown, "ignoring unknown option");
+    }
+    let transport = transport::connect(options.transport.clone()).await?;
+    Ok(ClientSetup { config, options, transport })
+}
+
 impl Bootstrap {
     /// Load config, start logging, connect transport and database, migrate.
     pub async fn new(args: CommonArgs, registry: ManagerRegistry, extra: &[OptSpec]) -> Result<Self, LaunchError> {
@@ -211,6 +260,31 @@ pub async fn stop_all(running: Vec<RunningService>) {
     }
 }
 
+/// Stop every service and close the transport, giving up after
+/// `graceful_shutdown_timeout` even while the broker is blocked or gone.
+pub async fn shutdown(bootstrap: &Bootstrap, running: Vec<RunningService>) {
+    let limit = bootstrap.options.graceful_shutdown_timeout;
+    let stop = async {
+        stop_all(running).await;
+        bootstrap.transport.close().await;
+    };
+    if tokio::time::timeout(limit, stop).await.is_err() {
+        tracing::warn!(
+            "shutdown took longer than graceful_shutdown_timeout; abandoning the requests, periodic tasks and hooks still running"
+        );
+    }
+}
+
+/// Run `main` on the [`runtime`], then leave without waiting for work that
+/// never ends (a `#[rpc(blocking)]` method stuck in a system call would
+/// otherwise hold the process forever).
+pub fn run<F: std::future::Future>(main: F) -> std::io::Result<F::Output> {
+    let rt = runtime()?;
+    let out = rt.block_on(main);
+    rt.shutdown_timeout(std::time::Duration::from_millis(250));
+    Ok(out)
+}
+
 /// Parse the common flags for `binary`, with `about` as its help text.
 pub fn parse_args(binary: &'static str, about: &'static str) -> CommonArgs {
     let command = CommonArgs::augment_args(clap::Command::new(binary).about(about).version(env!("CARGO_PKG_VERSION")));
@@ -226,24 +300,23 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Run a per-topic service binary; see the module docs.
 pub fn launch(binary: &'static str, about: &'static str, registry: ManagerRegistry) -> ExitCode {
     let args = parse_args(binary, about);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{binary}: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = rt.block_on(async move {
+    let outcome = run(async move {
         let manager = args.manager.clone();
         let bootstrap = Bootstrap::new(args, registry, &[]).await?;
         bootstrap.serve_metrics().await?;
         let service = bootstrap.service(binary, manager.as_deref()).await?;
         let running = vec![service.start().await?];
         wait_for_stop_signal(&bootstrap, &running).await;
-        stop_all(running).await;
-        bootstrap.transport.close().await;
+        shutdown(&bootstrap, running).await;
         Ok::<_, LaunchError>(())
     });
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("{binary}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

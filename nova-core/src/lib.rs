@@ -20,8 +20,39 @@ pub mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use launcher::{launch, Bootstrap, LaunchError};
+/// Hooks (`init_host`, …) are written with it: re-exported so a manager
+/// crate needs no dependency of its own.
+pub use async_trait::async_trait;
+pub use launcher::{connect_client, launch, Bootstrap, ClientSetup, LaunchError};
 pub use manager::{BoxError, Manager, ManagerHandle, RpcApi, ServiceInfo};
+/// Declare a manager's RPC surface on an `impl` block.
+///
+/// `#[rpc_api(version = "1.2", namespace = "…", client = Name)]`: the
+/// version is the API's `major.minor` (callers asking for a newer minor or
+/// another major get `UnsupportedVersion`); the namespace is optional; the
+/// client is named `<Type>Client` unless `client` says otherwise.
+///
+/// Every `pub` method not starting with `_` is callable. It takes `&self`
+/// (or `self: &Arc<Self>`), then `ctx: RequestContext`, then its arguments
+/// by name, and returns `Result<T, E>` with `T: Serialize` and
+/// `E: Into<RpcError>`. On a method:
+///
+/// - `#[rpc(cast)]`: the typed client casts it instead of calling it;
+/// - `#[rpc(blocking)]`: a plain `fn`, run on tokio's blocking pool;
+/// - `#[rpc(skip)]`: a `pub` method kept out of the RPC surface.
+///
+/// On an argument, `#[rpc(default)]` lets a caller leave it out (it gets
+/// `T::default()`); `Option<T>` arguments may always be left out.
+///
+/// `#[periodic_task(spacing = 60, run_immediately = true, enabled = true)]`
+/// on a method `async fn name(&self, ctx: RequestContext) -> Result<(), E>`
+/// runs it every `spacing` seconds (the first run after a random
+/// `0..periodic_fuzzy_delay`); an error or a panic is logged and the task
+/// runs again at its next spacing.
+///
+/// The hooks (`init_host`, `pre_start_hook`, `post_start_hook`,
+/// `cleanup_host`, `reset`) are [`Manager`] methods, written with
+/// [`async_trait`]. `README.md`'s "Write your own manager" shows all of it.
 pub use nova_macros::rpc_api;
 pub use periodic::PeriodicTask;
 pub use registry::{ManagerDeps, ManagerEntry, ManagerRegistry};

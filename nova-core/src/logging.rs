@@ -46,3 +46,14 @@ pub fn set_filter(spec: &str) -> Result<String, String> {
     tracing::info!(filter = spec, "log filter changed");
     Ok(spec.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Crates that log through `log` (rustls, for one) reach the same subscriber.
+    #[test]
+    fn log_records_are_forwarded() {
+        super::init(false, false);
+        assert!(log::max_level() >= log::LevelFilter::Info, "init installs the `log` bridge");
+        log::info!(target: "nova_core", "a record from the log crate");
+    }
+}

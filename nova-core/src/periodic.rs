@@ -4,11 +4,13 @@
 //! negative disables it), may `run_immediately` at start, and may be
 //! `enabled = false`. The loop runs whatever is due, then sleeps until the
 //! next task is due — never longer than `periodic_interval_max`. A task's
-//! error is logged and the loop goes on. The first run waits a random
+//! error or panic is logged and the loop goes on: the task runs again at its
+//! next spacing. The first run waits a random
 //! `0..periodic_fuzzy_delay` so a fleet started together spreads its load.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use futures_util::FutureExt;
 use nova_rpc::dispatcher::BoxFuture;
 use tokio::{sync::watch, time::Instant};
 
@@ -100,8 +102,19 @@ pub async fn run_periodic_tasks(
             }
             last[i] = Some(Instant::now());
             tracing::debug!(task = %task.name, "running periodic task");
-            if let Err(e) = (task.run)().await {
-                tracing::error!(task = %task.name, error = %e, "periodic task failed");
+            // A failure or a panic is logged; the task runs again at its next spacing.
+            let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (task.run)())) {
+                Ok(run) => std::panic::AssertUnwindSafe(run).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(task = %task.name, error = %e, "periodic task failed"),
+                Err(panic) => tracing::error!(
+                    task = %task.name,
+                    panic = panic_message(panic.as_ref()),
+                    "periodic task panicked; it runs again at its next spacing"
+                ),
             }
             if *stop.borrow() {
                 return;
@@ -119,6 +132,15 @@ pub async fn run_periodic_tasks(
             return;
         }
     }
+}
+
+/// The text a panic carried, when it carried text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Sleep; `true` when stopped meanwhile.
@@ -167,6 +189,26 @@ mod tests {
         assert_eq!(fast.load(Ordering::SeqCst), 11); // t = 0..=10
         assert_eq!(slow.load(Ordering::SeqCst), 2); // t = 5, 10
         assert_eq!(failing.load(Ordering::SeqCst), 5); // t = 2, 4, 6, 8, 10
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_task_runs_again_at_its_next_spacing() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let task = PeriodicTask::new("panics", 1.0, move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert!(n % 2 == 1, "run {n} panics");
+                Ok(())
+            }
+        })
+        .run_immediately(true);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let h = tokio::spawn(run_periodic_tasks(vec![task], Duration::ZERO, Duration::from_secs(60), stop_rx));
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        stop_tx.send_replace(true);
+        h.await.expect("the loop survives its task's panics");
+        assert_eq!(runs.load(Ordering::SeqCst), 5); // t = 0..=4, every other one panicking
     }
 
     #[test]

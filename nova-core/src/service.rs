@@ -62,6 +62,9 @@ pub struct ServiceOptions {
     pub periodic_interval_max: Duration,
     /// In-flight grace on stop (`graceful_shutdown_timeout`, 60).
     pub graceful_shutdown_timeout: Duration,
+    /// A service that cannot consume one of its queues for this long stops
+    /// reporting itself up (`service_down_time`, 60).
+    pub service_down_time: Duration,
     /// Concurrent requests (`executor_thread_pool_size`, 64).
     pub executor_thread_pool_size: usize,
     /// Record request traces (`trace_enabled`, on).
@@ -78,6 +81,7 @@ impl Default for ServiceOptions {
             periodic_fuzzy_delay: Duration::from_secs(60),
             periodic_interval_max: Duration::from_secs(60),
             graceful_shutdown_timeout: Duration::from_secs(60),
+            service_down_time: Duration::from_secs(60),
             executor_thread_pool_size: 64,
             trace: true,
             metrics: true,
@@ -93,6 +97,7 @@ impl From<&CoreOptions> for ServiceOptions {
             periodic_fuzzy_delay: o.periodic_fuzzy_delay,
             periodic_interval_max: o.periodic_interval_max,
             graceful_shutdown_timeout: o.graceful_shutdown_timeout,
+            service_down_time: o.service_down_time,
             executor_thread_pool_size: o.executor_thread_pool_size,
             trace: o.trace_enabled,
             metrics: o.metrics_enabled,
@@ -220,7 +225,9 @@ impl Service {
             None => None,
         };
         hooks.pre_start_hook(&info).await.map_err(hook("pre_start_hook"))?;
-        let base = baseapi::endpoint(&info, &manager.name, std::slice::from_ref(&manager.endpoint));
+        let admin_role = transport.options().signing.as_ref().and_then(|s| s.admin_role().map(str::to_owned));
+        let base =
+            baseapi::endpoint(&info, &manager.name, std::slice::from_ref(&manager.endpoint), admin_role.as_deref());
         let dispatcher = Dispatcher::new(vec![manager.endpoint.clone(), Arc::new(base)]);
         let mut server =
             RpcServer::new(transport.clone(), Target::new(&info.topic).with_server(&info.host), dispatcher)
@@ -244,13 +251,15 @@ impl Service {
         }
         if let (Some(r), Some(id)) = (&records, record_id) {
             if !options.report_interval.is_zero() {
-                loops.push(tokio::spawn(report_loop(
-                    r.clone(),
+                let report = Report {
+                    records: r.clone(),
                     id,
-                    info.clone(),
-                    options.report_interval,
-                    stopped.clone(),
-                )));
+                    info: info.clone(),
+                    every: options.report_interval,
+                    health: server.health(),
+                    deaf_limit: options.service_down_time,
+                };
+                loops.push(tokio::spawn(report.run(stopped.clone())));
             }
         }
         if options.periodic_enable {
@@ -267,42 +276,70 @@ impl Service {
 }
 
 /// Heartbeats into the service record. A database outage is logged once,
-/// and its end once; RPC is served all along.
-async fn report_loop(
+/// and its end once; RPC is served all along. A service that has not been
+/// able to consume one of its queues for `service_down_time` stops
+/// reporting, so it shows as down, and says why.
+struct Report {
     records: ServiceRecords,
-    mut id: i64,
+    id: i64,
     info: ServiceInfo,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut lost = false;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
+    health: nova_rpc::transport::Health,
+    deaf_limit: Duration,
+}
+
+impl Report {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let (mut lost, mut deaf) = (false, false);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match self.health.longest_deaf().filter(|(_, for_, _)| *for_ >= self.deaf_limit) {
+                Some((queue, for_, why)) => {
+                    if !deaf {
+                        tracing::error!(queue, seconds = for_.as_secs(), reason = why, "cannot consume a queue for longer than service_down_time; no longer reporting this service up");
+                        deaf = true;
+                    }
+                    continue;
+                }
+                None if deaf => {
+                    tracing::info!("consuming every queue again; reporting this service up");
+                    deaf = false;
+                }
+                None => {}
+            }
+            lost = self.report(lost).await;
         }
-        let outcome = match records.report(id).await {
+    }
+
+    /// One heartbeat; whether the database is (still) unreachable.
+    async fn report(&mut self, lost: bool) -> bool {
+        let info = &self.info;
+        let outcome = match self.records.report(self.id).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 tracing::warn!(host = %info.host, binary = %info.binary, "service record was deleted; creating it again");
-                records.create_or_update(&info.host, &info.binary, &info.topic).await.map(|r| id = r.id)
+                self.records.create_or_update(&info.host, &info.binary, &info.topic).await.map(|r| self.id = r.id)
             }
             Err(e) => Err(e),
         };
         match (outcome, lost) {
             (Ok(()), true) => {
                 tracing::info!("Recovered from being unable to report status.");
-                lost = false;
+                false
             }
-            (Ok(()), false) => {}
+            (Ok(()), false) => false,
             (Err(e), false) => {
                 nova_rpc::metrics::metrics().report_failures.inc();
                 tracing::error!(error = %e, "Lost connection to the database for reporting service status; still serving RPC.");
-                lost = true;
+                true
             }
             (Err(e), true) => {
                 nova_rpc::metrics::metrics().report_failures.inc();
                 tracing::debug!(error = %e, "still unable to report status");
+                true
             }
         }
     }
@@ -330,16 +367,28 @@ impl RunningService {
         &self.manager
     }
 
-    /// Stop consuming, finish in-flight requests (up to the graceful
-    /// timeout), stop the loops and run `cleanup_host`.
+    /// Stop consuming, finish in-flight requests, stop the loops and run
+    /// `cleanup_host`, all within `graceful_shutdown_timeout`: a request, a
+    /// periodic task or a hook still running then is abandoned with a log line.
     pub async fn stop(self) -> StopReport {
+        let deadline = tokio::time::Instant::now() + self.graceful;
         let report = self.server.stop(self.graceful).await;
-        self.stop.send_replace(true);
-        for l in self.loops {
-            let _ = l.await;
+        if report.abandoned > 0 {
+            tracing::warn!("requests still running after graceful_shutdown_timeout were abandoned");
         }
-        if let Err(e) = self.manager.hooks.cleanup_host(&self.info).await {
-            tracing::error!(error = %e, "cleanup_host failed");
+        self.stop.send_replace(true);
+        for mut l in self.loops {
+            if tokio::time::timeout_at(deadline, &mut l).await.is_err() {
+                tracing::warn!("a periodic task still running after graceful_shutdown_timeout was cancelled");
+                l.abort();
+            }
+        }
+        // The hook gets what is left of the grace, and at least a second.
+        let left = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        match tokio::time::timeout_at(left, self.manager.hooks.cleanup_host(&self.info)).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "cleanup_host failed"),
+            Err(_) => tracing::warn!("cleanup_host did not finish within graceful_shutdown_timeout"),
+            Ok(Ok(())) => {}
         }
         tracing::info!(binary = %self.info.binary, requeued = report.requeued, "service stopped");
         report

@@ -131,14 +131,25 @@ impl TestBus {
     }
 }
 
+/// One request an [`http_endpoint`] received.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    /// The request line and headers, as sent.
+    pub head: String,
+    /// The path.
+    pub path: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
 /// A stand-in HTTP endpoint on 127.0.0.1 (a webhook target, an
-/// OpenTelemetry collector): answers `200` to every request and hands over
-/// each request's path and body. Lives until the receiver is dropped and
-/// one more request arrives.
+/// OpenTelemetry collector): answers `status` to every request and hands
+/// over each request. Lives until the receiver is dropped and one more
+/// request arrives.
 ///
 /// # Panics
 /// When no local port can be bound.
-pub fn http_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+pub fn http_endpoint(status: u16) -> (u16, std::sync::mpsc::Receiver<HttpRequest>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
     let port = listener.local_addr().map(|a| a.port()).expect("a local port");
@@ -146,9 +157,7 @@ pub fn http_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
             let mut reader = BufReader::new(stream);
-            let mut request_line = String::new();
-            let _ = reader.read_line(&mut request_line);
-            let mut length = 0;
+            let (mut head, mut length) = (String::new(), 0);
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -157,15 +166,23 @@ pub fn http_receiver() -> (u16, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
                 if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                     length = v.trim().parse().unwrap_or(0);
                 }
+                head.push_str(&line);
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
-            if tx.send((path, body)).is_err() {
+            // Handed over before the answer: whoever saw the answer finds it received.
+            let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+            if tx.send(HttpRequest { head, path, body }).is_err() {
                 break;
             }
+            let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = reader.get_mut().write_all(answer.as_bytes());
         }
     });
     (port, rx)
+}
+
+/// An [`http_endpoint`] that answers `200`.
+pub fn http_receiver() -> (u16, std::sync::mpsc::Receiver<HttpRequest>) {
+    http_endpoint(200)
 }

@@ -49,6 +49,7 @@ pub struct RpcClient {
     version_cap: Option<Version>,
     call_monitor_timeout: Option<Duration>,
     retry: Option<u32>,
+    mandatory: bool,
     layers: Layers,
 }
 
@@ -62,6 +63,7 @@ impl RpcClient {
             version_cap: None,
             call_monitor_timeout: None,
             retry: None,
+            mandatory: false,
             layers: Layers::default(),
         }
     }
@@ -119,6 +121,15 @@ impl RpcClient {
     /// Reconnect at most `retry` times when sending (`None`: until the broker is back).
     pub fn with_retry(&self, retry: Option<u32>) -> Self {
         Self { retry, ..self.clone() }
+    }
+
+    /// Refuse a cast or call that no queue takes ([`RpcError::Unroutable`])
+    /// instead of letting the broker drop it: for at-least-once targets,
+    /// whose casts must never be confirmed and then lost, and for callers
+    /// (the gateway) that would rather hear "no such topic" at once than
+    /// wait out a timeout. oslo's casts and calls are not mandatory.
+    pub fn with_mandatory(&self, mandatory: bool) -> Self {
+        Self { mandatory, ..self.clone() }
     }
 
     /// Add a middleware layer around every call and cast this client (and
@@ -207,9 +218,27 @@ impl RpcClient {
         } else {
             Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() }
         };
-        let body = wire::encode_request(&request)?;
-        let message = Outgoing { body: body.into(), ttl: None, retry: self.retry };
+        let body = self.sign(wire::encode_request(&request)?)?;
+        // A cast gives up once its budget (the client's timeout) is spent,
+        // even while the broker is blocked by an alarm.
+        let budget = self.timeout.unwrap_or(self.shared.transport.options().rpc_response_timeout);
+        let message = Outgoing {
+            retry: self.retry,
+            deadline: Some(Instant::now() + budget),
+            mandatory: self.mandatory,
+            ..Outgoing::new(body)
+        };
         self.shared.transport.send(&destination, message).await
+    }
+
+    /// Sign `body` when the target's topic is signed ([`crate::signing`]).
+    fn sign(&self, body: Vec<u8>) -> Result<Vec<u8>> {
+        match &self.shared.transport.options().signing {
+            Some(s) if s.applies_to(&self.target.topic) => {
+                s.sign(&body).map_err(|e| RpcError::Serialization(e.to_string()))
+            }
+            _ => Ok(body),
+        }
     }
 
     /// Call a method and wait for its result.
@@ -251,11 +280,17 @@ impl RpcClient {
         request.msg_id = Some(msg_id.clone());
         request.reply_q = Some(router.queue().to_owned());
         request.monitor_timeout = self.call_monitor_timeout.map(|d| d.as_secs_f64());
-        let body = wire::encode_request(&request)?;
+        let body = self.sign(wire::encode_request(&request)?)?;
 
         let mut expected = router.expect(msg_id, deadline, self.call_monitor_timeout);
         let destination = Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() };
-        let message = Outgoing { body: body.into(), ttl: Some(timeout), retry: self.retry };
+        let message = Outgoing {
+            ttl: Some(timeout),
+            retry: self.retry,
+            deadline: Some(deadline),
+            mandatory: self.mandatory,
+            ..Outgoing::new(body)
+        };
         match tokio::time::timeout_at(deadline.into(), self.shared.transport.send(&destination, message)).await {
             Ok(sent) => sent?,
             Err(_) => return Err(timed_out()),

@@ -29,6 +29,9 @@ pub struct RequestContext {
     pub global_request_id: Option<String>,
     /// Every other context key, passed on untouched.
     pub extra: Map<String, Value>,
+    /// On a server: the id of the signing key that verified this request
+    /// ([`crate::signing`]); never sent on.
+    pub signed_by: Option<String>,
 }
 
 /// A freshly generated OpenStack style request id: `req-<uuid4>`.
@@ -85,7 +88,7 @@ impl RequestContext {
             Some(Value::String(s)) => s.split(',').map(|r| r.trim().to_owned()).collect(),
             _ => Vec::new(),
         };
-        Self { request_id, user_id, project_id, roles, global_request_id, extra: map }
+        Self { request_id, user_id, project_id, roles, global_request_id, extra: map, signed_by: None }
     }
 
     /// Visit every context entry as `(key, value)`: `user_id`, `project_id`,

@@ -43,6 +43,7 @@ pub mod layer;
 pub mod metrics;
 pub mod reply;
 pub mod server;
+pub mod signing;
 pub mod target;
 pub mod transport;
 pub mod wire;

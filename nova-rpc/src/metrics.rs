@@ -54,6 +54,15 @@ pub struct Metrics {
     pub latency: Family<MethodLabels, Histogram>,
     /// AMQP connections re-established after a loss.
     pub reconnects: Counter,
+    /// Consumers the broker cancelled (a queue deleted, its node lost, a
+    /// leader moved); each is consumed again.
+    pub consumer_cancels: Counter,
+    /// Times the broker blocked a connection (`connection.blocked`: a memory or disk alarm).
+    pub connection_blocked: Counter,
+    /// Times the broker unblocked a connection.
+    pub connection_unblocked: Counter,
+    /// Publishes the broker refused (`basic.nack`), each retried after a backoff.
+    pub publish_nacks: Counter,
     /// Messages refused as malformed or oversized.
     pub malformed: Family<TopicLabels, Counter>,
     /// Report-loop rounds that could not reach the database.
@@ -76,6 +85,10 @@ pub fn metrics() -> &'static Metrics {
             in_flight: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             reconnects: Counter::default(),
+            consumer_cancels: Counter::default(),
+            connection_blocked: Counter::default(),
+            connection_unblocked: Counter::default(),
+            publish_nacks: Counter::default(),
             malformed: Family::default(),
             report_failures: Counter::default(),
             registry: Mutex::new(Registry::default()),
@@ -85,6 +98,26 @@ pub fn metrics() -> &'static Metrics {
         registry.register("rpc_in_flight", "RPC requests running now", m.in_flight.clone());
         registry.register("rpc_request_duration_seconds", "Time to serve an RPC request", m.latency.clone());
         registry.register("amqp_reconnects", "AMQP connections re-established after a loss", m.reconnects.clone());
+        registry.register(
+            "consumer_cancels",
+            "Consumers the broker cancelled, each consumed again",
+            m.consumer_cancels.clone(),
+        );
+        registry.register(
+            "amqp_connection_blocked",
+            "Times the broker blocked a connection (memory or disk alarm)",
+            m.connection_blocked.clone(),
+        );
+        registry.register(
+            "amqp_connection_unblocked",
+            "Times the broker unblocked a connection",
+            m.connection_unblocked.clone(),
+        );
+        registry.register(
+            "amqp_publish_nacks",
+            "Publishes the broker refused, retried after a backoff",
+            m.publish_nacks.clone(),
+        );
         registry.register("rpc_malformed_messages", "Messages refused as malformed or oversized", m.malformed.clone());
         registry.register(
             "report_failures",

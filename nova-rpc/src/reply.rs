@@ -141,7 +141,7 @@ impl std::fmt::Debug for ReplyRouter {
 impl ReplyRouter {
     /// Declare a new `reply_<uuid>` queue and start routing its replies.
     pub(crate) async fn start(transport: &Arc<dyn Transport>) -> Result<Self> {
-        let queue = format!("reply_{}", wire::new_id());
+        let queue = transport.reply_queue_name();
         let state =
             Arc::new(State { pending: Mutex::default(), rearm: Notify::new(), seen: Mutex::new(SeenIds::new(1024)) });
         let routed = state.clone();

@@ -60,8 +60,12 @@ struct Shared {
     dispatcher: Dispatcher,
     topic: String,
     seen: Mutex<SeenIds>,
-    in_flight: Mutex<std::collections::HashSet<String>>,
+    /// At-least-once: the ids running now, each with the acknowledgers of
+    /// copies that arrived meanwhile (a redelivery after a reconnect), which
+    /// are settled the way the original is.
+    in_flight: Mutex<std::collections::HashMap<String, Vec<Box<dyn crate::transport::Acknowledge>>>>,
     at_least_once: bool,
+    max_deliveries: Option<u32>,
     layers: Layers,
     server: String,
 }
@@ -71,6 +75,7 @@ struct Shared {
 pub struct RunningServer {
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<StopReport>,
+    health: crate::transport::Health,
 }
 
 /// How a server's stop went.
@@ -142,6 +147,7 @@ impl RpcServer {
             max_deliveries: self.max_deliveries,
         };
         let mut listener = self.transport.listen(spec).await?;
+        let health = listener.health();
         let shared = Arc::new(Shared {
             transport: self.transport,
             dispatcher: self.dispatcher,
@@ -149,6 +155,7 @@ impl RpcServer {
             seen: Mutex::new(SeenIds::new(4096)),
             in_flight: Mutex::default(),
             at_least_once: self.max_deliveries.is_some(),
+            max_deliveries: self.max_deliveries,
             layers: self.layers,
             server,
         });
@@ -160,11 +167,16 @@ impl RpcServer {
             stopped: stopped.clone(),
         }));
         let done = tokio::spawn(serve(shared, listener, slots, self.executor_size, stopped));
-        Ok(RunningServer { stop, done })
+        Ok(RunningServer { stop, done, health })
     }
 }
 
 impl RunningServer {
+    /// Which of the server's queues it is failing to consume, and since when.
+    pub fn health(&self) -> crate::transport::Health {
+        self.health.clone()
+    }
+
     /// Stop consuming, hand undispatched messages back to the broker, and
     /// wait up to `graceful` for the requests in flight to finish.
     pub async fn stop(self, graceful: Duration) -> StopReport {
@@ -244,6 +256,78 @@ impl Direct for InPlace {
     }
 }
 
+/// How a delivery ends.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+/// Take a request in: `None` when it is a duplicate, already settled or
+/// held beside its running original.
+fn intake(
+    shared: &Shared,
+    id: &str,
+    acker: Box<dyn crate::transport::Acknowledge>,
+) -> Option<Box<dyn crate::transport::Acknowledge>> {
+    if id.is_empty() {
+        return Some(acker);
+    }
+    let mut seen = crate::lock(&shared.seen);
+    if !shared.at_least_once {
+        if seen.insert(id) {
+            return Some(acker);
+        }
+    } else if !seen.contains(id) {
+        match crate::lock(&shared.in_flight).entry(id.to_owned()) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Vec::new());
+                return Some(acker);
+            }
+            std::collections::hash_map::Entry::Occupied(mut running) => {
+                tracing::info!(topic = %shared.topic, unique_id = %id, "a copy of a running message arrived; it ends as the original does");
+                running.get_mut().push(acker);
+                return None;
+            }
+        }
+    }
+    drop(seen);
+    tracing::info!(topic = %shared.topic, unique_id = %id, "dropping duplicate message");
+    let settle = acker.ack();
+    tokio::spawn(settle);
+    None
+}
+
+/// Settle an at-least-once message and every copy held beside it, and
+/// remember its id as done unless it goes back to the queue.
+async fn settle_in_flight(shared: &Shared, id: &str, how: Settle, acker: Box<dyn crate::transport::Acknowledge>) {
+    let mut ackers = vec![acker];
+    if !id.is_empty() {
+        ackers.extend(crate::lock(&shared.in_flight).remove(id).unwrap_or_default());
+        if !matches!(how, Settle::Requeue) {
+            crate::lock(&shared.seen).insert(id);
+        }
+    }
+    // The newest copy is the one a live channel holds (an older one may sit
+    // on a connection that is gone): it carries the verdict, the others are acked.
+    for (i, a) in ackers.into_iter().rev().enumerate() {
+        match how {
+            Settle::Requeue if i == 0 => a.requeue().await,
+            Settle::Reject if i == 0 => a.reject().await,
+            _ => a.ack().await,
+        }
+    }
+}
+
+/// On a signed topic, the key that verified `body`; elsewhere `None`.
+fn verify_signature(shared: &Shared, body: &[u8]) -> Result<Option<String>, crate::signing::SignatureError> {
+    match &shared.transport.options().signing {
+        Some(s) if s.applies_to(&shared.topic) => s.verify(body).map(Some),
+        _ => Ok(None),
+    }
+}
+
 fn malformed(topic: &str) {
     crate::metrics::metrics().malformed.get_or_create(&crate::metrics::TopicLabels { topic: topic.to_owned() }).inc();
 }
@@ -269,7 +353,22 @@ async fn handle(shared: &Shared, delivery: Delivery, served: Served) {
         }
         return;
     }
-    let request = match wire::decode_request(&body) {
+    let signed_by = match verify_signature(shared, &body) {
+        Ok(by) => by,
+        Err(e) => {
+            tracing::warn!(topic = %shared.topic, error = %e, "refusing a request whose signature does not verify");
+            malformed(&shared.topic);
+            acker.reject().await;
+            if let Ok(r) = wire::decode_request(&body) {
+                if let (Some(msg_id), Some(reply_q)) = (r.msg_id, r.reply_q) {
+                    let failure = RemoteFailure::new(e.class(), "nova_rpc.signing", e.to_string());
+                    send_reply(shared, &reply_q, &msg_id, Err(failure), deadline).await;
+                }
+            }
+            return;
+        }
+    };
+    let mut request = match wire::decode_request(&body) {
         Ok(r) => r,
         Err(bad) => {
             tracing::warn!(topic = %shared.topic, error = %bad, "rejecting malformed message");
@@ -282,21 +381,19 @@ async fn handle(shared: &Shared, delivery: Delivery, served: Served) {
             return;
         }
     };
+    request.context.signed_by = signed_by;
     // At-most-once records the id on receipt. At-least-once records it only
     // once the method succeeded, so a failed attempt can be tried again, and
-    // meanwhile holds it as in flight so concurrent copies run once.
-    let id = &request.unique_id;
-    let duplicate = !id.is_empty() && {
-        let mut seen = crate::lock(&shared.seen);
-        if shared.at_least_once {
-            seen.contains(id) || !crate::lock(&shared.in_flight).insert(id.clone())
-        } else {
-            !seen.insert(id)
-        }
-    };
-    if duplicate {
-        tracing::info!(topic = %shared.topic, unique_id = %request.unique_id, "dropping duplicate message");
-        acker.ack().await;
+    // meanwhile holds it as in flight so concurrent copies run once: a copy
+    // that arrives while the original runs (redelivered after a reconnect)
+    // is settled with the original's outcome, so neither is lost.
+    let Some(acker) = intake(shared, &request.unique_id, acker) else { return };
+    // At-least-once: handed back more than `max_deliveries` times (the
+    // broker's x-delivery-count, which RabbitMQ 3.x and 4.x both keep), a
+    // message is dead-lettered unrun.
+    if let Some(max) = shared.max_deliveries.filter(|max| delivery_count > *max) {
+        tracing::warn!(topic = %shared.topic, unique_id = %request.unique_id, attempts = delivery_count, max, "dead-lettering a message that failed too often");
+        settle_in_flight(shared, &request.unique_id, Settle::Reject, acker).await;
         return;
     }
     // oslo's default is at-most-once: acknowledge before dispatching.
@@ -337,12 +434,15 @@ async fn handle(shared: &Shared, delivery: Delivery, served: Served) {
         if let Some(h) = heartbeat {
             h.abort();
         }
+        let is_call = request.msg_id.is_some();
         match &outcome {
             Ok(_) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "served"),
-            Err(e) => tracing::info!(error = %e, "method failed"),
+            // The caller gets the error back.
+            Err(e) if is_call => tracing::info!(error = %e, class = e.class(), "method failed"),
+            // Nobody else will ever see this one.
+            Err(e) => tracing::warn!(method = %request.method, class = e.class(), error = %e, "cast failed"),
         }
         let failed = outcome.is_err();
-        let is_call = request.msg_id.is_some();
         if let (Some(msg_id), Some(reply_q)) = (&request.msg_id, &request.reply_q) {
             send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline).await;
         }
@@ -353,21 +453,17 @@ async fn handle(shared: &Shared, delivery: Delivery, served: Served) {
         }
         run_after_reply();
         if let Some(a) = acker {
-            // At-least-once: a failed cast goes back to the queue (the broker
-            // dead-letters it after max_deliveries); anything else is done.
-            let retry = failed && !is_call;
-            if !request.unique_id.is_empty() {
-                crate::lock(&shared.in_flight).remove(&request.unique_id);
-                if !retry {
-                    crate::lock(&shared.seen).insert(&request.unique_id);
-                }
-            }
-            if retry {
+            // At-least-once: a failed cast goes back to the queue, or to the
+            // dead-letter queue on its last attempt; anything else is done.
+            let how = match (failed && !is_call, shared.max_deliveries) {
+                (true, Some(max)) if delivery_count >= max => Settle::Reject,
+                (true, _) => Settle::Requeue,
+                (false, _) => Settle::Ack,
+            };
+            if matches!(how, Settle::Requeue) {
                 tracing::warn!(delivery = delivery_count + 1, "cast failed; handing it back for another attempt");
-                a.requeue().await;
-            } else {
-                a.ack().await;
             }
+            settle_in_flight(shared, &request.unique_id, how, a).await;
         }
     }
     .instrument(span);
@@ -428,7 +524,7 @@ fn spawn_heartbeat(shared: &Shared, reply_q: String, msg_id: String, monitor: f6
                 unique_id: wire::new_id(),
             };
             let Ok(body) = wire::encode_reply(&beat) else { return };
-            let message = Outgoing { body: body.into(), ttl: None, retry: Some(0) };
+            let message = Outgoing { retry: Some(0), ..Outgoing::new(body) };
             if let Err(e) = transport.send(&Destination::Reply { queue: reply_q.clone() }, message).await {
                 tracing::debug!(error = %e, "call-monitor heartbeat not sent");
             }
@@ -463,7 +559,7 @@ async fn send_reply(
     let destination = Destination::Reply { queue: reply_q.to_owned() };
     let mut pause = Duration::from_millis(50);
     loop {
-        let message = Outgoing { body: body.clone(), ttl: None, retry: Some(3) };
+        let message = Outgoing { retry: Some(3), deadline: Some(give_up), ..Outgoing::new(body.clone()) };
         match shared.transport.send(&destination, message).await {
             Ok(()) => return,
             Err(e) if Instant::now() + pause < give_up => {

@@ -4,7 +4,7 @@
 //! The inner message is written the way Python's `json.dumps` writes it
 //! (`", "` and `": "` separators, `\uXXXX` escapes for anything outside
 //! printable ASCII, keys in insertion order), so a message encoded here is
-//! byte-for-byte what oslo would send, and the captures in `shared/wire/`
+//! byte-for-byte what oslo would send, and the captures in `tests/fixtures/oslo-wire/`
 //! re-encode to themselves. Requests carry the context as `_context_*` keys;
 //! replies carry `result`, `failure` (a third level of JSON), `ending`.
 
@@ -36,6 +36,28 @@ pub struct Request {
     pub unique_id: String,
     /// The request context (`_context_*`).
     pub context: RequestContext,
+}
+
+impl Request {
+    /// A cast of `method` with `args`, a fresh `_unique_id` and a new context.
+    ///
+    /// ```
+    /// let cast = nova_rpc::wire::Request::cast("ping", serde_json::Map::new());
+    /// assert!(cast.msg_id.is_none() && !cast.unique_id.is_empty());
+    /// ```
+    pub fn cast(method: impl Into<String>, args: Map<String, Value>) -> Self {
+        Self {
+            method: method.into(),
+            args,
+            namespace: None,
+            version: None,
+            msg_id: None,
+            reply_q: None,
+            monitor_timeout: None,
+            unique_id: new_id(),
+            context: RequestContext::new(),
+        }
+    }
 }
 
 /// A reply to a call: a result, a failure, or a call-monitor heartbeat.

@@ -10,9 +10,9 @@
 //! `SchedulerManagerClient`), written by `#[rpc_api]`.
 
 pub mod compute;
+pub mod outbound;
 pub mod scheduler;
 pub mod trace;
-mod webhook;
 
 /// Every manager in this crate, by its `<topic>_manager` name.
 pub fn registry() -> nova_core::ManagerRegistry {

@@ -123,7 +123,7 @@ impl SchedulerManager {
         &self,
         ctx: RequestContext,
         name: String,
-        args: Vec<String>,
+        #[rpc(default)] args: Vec<String>,
         task_id: Option<String>,
         notify: Option<NotifyTarget>,
         callback_url: Option<String>,

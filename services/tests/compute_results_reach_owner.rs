@@ -26,8 +26,11 @@ async fn results_reach_the_owner_by_cast_and_by_callback() {
     let bus = TestBus::new().await;
     bus.database().migrate(nova_services::compute::tasks::MIGRATIONS).await.unwrap();
     let allowed: HashMap<String, Vec<String>> = [("echo".to_owned(), vec!["/bin/echo".to_owned()])].into();
+    // The owner's HTTP endpoint is on loopback: allowed by name.
+    let callbacks = nova_services::outbound::HttpClient::guarded(&["127.0.0.1".to_owned()], None).unwrap();
     let m =
-        ComputeManager::new("c1", allowed, 4, 60.0, 2, bus.database().clone(), bus.client(Target::new("scheduler")));
+        ComputeManager::new("c1", allowed, 4, 60.0, 2, bus.database().clone(), bus.client(Target::new("scheduler")))
+            .with_callbacks(callbacks);
     let compute = ComputeManagerClient::new(bus.serve("compute", "c1", Arc::new(m)).await).with_server("c1");
 
     // The owner: a response queue of its own (topic `owner`).
@@ -49,10 +52,11 @@ async fn results_reach_the_owner_by_cast_and_by_callback() {
 
     let cast = tokio::time::timeout(Duration::from_secs(10), done.recv()).await.expect("notified").unwrap();
     assert_eq!((cast.task_id.as_str(), cast.status, cast.stdout.as_str()), ("r1", TaskStatus::Succeeded, "result\n"));
-    let (path, body) = tokio::task::spawn_blocking(move || posted.recv_timeout(Duration::from_secs(10)))
-        .await
-        .unwrap()
-        .expect("POSTed");
+    let nova_core::testing::HttpRequest { path, body, .. } =
+        tokio::task::spawn_blocking(move || posted.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("POSTed");
     assert_eq!(path, "/done");
     let posted: TaskInfo = serde_json::from_slice(&body).unwrap();
     assert_eq!(posted, cast, "the same JSON both ways");

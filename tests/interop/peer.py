@@ -1,20 +1,26 @@
 """A real oslo.messaging peer for nova-rs's interop tests.
 
-    peer.py server URL EXCHANGE TOPIC SERVER [--durable] [--quorum]
+    peer.py server URL EXCHANGE TOPIC SERVER [--durable] [--quorum] [--modern]
         Serve an endpoint on TOPIC (and TOPIC.SERVER, and the fanout queue)
         with the rabbit driver; print "READY" once consuming. Runs until
         its standard input closes.
 
-    peer.py client URL EXCHANGE [--durable] [--quorum]
+    peer.py client URL EXCHANGE [--durable] [--quorum] [--modern]
         Read one JSON request per line from standard input, make it with an
         RPCClient, and print one JSON answer per line:
         {"op": "call"|"cast", "topic", "method", "args", "server", "fanout",
          "namespace", "version", "timeout", "context"} ->
         {"ok": result} or {"error": {"class", "exc_type", "message"}}.
+
+    --modern sets what OpenStack deployments set today: rabbit_quorum_queue,
+    rabbit_transient_quorum_queue, rabbit_stream_fanout (with
+    rabbit_qos_prefetch_count = 10) and use_queue_manager.
 """
 
 import json
+import os
 import sys
+import tempfile
 import threading
 import time
 
@@ -31,7 +37,18 @@ def transport_for(url, exchange, flags):
     conf.register_opts(impl_rabbit.rabbit_opts, group=group)
     conf.register_opts(amqp.amqp_opts, group=group)
     conf.set_override("amqp_durable_queues", "--durable" in flags, group=group)
-    conf.set_override("rabbit_quorum_queue", "--quorum" in flags, group=group)
+    conf.set_override("rabbit_quorum_queue", "--quorum" in flags or "--modern" in flags, group=group)
+    if "--modern" in flags:
+        conf.set_override("rabbit_transient_quorum_queue", True, group=group)
+        conf.set_override("rabbit_stream_fanout", True, group=group)
+        conf.set_override("rabbit_qos_prefetch_count", 10, group=group)
+        conf.set_override("use_queue_manager", True, group=group)
+        # Each peer is its own service (tests.interop starts it in a process
+        # group of its own, as a service manager would): its own name.
+        conf.set_override("processname", f"peer-{os.getpid()}", group=group)
+        # oslo's queue manager takes an oslo.concurrency file lock.
+        from oslo_concurrency import lockutils
+        lockutils.set_defaults(os.path.join(tempfile.gettempdir(), "nova-rs-interop-locks"))
     return conf, oslo_messaging.get_rpc_transport(conf, url=url)
 
 

@@ -40,7 +40,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1/localhost signed by it, and a
 /// client certificate: `ca.pem`, `server.{pem,key}`, `client.{pem,key}`.
-fn make_certificates(dir: &Path) {
+pub fn make_certificates(dir: &Path) {
     let sh = |a: &[&str]| openssl(dir, a);
     sh(&["genrsa", "-out", "ca.key", "2048"]);
     sh(&["req", "-x509", "-new", "-key", "ca.key", "-days", "2", "-subj", "/CN=nova-rs test CA", "-out", "ca.pem"]);

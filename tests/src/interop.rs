@@ -5,6 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
+    os::unix::process::CommandExt,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -45,7 +46,10 @@ pub struct PyPeer {
 impl PyPeer {
     fn start(args: &[&str], log_dir: &std::path::Path) -> Self {
         let log = log_dir.join(format!("{}.log", crate::unique("python")));
+        // A process group of its own, as under a service manager: oslo's
+        // queue manager reads its group leader's /proc entry, which must exist.
         let mut child = Command::new(python())
+            .process_group(0)
             .arg("-W")
             .arg("ignore")
             .arg(script())

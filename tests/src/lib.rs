@@ -7,6 +7,7 @@
 //! `RABBITMQCTL` (the control command).
 
 pub mod broker;
+pub mod cluster;
 pub mod interop;
 pub mod postgres;
 
@@ -366,7 +367,16 @@ impl Drop for Proc {
 }
 
 /// Poll `f` every 50 ms until it returns `Some`, or panic after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_explained(what, timeout, f, String::new).await
+}
+
+/// [`eventually`], adding what `explain` says (processes' logs, say) to the panic.
+pub async fn eventually_explained<T, F, Fut>(what: &str, timeout: Duration, mut f: F, explain: impl Fn() -> String) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -376,8 +386,36 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(std::time::Instant::now() < until, "timed out after {timeout:?} waiting until {what}");
+        assert!(std::time::Instant::now() < until, "timed out after {timeout:?} waiting until {what}\n{}", explain());
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Options for fault tests: reconnect within about a second, give up on a
+/// call after `timeout`.
+pub fn fast_reconnect(url: &str, exchange: &str, timeout: Duration) -> TransportOptions {
+    let mut o = TransportOptions::new(url).with_control_exchange(exchange);
+    o.rpc_response_timeout = timeout;
+    o.rabbit.rabbit_retry_interval = Duration::from_millis(200);
+    o.rabbit.rabbit_retry_backoff = Duration::from_millis(200);
+    o.rabbit.rabbit_interval_max = Duration::from_secs(1);
+    o.rabbit.connection_timeout = Duration::from_secs(2);
+    o.rabbit.kombu_reconnect_delay = Duration::from_millis(300);
+    o
+}
+
+/// Wait until `count()` reaches `goal`, failing only when the count has not
+/// moved for `stall`: a slow machine gets as long as it keeps making
+/// progress, and a stuck one fails with the count it stopped at.
+pub async fn until_count(what: &str, goal: u64, stall: Duration, mut count: impl FnMut() -> u64) {
+    let (mut last, mut moved) = (count(), std::time::Instant::now());
+    while last < goal {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = count();
+        if now != last {
+            (last, moved) = (now, std::time::Instant::now());
+        }
+        assert!(moved.elapsed() < stall, "{what}: stuck at {last} of {goal} for {stall:?}");
     }
 }
 
@@ -399,6 +437,10 @@ pub fn http(
     );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    // The gateway takes JSON only: say so unless the test says otherwise.
+    if method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        head.push_str("Content-Type: application/json\r\n");
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).unwrap();

@@ -11,8 +11,10 @@ use crate::{free_port, unique};
 pub struct PrivatePostgres {
     /// Its port on 127.0.0.1.
     pub port: u16,
-    dir: PathBuf,
+    /// Where it keeps its files (and, with TLS, the test CA: `ca.pem`).
+    pub dir: PathBuf,
     bin: PathBuf,
+    tls: bool,
 }
 
 fn as_postgres(cmd: &str, args: &[&str]) -> Result<(), String> {
@@ -31,6 +33,16 @@ fn as_postgres(cmd: &str, args: &[&str]) -> Result<(), String> {
 impl PrivatePostgres {
     /// `initdb` a cluster and start it.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A cluster that also accepts TLS, with a certificate for
+    /// 127.0.0.1/localhost from a throw-away CA (`dir/ca.pem`).
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let versions = std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL is required for this test");
         let bin = versions
             .filter_map(Result::ok)
@@ -39,9 +51,12 @@ impl PrivatePostgres {
             .expect("PostgreSQL's initdb is required for this test");
         let dir = std::env::temp_dir().join(unique("nova-pg"));
         std::fs::create_dir_all(&dir).expect("pg dir");
-        let status = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status();
+        if tls {
+            crate::broker::make_certificates(&dir);
+        }
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
         assert!(status.is_ok_and(|s| s.success()), "chown to postgres failed");
-        let pg = Self { port: free_port(), dir, bin };
+        let pg = Self { port: free_port(), dir, bin, tls };
         let data = pg.data();
         as_postgres(&pg.tool("initdb"), &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"])
             .unwrap_or_else(|e| panic!("initdb failed: {e}"));
@@ -64,7 +79,17 @@ impl PrivatePostgres {
 
     /// Start the server (again) and wait until it accepts connections.
     pub fn start_server(&self) {
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        let mut opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        if self.tls {
+            let _ = std::fs::set_permissions(
+                self.dir.join("server.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            );
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key",
+                self.dir.display()
+            ));
+        }
         let log = self.dir.join("server.log").display().to_string();
         as_postgres(&self.tool("pg_ctl"), &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"])
             .unwrap_or_else(|e| panic!("cannot start the private PostgreSQL: {e}"));

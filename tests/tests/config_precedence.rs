@@ -52,9 +52,9 @@ fn bad_values_name_the_option_and_the_file() {
     let c = Config::load(CORE_OPTIONS, &[f], None, &[]).unwrap();
     let err = CoreOptions::from_config(&c).unwrap_err().to_string();
     assert!(err.contains("transport_url") && err.contains("notaport") && !err.contains("hunter2"), "{err}");
-    let f = dir.write("unknown.conf", "[DEFAULT]\nno_such_option = 1\n");
+    let f = dir.write("unknown.conf", "[DEFAULT]\nno_such_option = 1\n[another_program]\nits_option = 2\n");
     let c = Config::load(CORE_OPTIONS, &[f], None, &[]).unwrap();
-    assert_eq!(c.unknown().len(), 1);
+    assert_eq!(c.unknown().len(), 1, "a section of another program's is not ours to warn about");
     assert!(c.unknown()[0].contains("no_such_option"));
 }
 
@@ -109,9 +109,64 @@ fn sample_config_documents_every_option() {
         .expect("etc/nova/nova.conf.sample");
     let mut specs = CORE_OPTIONS.to_vec();
     specs.extend(nova_services::registry().option_specs());
+    specs.extend_from_slice(nova_bin::gateway::API_OPTIONS);
     assert_eq!(
         sample,
         Config::sample(&specs),
         "regenerate with: cargo run --bin nova-manage -- config sample > etc/nova/nova.conf.sample"
     );
+    let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md"))
+        .expect("docs/configuration.md");
+    assert_eq!(
+        reference,
+        Config::reference(&specs),
+        "regenerate with: cargo run --bin nova-manage -- config reference > docs/configuration.md"
+    );
+}
+
+/// Every `[oslo_messaging_rabbit]` option oslo.messaging 18.3.1 accepts is
+/// one of ours (none is "unknown"), with oslo's default, as captured in
+/// `tests/fixtures/oslo-wire/oslo_config_defaults.json`.
+#[test]
+fn every_oslo_rabbit_option_is_known_with_oslos_default() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/oslo-wire/oslo_config_defaults.json");
+    let captured: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let oslo = captured["oslo_messaging_rabbit"].as_object().expect("oslo's rabbit options");
+    assert!(oslo.len() >= 37, "the capture lists oslo's options: {}", oslo.len());
+    let c = Config::load(CORE_OPTIONS, &[], None, &[]).unwrap();
+    for (name, default) in oslo {
+        let ours = CORE_OPTIONS
+            .iter()
+            .find(|o| o.section == "oslo_messaging_rabbit" && o.name == name)
+            .unwrap_or_else(|| panic!("oslo's [oslo_messaging_rabbit] {name} is unknown to nova-rs"));
+        let expected = match default {
+            // Computed from the machine in both: the hostname and the program name.
+            serde_json::Value::String(s) if s.starts_with("<machine") => continue,
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let same = match (expected.parse::<f64>(), ours.default.parse::<f64>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => expected == ours.default,
+        };
+        assert!(same, "{name}: oslo's default is {expected:?}, ours {:?}", ours.default);
+        assert_eq!(c.raw("oslo_messaging_rabbit", name).unwrap_or_default(), ours.default, "{name}");
+    }
+}
+
+/// `nova-rpc`'s exit codes say what went wrong, and none is clap's usage code 2.
+#[test]
+fn nova_rpc_exit_codes() {
+    let run = |args: &[&str]| {
+        let out = Command::new(bin_path("nova-rpc")).args(args).output().expect("nova-rpc runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, help) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(help.contains("Exit codes:") && help.contains("4  the call timed out"), "{help}");
+    assert_eq!(run(&["--no-such-flag"]).0, Some(2), "usage errors are clap's 2");
+    let bus = format!("memory://{}", nova_tests::unique("cli"));
+    let timeout = ["call", "nobody", "ping", "--timeout", "0.2", "--transport-url", bus.as_str()];
+    assert_eq!(run(&timeout).0, Some(4), "a timeout");
 }

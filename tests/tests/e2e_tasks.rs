@@ -77,7 +77,9 @@ async fn refusals_and_kill(scheduler: &SchedulerManagerClient, compute: &Compute
     // The same task id again does nothing.
     let again = c.run_task(&ctx(), "echo".into(), vec![], "long-1".into(), None, None).await;
     assert!(again.is_ok());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A sentinel task cast after it to the same host has ended: the repeat was judged first.
+    c.run_task(&ctx(), "echo".into(), vec![], "after-1".into(), None, None).await.unwrap();
+    finished(compute, &p.host, "after-1").await;
     assert_eq!(
         c.get_task(&ctx(), "long-1".into()).await.unwrap().status,
         TaskStatus::Killed,

@@ -2,37 +2,41 @@
 //! (memory:// and SQLite in a private state directory): status codes and
 //! error bodies, the request-id header, the size limit, the services list
 //! and introspection, a task scheduled and read back over HTTP, and the
-//! console page driving a call from its form in headless Chromium.
+//! console page driving a call from its form in headless Chromium, and
+//! rendering hostile names as text.
 
 use std::time::Duration;
 
 use nova_tests::{free_port, http, Proc, TempDir};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 struct NovaAll {
     port: u16,
     _proc: Proc,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// Start `nova-all` on a free port and wait until both services are listed.
 async fn nova_all() -> NovaAll {
+    nova_all_with(&[]).await
+}
+
+/// `nova-all` with extra flags.
+async fn nova_all_with(extra: &[&str]) -> NovaAll {
     let dir = TempDir::new("gateway");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let state = dir.path().join("state");
-    let proc = Proc::spawn(
-        "nova-all",
-        &["--listen", &listen, "--state-path", state.to_str().unwrap(), "--host", "gw1"],
-        dir.path(),
-    );
+    let mut args = vec!["--listen", &listen, "--state-path", state.to_str().unwrap(), "--host", "gw1"];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn("nova-all", &args, dir.path());
     nova_tests::eventually("nova-all lists its three services", Duration::from_secs(30), || async {
         let (status, _, body) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
         let services: Value = serde_json::from_str(&body).ok()?;
         (status == 200 && services.as_array()?.len() == 3).then_some(())
     })
     .await;
-    NovaAll { port, _proc: proc, _dir: dir }
+    NovaAll { port, _proc: proc, dir }
 }
 
 fn json(body: &str) -> Value {
@@ -68,6 +72,9 @@ async fn status_codes_and_error_bodies() {
         "{task}"
     );
 
+    // `args` may be left out: it defaults to [].
+    let (status, placed) = post(port, "/v1/call/scheduler/schedule_task", r#"{"name": "true"}"#);
+    assert_eq!(status, 200, "{placed}");
     let (status, body) = post(port, "/v1/call/scheduler/schedule_task", "{not json");
     assert_eq!((status, class(&body).as_str()), (400, "BadRequest"), "{body}");
     let (status, body) = post(port, "/v1/call/scheduler/schedule_task", "[1, 2]");
@@ -80,9 +87,22 @@ async fn status_codes_and_error_bodies() {
     let (status, body) = post(port, "/v1/call/scheduler/list_host_states?version=9.0", "{}");
     assert_eq!((status, class(&body).as_str()), (409, "UnsupportedVersion"), "{body}");
     let (status, body) = post(port, "/v1/call/nobody-listens/ping?timeout=0.3", "{}");
+    assert_eq!((status, class(&body).as_str()), (404, "MessageDeliveryFailure"), "no service takes the topic: {body}");
+    let (status, body) = post(port, "/v1/call/compute/nohost/ping?namespace=baseapi&version=1.1", "{}");
+    assert_eq!((status, class(&body).as_str()), (404, "MessageDeliveryFailure"), "no such server: {body}");
+    let (status, body) =
+        post(port, &path.replace("wait_task", "wait_task?timeout=0.3"), r#"{"task_id": "none", "timeout": 5}"#);
+    assert_eq!(status, 404, "a task that does not exist: {body}");
+    let (status, body) = post(port, "/v1/call/scheduler/schedule_task", r#"{"name": "sleep", "args": ["3"]}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        port,
+        &format!("/v1/call/compute/{}/wait_task?timeout=0.3", body["host"].as_str().unwrap()),
+        &format!(r#"{{"task_id": "{}", "timeout": 10}}"#, body["task_id"].as_str().unwrap()),
+    );
     assert_eq!((status, class(&body).as_str()), (504, "MessagingTimeout"), "{body}");
     let (status, body) = post(port, "/v1/call/scheduler/schedule_task", r#"{"name": "rm", "args": ["-rf", "/"]}"#);
-    assert_eq!((status, class(&body).as_str()), (500, "CommandNotAllowed"), "{body}");
+    assert_eq!((status, class(&body).as_str()), (403, "CommandNotAllowed"), "{body}");
     let (status, body) = post(port, "/v1/call/scheduler/list_host_states?fanout=true", "{}");
     assert_eq!(status, 400, "{body}");
     let (status, body) = post(port, "/v1/call/scheduler/list_host_states?bogus=1", "{}");
@@ -128,41 +148,139 @@ async fn status_codes_and_error_bodies() {
     assert!(methods.contains(&"run_task") && methods.contains(&"get_task"), "{methods:?}");
 }
 
-/// Load the console in headless Chromium with a call pre-filled and
-/// submitted from its form; return the DOM after the page settled.
-fn chromium_dump(url: &str, profile: &TempDir) -> String {
-    let browser = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    let out = std::process::Command::new(&browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=15000", "--dump-dom", url])
+/// Open `url` in headless Chromium, run `script` there (through
+/// `tests/browser/drive.py`, the DevTools protocol over a pipe) and return
+/// its value. A screenshot of the page goes to `<target>/screenshots/<name>.png`
+/// for a person to look at.
+fn browser(url: &str, script: &str, name: &str) -> String {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let exe = std::env::current_exe().expect("test executable");
+    let shots = exe.ancestors().nth(3).expect("target dir").join("screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshots dir");
+    let profile = TempDir::new("chromium");
+    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/drive.py");
+    let out = std::process::Command::new("timeout")
+        .args(["120", "python3"])
+        .arg(driver)
+        .arg(&chromium)
+        .arg(profile.path())
+        .args([url, script])
+        .arg(shots.join(format!("{name}.png")))
         .output()
-        .unwrap_or_else(|e| {
-            panic!("headless Chromium is required for the console test ({browser}: {e}); ./test.sh installs it")
-        });
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+        .unwrap_or_else(|e| panic!("python3 and headless Chromium are required for the console tests: {e}"));
+    assert!(
+        out.status.success(),
+        "the browser run failed ({chromium}; ./test.sh installs chromium): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Click `use` on baseapi's ping, fill the arguments, send, and wait for the answer.
+const CALL_FROM_THE_FORM: &str = r#"(async () => {
+  document.querySelector('button.use[data-method="ping"][data-namespace="baseapi"]').click();
+  document.getElementById('call').args.value = '{"arg": "hello-browser"}';
+  document.getElementById('submit').click();
+  for (let i = 0; i < 300; i++) {
+    if (document.getElementById('result').dataset.status) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return document.documentElement.outerHTML;
+})()"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_calls_a_method_in_a_real_browser() {
     let all = nova_all().await;
-    let profile = TempDir::new("chromium");
-    let url = format!(
-        "http://127.0.0.1:{}/?mode=call&topic=compute&method=ping&namespace=baseapi&version=1.1&args=%7B%22arg%22%3A%22hello-browser%22%7D&run=1",
-        all.port
-    );
-    let dom = tokio::task::spawn_blocking(move || chromium_dump(&url, &profile)).await.unwrap();
+    let url = format!("http://127.0.0.1:{}/", all.port);
+    let dom = tokio::task::spawn_blocking(move || browser(&url, CALL_FROM_THE_FORM, "console")).await.unwrap();
     assert!(dom.contains("<h1>nova-rs console</h1>"), "{dom}");
     assert!(
         dom.contains("nova-scheduler") && dom.contains("nova-compute") && dom.contains(r#"<span class="up">up</span>"#),
         "services with their state: {dom}"
     );
     assert!(dom.contains("schedule_task") && dom.contains("task_id: String"), "methods with their arguments: {dom}");
+    assert!(dom.contains("a liveness check"), "method docs are shown: {dom}");
     let result = dom.split(r#"<pre id="result""#).nth(1).and_then(|r| r.split("</pre>").next()).unwrap_or_default();
     assert!(result.contains(r#"data-status="200""#), "the form's call succeeded: {result}");
     assert!(
         result.contains(r#""arg": "hello-browser""#) && result.contains(r#""service": "nova-compute""#),
         "{result}"
     );
+}
+
+/// A service that answers `describe` with hostile method names and docs.
+fn hostile_describe() -> nova_rpc::dispatcher::Dispatcher {
+    use nova_rpc::{dispatcher::Router, RequestContext, RpcError, Version};
+    let r = Router::new(Version::new(1, 1)).namespace("baseapi").method(
+        "describe",
+        |_ctx: RequestContext, _: Value| async {
+            let method = json!({"name": "m');window.__pwned=6;('", "doc": "<img src=x onerror=window.__pwned=7>",
+                            "args": [{"name": "a\"><script>window.__pwned=8</script>", "type": "String"}]});
+            Ok::<_, RpcError>(
+                json!({"endpoints": [{"namespace": "x');window.__pwned=9;('", "version": "1.0", "methods": [method]}]}),
+            )
+        },
+    );
+    nova_rpc::dispatcher::Dispatcher::new(vec![std::sync::Arc::new(r)])
+}
+
+/// Press every `use` button, then report whether any injected script ran and what the page shows.
+const PRESS_EVERY_BUTTON: &str = r#"(() => {
+  const buttons = [...document.querySelectorAll('button.use')];
+  for (const b of buttons) b.click();
+  const hostile = buttons.find((b) => b.dataset.method.startsWith("m'"));
+  if (hostile) hostile.click();
+  return JSON.stringify({pwned: window.__pwned === undefined ? null : window.__pwned,
+                         buttons: document.querySelectorAll('button.use').length,
+                         method: document.getElementById('call').method.value,
+                         text: document.body.innerText});
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_hostile_names_as_text_and_runs_none() {
+    // On RabbitMQ, so that a service of the test's own answers `describe`.
+    let vhost = nova_tests::TestVhost::new();
+    let url = vhost.url();
+    let exchange = nova_tests::unique("nova");
+    let all = nova_all_with(&["--transport-url", &url, "--control-exchange", &exchange]).await;
+    let topic = "evil');window.__pwned=4;('<script>window.__pwned=5</script>";
+    let options = nova_rpc::transport::TransportOptions::new(url.clone()).with_control_exchange(exchange.clone());
+    let t = nova_rpc::transport::connect(options).await.unwrap();
+    let server = nova_rpc::RpcServer::new(t, nova_rpc::Target::new(topic).with_server("e1"), hostile_describe())
+        .start()
+        .await
+        .unwrap();
+    // Hostile names in the services table, as any service with database access may write them.
+    let evil = [
+        ("h1'<script>window.__pwned=1</script>", "nova-x\"><img src=x onerror=\"window.__pwned=2\">"),
+        ("h2');window.__pwned=3;('", "nova-y"),
+    ];
+    let db =
+        nova_core::db::Database::connect(&format!("sqlite://{}", all.dir.path().join("state/nova.sqlite").display()))
+            .await
+            .unwrap();
+    let records = nova_core::db::services::ServiceRecords::new(db);
+    for (host, binary) in evil {
+        let r = records.create_or_update(host, binary, topic).await.unwrap();
+        records.report(r.id).await.unwrap();
+    }
+    let page_url = format!("http://127.0.0.1:{}/", all.port);
+    let out = tokio::task::spawn_blocking(move || browser(&page_url, PRESS_EVERY_BUTTON, "console-hostile-names"))
+        .await
+        .unwrap();
+    let page: Value = json(out.trim());
+    assert_eq!(page["pwned"], Value::Null, "no injected script ran: {page}");
+    assert!(page["buttons"].as_u64().unwrap_or(0) > 4, "the hostile methods have buttons too: {page}");
+    assert_eq!(page["method"], "m');window.__pwned=6;('", "a button hands its method over as data: {page}");
+    let text = page["text"].as_str().unwrap_or_default();
+    for shown in [evil[0].0, evil[0].1, evil[1].0, topic, "<img src=x onerror=window.__pwned=7>"] {
+        assert!(text.contains(shown), "{shown} is shown as text: {text}");
+    }
+    // The page says what it may run.
+    let (_, headers, _) = http("GET", all.port, "/", &[], b"");
+    assert!(
+        header(&headers, "content-security-policy").is_some_and(|c| c.contains("script-src 'self'")),
+        "{headers:?}"
+    );
+    server.stop(Duration::from_secs(5)).await;
 }

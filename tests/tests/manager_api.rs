@@ -19,6 +19,7 @@ use serde_json::json;
 pub struct CounterManager {
     hits: AtomicUsize,
     ticks: AtomicUsize,
+    crunching: AtomicUsize,
 }
 
 #[rpc_api(version = "2.3")]
@@ -31,6 +32,7 @@ impl CounterManager {
     /// Burn a thread for `millis` (blocking code).
     #[rpc(blocking)]
     pub fn crunch(&self, _ctx: RequestContext, millis: u64) -> Result<u64, RpcError> {
+        self.crunching.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(millis));
         Ok(millis)
     }
@@ -126,13 +128,16 @@ async fn typed_methods_client_and_argument_errors() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn blocking_methods_do_not_stall_the_reactor() {
-    let (_m, running, client, _raw) = start(&nova_tests::unique("api")).await;
+    let (m, running, client, _raw) = start(&nova_tests::unique("api")).await;
     let ctx = RequestContext::new();
     let slow = {
         let c = client.clone();
         tokio::spawn(async move { c.crunch(&RequestContext::new(), 600).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    nova_tests::eventually("the blocking method runs", Duration::from_secs(10), || async {
+        (m.crunching.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
     let started = Instant::now();
     assert_eq!(client.add(&ctx, 1, 1, None).await.unwrap(), 2);
     assert!(started.elapsed() < Duration::from_millis(300), "a call is served while a blocking method runs");

@@ -28,15 +28,25 @@ fn spans_of(trace: &Value) -> Vec<Span> {
 
 /// Schedule a task through the gateway on `port`; the trace read back.
 async fn traced_request(port: u16) -> (String, Value) {
+    traced_request_explained(port, String::new).await
+}
+
+/// [`traced_request`], saying `explain()` (the services' logs) if the trace never completes.
+async fn traced_request_explained(port: u16, explain: impl Fn() -> String) -> (String, Value) {
     let (status, headers, body) =
         http("POST", port, "/v1/call/scheduler/schedule_task", &[], br#"{"name": "echo", "args": ["traced"]}"#);
     assert_eq!(status, 200, "{body}");
     let rid = headers.iter().find(|(k, _)| k == "x-openstack-request-id").map(|(_, v)| v.clone()).expect("request id");
-    let trace = eventually("the trace has three hops", Duration::from_secs(15), || async {
-        let (status, _, body) = http("GET", port, &format!("/v1/traces/{rid}"), &[], b"");
-        let v: Value = serde_json::from_str(&body).ok()?;
-        (status == 200 && spans_of(&v).len() == 3).then_some(v)
-    })
+    let trace = nova_tests::eventually_explained(
+        "the trace has three hops",
+        Duration::from_secs(30),
+        || async {
+            let (status, _, body) = http("GET", port, &format!("/v1/traces/{rid}"), &[], b"");
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (status == 200 && spans_of(&v).len() == 3).then_some(v)
+        },
+        explain,
+    )
     .await;
     (rid, trace)
 }
@@ -114,7 +124,8 @@ async fn a_request_is_one_trace_of_three_hops_across_processes_on_rabbitmq() {
         (r.0 == 200 && r.2.contains("h1")).then_some(())
     })
     .await;
-    let (rid, trace) = traced_request(port).await;
+    let logs = || procs.iter().map(Proc::output).collect::<Vec<_>>().join("\n----\n");
+    let (rid, trace) = traced_request_explained(port, logs).await;
     check_three_hops(&rid, &trace);
     // The same trace in the terminal, as an indented tree.
     let out = std::process::Command::new(nova_tests::bin_path("nova-rpc"))
@@ -200,15 +211,21 @@ async fn metrics_count_calls_and_errors() {
         client.call(&RequestContext::new(), "echo", json!({})).await.unwrap();
     }
     client.call(&RequestContext::new(), "fail", json!({})).await.unwrap_err();
-    client.call(&RequestContext::new(), "nope", json!({})).await.unwrap_err();
+    // Names nobody declared share one series, so callers cannot grow the metrics.
+    for i in 0..20 {
+        client.call(&RequestContext::new(), &format!("nope_{i}"), json!({})).await.unwrap_err();
+    }
+    let too_new = client.with_version("9.0");
+    too_new.call(&RequestContext::new(), "nope_versioned", json!({})).await.unwrap_err();
     let text = nova_rpc::metrics::render();
     let line = |needle: String| text.lines().any(|l| l == needle);
     assert!(line(format!(r#"nova_rpc_requests_total{{topic="{topic}",method="echo"}} 3"#)), "{text}");
     assert!(line(format!(r#"nova_rpc_errors_total{{topic="{topic}",method="fail",class="Oops"}} 1"#)), "{text}");
     assert!(
-        line(format!(r#"nova_rpc_errors_total{{topic="{topic}",method="nope",class="NoSuchMethod"}} 1"#)),
+        line(format!(r#"nova_rpc_errors_total{{topic="{topic}",method="unknown",class="NoSuchMethod"}} 20"#)),
         "{text}"
     );
+    assert!(!text.contains("nope_"), "no series names an undeclared method: {text}");
     assert!(line(format!(r#"nova_rpc_in_flight{{topic="{topic}",method="echo"}} 0"#)), "{text}");
     assert!(line(format!(r#"nova_rpc_request_duration_seconds_count{{topic="{topic}",method="echo"}} 3"#)), "{text}");
     server.stop(Duration::from_secs(5)).await;
@@ -299,10 +316,11 @@ async fn spans_reach_an_opentelemetry_collector_as_otlp() {
         .unwrap();
     let ctx = RequestContext { request_id: "req-0b4f7f2e-3c6a-4b55-9f44-5a0e2d9c8e11".into(), ..RequestContext::new() };
     bus.client(Target::new("otel")).call(&ctx, "echo", json!({"token": "t0ken-value-xyz", "n": 1})).await.unwrap();
-    let (path, body) = tokio::task::spawn_blocking(move || bodies.recv_timeout(Duration::from_secs(10)))
-        .await
-        .unwrap()
-        .expect("an OTLP export");
+    let nova_core::testing::HttpRequest { path, body, .. } =
+        tokio::task::spawn_blocking(move || bodies.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("an OTLP export");
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(path, "/v1/traces");
     let rs = &body["resourceSpans"][0];

@@ -57,9 +57,13 @@ async fn poison_casts_are_dead_lettered(kind: Kind) {
         (counts.failing.load(Ordering::SeqCst) == 3).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A sentinel cast after the third attempt: a fourth would come first.
+    client.cast(&RequestContext::new(), "count", json!({})).await.unwrap();
+    eventually("the sentinel was served", Duration::from_secs(10), || async {
+        (counts.ok.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
     assert_eq!(counts.failing.load(Ordering::SeqCst), 3, "then it stops: no endless loop");
-    assert_eq!(counts.ok.load(Ordering::SeqCst), 1, "other casts are served meanwhile");
     if kind == Kind::Rabbit {
         let dead = nova_tests::rabbit_queue_depth(bus.vhost().unwrap(), &nova_rpc::transport::dead_letter_queue("alo"));
         assert_eq!(dead, Some(1), "the poison message waits in the dead-letter queue");
@@ -76,29 +80,22 @@ async fn duplicates_run_once(kind: Kind) {
         .start()
         .await
         .unwrap();
-    let request = Request {
-        method: "count".into(),
-        args: Map::new(),
-        namespace: None,
-        version: None,
-        msg_id: None,
-        reply_q: None,
-        monitor_timeout: None,
-        unique_id: wire::new_id(),
-        context: RequestContext::new(),
-    };
+    let request = Request::cast("count", serde_json::Map::new());
     let body: bytes::Bytes = wire::encode_request(&request).unwrap().into();
     let dest = Destination::Topic { exchange: bus.exchange.clone(), routing_key: "alo".into() };
     for _ in 0..3 {
-        t.send(&dest, Outgoing { body: body.clone(), ttl: None, retry: None }).await.unwrap();
+        t.send(&dest, Outgoing::new(body.clone())).await.unwrap();
     }
-    RpcClient::new(t.clone(), Target::new("alo")).cast(&RequestContext::new(), "count", json!({})).await.unwrap();
-    eventually("the casts were served", Duration::from_secs(10), || async {
-        (counts.ok.load(Ordering::SeqCst) >= 2).then_some(())
+    // Two sentinel casts after the copies: the copies are judged before them.
+    let client = RpcClient::new(t.clone(), Target::new("alo"));
+    for _ in 0..2 {
+        client.cast(&RequestContext::new(), "count", json!({})).await.unwrap();
+    }
+    eventually("the sentinels were served", Duration::from_secs(10), || async {
+        (counts.ok.load(Ordering::SeqCst) >= 3).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(counts.ok.load(Ordering::SeqCst), 2, "three copies of one _unique_id ran once");
+    assert_eq!(counts.ok.load(Ordering::SeqCst), 3, "three copies of one _unique_id ran once");
     server.stop(Duration::from_secs(5)).await;
 }
 
@@ -146,11 +143,12 @@ async fn default_stays_at_most_once() {
         .cast(&RequestContext::new(), "always_fails", json!({}))
         .await
         .unwrap();
-    eventually("the cast ran", Duration::from_secs(5), || async {
-        (counts.failing.load(Ordering::SeqCst) == 1).then_some(())
+    // A sentinel cast after it: a retry would be served before it.
+    RpcClient::new(t.clone(), Target::new("amo")).cast(&RequestContext::new(), "count", json!({})).await.unwrap();
+    eventually("the sentinel ran", Duration::from_secs(5), || async {
+        (counts.ok.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(counts.failing.load(Ordering::SeqCst), 1, "a failed cast is not retried by default");
     server.stop(Duration::from_secs(5)).await;
 }

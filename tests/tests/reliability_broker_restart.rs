@@ -19,12 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn fast_reconnect(url: &str, exchange: &str) -> TransportOptions {
-    let mut o = TransportOptions::new(url).with_control_exchange(exchange);
-    o.rpc_response_timeout = Duration::from_secs(3);
-    o.rabbit.rabbit_retry_interval = Duration::from_millis(200);
-    o.rabbit.rabbit_retry_backoff = Duration::from_millis(200);
-    o.rabbit.rabbit_interval_max = Duration::from_secs(1);
-    o.rabbit.connection_timeout = Duration::from_secs(2);
+    let mut o = nova_tests::fast_reconnect(url, exchange, Duration::from_secs(3));
     // Casts must survive the restart: durable queue, persistent messages.
     o.rabbit.amqp_durable_queues = true;
     o
@@ -100,15 +95,24 @@ async fn broker_restart_under_load() {
         })
     };
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received_now = || received.lock().unwrap().len();
+    eventually("the load is flowing", Duration::from_secs(30), || async { (received_now() > 20).then_some(()) }).await;
     broker.stop_app();
     // While it is down, a cast with no retry budget fails rather than vanishing.
     let no_retry = client.with_retry(Some(0)).cast(&RequestContext::new(), "record", json!({"value": 0})).await;
     assert!(matches!(no_retry, Err(RpcError::Transport(_))), "{no_retry:?}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually("the server knows it lost the broker", Duration::from_secs(30), || async {
+        server.health().longest_deaf().is_some().then_some(())
+    })
+    .await;
     broker.start_app();
     let back = Instant::now();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let before = received_now();
+    eventually("the load flows again", Duration::from_secs(60), || async {
+        let answered = client.call(&RequestContext::new(), "echo", json!({"n": 2})).await.is_ok();
+        (answered && received_now() > before + 100).then_some(())
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
     let mut first_ok_after = None;

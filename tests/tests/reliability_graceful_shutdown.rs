@@ -37,7 +37,11 @@ async fn sigterm_answers_in_flight_and_requeues_the_rest() {
         first.output().contains("FIRST").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // All ten sent: two taken by the first server (its executor's size), eight waiting.
+    eventually("eight calls wait in the queue", Duration::from_secs(10), || async {
+        (nova_tests::rabbit_queue_depth(&vhost.name, "jobs") == Some(8)).then_some(())
+    })
+    .await;
     first.signal("TERM");
     let _next = worker("next", "0");
     let mut served: HashMap<String, usize> = HashMap::new();

@@ -95,14 +95,9 @@ async fn start(t: &Arc<dyn Transport>, topic: &str, host: &str, probe: Arc<Probe
         .expect("server starts")
 }
 
+/// Wait (generously) until `f` holds.
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
+    nova_tests::eventually(what, Duration::from_secs(30), || std::future::ready(f().then_some(()))).await
 }
 
 fn ctx() -> RequestContext {
@@ -139,19 +134,8 @@ async fn cast_arrives_once(kind: Kind) {
     }
     wait_until("5 casts arrive", || probe.records.lock().unwrap().len() == 5).await;
     // The same message published twice (same _unique_id) is processed once.
-    let request = wire::Request {
-        method: "record".into(),
-        args: json!({"value": "dup"}).as_object().unwrap().clone(),
-        namespace: None,
-        version: None,
-        msg_id: None,
-        reply_q: None,
-        monitor_timeout: None,
-        unique_id: wire::new_id(),
-        context: ctx(),
-    };
-    let body: nova_rpc::transport::Outgoing =
-        Outgoing { body: wire::encode_request(&request).unwrap().into(), ttl: None, retry: None };
+    let request = wire::Request::cast("record", json!({"value": "dup"}).as_object().unwrap().clone());
+    let body: nova_rpc::transport::Outgoing = Outgoing::new(wire::encode_request(&request).unwrap());
     let dest = Destination::Topic { exchange: bus.exchange.clone(), routing_key: "demo".into() };
     ct.send(&dest, body.clone()).await.unwrap();
     ct.send(&dest, body).await.unwrap();
@@ -160,7 +144,8 @@ async fn cast_arrives_once(kind: Kind) {
         probe.records.lock().unwrap().iter().any(|r| r.1 == "\"after\"")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both copies were taken from the queue before the later cast, so the
+    // second copy has been judged a duplicate by now.
     let dups = probe.records.lock().unwrap().iter().filter(|r| r.1 == "\"dup\"").count();
     assert_eq!(dups, 1);
     server.stop(Duration::from_secs(5)).await;
@@ -210,16 +195,21 @@ async fn server_targeted_and_round_robin(kind: Kind) {
 
 async fn timeouts_leave_nothing_behind(kind: Kind) {
     let bus = Bus::new(kind);
-    let server = start(&bus.transport().await, "demo", "h1", Arc::default(), 8).await;
+    let probe = Arc::new(Probe::default());
+    let server = start(&bus.transport().await, "demo", "h1", probe.clone(), 8).await;
     let client = RpcClient::new(bus.transport().await, Target::new("demo"));
     let slow = client.with_timeout(Duration::from_millis(300));
+    let running = |n| {
+        let probe = probe.clone();
+        move || std::future::ready((probe.running.load(Ordering::SeqCst) == n).then_some(()))
+    };
     let started = std::time::Instant::now();
     let err = slow.call(&ctx(), "slow", json!({"seconds": 1.0})).await.unwrap_err();
     assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_millis(900));
     assert_eq!(client.pending_calls(), 0);
     // The late reply arrives and is dropped; the next call is unaffected.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    nova_tests::eventually("the slow method has ended", Duration::from_secs(10), running(0)).await;
     assert_eq!(client.call(&ctx(), "echo", json!({"value": 1})).await.unwrap(), json!({"echoed": 1}));
     // No consumer at all on a topic: a clean timeout.
     let nobody =
@@ -231,7 +221,7 @@ async fn timeouts_leave_nothing_behind(kind: Kind) {
         let c = client.with_timeout(Duration::from_secs(10));
         async move { c.call(&ctx(), "slow", json!({"seconds": 1.5})).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    nova_tests::eventually("the long call is in flight", Duration::from_secs(10), running(1)).await;
     for short in [
         nobody.with_timeout(Duration::from_millis(300)),
         nobody.with_timeout(Duration::from_secs(10)).with_call_monitor_timeout(Duration::from_millis(300)),
@@ -341,7 +331,7 @@ async fn malformed_messages_do_not_stop_the_server(kind: Kind) {
         br#"{"oslo.version": "9.0", "oslo.message": "{}"}"#,
     ];
     for g in garbage {
-        t.send(&dest, Outgoing { body: g.to_vec().into(), ttl: None, retry: None }).await.unwrap();
+        t.send(&dest, Outgoing::new(g.to_vec())).await.unwrap();
     }
     let client = RpcClient::new(t.clone(), Target::new("demo"));
     // A request whose args are wrong-typed but whose reply address is readable gets a clear error.
@@ -388,7 +378,8 @@ async fn self_casting_method_runs_every_round(kind: Kind) {
             .expect("server starts");
     let client = RpcClient::new(t, Target::new("countdown"));
     client.cast(&ctx(), "countdown", json!({"count": 5000})).await.unwrap();
-    wait_until("every round ran", || rounds.load(Ordering::SeqCst) == 5001).await;
+    nova_tests::until_count("self-cast rounds", 5001, Duration::from_secs(30), || rounds.load(Ordering::SeqCst) as u64)
+        .await;
     assert_eq!(client.call(&ctx(), "rounds", json!({})).await.unwrap(), json!(5001));
     server.stop(Duration::from_secs(5)).await;
 }

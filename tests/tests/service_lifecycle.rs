@@ -15,7 +15,7 @@ use nova_tests::{eventually, Proc, TempDir, TestDb, TestVhost};
 use serde_json::json;
 
 struct World {
-    _vhost: TestVhost,
+    vhost: TestVhost,
     db: TestDb,
     dir: TempDir,
     conf: std::path::PathBuf,
@@ -41,7 +41,7 @@ impl World {
                 db.url
             ),
         );
-        Self { _vhost: vhost, db, dir, conf, url, exchange }
+        Self { vhost, db, dir, conf, url, exchange }
     }
 
     fn spawn(&self, bin: &str, host: &str) -> Proc {
@@ -133,7 +133,12 @@ async fn sigterm_answers_every_call_in_flight() {
             tokio::spawn(async move { c.wait_task(&RequestContext::new(), format!("t{i}"), Some(10.0)).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The six waits are registered, sent and taken off the queue by c1.
+    eventually("the waits are in flight", Duration::from_secs(10), || async {
+        let sent = compute.rpc_client().pending_calls() == 6;
+        (sent && nova_tests::rabbit_queue_depth(&w.vhost.name, "compute") == Some(0)).then_some(())
+    })
+    .await;
     p.signal("TERM");
     for w in waits {
         let task = w.await.unwrap().expect("every call in flight is answered");

@@ -1,4 +1,5 @@
-//! Every message captured from oslo.messaging 18.3.1 (`shared/wire/messages`)
+//! Every message captured from oslo.messaging 18.3.1
+//! (`tests/fixtures/oslo-wire/messages`)
 //! decodes, and re-encodes to exactly the bytes oslo put on the wire.
 
 use std::path::PathBuf;
@@ -7,12 +8,9 @@ use nova_rpc::wire;
 use serde_json::Value;
 
 fn captures() -> Vec<(String, Value)> {
-    let dir = std::env::var("NOVA_WIRE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/wire/messages"));
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/oslo-wire/messages");
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("the captures must be at {} (set NOVA_WIRE_DIR): {e}", dir.display()));
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("the captures must be at {}: {e}", dir.display()));
     for entry in entries {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();

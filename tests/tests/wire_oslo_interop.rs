@@ -2,7 +2,9 @@
 //! driver) on one RabbitMQ, both directions: a Python client calling
 //! `nova-compute` processes, a nova-rs client calling a Python server, and
 //! a Python and a Rust server sharing one topic queue — with default
-//! options, with `amqp_durable_queues` and with `rabbit_quorum_queue`.
+//! options, with `amqp_durable_queues`, with `rabbit_quorum_queue`, and with
+//! the options OpenStack deployments set today (`--modern`: quorum queues,
+//! transient quorum queues, stream fanout and the queue manager).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -174,6 +176,22 @@ async fn rust_client_calls_python_server() {
     assert_eq!(r["slept"], 5);
 }
 
+/// The transport options `peer.py` sets for `flags`, on our side.
+fn options_for(url: &str, exchange: &str, flags: &[&str]) -> TransportOptions {
+    let mut options = TransportOptions::new(url).with_control_exchange(exchange);
+    let modern = flags.contains(&"--modern");
+    let r = &mut options.rabbit;
+    r.amqp_durable_queues = flags.contains(&"--durable");
+    r.rabbit_quorum_queue = flags.contains(&"--quorum") || modern;
+    if modern {
+        r.rabbit_transient_quorum_queue = true;
+        r.rabbit_stream_fanout = true;
+        r.rabbit_qos_prefetch_count = 10;
+        r.use_queue_manager = true;
+    }
+    options
+}
+
 fn rust_echo_server() -> Dispatcher {
     let api =
         Router::new(Version::new(1, 3)).method("echo", |_ctx: RequestContext, args: Map<String, Value>| async move {
@@ -189,10 +207,7 @@ async fn mixed_pool(flags: &[&str]) {
     let dir = TempDir::new("interop");
     let exchange = unique("nova");
     let url = vhost.url();
-    let mut options = TransportOptions::new(url.clone()).with_control_exchange(exchange.clone());
-    options.rabbit.amqp_durable_queues = flags.contains(&"--durable");
-    options.rabbit.rabbit_quorum_queue = flags.contains(&"--quorum");
-    let t = transport::connect(options).await.unwrap();
+    let t = transport::connect(options_for(&url, &exchange, flags)).await.unwrap();
     // Rust declares first here; the Python server then declares the same
     // exchange and queues and would fail on any difference.
     let rust =
@@ -233,4 +248,97 @@ async fn mixed_pool_durable_queues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_pool_quorum_queues() {
     mixed_pool(&["--quorum"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_pool_modern_options() {
+    mixed_pool(&["--modern"]).await;
+}
+
+/// A Rust server like `peer.py`'s: `echo`, and `record` / `recorded` for casts.
+fn rust_recording_server(casts: Arc<std::sync::Mutex<Vec<Value>>>) -> Dispatcher {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        value: Value,
+    }
+    let seen = casts.clone();
+    let api = Router::new(Version::new(1, 3))
+        .method("echo", |_ctx: RequestContext, args: Map<String, Value>| async move {
+            Ok::<_, RpcError>(json!({"server": "rust", "args": args}))
+        })
+        .method("record", move |_ctx: RequestContext, r: Record| {
+            casts.lock().unwrap().push(r.value);
+            async { Ok::<_, RpcError>(()) }
+        })
+        .method("recorded", move |_ctx: RequestContext, _: Value| {
+            let got = seen.lock().unwrap().clone();
+            async move { Ok::<_, RpcError>(got) }
+        });
+    Dispatcher::new(vec![Arc::new(api)])
+}
+
+/// With the modern options on both sides, a Python and a Rust server share
+/// one topic; a Python and a Rust client each call and cast to either
+/// server by name, and a fanout cast from either reaches both (one stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_options_both_directions() {
+    let flags = ["--modern"];
+    let vhost = TestVhost::new();
+    let dir = TempDir::new("interop");
+    let exchange = unique("nova");
+    let url = vhost.url();
+    let t = transport::connect(options_for(&url, &exchange, &flags)).await.unwrap();
+    let casts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rust =
+        RpcServer::new(t.clone(), Target::new("modern").with_server("rs1"), rust_recording_server(casts.clone()))
+            .start()
+            .await
+            .unwrap();
+    let _py_server = PyPeer::server(&url, &exchange, "modern", "py1", &flags, dir.path());
+    let mut py = PyPeer::client(&url, &exchange, &flags, dir.path());
+    let client =
+        RpcClient::new(t.clone(), Target::new("modern").with_version("1.3")).with_timeout(Duration::from_secs(10));
+    let ctx = RequestContext::new();
+    let request = |op: &str, extra: Value| {
+        let mut r = json!({"op": op, "topic": "modern", "version": "1.3"});
+        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        r
+    };
+
+    // Calls to each server by name, from each side.
+    for (server, name) in [("rs1", "rust"), ("py1", "py1")] {
+        let a = py.request(request("call", json!({"method": "echo", "server": server, "args": {"from": "py"}})));
+        assert_eq!(ok(&a)["server"], name, "{a}");
+        let r = client.with_server(server).call(&ctx, "echo", json!({"from": "rs"})).await.unwrap();
+        assert_eq!(r["server"], name, "{r}");
+    }
+    // Casts to each server by name, and fanout casts, from each side.
+    for server in ["rs1", "py1"] {
+        ok(&py.request(request("cast", json!({"method": "record", "server": server, "args": {"value": "py-direct"}}))));
+        client.with_server(server).cast(&ctx, "record", json!({"value": "rs-direct"})).await.unwrap();
+    }
+    ok(&py.request(request("cast", json!({"method": "record", "fanout": true, "args": {"value": "py-fanout"}}))));
+    client.with_fanout(true).cast(&ctx, "record", json!({"value": "rs-fanout"})).await.unwrap();
+    for server in ["rs1", "py1"] {
+        let c = client.with_server(server);
+        eventually(&format!("{server} got every cast"), Duration::from_secs(20), || async {
+            let got = c.call(&ctx, "recorded", json!({})).await.ok()?;
+            let got: std::collections::HashSet<&str> = got.as_array()?.iter().filter_map(Value::as_str).collect();
+            let want = ["py-direct", "rs-direct", "py-fanout", "rs-fanout"];
+            (got.len() == 4 && want.iter().all(|w| got.contains(w))).then_some(())
+        })
+        .await;
+    }
+    // RabbitMQ 4.3 refuses transient non-exclusive queues: with
+    // rabbit_transient_quorum_queue, neither side declares one.
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "-p", &vhost.name, "name", "durable", "exclusive", "type", "--formatter", "json"])
+        .output()
+        .expect("rabbitmqctl list_queues");
+    let queues: Value = serde_json::from_slice(&out.stdout).expect("list_queues JSON");
+    let queues = queues.as_array().expect("a list of queues");
+    assert!(queues.iter().any(|q| q["name"].as_str().is_some_and(|n| n.starts_with("reply_"))), "{queues:?}");
+    let transient: Vec<_> = queues.iter().filter(|q| q["durable"] != true && q["exclusive"] != true).collect();
+    assert!(transient.is_empty(), "transient non-exclusive queues: {transient:?}");
+    rust.stop(Duration::from_secs(5)).await;
 }

@@ -10,8 +10,8 @@ use std::{net::SocketAddr, process::ExitCode};
 use clap::Parser;
 use nova_bin::gateway::{self, Gateway};
 use nova_core::{
-    config::{CommonArgs, OptSpec},
-    launcher::{stop_all, wait_for_stop_signal},
+    config::CommonArgs,
+    launcher::{shutdown, stop_all, wait_for_stop_signal},
     Bootstrap, LaunchError,
 };
 
@@ -24,30 +24,24 @@ struct Cli {
     /// Where the gateway listens ([api] listen).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Allow auth_strategy = noauth on a non-loopback address.
+    #[arg(long)]
+    insecure: bool,
 }
 
-const API_OPTIONS: &[OptSpec] = &[OptSpec {
-    section: "api",
-    name: "listen",
-    default: "127.0.0.1:8774",
-    help: "Address of the HTTP gateway and console.",
-}];
-
 async fn run(cli: Cli) -> Result<(), LaunchError> {
-    let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), API_OPTIONS).await?;
+    let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), gateway::API_OPTIONS).await?;
+    let auth = gateway::ApiOptions::auth(&bootstrap.config, cli.listen, cli.insecure)?;
+    let listen = auth.options().listen;
     bootstrap.serve_metrics().await?;
-    let listen = match cli.listen {
-        Some(l) => l,
-        None => bootstrap.config.require("api", "listen")?,
-    };
     let mut running = Vec::new();
     for binary in ["nova-scheduler", "nova-compute", "nova-trace"] {
         let service = bootstrap.service(binary, None).await?;
         running.push(service.start().await?);
     }
-    let gw = Gateway::from_bootstrap(&bootstrap);
+    let gw = Gateway::from_bootstrap(&bootstrap, auth);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(gateway::serve(gw, listen, async {
+    let http = tokio::spawn(gateway::serve(gw, async {
         let _ = stop_rx.await;
     }));
     tracing::info!("nova-all is up: console at http://{listen}/");
@@ -62,15 +56,14 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
         }
     }
     let _ = stop_tx.send(());
-    stop_all(running).await;
-    bootstrap.transport.close().await;
+    shutdown(&bootstrap, running).await;
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = match nova_core::launcher::runtime() {
-        Ok(rt) => rt.block_on(run(cli)),
+    let outcome = match nova_core::launcher::run(run(cli)) {
+        Ok(outcome) => outcome,
         Err(e) => {
             eprintln!("nova-all: {e}");
             return ExitCode::FAILURE;

@@ -16,22 +16,17 @@ struct Cli {
     /// Where to listen ([api] listen).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Allow auth_strategy = noauth on a non-loopback address.
+    #[arg(long)]
+    insecure: bool,
 }
 
 async fn run(cli: Cli) -> Result<(), LaunchError> {
-    let spec = nova_core::config::OptSpec {
-        section: "api",
-        name: "listen",
-        default: "127.0.0.1:8774",
-        help: "Address of the HTTP gateway and console.",
-    };
-    let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), &[spec]).await?;
+    let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), gateway::API_OPTIONS).await?;
+    let auth = gateway::ApiOptions::auth(&bootstrap.config, cli.listen, cli.insecure)?;
+    let listen = auth.options().listen;
     bootstrap.serve_metrics().await?;
-    let listen = match cli.listen {
-        Some(l) => l,
-        None => bootstrap.config.require("api", "listen")?,
-    };
-    let gw = Gateway::from_bootstrap(&bootstrap);
+    let gw = Gateway::from_bootstrap(&bootstrap, auth);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -43,7 +38,7 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
     let stop = async move {
         tokio::select! { _ = shutdown => {}, _ = term => {} }
     };
-    gateway::serve(gw, listen, stop)
+    gateway::serve(gw, stop)
         .await
         .map_err(|e| nova_rpc::RpcError::Transport(format!("cannot serve HTTP on {listen}: {e}")))?;
     Ok(())

@@ -36,6 +36,8 @@ enum Top {
 enum ConfigCommand {
     /// Print a sample nova.conf documenting every option with its default.
     Sample,
+    /// Print the configuration reference (Markdown) of every option.
+    Reference,
 }
 
 #[derive(Subcommand)]
@@ -73,10 +75,14 @@ enum ServiceCommand {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cmd = match cli.command {
-        Top::Config(ConfigCommand::Sample) => {
+        Top::Config(what) => {
             let mut specs = nova_core::config::CORE_OPTIONS.to_vec();
             specs.extend(nova_services::registry().option_specs());
-            print!("{}", nova_core::config::Config::sample(&specs));
+            specs.extend_from_slice(nova_bin::gateway::API_OPTIONS);
+            match what {
+                ConfigCommand::Sample => print!("{}", nova_core::config::Config::sample(&specs)),
+                ConfigCommand::Reference => print!("{}", nova_core::config::Config::reference(&specs)),
+            }
             return Ok(());
         }
         Top::Service(cmd) => cmd,

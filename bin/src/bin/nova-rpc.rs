@@ -2,7 +2,8 @@
 //!
 //! `call` prints the JSON result on stdout and exits 0; a remote error is
 //! printed as `Class: message` on stderr with exit code 1; a timeout says
-//! so with exit code 2; anything else exits 3.
+//! so with exit code 4; anything else exits 3. Exit code 2 is clap's: the
+//! command line itself was wrong. `--help` shows the table.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -10,9 +11,17 @@ use clap::{Args, Parser, Subcommand};
 use nova_core::config::CommonArgs;
 use nova_rpc::{layer::trace, transport, RequestContext, RpcClient, RpcError, Target};
 
+/// What `--help` says of exit codes.
+const EXIT_CODES: &str = "Exit codes:
+  0  the call or cast succeeded (a call's result is on stdout)
+  1  the service answered with an error (Class: message on stderr)
+  2  the command line is wrong (usage)
+  3  the broker could not be reached, or another failure
+  4  the call timed out";
+
 /// Call and cast methods of nova-rs (and oslo.messaging) services.
 #[derive(Parser)]
-#[command(name = "nova-rpc", version)]
+#[command(name = "nova-rpc", version, after_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
@@ -111,8 +120,11 @@ impl From<RpcError> for Failure {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let (_, options) = nova_bin::tool_options(&cli.common).map_err(|e| Failure::Usage(format!("{e:#}")))?;
-    let t = transport::connect(options.transport.clone()).await?;
+    let setup = nova_core::connect_client(&cli.common, &[]).await.map_err(|e| match e {
+        nova_core::LaunchError::Rpc(e) => Failure::Rpc(e),
+        other => Failure::Usage(other.to_string()),
+    })?;
+    let t = setup.transport;
     let ctx = RequestContext::new();
     let outcome = match cli.command {
         Command::Call { to, method, args, timeout } => {
@@ -184,7 +196,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Rpc(e @ RpcError::Timeout { .. })) => {
             eprintln!("Timeout: {e}");
-            ExitCode::from(2)
+            ExitCode::from(4)
         }
         Err(Failure::Rpc(
             e @ (RpcError::Remote(_) | RpcError::NoSuchMethod { .. } | RpcError::UnsupportedVersion { .. }),

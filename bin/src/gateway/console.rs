@@ -1,42 +1,231 @@
-//! The web console at `GET /`: server-rendered HTML, no build step.
+//! The web console at `GET /`: server-rendered with maud (which escapes
+//! every value for its HTML context), no build step.
 //!
 //! It lists the services with their up/down state and enabled status, each
-//! topic's methods with their arguments (from `describe`), and a form that
-//! calls or casts a method through the gateway and shows the result. The
-//! form can be pre-filled from the URL (`?topic=&method=&args=&server=`),
-//! and `&run=1` submits it on load, so a call can be shared as a link.
+//! topic's methods with their docs and arguments (from `describe`), and a
+//! form that calls or casts a method through the gateway and shows the
+//! result. The form can be pre-filled from the URL
+//! (`?topic=&method=&args=&server=`) but never sends anything by itself.
+//!
+//! Values reach the script only through `data-*` attributes, the script and
+//! style are files of their own (`/console.js`, `/console.css`), and every
+//! page is sent with a Content-Security-Policy that runs no inline script.
+//! Under `auth_strategy = token` the console asks for a token once and
+//! sends it as `X-Auth-Token`, and it reaches the pages as a
+//! `SameSite=Strict` cookie.
 
 use std::collections::BTreeSet;
 
-use axum::{extract::State, response::Html};
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Extension,
+};
+use maud::{html, Markup, DOCTYPE};
 use nova_rpc::RequestContext;
 use serde_json::Value;
 
-use super::Gateway;
+use super::{Caller, Gateway};
 
-/// Escape text for HTML.
-pub(super) fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
-}
+/// What every page may load and run: its own files, nothing inline but styles.
+pub(super) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                              connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; \
+                              frame-ancestors 'none'";
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+/// A whole page: `body` inside the console's frame, with the security headers.
+pub(super) fn document(title: &str, body: Markup) -> Response {
+    let page = html! {
+        (DOCTYPE)
+        html {
+            head {
+                meta charset="utf-8";
+                title { (title) }
+                link rel="stylesheet" href="/console.css";
+                script src="/console.js" defer {}
+            }
+            body { (body) }
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        page.into_string(),
+    )
+        .into_response()
+}
+
+/// The page a browser without a valid token gets (401).
+pub(super) fn login() -> Response {
+    let mut page = document(
+        "nova-rs console: sign in",
+        html! {
+            h1 { "nova-rs console" }
+            p { "This gateway needs a token." }
+            form #login {
+                label { "token" } input name="token" type="password" autocomplete="off" required;
+                button type="submit" { "Sign in" }
+            }
+        },
+    );
+    *page.status_mut() = StatusCode::UNAUTHORIZED;
+    page
+}
+
+fn services_table(services: &[Value]) -> Markup {
+    html! {
+        table #services {
+            tr { th { "Host" } th { "Binary" } th { "Topic" } th { "State" } th { "Status" } th { "Reports" } th { "Updated" } }
+            @for s in services {
+                @let state = if str_of(s, "state") == "up" { "up" } else { "down" };
+                @let status = if str_of(s, "status") == "disabled" { "disabled" } else { "enabled" };
+                tr {
+                    td { (str_of(s, "host")) }
+                    td { (str_of(s, "binary")) }
+                    td { (str_of(s, "topic")) }
+                    td { span class=(state) { (state) } }
+                    td class=(status) {
+                        (status)
+                        @if let Some(reason) = s.get("disabled_reason").and_then(Value::as_str) { " (" (reason) ")" }
+                    }
+                    td { (s.get("report_count").and_then(Value::as_i64).unwrap_or(0)) }
+                    td { (str_of(s, "updated_at")) }
+                }
+            }
+        }
+    }
+}
+
+fn methods_table(topic: &str, description: &Value) -> Markup {
+    html! {
+        table.methods {
+            tr { th { "Namespace" } th { "Version" } th { "Method" } th { "Arguments" } th { "Doc" } th {} }
+            @for ep in description["endpoints"].as_array().into_iter().flatten() {
+                @let ns = str_of(ep, "namespace");
+                @let version = str_of(ep, "version");
+                @for m in ep["methods"].as_array().into_iter().flatten() {
+                    @let name = str_of(m, "name");
+                    tr {
+                        td { (if ns.is_empty() { "(default)" } else { ns }) }
+                        td { (version) }
+                        td.method { (name) }
+                        td {
+                            @for a in m["args"].as_array().into_iter().flatten() {
+                                code { (str_of(a, "name")) ": " (str_of(a, "type")) } " "
+                            }
+                        }
+                        td.doc { (str_of(m, "doc")) }
+                        td {
+                            button.use type="button" data-topic=(topic) data-method=(name) data-namespace=(ns)
+                                data-version=(version) { "use" }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn call_form() -> Markup {
+    html! {
+        h2 { "Call a method" }
+        form #call {
+            label { "mode" } select name="mode" { option value="call" { "call" } option value="cast" { "cast" } } br;
+            label { "topic" } input name="topic" required; br;
+            label { "server" } input name="server" placeholder="(any)"; br;
+            label { "method" } input name="method" required; br;
+            label { "namespace" } input name="namespace"; br;
+            label { "version" } input name="version"; br;
+            label { "timeout (s)" } input name="timeout" placeholder="60"; br;
+            label { "args (JSON)" } br;
+            textarea name="args" rows="5" cols="80" { "{}" } br;
+            button #submit type="submit" { "Send" }
+        }
+        pre #result {}
+        p { a #trace-link {} }
+        h2 { "Find a trace" }
+        form #find-trace {
+            input name="rid" size="45" placeholder="req-…";
+            " "
+            button type="submit" { "Show" }
+        }
+    }
+}
+
+/// Render the console.
+pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(e) = gw.authorize("api:services", &caller) {
+        return e.into_response();
+    }
+    let (services, trouble) = match gw.service_list().await {
+        Ok(s) => (s, None),
+        Err(e) => (Vec::new(), Some(format!("cannot read services: {}", e.message))),
+    };
+    let topics: BTreeSet<&str> =
+        services.iter().filter(|s| str_of(s, "state") == "up").map(|s| str_of(s, "topic")).collect();
+    let ctx = RequestContext::new();
+    let mut methods = Vec::new();
+    for topic in topics {
+        methods.push((topic, gw.describe(&ctx, topic).await));
+    }
+    document(
+        "nova-rs console",
+        html! {
+            h1 { "nova-rs console" }
+            h2 { "Services" }
+            @if let Some(t) = trouble { p.disabled { (t) } }
+            (services_table(&services))
+            h2 { "Methods" }
+            @for (topic, description) in &methods {
+                h3 id=(format!("topic-{topic}")) { (topic) }
+                @match description {
+                    Ok(d) => (methods_table(topic, d)),
+                    Err(e) => p.disabled { "describe failed: " (e.to_string()) },
+                }
+            }
+            (call_form())
+        },
+    )
+}
+
+/// `GET /console.js`.
+pub(super) async fn script() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response()
+}
+
+/// `GET /console.css`.
+pub(super) async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:80em;color:#222}
 table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
 .up{color:#fff;background:#2a7d2a;padding:0 .4em;border-radius:3px}.down{color:#fff;background:#b32;padding:0 .4em;border-radius:3px}
-.disabled{color:#b32}code{background:#f3f3f3;padding:0 .2em}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}
-label{display:inline-block;min-width:7em}input,textarea,select{font-family:monospace;margin:.2em 0}";
+.disabled,.err{color:#b32}code{background:#f3f3f3;padding:0 .2em}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}
+td.doc{color:#555;max-width:30em;white-space:normal}
+label{display:inline-block;min-width:7em}input,textarea,select{font-family:monospace;margin:.2em 0}
+#timeline{width:100%}#timeline td{padding:.2em .5em;border:0;border-bottom:1px solid #eee;white-space:nowrap}
+.bar{position:relative;height:1em;background:#f3f3f3;min-width:30em}.bar span{position:absolute;height:100%;background:#3a7bd5}
+.err span{background:#b32}";
 
-const SCRIPT: &str = r#"
-function useMethod(topic, method, ns, version) {
+const SCRIPT: &str = r#"'use strict';
+function token() { return sessionStorage.getItem('nova_token') || ''; }
+function useMethod(b) {
   const f = document.getElementById('call');
-  f.topic.value = topic; f.method.value = method; f.namespace.value = ns; f.version.value = version;
+  f.topic.value = b.dataset.topic; f.method.value = b.dataset.method;
+  f.namespace.value = b.dataset.namespace; f.version.value = b.dataset.version;
   f.args.focus();
 }
 async function submitCall(ev) {
-  if (ev) ev.preventDefault();
+  ev.preventDefault();
   const f = document.getElementById('call');
   const out = document.getElementById('result');
   const parts = ['', 'v1', f.mode.value, encodeURIComponent(f.topic.value)];
@@ -46,9 +235,11 @@ async function submitCall(ev) {
   if (f.namespace.value) q.set('namespace', f.namespace.value);
   if (f.version.value) q.set('version', f.version.value);
   if (f.timeout.value) q.set('timeout', f.timeout.value);
+  const headers = {'Content-Type': 'application/json'};
+  if (token()) headers['X-Auth-Token'] = token();
   out.textContent = 'calling…';
   try {
-    const r = await fetch(parts.join('/') + '?' + q.toString(), {method: 'POST', headers: {'Content-Type': 'application/json'}, body: f.args.value || '{}'});
+    const r = await fetch(parts.join('/') + '?' + q.toString(), {method: 'POST', headers, body: f.args.value || '{}'});
     const text = await r.text();
     let shown = text;
     try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch (e) {}
@@ -60,102 +251,28 @@ async function submitCall(ev) {
   } catch (e) {
     out.textContent = 'failed: ' + e;
   }
-  return false;
 }
-window.addEventListener('DOMContentLoaded', () => {
-  const p = new URLSearchParams(location.search);
+document.addEventListener('DOMContentLoaded', () => {
+  for (const b of document.querySelectorAll('button.use')) b.addEventListener('click', () => useMethod(b));
   const f = document.getElementById('call');
-  for (const k of ['topic', 'server', 'method', 'namespace', 'version', 'args', 'mode', 'timeout']) {
-    if (p.has(k)) f[k].value = p.get(k);
+  if (f) {
+    const p = new URLSearchParams(location.search);
+    for (const k of ['topic', 'server', 'method', 'namespace', 'version', 'args', 'mode', 'timeout']) {
+      if (p.has(k)) f[k].value = p.get(k);
+    }
+    f.addEventListener('submit', submitCall);
   }
-  f.addEventListener('submit', submitCall);
-  if (p.get('run') === '1') submitCall();
+  const find = document.getElementById('find-trace');
+  if (find) find.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    location.href = '/traces/' + encodeURIComponent(find.rid.value);
+  });
+  const login = document.getElementById('login');
+  if (login) login.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem('nova_token', login.token.value);
+    document.cookie = 'nova_token=' + encodeURIComponent(login.token.value) + '; path=/; SameSite=Strict';
+    location.reload();
+  });
 });
 "#;
-
-/// Render the console.
-pub(super) async fn page(State(gw): State<Gateway>) -> Html<String> {
-    let mut html = format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>nova-rs console</title><style>{STYLE}</style></head><body><h1>nova-rs console</h1>");
-    html.push_str("<h2>Services</h2>");
-    let services = match gw.service_list().await {
-        Ok(s) => s,
-        Err(e) => {
-            html.push_str(&format!("<p class=\"disabled\">cannot read services: {}</p>", esc(&e.message)));
-            Vec::new()
-        }
-    };
-    html.push_str("<table id=\"services\"><tr><th>Host</th><th>Binary</th><th>Topic</th><th>State</th><th>Status</th><th>Reports</th><th>Updated</th></tr>");
-    let mut topics = BTreeSet::new();
-    for s in &services {
-        let state = str_of(s, "state");
-        if state == "up" {
-            topics.insert(str_of(s, "topic").to_owned());
-        }
-        let status = str_of(s, "status");
-        let reason =
-            s.get("disabled_reason").and_then(Value::as_str).map(|r| format!(" ({})", esc(r))).unwrap_or_default();
-        html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><span class=\"{state}\">{state}</span></td><td class=\"{status}\">{status}{reason}</td><td>{}</td><td>{}</td></tr>",
-            esc(str_of(s, "host")),
-            esc(str_of(s, "binary")),
-            esc(str_of(s, "topic")),
-            s.get("report_count").and_then(Value::as_i64).unwrap_or(0),
-            esc(str_of(s, "updated_at")),
-        ));
-    }
-    html.push_str("</table><h2>Methods</h2>");
-    let ctx = RequestContext::new();
-    for topic in &topics {
-        html.push_str(&format!("<h3 id=\"topic-{0}\">{0}</h3>", esc(topic)));
-        let description = match gw.describe(&ctx, topic).await {
-            Ok(d) => d,
-            Err(e) => {
-                html.push_str(&format!("<p class=\"disabled\">describe failed: {}</p>", esc(&e.to_string())));
-                continue;
-            }
-        };
-        html.push_str("<table><tr><th>Namespace</th><th>Version</th><th>Method</th><th>Arguments</th><th></th></tr>");
-        for ep in description["endpoints"].as_array().into_iter().flatten() {
-            let ns = str_of(ep, "namespace");
-            let version = str_of(ep, "version");
-            for m in ep["methods"].as_array().into_iter().flatten() {
-                let name = str_of(m, "name");
-                let args: Vec<String> = m["args"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|a| format!("<code>{}: {}</code>", esc(str_of(a, "name")), esc(str_of(a, "type"))))
-                    .collect();
-                html.push_str(&format!(
-                    "<tr><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td><button type=\"button\" onclick=\"useMethod('{}','{}','{}','{}')\">use</button></td></tr>",
-                    esc(if ns.is_empty() { "(default)" } else { ns }),
-                    esc(version),
-                    esc(str_of(m, "doc")),
-                    esc(name),
-                    args.join(" "),
-                    esc(topic),
-                    esc(name),
-                    esc(ns),
-                    esc(version),
-                ));
-            }
-        }
-        html.push_str("</table>");
-    }
-    html.push_str(
-        "<h2>Call a method</h2><form id=\"call\">\
-         <label>mode</label><select name=\"mode\"><option value=\"call\">call</option><option value=\"cast\">cast</option></select><br>\
-         <label>topic</label><input name=\"topic\" required><br>\
-         <label>server</label><input name=\"server\" placeholder=\"(any)\"><br>\
-         <label>method</label><input name=\"method\" required><br>\
-         <label>namespace</label><input name=\"namespace\"><br>\
-         <label>version</label><input name=\"version\"><br>\
-         <label>timeout (s)</label><input name=\"timeout\" placeholder=\"60\"><br>\
-         <label>args (JSON)</label><br><textarea name=\"args\" rows=\"5\" cols=\"80\">{}</textarea><br>\
-         <button type=\"submit\" id=\"submit\">Send</button></form><pre id=\"result\"></pre><p><a id=\"trace-link\"></a></p>\
-         <h2>Find a trace</h2><form onsubmit=\"location.href='/traces/'+encodeURIComponent(this.rid.value);return false\">\
-         <input name=\"rid\" size=\"45\" placeholder=\"req-…\"> <button type=\"submit\">Show</button></form>",
-    );
-    html.push_str(&format!("<script>{SCRIPT}</script></body></html>"));
-    Html(html)
-}

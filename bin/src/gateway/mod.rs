@@ -8,17 +8,22 @@
 //! | `GET /v1/services` | service records with `state` up/down and `status` |
 //! | `GET /v1/services/{topic}/describe` | the topic's methods and arguments |
 //! | `GET /v1/traces/{request_id}` | the request's trace: spans, and the tree of calls |
+//! | `GET /v1/openapi.json` | this API as an OpenAPI 3 document |
 //! | `GET /traces/{request_id}` | the trace as a timeline in the console |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /` | the console |
 //!
 //! Errors are `{"error": {"class", "message"}}` with a status that says what
-//! happened: bad JSON 400, no such method 404, unsupported version 409,
-//! remote error 500, transport trouble 503, timeout 504, too large 413.
+//! happened: bad JSON 400, no token 401, refused by policy, a foreign `Host`
+//! or a cross-origin request 403, no such method 404, unsupported version
+//! 409, a request slower than `[api] request_timeout` 408, too large 413,
+//! not JSON 415, remote error 500, transport trouble 503, timeout 504.
+//! [`auth`] says who may call what.
 //! Every response carries `X-OpenStack-Request-ID`: the client's, when it
 //! sent a valid `req-<uuid>`, else a new one; it is the RPC context's
 //! `request_id`, so logs and traces line up.
 
+pub mod auth;
 mod console;
 mod traces;
 
@@ -30,8 +35,10 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Extension, Json, Router,
 };
+
+pub use self::auth::{ApiOptions, Auth, Caller, Policy, API_OPTIONS};
 use nova_core::db::services::{is_up, ServiceRecords};
 use nova_rpc::{layer::trace::Tracer, transport::Transport, RequestContext, RpcClient, RpcError, Target};
 use serde::Deserialize;
@@ -50,18 +57,27 @@ pub struct Gateway {
     records: ServiceRecords,
     service_down_time: Duration,
     tracer: Option<Tracer>,
+    auth: Auth,
 }
 
 impl Gateway {
-    /// A gateway over `transport`, reading service records from `records`.
-    pub fn new(transport: Arc<dyn Transport>, records: ServiceRecords, service_down_time: Duration) -> Self {
-        Self { client: RpcClient::new(transport, Target::new("gateway")), records, service_down_time, tracer: None }
+    /// A gateway over `transport`, reading service records from `records`,
+    /// guarded by `auth`.
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        records: ServiceRecords,
+        service_down_time: Duration,
+        auth: Auth,
+    ) -> Self {
+        // Mandatory: a call or cast no queue takes is "not found" at once.
+        let client = RpcClient::new(transport, Target::new("gateway")).with_mandatory(true);
+        Self { client, records, service_down_time, tracer: None, auth }
     }
 
     /// The gateway of a started process: its transport, service records and
     /// options (tracing on when `trace_enabled`).
-    pub fn from_bootstrap(b: &nova_core::Bootstrap) -> Self {
-        let gw = Self::new(b.transport.clone(), ServiceRecords::new(b.db.clone()), b.options.service_down_time);
+    pub fn from_bootstrap(b: &nova_core::Bootstrap, auth: Auth) -> Self {
+        let gw = Self::new(b.transport.clone(), ServiceRecords::new(b.db.clone()), b.options.service_down_time, auth);
         if b.options.trace_enabled {
             gw.with_tracer(Tracer::new(b.transport.clone(), "nova-gateway", &b.options.host))
         } else {
@@ -76,10 +92,14 @@ impl Gateway {
         self
     }
 
-    /// The axum router.
+    /// The axum router, every route behind [`auth::guard`].
     pub fn router(self) -> Router {
+        let timeout = self.auth.options().request_timeout;
+        let guard = axum::middleware::from_fn_with_state(self.auth.clone(), auth::guard);
         Router::new()
             .route("/", get(console::page))
+            .route("/console.js", get(console::script))
+            .route("/console.css", get(console::style))
             .route("/v1/services", get(services))
             .route("/v1/services/{topic}/describe", get(describe))
             .route("/v1/call/{topic}/{method}", post(call_topic))
@@ -89,8 +109,17 @@ impl Gateway {
             .route("/v1/traces/{request_id}", get(traces::api))
             .route("/traces/{request_id}", get(traces::page))
             .route("/metrics", get(traces::metrics))
+            .route("/v1/openapi.json", get(openapi))
             .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(guard)
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+            .layer(axum::middleware::map_response(json_errors))
             .with_state(self)
+    }
+
+    /// Refuse with 403 unless `caller` may reach `target`.
+    pub fn authorize(&self, target: &str, caller: &Caller) -> Result<(), ApiError> {
+        self.auth.authorize(target, caller)
     }
 
     /// Service records with their state, for the API and the console.
@@ -128,7 +157,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, class: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, class: impl Into<String>, message: impl Into<String>) -> Self {
         Self { status, class: class.into(), message: message.into() }
     }
 }
@@ -139,22 +168,70 @@ impl From<RpcError> for ApiError {
             RpcError::NoSuchMethod { .. } => StatusCode::NOT_FOUND,
             RpcError::UnsupportedVersion { .. } => StatusCode::CONFLICT,
             RpcError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            RpcError::Remote(f) if f.class == "InvalidArgument" => StatusCode::BAD_REQUEST,
-            RpcError::Remote(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RpcError::Remote(f) => remote_status(&f.class),
             RpcError::InvalidTarget { .. }
             | RpcError::VersionCap { .. }
             | RpcError::InvalidArgument { .. }
             | RpcError::Serialization(_) => StatusCode::BAD_REQUEST,
             RpcError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RpcError::Transport(_) | RpcError::Unroutable { .. } | RpcError::InvalidUrl { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            // The gateway's calls and casts are mandatory: no queue takes this topic or server.
+            RpcError::Unroutable { .. } => StatusCode::NOT_FOUND,
+            RpcError::Transport(_) | RpcError::InvalidUrl { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         let message = match &e {
             RpcError::Remote(f) => f.message.clone(),
             other => other.to_string(),
         };
         Self::new(status, e.class(), message)
+    }
+}
+
+/// Every error answer is `{"error": {"class", "message"}}`, also those made
+/// by axum's extractors and tower-http (a bad path, a timeout, a body over
+/// the limit), which come as plain text or empty.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    // JSON already, or a page of the console's (its sign-in page is a 401).
+    let formed = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || formed {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let class = status.canonical_reason().unwrap_or("Error").replace(' ', "");
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    let mut answer = ApiError::new(status, class, message).into_response();
+    for (name, value) in parts
+        .headers
+        .iter()
+        .filter(|(n, _)| *n != axum::http::header::CONTENT_TYPE && *n != axum::http::header::CONTENT_LENGTH)
+    {
+        answer.headers_mut().insert(name.clone(), value.clone());
+    }
+    answer
+}
+
+/// The status of a service's own error, by its class, as Nova's API maps
+/// exceptions: what names a missing thing is 404, what refuses the input
+/// 400, what refuses the caller 403, what lacks capacity 409; any other
+/// failure of the method is 500.
+fn remote_status(class: &str) -> StatusCode {
+    if class.ends_with("NotFound") {
+        StatusCode::NOT_FOUND
+    } else if class.starts_with("Invalid") || class.starts_with("Bad") || class == "MalformedMessage" {
+        StatusCode::BAD_REQUEST
+    } else if class.ends_with("NotAllowed") || class == "Forbidden" || class.starts_with("Signature") {
+        StatusCode::FORBIDDEN
+    } else if class == "NoValidHost" {
+        StatusCode::CONFLICT
+    } else if class == "MessageTooLarge" {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
     }
 }
 
@@ -214,10 +291,18 @@ struct Address {
     call: bool,
 }
 
-async fn invoke(gw: &Gateway, headers: &HeaderMap, to: Address, q: CallQuery, body: Bytes) -> Response {
+async fn invoke(
+    gw: &Gateway,
+    caller: &Caller,
+    headers: &HeaderMap,
+    to: Address,
+    q: CallQuery,
+    body: Bytes,
+) -> Response {
     let Address { topic, server, method, call } = to;
     let id = request_id(headers);
     let outcome = async {
+        gw.authorize(&format!("{topic}.{method}"), caller)?;
         let args = parse_body(&body)?;
         let topic_name = topic.clone();
         let mut target = Target::new(topic);
@@ -235,7 +320,13 @@ async fn invoke(gw: &Gateway, headers: &HeaderMap, to: Address, q: CallQuery, bo
             }
             client = client.with_timeout(Duration::from_secs_f64(t));
         }
-        let mut ctx = RequestContext { request_id: id.clone(), ..RequestContext::default() };
+        let mut ctx = RequestContext {
+            request_id: id.clone(),
+            user_id: caller.user_id.clone(),
+            project_id: caller.project_id.clone(),
+            roles: caller.roles.clone(),
+            ..RequestContext::default()
+        };
         let span = traces::Root::enter(gw.tracer.as_ref(), &mut ctx, &topic_name, &method, call, &args);
         let outcome = async {
             if call {
@@ -258,85 +349,154 @@ async fn invoke(gw: &Gateway, headers: &HeaderMap, to: Address, q: CallQuery, bo
     with_request_id(outcome.unwrap_or_else(IntoResponse::into_response), &id)
 }
 
-type Query2 = Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>;
+type MaybeQuery = Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>;
 
-fn query(q: Query2) -> Result<CallQuery, Response> {
+fn query(q: MaybeQuery) -> Result<CallQuery, Response> {
     q.map(|Query(q)| q).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.body_text()).into_response())
 }
 
-async fn call_topic(
-    State(gw): State<Gateway>,
-    Path((topic, method)): Path<(String, String)>,
-    headers: HeaderMap,
-    q: Query2,
-    body: Bytes,
-) -> Response {
+/// The parts every call and cast route takes.
+type Invoked = (State<Gateway>, Extension<Caller>, HeaderMap, MaybeQuery, Bytes);
+
+async fn route(parts: Invoked, topic: String, server: Option<String>, method: String, call: bool) -> Response {
+    let (State(gw), Extension(caller), headers, q, body) = parts;
     match query(q) {
-        Ok(q) => invoke(&gw, &headers, Address { topic, server: None, method, call: true }, q, body).await,
+        Ok(q) => invoke(&gw, &caller, &headers, Address { topic, server, method, call }, q, body).await,
         Err(r) => r,
     }
+}
+
+async fn call_topic(
+    gw: State<Gateway>,
+    caller: Extension<Caller>,
+    Path((topic, method)): Path<(String, String)>,
+    headers: HeaderMap,
+    q: MaybeQuery,
+    body: Bytes,
+) -> Response {
+    route((gw, caller, headers, q, body), topic, None, method, true).await
 }
 
 async fn call_server(
-    State(gw): State<Gateway>,
+    gw: State<Gateway>,
+    caller: Extension<Caller>,
     Path((topic, server, method)): Path<(String, String, String)>,
     headers: HeaderMap,
-    q: Query2,
+    q: MaybeQuery,
     body: Bytes,
 ) -> Response {
-    match query(q) {
-        Ok(q) => invoke(&gw, &headers, Address { topic, server: Some(server), method, call: true }, q, body).await,
-        Err(r) => r,
-    }
+    route((gw, caller, headers, q, body), topic, Some(server), method, true).await
 }
 
 async fn cast_topic(
-    State(gw): State<Gateway>,
+    gw: State<Gateway>,
+    caller: Extension<Caller>,
     Path((topic, method)): Path<(String, String)>,
     headers: HeaderMap,
-    q: Query2,
+    q: MaybeQuery,
     body: Bytes,
 ) -> Response {
-    match query(q) {
-        Ok(q) => invoke(&gw, &headers, Address { topic, server: None, method, call: false }, q, body).await,
-        Err(r) => r,
-    }
+    route((gw, caller, headers, q, body), topic, None, method, false).await
 }
 
 async fn cast_server(
-    State(gw): State<Gateway>,
+    gw: State<Gateway>,
+    caller: Extension<Caller>,
     Path((topic, server, method)): Path<(String, String, String)>,
     headers: HeaderMap,
-    q: Query2,
+    q: MaybeQuery,
     body: Bytes,
 ) -> Response {
-    match query(q) {
-        Ok(q) => invoke(&gw, &headers, Address { topic, server: Some(server), method, call: false }, q, body).await,
-        Err(r) => r,
-    }
+    route((gw, caller, headers, q, body), topic, Some(server), method, false).await
 }
 
-async fn services(State(gw): State<Gateway>) -> Result<Json<Vec<Value>>, ApiError> {
+/// The API, described: `GET /v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn services(
+    State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    gw.authorize("api:services", &caller)?;
     gw.service_list().await.map(Json)
 }
 
-async fn describe(State(gw): State<Gateway>, Path(topic): Path<String>, headers: HeaderMap) -> Response {
+async fn describe(
+    State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let id = request_id(&headers);
     let ctx = RequestContext { request_id: id.clone(), ..RequestContext::default() };
-    let r = match gw.describe(&ctx, &topic).await {
-        Ok(d) => Json(d).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+    let r = match gw.authorize("api:services", &caller) {
+        Err(e) => e.into_response(),
+        Ok(()) => match gw.describe(&ctx, &topic).await {
+            Ok(d) => Json(d).into_response(),
+            Err(e) => ApiError::from(e).into_response(),
+        },
     };
     with_request_id(r, &id)
 }
 
-/// Serve the gateway on `listen` until `shutdown` resolves.
+/// Serve the gateway until `shutdown` resolves, then let the requests in
+/// flight finish. Each connection has `[api] header_read_timeout` to send
+/// its headers (hyper closes it otherwise), at most `[api] max_connections`
+/// are served at once, and every request ends within `[api] request_timeout`.
 pub async fn serve(
     gateway: Gateway,
-    listen: std::net::SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "HTTP gateway and console listening");
-    axum::serve(listener, gateway.router()).with_graceful_shutdown(shutdown).await
+    let options = gateway.auth.options().clone();
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    tracing::info!(listen = %options.listen, token_auth = options.token_auth, "HTTP gateway and console listening");
+    gateway.auth.reload_on_sighup();
+    let app = gateway.router();
+    let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stop = stopped.clone();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(options.header_read_timeout);
+        tokio::spawn(async move {
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let stopping = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    stopping.send_replace(true);
+    // Every permit back: every connection has ended.
+    let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(options.request_timeout, permits.acquire_many(all)).await;
+    Ok(())
 }

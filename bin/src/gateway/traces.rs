@@ -8,16 +8,17 @@ use std::time::{Duration, Instant};
 use axum::{
     extract::{Path, State},
     http::{header, StatusCode},
-    response::{Html, IntoResponse, Response},
-    Json,
+    response::{IntoResponse, Response},
+    Extension, Json,
 };
+use maud::{html, Markup};
 use nova_rpc::{
     layer::trace::{enter, new_span_id, now_ms, summarize, walk, Span, Tracer, TRACE_TOPIC},
     RequestContext, RpcError, Target,
 };
 use serde_json::{json, Value};
 
-use super::{console::esc, ApiError, Gateway};
+use super::{console, ApiError, Caller, Gateway};
 
 /// The gateway's own span of one HTTP request, recorded when it finishes.
 pub(super) struct Root {
@@ -88,8 +89,23 @@ fn tree(spans: &[Span]) -> Vec<Value> {
     level(&walk(spans), &mut 0, 0)
 }
 
-pub(super) async fn api(State(gw): State<Gateway>, Path(request_id): Path<String>) -> Response {
-    match gw.trace(&request_id).await {
+/// The spans of `request_id` (or why they could not be read), if `caller`
+/// may read traces; else the refusal.
+async fn spans(gw: &Gateway, caller: &Caller, request_id: &str) -> Result<Result<Vec<Span>, RpcError>, Response> {
+    gw.authorize("api:traces", caller).map_err(IntoResponse::into_response)?;
+    Ok(gw.trace(request_id).await)
+}
+
+pub(super) async fn api(
+    State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+    Path(request_id): Path<String>,
+) -> Response {
+    let spans = match spans(&gw, &caller, &request_id).await {
+        Ok(spans) => spans,
+        Err(refused) => return refused,
+    };
+    match spans {
         Ok(spans) if spans.is_empty() => {
             let msg = format!("no trace {request_id} (yet: spans arrive within a second)");
             ApiError::new(StatusCode::NOT_FOUND, "TraceNotFound", msg).into_response()
@@ -99,49 +115,55 @@ pub(super) async fn api(State(gw): State<Gateway>, Path(request_id): Path<String
     }
 }
 
-pub(super) async fn page(State(gw): State<Gateway>, Path(request_id): Path<String>) -> Html<String> {
-    let mut html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>trace {0}</title><style>{STYLE}</style></head>\
-         <body><p><a href=\"/\">console</a></p><h1>Trace <code>{0}</code></h1>",
-        esc(&request_id)
-    );
-    match gw.trace(&request_id).await {
-        Ok(spans) if !spans.is_empty() => html.push_str(&timeline(&spans)),
-        Ok(_) => html.push_str("<p>No spans for this request (yet).</p>"),
-        Err(e) => html.push_str(&format!("<p class=\"err\">{}</p>", esc(&e.to_string()))),
-    }
-    html.push_str("</body></html>");
-    Html(html)
+pub(super) async fn page(
+    State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+    Path(request_id): Path<String>,
+) -> Response {
+    let spans = match spans(&gw, &caller, &request_id).await {
+        Ok(spans) => spans,
+        Err(refused) => return refused,
+    };
+    let body = match spans {
+        Ok(spans) if !spans.is_empty() => timeline(&spans),
+        Ok(_) => html! { p { "No spans for this request (yet)." } },
+        Err(e) => html! { p.err { (e.to_string()) } },
+    };
+    console::document(
+        &format!("trace {request_id}"),
+        html! {
+            p { a href="/" { "console" } }
+            h1 { "Trace " code { (request_id) } }
+            (body)
+        },
+    )
+    .into_response()
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;width:100%}\
-td{padding:.2em .5em;border-bottom:1px solid #eee;white-space:nowrap}.bar{position:relative;height:1em;background:#f3f3f3;min-width:30em}\
-.bar span{position:absolute;height:100%;background:#3a7bd5}.err span{background:#b32}.err{color:#b32}code{background:#f3f3f3}";
-
 /// One row per span, indented by depth, with a bar placed on the trace's time axis.
-fn timeline(spans: &[Span]) -> String {
+fn timeline(spans: &[Span]) -> Markup {
     let t0 = spans.iter().map(|s| s.start_ms).fold(f64::INFINITY, f64::min);
     let t1 = spans.iter().map(|s| s.start_ms + s.duration_ms).fold(f64::NEG_INFINITY, f64::max);
     let total = (t1 - t0).max(0.001);
-    let mut out = format!("<p>{} spans over {total:.2} ms</p><table id=\"timeline\">", spans.len());
-    for (depth, s) in walk(spans) {
-        let left = (s.start_ms - t0) / total * 100.0;
-        let width = (s.duration_ms / total * 100.0).max(0.3);
-        let class = if s.outcome == "ok" { "" } else { " err" };
-        out.push_str(&format!(
-            "<tr class=\"span{class}\"><td style=\"padding-left:{}em\">{} <code>{}.{}</code></td><td>{}</td><td>{:.2} ms</td>\
-             <td class=\"bar{class}\"><span style=\"left:{left:.2}%;width:{width:.2}%\"></span></td><td>{}</td></tr>",
-            depth as f64 * 1.5,
-            esc(&s.service),
-            esc(&s.topic),
-            esc(&s.method),
-            esc(&s.host),
-            s.duration_ms,
-            esc(&s.outcome),
-        ));
+    html! {
+        p { (spans.len()) " spans over " (format!("{total:.2}")) " ms" }
+        table #timeline {
+            @for (depth, s) in walk(spans) {
+                @let left = (s.start_ms - t0) / total * 100.0;
+                @let width = (s.duration_ms / total * 100.0).max(0.3);
+                @let class = if s.outcome == "ok" { "" } else { " err" };
+                tr class=(format!("span{class}")) {
+                    td style=(format!("padding-left:{}em", depth as f64 * 1.5)) {
+                        (s.service) " " code { (s.topic) "." (s.method) }
+                    }
+                    td { (s.host) }
+                    td { (format!("{:.2}", s.duration_ms)) " ms" }
+                    td class=(format!("bar{class}")) { span style=(format!("left:{left:.2}%;width:{width:.2}%")) {} }
+                    td { (s.outcome) }
+                }
+            }
+        }
     }
-    out.push_str("</table>");
-    out
 }
 
 pub(super) async fn metrics() -> Response {

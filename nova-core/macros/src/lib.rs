@@ -6,6 +6,8 @@
 //! a remote error naming it). `#[rpc(cast)]` marks a method the typed client
 //! casts instead of calls; `#[rpc(blocking)]` runs a plain `fn` on tokio's
 //! blocking pool; `#[rpc(skip)]` keeps a `pub` method private to Rust.
+//! An `Option<T>` argument may be left out by a caller, and so may one
+//! marked `#[rpc(default)]` (it gets `T::default()`, e.g. an empty list).
 //! `#[periodic_task(spacing = …, run_immediately = …, enabled = …)]` marks
 //! a periodic task. The macro also writes `<Type>Client`, the typed client
 //! (Nova's `rpcapi.py`). See `nova_core::manager` for an example.
@@ -145,11 +147,42 @@ struct Method {
     doc: String,
     ctx_by_ref: bool,
     args: Vec<(syn::Ident, Type)>,
+    /// Arguments marked `#[rpc(default)]`: a caller may leave them out.
+    defaults: Vec<syn::Ident>,
     ok: Type,
     is_async: bool,
 }
 
-fn read_signature(f: &ImplItemFn) -> syn::Result<(bool, Vec<(syn::Ident, Type)>)> {
+/// Remove `#[rpc(default)]` from an argument; whether it was there.
+fn take_default(attrs: &mut Vec<syn::Attribute>) -> syn::Result<bool> {
+    let mut found = false;
+    let mut error = None;
+    attrs.retain(|a| {
+        if !a.path().is_ident("rpc") {
+            return true;
+        }
+        match a.parse_args::<syn::Ident>() {
+            Ok(id) if id == "default" => found = true,
+            _ => error = Some(syn::Error::new(a.span(), "an RPC argument takes only #[rpc(default)]")),
+        }
+        false
+    });
+    error.map_or(Ok(found), Err)
+}
+
+type Signature = (bool, Vec<(syn::Ident, Type)>, Vec<syn::Ident>);
+
+fn read_signature(f: &mut ImplItemFn) -> syn::Result<Signature> {
+    let mut defaults = Vec::new();
+    for input in f.sig.inputs.iter_mut() {
+        if let FnArg::Typed(t) = input {
+            if take_default(&mut t.attrs)? {
+                if let Pat::Ident(id) = t.pat.as_ref() {
+                    defaults.push(id.ident.clone());
+                }
+            }
+        }
+    }
     let sig = &f.sig;
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
@@ -168,7 +201,7 @@ fn read_signature(f: &ImplItemFn) -> syn::Result<(bool, Vec<(syn::Ident, Type)>)
         };
         args.push((id.ident.clone(), (*t.ty).clone()));
     }
-    Ok((ctx_by_ref, args))
+    Ok((ctx_by_ref, args, defaults))
 }
 
 /// Declare a manager's RPC surface; see the crate docs.
@@ -208,7 +241,7 @@ fn expand(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
         if !public || flags.skip || name.to_string().starts_with('_') {
             continue;
         }
-        let (ctx_by_ref, args) = read_signature(f)?;
+        let (ctx_by_ref, args, defaults) = read_signature(f)?;
         let is_async = f.sig.asyncness.is_some();
         if flags.blocking == is_async {
             return Err(syn::Error::new(
@@ -221,7 +254,7 @@ fn expand(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
             ));
         }
         let ok = ok_type(&f.sig.output)?;
-        methods.push(Method { name, flags, doc, ctx_by_ref, args, ok, is_async });
+        methods.push(Method { name, flags, doc, ctx_by_ref, args, defaults, ok, is_async });
     }
 
     let p = quote!(::nova_core::__private);
@@ -240,7 +273,7 @@ fn expand(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
         let name_str = name.to_string();
         let args_ident = format_ident!("__{}Args_{}", type_ident, name);
         let fields = m.args.iter().map(|(n, t)| {
-            let default = is_option(t).then(|| quote!(#[serde(default)]));
+            let default = (is_option(t) || m.defaults.contains(n)).then(|| quote!(#[serde(default)]));
             quote!(#default #n: #t)
         });
         arg_structs.push(quote! {

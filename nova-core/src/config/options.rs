@@ -89,6 +89,149 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
         "60",
         "Seconds a reply to a missing reply queue is retried."
     ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rabbit_quorum_max_memory_length",
+        "0",
+        "Quorum queues: keep at most this many messages in memory (x-max-in-memory-length; 0 = no limit)."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rabbit_quorum_max_memory_bytes",
+        "0",
+        "Quorum queues: keep at most this many bytes in memory (x-max-in-memory-bytes; 0 = no limit)."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rabbit_transient_quorum_queue",
+        "false",
+        "Reply and fanout queues are durable quorum queues too (HA), and the fanout exchange is durable."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rabbit_stream_fanout",
+        "false",
+        "One durable <topic>_fanout stream queue per topic instead of a fanout queue per server; \
+         needs rabbit_transient_quorum_queue and rabbit_qos_prefetch_count > 0."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rabbit_qos_prefetch_count",
+        "0",
+        "Messages a consumer may hold unacknowledged (0 = the server's free capacity, executor_thread_pool_size)."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rabbit_ha_queues",
+        "false",
+        "Legacy x-ha-policy argument; RabbitMQ ignores it since 3.0. Mirror classic queues with a policy, \
+         or use rabbit_quorum_queue."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "use_queue_manager",
+        "false",
+        "Name reply and fanout queues <hostname>:<processname>:<n> (oslo's QManager), so a restart reuses them."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "hostname",
+        "",
+        "Host part of queue-manager names (default: the machine's hostname)."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "processname",
+        "",
+        "Process part of queue-manager names (default: the program name)."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "enable_cancel_on_failover",
+        "false",
+        "Consumers ask for x-cancel-on-ha-failover, so the broker cancels them when their queue fails over."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "direct_mandatory_flag",
+        "true",
+        "(Deprecated in oslo) Publish replies mandatory, so a reply to a vanished caller is known at once."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "kombu_reconnect_delay",
+        "1.0",
+        "Seconds to wait before consuming again a queue whose consumer the broker cancelled."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "kombu_reconnect_splay",
+        "0.0",
+        "Up to this many random extra seconds before consuming a cancelled queue again."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "kombu_failover_strategy",
+        "round-robin",
+        "Which broker of the URL to try next: round-robin or shuffle."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "kombu_compression",
+        "",
+        "(Experimental in oslo) gzip or bz2 message compression; nova-rs refuses it at start."
+    ),
+    opt!("oslo_messaging_rabbit", "rabbit_login_method", "AMQPLAIN", "PLAIN, AMQPLAIN, EXTERNAL or RABBIT-CR-DEMO."),
+    opt!(
+        "oslo_messaging_rabbit",
+        "heartbeat_rate",
+        "3",
+        "Heartbeat checks per heartbeat_timeout_threshold (accepted; lapin beats at half the negotiated interval)."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "rpc_conn_pool_size",
+        "30",
+        "oslo's connection pool size; nova-rs sends on one multiplexed connection, so this has no effect."
+    ),
+    opt!("oslo_messaging_rabbit", "conn_pool_min_size", "2", "oslo's pool minimum; no effect in nova-rs."),
+    opt!(
+        "oslo_messaging_rabbit",
+        "conn_pool_ttl",
+        "1200",
+        "oslo's idle pool connection lifetime; no effect in nova-rs."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "ssl_version",
+        "",
+        "Accepted for oslo's sake; nova-rs negotiates TLS 1.2 or 1.3 (rustls) and never older versions."
+    ),
+    opt!(
+        "oslo_messaging_rabbit",
+        "ssl_enforce_hostname_verification",
+        "true",
+        "(Deprecated in oslo) nova-rs always verifies the broker's hostname."
+    ),
+    opt!("oslo_messaging_rabbit", "ssl_enforce_fips_mode", "false", "(Deprecated in oslo, no effect.)"),
+    opt!(
+        "rpc",
+        "signing_keys",
+        "",
+        "Key files (one secret each; the file name is its id) for signed topics; the first signs, all verify."
+    ),
+    opt!(
+        "rpc",
+        "signed_topics",
+        "",
+        "Topics whose requests nova-rs clients sign and servers accept only signed (nova-rs peers only)."
+    ),
+    opt!(
+        "rpc",
+        "admin_role",
+        "",
+        "Role a signed request must carry for the base API's admin methods (set_log_level); empty: open, as in oslo."
+    ),
     opt!("oslo_messaging_rabbit", "publisher_confirms", "true", "Wait for broker confirms on every publish."),
     opt!("oslo_messaging_rabbit", "ssl", "false", "Connect with TLS."),
     opt!("oslo_messaging_rabbit", "ssl_ca_file", "", "CA bundle (PEM) to verify the broker's certificate."),
@@ -131,6 +274,28 @@ pub struct CoreOptions {
     pub trace_enabled: bool,
     /// `metrics_enabled`.
     pub metrics_enabled: bool,
+}
+
+/// A comma-separated list option, blanks dropped.
+fn list(c: &Config, section: &str, name: &str) -> Result<Vec<String>, ConfigError> {
+    let raw = c.get::<String>(section, name)?.unwrap_or_default();
+    Ok(raw.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect())
+}
+
+/// `[rpc]`: signed topics and their keys, and the base API's admin role.
+fn signing(c: &Config) -> Result<Option<std::sync::Arc<nova_rpc::signing::Signing>>, ConfigError> {
+    let keys = list(c, "rpc", "signing_keys")?;
+    let admin_role = c.get::<String>("rpc", "admin_role")?.filter(|r| !r.is_empty());
+    if keys.is_empty() {
+        if admin_role.is_some() {
+            return Err(c.invalid("rpc", "admin_role", "only signed requests can carry it: set [rpc] signing_keys"));
+        }
+        return Ok(None);
+    }
+    let signing = nova_rpc::signing::Signing::load(&keys, list(c, "rpc", "signed_topics")?)
+        .map_err(|e| c.invalid("rpc", "signing_keys", e))?
+        .with_admin_role(admin_role);
+    Ok(Some(std::sync::Arc::new(signing)))
 }
 
 fn seconds(v: &str) -> Result<Duration, String> {
@@ -181,13 +346,61 @@ impl CoreOptions {
             ssl_cert_file: path("ssl_cert_file")?,
             ssl_key_file: path("ssl_key_file")?,
             frame_max: c.require(R, "frame_max")?,
+            rabbit_quorum_max_memory_length: c.require(R, "rabbit_quorum_max_memory_length")?,
+            rabbit_quorum_max_memory_bytes: c.require(R, "rabbit_quorum_max_memory_bytes")?,
+            rabbit_transient_quorum_queue: c.get_bool(R, "rabbit_transient_quorum_queue")?.unwrap_or(false),
+            rabbit_stream_fanout: c.get_bool(R, "rabbit_stream_fanout")?.unwrap_or(false),
+            rabbit_ha_queues: c.get_bool(R, "rabbit_ha_queues")?.unwrap_or(false),
+            rabbit_qos_prefetch_count: c.require(R, "rabbit_qos_prefetch_count")?,
+            use_queue_manager: c.get_bool(R, "use_queue_manager")?.unwrap_or(false),
+            hostname: c.get::<String>(R, "hostname")?.unwrap_or_default(),
+            processname: c.get::<String>(R, "processname")?.unwrap_or_default(),
+            enable_cancel_on_failover: c.get_bool(R, "enable_cancel_on_failover")?.unwrap_or(false),
+            direct_mandatory_flag: c.get_bool(R, "direct_mandatory_flag")?.unwrap_or(true),
+            kombu_reconnect_delay: c
+                .parse_with(R, "kombu_reconnect_delay", |v| {
+                    seconds(v).and_then(|d| {
+                        // oslo: at most 0.9 × its 5 s requeue interval.
+                        (d.as_secs_f64() <= 4.5).then_some(d).ok_or_else(|| "must be at most 4.5 seconds".to_owned())
+                    })
+                })?
+                .unwrap_or(Duration::from_secs(1)),
+            kombu_reconnect_splay: secs(R, "kombu_reconnect_splay")?,
+            failover_shuffle: c
+                .parse_with(R, "kombu_failover_strategy", |v| match v {
+                    "round-robin" => Ok(false),
+                    "shuffle" => Ok(true),
+                    _ => Err("expected round-robin or shuffle".into()),
+                })?
+                .unwrap_or(false),
+            rabbit_login_method: c.require(R, "rabbit_login_method")?,
+            heartbeat_rate: c.require(R, "heartbeat_rate")?,
             ..RabbitOptions::default()
         };
+        c.parse_with(R, "kombu_compression", |v| {
+            if v.is_empty() {
+                Ok(())
+            } else {
+                Err("message compression is not supported by nova-rs; leave it unset on every service".into())
+            }
+        })?;
+        // Combinations oslo refuses, blamed on the option that asked for them.
+        if let Err(reason) = rabbit.validate() {
+            let name = if reason.contains("rabbit_stream_fanout") {
+                "rabbit_stream_fanout"
+            } else if reason.contains("rabbit_ha_queues") {
+                "rabbit_ha_queues"
+            } else {
+                "rabbit_login_method"
+            };
+            c.parse_with(R, name, |_| Err::<(), _>(reason))?;
+        }
         let mut transport =
             TransportOptions::new(transport_url).with_control_exchange(c.require::<String>(D, "control_exchange")?);
         transport.rpc_response_timeout = secs(D, "rpc_response_timeout")?;
         transport.max_message_size = c.require(D, "max_message_size")?;
         transport.rabbit = rabbit;
+        transport.signing = signing(c)?;
         let executor_thread_pool_size = c
             .parse_with(D, "executor_thread_pool_size", |v| match v.parse::<usize>() {
                 Ok(n) if (1..=65535).contains(&n) => Ok(n),

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{Call, Layer, Next};
 use crate::{
     metrics::{metrics, ErrorLabels, MethodLabels},
-    Result,
+    Result, RpcError,
 };
 
 /// Records every request it sees; see the module docs.
@@ -20,13 +20,25 @@ pub struct MetricsLayer;
 impl Layer for MetricsLayer {
     async fn handle(&self, call: Call, next: Next<'_>) -> Result<Value> {
         let m = metrics();
-        let labels = MethodLabels { topic: call.topic.clone(), method: call.method.clone() };
-        m.requests.get_or_create(&labels).inc();
-        let in_flight = m.in_flight.get_or_create(&labels).clone();
+        let asked = MethodLabels { topic: call.topic.clone(), method: call.method.clone() };
+        let in_flight = m.in_flight.get_or_create(&asked).clone();
         in_flight.inc();
         let started = Instant::now();
         let out = next.run(call).await;
         in_flight.dec();
+        // Only declared methods name a series: a caller can send any name,
+        // and a series per name would grow without end.
+        // A wrong version is refused before the method is looked up, so its
+        // name may be anything too.
+        let labels = if matches!(out, Err(RpcError::NoSuchMethod { .. } | RpcError::UnsupportedVersion { .. })) {
+            if in_flight.get() == 0 {
+                m.in_flight.remove(&asked);
+            }
+            MethodLabels { topic: asked.topic, method: UNKNOWN_METHOD.to_owned() }
+        } else {
+            asked
+        };
+        m.requests.get_or_create(&labels).inc();
         m.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         if let Err(e) = &out {
             let labels = ErrorLabels { topic: labels.topic, method: labels.method, class: e.class().to_owned() };
@@ -35,3 +47,6 @@ impl Layer for MetricsLayer {
         out
     }
 }
+
+/// The `method` label of requests for a method nobody declared.
+pub const UNKNOWN_METHOD: &str = "unknown";

@@ -354,6 +354,9 @@ impl Transport for MemoryTransport {
         // Offered outside the bus lock: a server may serve it on the spot and send.
         drop(bus);
         if queues.is_empty() {
+            if message.mandatory {
+                return Err(RpcError::Unroutable { destination: format!("{destination:?}") });
+            }
             tracing::debug!(?destination, "memory transport: message routed to no queue");
         }
         for queue in queues {

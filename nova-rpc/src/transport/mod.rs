@@ -60,6 +60,20 @@ pub struct Outgoing {
     /// How many times to reconnect and try again before failing; `None` retries
     /// until the broker comes back.
     pub retry: Option<u32>,
+    /// When to give up waiting for the broker to take it (a blocked or
+    /// unreachable broker); `None`: no limit beyond `retry`.
+    pub deadline: Option<Instant>,
+    /// Refuse it ([`RpcError::Unroutable`](crate::RpcError::Unroutable)) when
+    /// no queue takes it, instead of the broker dropping it (a cast to an
+    /// at-least-once target must never be confirmed and then dropped).
+    pub mandatory: bool,
+}
+
+impl Outgoing {
+    /// A message with no TTL, retried until the broker takes it, with no deadline.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Self { body: body.into(), ttl: None, retry: None, deadline: None, mandatory: false }
+    }
 }
 
 /// What a server listens to: `topic`, `topic.server`, and its own fanout queue.
@@ -148,9 +162,39 @@ pub trait Direct: Send + Sync {
     fn reserve(&self) -> Option<Box<dyn FnOnce(Delivery) + Send>>;
 }
 
+/// Which of a listener's queues are not being consumed, and since when.
+///
+/// A transport marks a queue here while it cannot consume it (its
+/// consumer was cancelled and its node is down, or the connection is
+/// lost), so a service can stop reporting itself up when it has been deaf
+/// for too long. Clones share one state.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<std::sync::Mutex<std::collections::HashMap<String, (Instant, String)>>>);
+
+impl Health {
+    /// `queue` is consumed (again).
+    pub fn consumed(&self, queue: &str) {
+        crate::lock(&self.0).remove(queue);
+    }
+
+    /// `queue` is not consumed, for `why`; the first time counts.
+    pub fn not_consumed(&self, queue: &str, why: &str) {
+        crate::lock(&self.0).entry(queue.to_owned()).or_insert_with(|| (Instant::now(), why.to_owned()));
+    }
+
+    /// The queue deaf the longest: its name, for how long, and why.
+    pub fn longest_deaf(&self) -> Option<(String, std::time::Duration, String)> {
+        crate::lock(&self.0)
+            .iter()
+            .min_by_key(|(_, (since, _))| *since)
+            .map(|(q, (since, why))| (q.clone(), since.elapsed(), why.clone()))
+    }
+}
+
 /// A stream of deliveries from one or more queues.
 pub struct Listener {
     source: Box<dyn Source>,
+    health: Health,
 }
 
 impl std::fmt::Debug for Listener {
@@ -184,7 +228,18 @@ impl Listener {
 
     /// A listener over a transport's own source.
     pub fn from_source(source: impl Source + 'static) -> Self {
-        Self { source: Box::new(source) }
+        Self { source: Box::new(source), health: Health::default() }
+    }
+
+    /// Report consumption trouble through `health` (see [`Health`]).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Which queues this listener is failing to consume.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// The next delivery; `None` once the listener has stopped and drained.
@@ -260,6 +315,12 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// Declare and consume a client's reply queue, handing each reply to
     /// `sink` as it arrives (no task between the transport and the caller).
     async fn listen_replies(&self, queue: &str, sink: ReplySink) -> Result<ReplyQueue>;
+
+    /// A name for a new reply queue: `reply_<uuid>` (the AMQP transport
+    /// names it as oslo's queue manager does when `use_queue_manager` is on).
+    fn reply_queue_name(&self) -> String {
+        format!("reply_{}", crate::wire::new_id())
+    }
 
     /// The options this transport was built with.
     fn options(&self) -> &TransportOptions;

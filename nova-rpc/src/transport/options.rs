@@ -15,6 +15,8 @@ pub struct TransportOptions {
     pub max_message_size: usize,
     /// `[oslo_messaging_rabbit]`.
     pub rabbit: RabbitOptions,
+    /// Signed topics and their keys (`[rpc] signing_keys`), if any.
+    pub signing: Option<std::sync::Arc<crate::signing::Signing>>,
 }
 
 impl TransportOptions {
@@ -26,6 +28,7 @@ impl TransportOptions {
             rpc_response_timeout: Duration::from_secs(60),
             max_message_size: 16 * 1024 * 1024,
             rabbit: RabbitOptions::default(),
+            signing: None,
         }
     }
 
@@ -49,6 +52,49 @@ pub struct RabbitOptions {
     pub rabbit_quorum_queue: bool,
     /// `rabbit_quorum_delivery_limit`: quorum `x-delivery-limit` (0 = none).
     pub rabbit_quorum_delivery_limit: u32,
+    /// `rabbit_quorum_max_memory_length`: quorum `x-max-in-memory-length` (0 = none).
+    pub rabbit_quorum_max_memory_length: u32,
+    /// `rabbit_quorum_max_memory_bytes`: quorum `x-max-in-memory-bytes` (0 = none).
+    pub rabbit_quorum_max_memory_bytes: u64,
+    /// `rabbit_transient_quorum_queue`: reply and fanout queues are durable
+    /// quorum queues, and the fanout exchange is durable.
+    pub rabbit_transient_quorum_queue: bool,
+    /// `rabbit_stream_fanout`: one durable `<topic>_fanout` stream queue per
+    /// topic, read from the next offset by every server, instead of a queue
+    /// per server.
+    pub rabbit_stream_fanout: bool,
+    /// `rabbit_ha_queues`: the legacy `x-ha-policy: all` argument on every
+    /// queue. RabbitMQ ignores it since 3.0: mirroring is a policy matter.
+    pub rabbit_ha_queues: bool,
+    /// `rabbit_qos_prefetch_count`: the prefetch of every consumer (0 = the
+    /// server's free capacity, which is nova-rs's default back-pressure).
+    pub rabbit_qos_prefetch_count: u16,
+    /// `use_queue_manager`: reply and fanout queues named
+    /// `<hostname>:<processname>:<n>`, as oslo's `QManager` names them, so a
+    /// restarted service finds its queues again.
+    pub use_queue_manager: bool,
+    /// `hostname`: the host part of queue-manager names.
+    pub hostname: String,
+    /// `processname`: the process part of queue-manager names.
+    pub processname: String,
+    /// `enable_cancel_on_failover`: consumers ask for `x-cancel-on-ha-failover`.
+    pub enable_cancel_on_failover: bool,
+    /// `direct_mandatory_flag`: replies are published `mandatory`.
+    pub direct_mandatory_flag: bool,
+    /// `kombu_reconnect_delay`: wait before consuming again a queue whose
+    /// consumer the broker cancelled (1 s).
+    pub kombu_reconnect_delay: Duration,
+    /// `kombu_reconnect_splay`: up to this much random extra wait (0 s).
+    pub kombu_reconnect_splay: Duration,
+    /// `kombu_failover_strategy`: start each connect round at the next host
+    /// (`round-robin`) or a random one (`shuffle`).
+    pub failover_shuffle: bool,
+    /// `rabbit_login_method`: `PLAIN`, `AMQPLAIN`, `EXTERNAL` or `RABBIT-CR-DEMO`.
+    pub rabbit_login_method: String,
+    /// `heartbeat_rate`: heartbeat checks per `heartbeat_timeout_threshold`
+    /// (3). lapin sends heartbeats at half the negotiated interval and
+    /// declares the connection dead after it; this is accepted for oslo's sake.
+    pub heartbeat_rate: u32,
     /// `rabbit_transient_queues_ttl`: `x-expires` of reply and fanout queues (1800 s).
     pub rabbit_transient_queues_ttl: Duration,
     /// `rabbit_retry_interval`: first reconnect delay (1 s).
@@ -86,6 +132,22 @@ impl Default for RabbitOptions {
             amqp_auto_delete: false,
             rabbit_quorum_queue: false,
             rabbit_quorum_delivery_limit: 0,
+            rabbit_quorum_max_memory_length: 0,
+            rabbit_quorum_max_memory_bytes: 0,
+            rabbit_transient_quorum_queue: false,
+            rabbit_stream_fanout: false,
+            rabbit_ha_queues: false,
+            rabbit_qos_prefetch_count: 0,
+            use_queue_manager: false,
+            hostname: String::new(),
+            processname: String::new(),
+            enable_cancel_on_failover: false,
+            direct_mandatory_flag: true,
+            kombu_reconnect_delay: Duration::from_secs(1),
+            kombu_reconnect_splay: Duration::ZERO,
+            failover_shuffle: false,
+            rabbit_login_method: "AMQPLAIN".into(),
+            heartbeat_rate: 3,
             rabbit_transient_queues_ttl: Duration::from_secs(1800),
             rabbit_retry_interval: Duration::from_secs(1),
             rabbit_retry_backoff: Duration::from_secs(2),
@@ -108,6 +170,42 @@ impl RabbitOptions {
     /// (quorum queues are always durable).
     pub fn topic_durable(&self) -> bool {
         self.amqp_durable_queues || self.rabbit_quorum_queue
+    }
+
+    /// Refuse combinations oslo.messaging refuses, with oslo's words.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rabbit_quorum_queue && self.rabbit_ha_queues {
+            return Err("Configuration Error: rabbit_quorum_queue and rabbit_ha_queues both enabled, \
+                        queue type is quorum or HA (mirrored) not both"
+                .into());
+        }
+        if self.rabbit_stream_fanout && self.rabbit_qos_prefetch_count == 0 {
+            return Err("Configuration Error: rabbit_stream_fanout need rabbit_qos_prefetch_count \
+                        to be set to a value greater than 0."
+                .into());
+        }
+        if self.rabbit_stream_fanout && !self.rabbit_transient_quorum_queue {
+            return Err(
+                "Configuration Error: rabbit_stream_fanout need rabbit_transient_quorum_queue to be set to true."
+                    .into(),
+            );
+        }
+        if !["PLAIN", "AMQPLAIN", "EXTERNAL", "RABBIT-CR-DEMO"].contains(&self.rabbit_login_method.as_str()) {
+            return Err(format!(
+                "rabbit_login_method {:?} is not one of PLAIN, AMQPLAIN, EXTERNAL, RABBIT-CR-DEMO",
+                self.rabbit_login_method
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long to wait before consuming a cancelled queue again:
+    /// `kombu_reconnect_delay` plus up to `kombu_reconnect_splay`, growing
+    /// with each failed attempt as reconnects do, capped at `rabbit_interval_max`.
+    pub fn reconsume_delay(&self, attempt: u32) -> Duration {
+        let splay = self.kombu_reconnect_splay.mul_f64(fastrand::f64());
+        let base = if attempt == 0 { self.kombu_reconnect_delay } else { self.reconnect_delay(attempt - 1) };
+        (base + splay).min(self.rabbit_interval_max.max(self.kombu_reconnect_delay))
     }
 
     /// The delay before reconnect attempt `attempt` (0-based): oslo's

@@ -48,33 +48,49 @@ const SCHEMES: &[&str] = &["rabbit", "amqp", "amqps", "memory"];
 impl TransportUrl {
     /// `url` with the password of every host replaced by `***`.
     ///
+    /// A password may hold any character (`/`, `?`, `@` and `,` included,
+    /// even unencoded), so the credentials run up to the *last* `@`, and of
+    /// them only user names and the hosts of a failover list are shown.
+    ///
     /// ```
     /// use nova_rpc::transport::TransportUrl;
     /// assert_eq!(TransportUrl::mask("rabbit://u:secret@h:5672/"), "rabbit://u:***@h:5672/");
+    /// assert_eq!(TransportUrl::mask("rabbit://u:a/b?c@h/v"), "rabbit://u:***@h/v");
+    /// assert_eq!(TransportUrl::mask("rabbit://u:p1@h1:5672,u:p2@h2:5672/"), "rabbit://u:***@h1:5672,u:***@h2:5672/");
     /// ```
     pub fn mask(url: &str) -> String {
         let Some((scheme, rest)) = url.split_once("://") else {
             return url.to_owned();
         };
-        let (netloc, tail) = match rest.find(['/', '?']) {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
+        let Some(at) = rest.rfind('@') else {
+            return url.to_owned();
         };
-        let hosts: Vec<String> = netloc
-            .split(',')
-            .map(|h| match h.rsplit_once('@') {
-                Some((cred, host)) => {
-                    let user = cred.split(':').next().unwrap_or("");
-                    if cred.contains(':') {
-                        format!("{user}:***@{host}")
-                    } else {
-                        format!("{user}@{host}")
-                    }
-                }
-                None => h.to_owned(),
-            })
-            .collect();
-        format!("{scheme}://{}{tail}", hosts.join(","))
+        let (mut credentials, tail) = (&rest[..at], &rest[at + 1..]);
+        let Some((user, _)) = credentials.split_once(':') else {
+            // User names only: nothing to hide.
+            return url.to_owned();
+        };
+        // In a failover list every entry starts `<user>:`; an entry ends at
+        // an `@host,` followed by the next one. Everything else is secret.
+        let next_entry = format!(",{user}:");
+        let mut hosts = Vec::new();
+        while let Some((host, next)) = credentials.match_indices('@').find_map(|(i, _)| {
+            let after = &credentials[i + 1..];
+            let end = after.find(&next_entry)?;
+            let host = &after[..end];
+            let host_like = !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
+            host_like.then(|| (host, &after[end + 1..]))
+        }) {
+            hosts.push(host);
+            credentials = next;
+        }
+        let mut masked = format!("{scheme}://");
+        for host in hosts {
+            masked.push_str(&format!("{user}:***@{host},"));
+        }
+        masked.push_str(&format!("{user}:***@{tail}"));
+        masked
     }
 
     /// Parse a transport URL; an unknown scheme or a malformed URL is an error naming it.

@@ -22,8 +22,10 @@ use nova_rpc::{RequestContext, RpcClient, RpcError, Target};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+pub use self::tasks::TaskLimits;
 pub use self::tasks::{NotifyTarget, TaskInfo, TaskStatus};
 use self::tasks::{RunningTask, TaskStore};
+use crate::outbound::HttpClient;
 use crate::scheduler::SchedulerManagerClient;
 
 /// The registry name of this manager.
@@ -44,7 +46,37 @@ pub const OPTIONS: &[OptSpec] = &[
         default: "10",
         help: "Seconds between capacity reports to the schedulers.",
     },
-    OptSpec { section: "compute", name: "callback_attempts", default: "3", help: "Tries of a task's callback_url POST." },
+    OptSpec {
+        section: "compute",
+        name: "callback_attempts",
+        default: "3",
+        help: "Tries of a task's callback_url POST (again only after a connection error or a 5xx).",
+    },
+    OptSpec {
+        section: "compute",
+        name: "callback_allowed_hosts",
+        default: "",
+        help: "Hosts a callback_url may name although they are (or resolve to) loopback, private or link-local addresses.",
+    },
+    OptSpec {
+        section: "compute",
+        name: "callback_ca_file",
+        default: "",
+        help: "A CA bundle (PEM) trusted for https:// callbacks beside the system's roots.",
+    },
+    OptSpec {
+        section: "compute",
+        name: "task_env",
+        default: "PATH",
+        help: "A task's whole environment: names passed on from the service's, or NAME=value pairs, comma separated. Nothing else is inherited.",
+    },
+    OptSpec {
+        section: "compute",
+        name: "task_kill_grace",
+        default: "10",
+        help: "Seconds between SIGTERM and SIGKILL when a task's process group is stopped.",
+    },
+    OptSpec { section: "compute", name: "task_timeout", default: "0", help: "Seconds a task may run before its process group is stopped (0: no limit)." },
 ];
 
 /// What a compute refuses, as remote errors.
@@ -88,6 +120,8 @@ pub struct ComputeManager {
     max_tasks: usize,
     capacity_report_interval: f64,
     callback_attempts: u32,
+    callbacks: HttpClient,
+    limits: TaskLimits,
     store: TaskStore,
     running: Mutex<HashMap<String, Arc<RunningTask>>>,
     schedulers: SchedulerManagerClient,
@@ -124,6 +158,24 @@ impl ComputeManager {
             }
             commands.insert(name, argv);
         }
+        let seconds = |name: &str| -> Result<Duration, BoxError> {
+            let s: f64 = c.require("compute", name)?;
+            Ok(Duration::from_secs_f64(s.clamp(0.0, 1e7)))
+        };
+        let allowed_hosts: Vec<String> = c
+            .get::<String>("compute", "callback_allowed_hosts")?
+            .unwrap_or_default()
+            .split(',')
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
+        let callback_ca =
+            c.get::<String>("compute", "callback_ca_file")?.filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+        let limits = TaskLimits {
+            env: TaskLimits::env_from(&c.get::<String>("compute", "task_env")?.unwrap_or_default()),
+            kill_grace: seconds("task_kill_grace")?,
+            timeout: Some(seconds("task_timeout")?).filter(|t| !t.is_zero()),
+        };
         Ok(Self::new(
             &deps.service.host,
             commands,
@@ -132,7 +184,9 @@ impl ComputeManager {
             c.require("compute", "callback_attempts")?,
             deps.db.clone(),
             RpcClient::new(deps.transport.clone(), Target::new("scheduler")),
-        ))
+        )
+        .with_task_limits(limits)
+        .with_callbacks(HttpClient::guarded(&allowed_hosts, callback_ca.as_deref())?))
     }
 
     /// A manager for `host` with an explicit allow-list.
@@ -151,11 +205,25 @@ impl ComputeManager {
             max_tasks: max_tasks.max(1),
             capacity_report_interval,
             callback_attempts,
+            callbacks: HttpClient::guarded(&[], None).unwrap_or_else(|_| HttpClient::open()),
+            limits: TaskLimits::default(),
             store: TaskStore::new(db),
             running: Mutex::default(),
             schedulers: SchedulerManagerClient::new(rpc.with_target(Target::new("scheduler"))).with_fanout(),
             rpc,
         }
+    }
+
+    /// POST callbacks with `client` (its guard and trusted CAs).
+    pub fn with_callbacks(mut self, client: HttpClient) -> Self {
+        self.callbacks = client;
+        self
+    }
+
+    /// Run tasks with `limits` (environment, timeout, kill grace).
+    pub fn with_task_limits(mut self, limits: TaskLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     async fn finish(self: Arc<Self>, task: Arc<RunningTask>) {
@@ -182,9 +250,9 @@ impl ComputeManager {
         }
         if let Some(url) = info.callback_url.clone() {
             let body = serde_json::to_vec(&info).unwrap_or_default();
-            if let Err(e) =
-                crate::webhook::post_with_retry(&url, &body, self.callback_attempts, Duration::from_millis(500)).await
-            {
+            let posted = self.callbacks.post_json(&url, body, self.callback_attempts, Duration::from_millis(500)).await;
+            if let Err(e) = posted {
+                tracing::warn!(task_id = %info.task_id, error = %e, "the task's callback failed");
                 info.callback_error = Some(e);
                 if let Err(e) = self.store.update(&info).await {
                     tracing::error!(error = %e, "cannot record the callback failure");
@@ -203,7 +271,7 @@ impl ComputeManager {
         self: &Arc<Self>,
         _ctx: RequestContext,
         name: String,
-        args: Vec<String>,
+        #[rpc(default)] args: Vec<String>,
         task_id: String,
         notify: Option<NotifyTarget>,
         callback_url: Option<String>,
@@ -224,6 +292,7 @@ impl ComputeManager {
             notify,
             callback_url,
             callback_error: None,
+            process_group: None,
         };
         let mut running = self.running.lock().await;
         if running.len() >= self.max_tasks {
@@ -237,7 +306,7 @@ impl ComputeManager {
         if info.status == TaskStatus::Failed {
             return Ok(RunOutcome { started: false, reason: info.error });
         }
-        match tasks::spawn(info.clone(), argv) {
+        match tasks::spawn(info.clone(), argv, &self.limits) {
             Ok(task) => {
                 self.store.update(&task.info).await?;
                 running.insert(task_id.clone(), task.clone());
@@ -287,7 +356,8 @@ impl ComputeManager {
             Some(t) => {
                 t.kill();
                 let mut done = t.done.clone();
-                let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(Option::is_some)).await;
+                let grace = self.limits.kill_grace + Duration::from_secs(2);
+                let _ = tokio::time::timeout(grace, done.wait_for(Option::is_some)).await;
                 Ok(t.snapshot())
             }
             None => self.store.get(&task_id).await?.ok_or(ComputeError::TaskNotFound(task_id)),
@@ -324,9 +394,13 @@ impl ComputeManager {
 
 #[async_trait::async_trait]
 impl Manager for ComputeManager {
-    /// Tasks that were running when this host's previous process died are failed now.
+    /// Tasks that were running when this host's previous process died are
+    /// failed now, and what is left of their process groups is killed.
     async fn init_host(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
         for mut t in self.store.list(&self.host, Some(TaskStatus::Running)).await? {
+            if t.process_group.is_some_and(tasks::kill_orphan) {
+                tracing::warn!(task_id = %t.task_id, "killed the processes a crashed compute left running");
+            }
             t.status = TaskStatus::Failed;
             t.error = Some("the compute service stopped while the task ran".into());
             t.finished_at = Some(chrono::Utc::now().naive_utc());
@@ -350,7 +424,8 @@ impl Manager for ComputeManager {
         for t in running {
             t.kill();
             let mut done = t.done.clone();
-            let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(Option::is_some)).await;
+            let grace = self.limits.kill_grace + Duration::from_secs(2);
+            let _ = tokio::time::timeout(grace, done.wait_for(Option::is_some)).await;
             let finished = t.done.borrow().clone();
             if let Some(info) = finished {
                 self.store.update(&info).await?;

@@ -5,6 +5,7 @@
 use std::{
     process::Stdio,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use chrono::NaiveDateTime;
@@ -88,6 +89,11 @@ pub struct TaskInfo {
     pub callback_url: Option<String>,
     /// Why the callback failed, if it did.
     pub callback_error: Option<String>,
+    /// The task's process group (its leader's pid) and the leader's start
+    /// time in clock ticks since boot, so a restarted compute can find and
+    /// kill what a crashed one left behind, and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_group: Option<(i32, u64)>,
 }
 
 /// The `compute_tasks` table.
@@ -213,26 +219,112 @@ async fn drain(mut from: impl AsyncRead + Unpin, into: Arc<Mutex<Tail>>) {
     }
 }
 
-/// Start `argv` + `info.args` as a process — argv, never a shell — and
+/// How tasks run: the environment they start with, how long they may
+/// take, and how long a stopped task gets between SIGTERM and SIGKILL.
+#[derive(Debug, Clone)]
+pub struct TaskLimits {
+    /// The whole environment of a task (nothing of the service's own is inherited).
+    pub env: Vec<(String, String)>,
+    /// Between SIGTERM and SIGKILL to the task's process group.
+    pub kill_grace: Duration,
+    /// Longest run; `None`: no limit.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        Self { env: Self::env_from("PATH"), kill_grace: Duration::from_secs(10), timeout: None }
+    }
+}
+
+impl TaskLimits {
+    /// `[compute] task_env`: comma-separated names taken from the service's
+    /// environment, or `NAME=value` pairs.
+    pub fn env_from(spec: &str) -> Vec<(String, String)> {
+        spec.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .filter_map(|e| match e.split_once('=') {
+                Some((name, value)) => Some((name.trim().to_owned(), value.trim().to_owned())),
+                None => std::env::var(e).ok().map(|v| (e.to_owned(), v)),
+            })
+            .collect()
+    }
+}
+
+/// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Signal every process of group `pgid`; `false` when none is left.
+fn signal_group(pgid: i32, signal: nix::sys::signal::Signal) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal).is_ok()
+}
+
+/// Kill what is left of a crashed compute's task: its process group, if its
+/// leader is still the process that was started (a pid is not reused while
+/// its group has members, so a missing leader with a live group is ours).
+pub fn kill_orphan(group: (i32, u64)) -> bool {
+    let (pgid, started) = group;
+    if start_time(pgid).is_some_and(|now| now != started) {
+        return false;
+    }
+    signal_group(pgid, nix::sys::signal::Signal::SIGKILL)
+}
+
+/// SIGTERM the group and give it `grace` to finish `exited`, then SIGKILL
+/// whatever is left. `true` when `exited` finished within the grace.
+async fn stop_group(pgid: i32, grace: Duration, exited: impl std::future::Future) -> bool {
+    use nix::sys::signal::Signal;
+    if !signal_group(pgid, Signal::SIGTERM) {
+        return false;
+    }
+    if tokio::time::timeout(grace, exited).await.is_ok() {
+        return true;
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    false
+}
+
+/// How a task's process ended.
+enum End {
+    Exited,
+    Killed,
+    TimedOut,
+}
+
+/// Start `argv` + `info.args` as a process — argv, never a shell — in a
+/// process group of its own with only `limits.env` for environment, and
 /// supervise it. Returns the running task, or the reason it could not start.
-pub fn spawn(mut info: TaskInfo, argv: &[String]) -> Result<Arc<RunningTask>, String> {
+pub fn spawn(mut info: TaskInfo, argv: &[String], limits: &TaskLimits) -> Result<Arc<RunningTask>, String> {
     let (program, fixed) = argv.split_first().ok_or_else(|| format!("command {} has an empty argv", info.name))?;
     let mut child = tokio::process::Command::new(program)
         .args(fixed)
         .args(&info.args)
+        .env_clear()
+        .envs(limits.env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or("the task exited at once")?;
+    info.process_group = start_time(pgid).map(|t| (pgid, t));
     info.status = TaskStatus::Running;
     info.started_at = Some(chrono::Utc::now().naive_utc());
     let (stdout, stderr) = (Arc::new(Mutex::new(Tail::default())), Arc::new(Mutex::new(Tail::default())));
-    let readers = [
-        child.stdout.take().map(|s| tokio::spawn(drain(s, stdout.clone()))),
-        child.stderr.take().map(|s| tokio::spawn(drain(s, stderr.clone()))),
-    ];
+    let mut readers = Vec::new();
+    if let Some(s) = child.stdout.take() {
+        readers.push(tokio::spawn(drain(s, stdout.clone())));
+    }
+    if let Some(s) = child.stderr.take() {
+        readers.push(tokio::spawn(drain(s, stderr.clone())));
+    }
     let (kill_tx, kill_rx) = oneshot::channel();
     let (done_tx, done_rx) = watch::channel(None);
     let task = Arc::new(RunningTask {
@@ -242,34 +334,59 @@ pub fn spawn(mut info: TaskInfo, argv: &[String]) -> Result<Arc<RunningTask>, St
         kill: Mutex::new(Some(kill_tx)),
         done: done_rx,
     });
+    let (grace, timeout) = (limits.kill_grace, limits.timeout);
     tokio::spawn(async move {
-        let mut killed = false;
-        let status = tokio::select! {
-            s = child.wait() => s,
-            _ = kill_rx => {
-                killed = true;
-                let _ = child.start_kill();
-                child.wait().await
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
             }
         };
-        for r in readers.into_iter().flatten() {
-            let _ = r.await;
+        let end = tokio::select! {
+            _ = child.wait() => End::Exited,
+            _ = kill_rx => End::Killed,
+            () = deadline => End::TimedOut,
+        };
+        if !matches!(end, End::Exited) {
+            stop_group(pgid, grace, child.wait()).await;
+        }
+        let status = child.wait().await;
+        {
+            // The leader is gone; whatever it left in its group (a background
+            // child holding stdout, say) is stopped, so the task ends.
+            let outputs = async {
+                for r in readers.iter_mut() {
+                    let _ = r.await;
+                }
+            };
+            tokio::pin!(outputs);
+            if tokio::time::timeout(Duration::from_millis(200), &mut outputs).await.is_err()
+                && !stop_group(pgid, grace, &mut outputs).await
+            {
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut outputs).await;
+            }
+        }
+        // Only a process that left the group can still hold the pipes.
+        for r in &readers {
+            r.abort();
         }
         info.finished_at = Some(chrono::Utc::now().naive_utc());
         info.stdout = stdout.lock().unwrap_or_else(|p| p.into_inner()).text();
         info.stderr = stderr.lock().unwrap_or_else(|p| p.into_inner()).text();
-        match status {
-            Ok(s) => {
+        match (status, end) {
+            (Ok(s), end) => {
                 info.exit_code = s.code();
-                info.status = if killed {
-                    TaskStatus::Killed
-                } else if s.success() {
-                    TaskStatus::Succeeded
-                } else {
-                    TaskStatus::Failed
+                info.status = match end {
+                    End::Killed => TaskStatus::Killed,
+                    End::TimedOut => {
+                        info.error = Some(format!("timed out after {:?} (task_timeout)", timeout.unwrap_or_default()));
+                        TaskStatus::Failed
+                    }
+                    End::Exited if s.success() => TaskStatus::Succeeded,
+                    End::Exited => TaskStatus::Failed,
                 };
             }
-            Err(e) => {
+            (Err(e), _) => {
                 info.status = TaskStatus::Failed;
                 info.error = Some(format!("lost the process: {e}"));
             }

@@ -9,7 +9,7 @@ use std::{
 
 use lapin::{
     tcp::{OwnedIdentity, OwnedTLSConfig},
-    uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo},
+    uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism},
     Connection, ConnectionProperties,
 };
 
@@ -53,7 +53,9 @@ impl Connector {
         } else {
             None
         };
-        Ok(Self { url, options, tls, next_host: AtomicUsize::new(0) })
+        // `kombu_failover_strategy = shuffle`: each process starts at a random host.
+        let first = if options.failover_shuffle { fastrand::usize(..url.hosts.len().max(1)) } else { 0 };
+        Ok(Self { url, options, tls, next_host: AtomicUsize::new(first) })
     }
 
     pub(crate) fn options(&self) -> &RabbitOptions {
@@ -77,6 +79,12 @@ impl Connector {
                 heartbeat,
                 connection_timeout: Some(self.options.connection_timeout.as_millis() as u64),
                 frame_max: Some(self.options.frame_max),
+                auth_mechanism: Some(match self.options.rabbit_login_method.as_str() {
+                    "PLAIN" => SASLMechanism::Plain,
+                    "EXTERNAL" => SASLMechanism::External,
+                    "RABBIT-CR-DEMO" => SASLMechanism::RabbitCrDemo,
+                    _ => SASLMechanism::AMQPlain,
+                }),
                 ..AMQPQueryString::default()
             },
         };
@@ -106,6 +114,7 @@ impl Connector {
                 let i = self.next_host.load(Ordering::Relaxed) % hosts.len();
                 match self.connect_host(&hosts[i], purpose).await {
                     Ok(conn) => {
+                        watch_blocked(&conn, purpose);
                         if round > 0 {
                             tracing::info!(host = ?hosts[i], purpose, "reconnected to AMQP server");
                         }
@@ -135,4 +144,27 @@ impl Connector {
             round += 1;
         }
     }
+}
+
+/// Log and count the broker blocking and unblocking `conn` (a memory or
+/// disk alarm), once per change. Publishes meanwhile wait, up to their deadline.
+fn watch_blocked(conn: &Connection, purpose: &str) {
+    use futures_util::StreamExt;
+    let mut events = conn.events_listener();
+    let purpose = purpose.to_owned();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::ConnectionBlocked(reason) => {
+                    crate::metrics::metrics().connection_blocked.inc();
+                    tracing::warn!(%reason, purpose, "the broker blocked this connection; publishes wait until it unblocks");
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    crate::metrics::metrics().connection_unblocked.inc();
+                    tracing::info!(purpose, "the broker unblocked this connection");
+                }
+                _ => {}
+            }
+        }
+    });
 }

@@ -1,49 +1,65 @@
-//! Consuming on AMQP: one task per listener owns a connection and a channel,
-//! declares its topology, consumes its queues and forwards deliveries into
-//! a bounded channel (a server's) or straight to a reply sink (a client's). When the connection drops it reconnects with backoff,
-//! declares everything again and resumes consuming; when told to stop it
-//! cancels its consumers and waits until the last delivery it handed out
-//! has been settled before closing, so unsettled messages go back to the queue.
+//! Consuming on AMQP. One task per listener owns a connection and one
+//! channel per consumed queue, declares what the [`topology`](super::topology)
+//! says, and forwards deliveries into a bounded channel (a server's) or
+//! straight to a reply sink (a client's).
+//!
+//! Nothing makes it silently deaf:
+//!
+//! * a consumer the broker cancels (its queue deleted, its node lost, a
+//!   quorum leader moved) is declared and consumed again on a fresh channel
+//!   after `kombu_reconnect_delay`, retrying while the queue's node is down,
+//!   without disturbing the other queues' consumers; it is logged once and
+//!   counted in `nova_consumer_cancels_total`;
+//! * a lost connection is re-established with backoff and everything is
+//!   declared again;
+//! * while a queue is not consumed, [`Health`] says since when, so the
+//!   service can stop reporting itself up.
+//!
+//! When told to stop it cancels its consumers and keeps the channels open
+//! until the last delivery it handed out has been settled, so unsettled
+//! messages go back to the queue.
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
-use futures_util::{stream::select_all, StreamExt};
+use futures_util::{
+    stream::{self, BoxStream, FuturesUnordered, SelectAll},
+    FutureExt, StreamExt,
+};
 use lapin::{
+    message::Delivery as AmqpDelivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
         BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable},
-    Acker, Channel, Connection, ExchangeKind,
+    Acker, Channel, Connection,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::connector::Connector;
+use super::{
+    connector::Connector,
+    topology::{Arg, Exchange, ExchangeKind, Queue, Subscription},
+};
 use crate::{
-    transport::{Acknowledge, Delivery, Listener, ReplyQueue, ReplySink},
+    transport::{Acknowledge, Delivery, Health, Listener, ReplyQueue, ReplySink},
     Result, RpcError,
 };
-
-/// One step of declaring a listener's topology.
-#[derive(Debug, Clone)]
-pub(crate) enum Declare {
-    Exchange { name: String, kind: ExchangeKind, durable: bool, auto_delete: bool },
-    Queue { name: String, durable: bool, auto_delete: bool, arguments: FieldTable },
-    Bind { queue: String, exchange: String, routing_key: String },
-}
 
 /// What a listener declares and consumes.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub(crate) purpose: &'static str,
     pub(crate) prefetch: u16,
-    pub(crate) declare: Vec<Declare>,
-    pub(crate) consume: Vec<String>,
-    pub(crate) delete_on_stop: Vec<String>,
+    /// Declared once per connection before the subscriptions, not consumed.
+    pub(crate) prelude: Vec<Queue>,
+    pub(crate) subscriptions: Vec<Subscription>,
 }
 
 /// Where a listener task puts what it receives.
@@ -59,22 +75,25 @@ enum Output {
 pub(crate) async fn start(connector: Arc<Connector>, plan: Plan) -> Result<Listener> {
     let capacity = if plan.prefetch == 0 { 1024 } else { usize::from(plan.prefetch) };
     let (tx, rx) = mpsc::channel(capacity);
-    let stop = spawn(connector, plan, Output::Channel(tx)).await?;
-    Ok(Listener::new(rx, stop))
+    let health = Health::default();
+    let stop = spawn(connector, plan, Output::Channel(tx), health.clone()).await?;
+    Ok(Listener::new(rx, stop).with_health(health))
 }
 
 /// Start a reply listener task that hands every body to `sink`.
 pub(crate) async fn start_replies(connector: Arc<Connector>, plan: Plan, sink: ReplySink) -> Result<ReplyQueue> {
-    let stop = spawn(connector, plan, Output::Sink(sink)).await?;
+    let stop = spawn(connector, plan, Output::Sink(sink), Health::default()).await?;
     Ok(ReplyQueue::new(move || {
         stop.send_replace(true);
     }))
 }
 
-async fn spawn(connector: Arc<Connector>, plan: Plan, output: Output) -> Result<watch::Sender<bool>> {
+async fn spawn(connector: Arc<Connector>, plan: Plan, output: Output, health: Health) -> Result<watch::Sender<bool>> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel();
-    tokio::spawn(run(connector, plan, output, stop_rx, ready_tx));
+    let task =
+        Task { offsets: plan.subscriptions.iter().map(|_| Arc::new(AtomicI64::new(-1))).collect(), health, plan };
+    tokio::spawn(task.run(connector, output, stop_rx, ready_tx));
     match ready_rx.await {
         Ok(Ok(())) => Ok(stop_tx),
         Ok(Err(e)) => Err(e),
@@ -82,51 +101,81 @@ async fn spawn(connector: Arc<Connector>, plan: Plan, output: Output) -> Result<
     }
 }
 
-async fn setup(conn: &Connection, plan: &Plan) -> Result<(Channel, Vec<lapin::Consumer>)> {
+fn field_table(args: &[(String, Arg)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in args {
+        let value = match value {
+            Arg::Str(s) => AMQPValue::LongString(s.as_str().into()),
+            Arg::Int(n) => match i32::try_from(*n) {
+                Ok(n) => AMQPValue::LongInt(n),
+                Err(_) => AMQPValue::LongLongInt(*n),
+            },
+            Arg::Bool(b) => AMQPValue::Boolean(*b),
+        };
+        table.insert(key.as_str().into(), value);
+    }
+    table
+}
+
+pub(crate) async fn declare_exchange(channel: &Channel, e: &Exchange) -> Result<()> {
+    let kind = match e.kind {
+        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+    };
+    let options = ExchangeDeclareOptions { durable: e.durable, auto_delete: e.auto_delete, ..Default::default() };
+    channel.exchange_declare(e.name.as_str().into(), kind, options, FieldTable::default()).await?;
+    Ok(())
+}
+
+async fn declare_queue(channel: &Channel, q: &Queue) -> Result<()> {
+    let options = QueueDeclareOptions { durable: q.durable, auto_delete: q.auto_delete, ..Default::default() };
+    channel.queue_declare(q.name.as_str().into(), options, field_table(&q.arguments)).await?;
+    Ok(())
+}
+
+/// One subscription's channel, declared and consuming.
+async fn subscribe(
+    conn: &Connection,
+    sub: &Subscription,
+    prefetch: u16,
+    offset: &AtomicI64,
+) -> Result<(Channel, lapin::Consumer)> {
     let channel = conn.create_channel().await?;
-    if plan.prefetch > 0 {
-        channel.basic_qos(plan.prefetch, BasicQosOptions::default()).await?;
+    if prefetch > 0 {
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     }
-    for step in &plan.declare {
-        match step {
-            Declare::Exchange { name, kind, durable, auto_delete } => {
-                let options =
-                    ExchangeDeclareOptions { durable: *durable, auto_delete: *auto_delete, ..Default::default() };
-                channel.exchange_declare(name.as_str().into(), kind.clone(), options, FieldTable::default()).await?;
-            }
-            Declare::Queue { name, durable, auto_delete, arguments } => {
-                let options =
-                    QueueDeclareOptions { durable: *durable, auto_delete: *auto_delete, ..Default::default() };
-                channel.queue_declare(name.as_str().into(), options, arguments.clone()).await?;
-            }
-            Declare::Bind { queue, exchange, routing_key } => {
-                channel
-                    .queue_bind(
-                        queue.as_str().into(),
-                        exchange.as_str().into(),
-                        routing_key.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-        }
+    if let Some(exchange) = &sub.exchange {
+        declare_exchange(&channel, exchange).await?;
     }
-    let mut consumers = Vec::new();
-    for (i, queue) in plan.consume.iter().enumerate() {
-        let tag = (i + 1).to_string();
-        consumers.push(
-            channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?,
-        );
+    declare_queue(&channel, &sub.queue).await?;
+    if let Some(exchange) = &sub.exchange {
+        channel
+            .queue_bind(
+                sub.queue.name.as_str().into(),
+                exchange.name.as_str().into(),
+                sub.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
     }
-    Ok((channel, consumers))
+    let mut args = sub.consumer_arguments.clone();
+    if sub.queue.is_stream() {
+        // Read on from where we were, or only what comes from now on. As
+        // in oslo, the offset is a stream consumer's only argument.
+        let next = offset.load(Ordering::Relaxed);
+        let from = if next < 0 { Arg::Str("next".into()) } else { Arg::Int(next) };
+        args = vec![("x-stream-offset".into(), from)];
+    }
+    let consumer = channel
+        .basic_consume(
+            sub.queue.name.as_str().into(),
+            sub.queue.name.as_str().into(),
+            BasicConsumeOptions::default(),
+            field_table(&args),
+        )
+        .await?;
+    Ok((channel, consumer))
 }
 
 enum Ended {
@@ -134,96 +183,253 @@ enum Ended {
     Lost(String),
 }
 
-async fn run(
-    connector: Arc<Connector>,
+/// What one subscription's consumer yields: a delivery, an error, or
+/// (`None`) the end of the consumer, which the broker cancelled.
+type Tagged = (usize, Option<lapin::Result<AmqpDelivery>>);
+
+fn tagged(i: usize, consumer: lapin::Consumer) -> BoxStream<'static, Tagged> {
+    consumer.map(move |d| (i, Some(d))).chain(stream::once(async move { (i, None) })).boxed()
+}
+
+struct Task {
     plan: Plan,
-    output: Output,
-    mut stop: watch::Receiver<bool>,
-    ready: oneshot::Sender<Result<()>>,
-) {
-    let mut ready = Some(ready);
-    let mut round = 0u32;
-    loop {
-        let conn = tokio::select! {
-            biased;
-            _ = crate::transport::stopped(&mut stop) => return,
-            c = connector.connect(plan.purpose, None) => match c {
-                Ok(c) => c,
-                Err(e) => {
-                    if let Some(r) = ready.take() { let _ = r.send(Err(e)); }
-                    return;
-                }
-            },
-        };
-        let (channel, consumers) = match setup(&conn, &plan).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = conn.close(200, "setup failed".into()).await;
-                if let Some(r) = ready.take() {
-                    // The broker answered but refused our topology: retrying cannot help.
-                    let _ = r.send(Err(e));
-                    return;
-                }
-                tracing::warn!(error = %e, purpose = plan.purpose, "re-declaring topology failed; retrying");
-                tokio::time::sleep(connector.options().reconnect_delay(round)).await;
-                round += 1;
-                continue;
+    /// Per subscription, the next stream offset to read (-1: none yet).
+    offsets: Vec<Arc<AtomicI64>>,
+    health: Health,
+}
+
+impl Task {
+    fn queues(&self) -> impl Iterator<Item = &str> {
+        self.plan.subscriptions.iter().map(|s| s.queue.name.as_str())
+    }
+
+    async fn setup(&self, conn: &Connection) -> Result<Vec<(Channel, lapin::Consumer)>> {
+        if !self.plan.prelude.is_empty() {
+            let channel = conn.create_channel().await?;
+            for q in &self.plan.prelude {
+                declare_queue(&channel, q).await?;
             }
-        };
-        if let Some(r) = ready.take() {
-            let _ = r.send(Ok(()));
-        } else {
-            crate::metrics::metrics().reconnects.inc();
-            tracing::info!(purpose = plan.purpose, queues = ?plan.consume, "topology re-declared; consuming again");
+            let _ = channel.close(200, "declared".into()).await;
         }
-        round = 0;
-        match forward(consumers, &output, &mut stop).await {
-            Ended::Lost(why) => {
-                tracing::warn!(purpose = plan.purpose, error = %why, "AMQP connection lost; reconnecting");
-                continue;
+        let mut subscribed = Vec::new();
+        for (sub, offset) in self.plan.subscriptions.iter().zip(&self.offsets) {
+            subscribed.push(subscribe(conn, sub, self.plan.prefetch, offset).await?);
+        }
+        Ok(subscribed)
+    }
+
+    async fn run(
+        self,
+        connector: Arc<Connector>,
+        output: Output,
+        mut stop: watch::Receiver<bool>,
+        ready: oneshot::Sender<Result<()>>,
+    ) {
+        let mut ready = Some(ready);
+        let mut round = 0u32;
+        loop {
+            let conn = tokio::select! {
+                biased;
+                _ = crate::transport::stopped(&mut stop) => return,
+                c = connector.connect(self.plan.purpose, None) => match c {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if let Some(r) = ready.take() { let _ = r.send(Err(e)); }
+                        return;
+                    }
+                },
+            };
+            let subscribed = match self.setup(&conn).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = conn.close(200, "setup failed".into()).await;
+                    if let Some(r) = ready.take() {
+                        // The broker answered but refused our topology: retrying cannot help.
+                        let _ = r.send(Err(e));
+                        return;
+                    }
+                    tracing::warn!(error = %e, purpose = self.plan.purpose, "re-declaring topology failed; retrying");
+                    tokio::select! {
+                        biased;
+                        _ = crate::transport::stopped(&mut stop) => return,
+                        _ = tokio::time::sleep(connector.options().reconnect_delay(round)) => {}
+                    }
+                    round += 1;
+                    continue;
+                }
+            };
+            if let Some(r) = ready.take() {
+                let _ = r.send(Ok(()));
+            } else {
+                crate::metrics::metrics().reconnects.inc();
+                tracing::info!(purpose = self.plan.purpose, queues = ?self.queues().collect::<Vec<_>>(), "topology re-declared; consuming again");
             }
-            Ended::Stopped => {
-                for (i, _) in plan.consume.iter().enumerate() {
-                    let tag = (i + 1).to_string();
-                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            for q in self.queues() {
+                self.health.consumed(q);
+            }
+            round = 0;
+            let (mut channels, consumers): (Vec<_>, Vec<_>) = subscribed.into_iter().unzip();
+            match self.forward(&connector, &conn, &mut channels, consumers, &output, &mut stop).await {
+                Ended::Lost(why) => {
+                    for q in self.queues() {
+                        self.health.not_consumed(q, &why);
+                    }
+                    tracing::warn!(purpose = self.plan.purpose, error = %why, "AMQP connection lost; reconnecting");
+                    let _ = conn.close(200, "lost".into()).await;
                 }
-                for queue in &plan.delete_on_stop {
-                    let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                Ended::Stopped => {
+                    self.stop(&conn, &channels).await;
+                    // Deliveries already handed out are settled on these
+                    // channels: let the receiver drain, then keep them open
+                    // until the listener is dropped (its stop switch goes away).
+                    drop(output);
+                    while stop.changed().await.is_ok() {}
+                    for channel in &channels {
+                        let _ = channel.close(200, "stopped".into()).await;
+                    }
+                    let _ = conn.close(200, "stopped".into()).await;
+                    return;
                 }
-                // Deliveries already handed out are settled on this channel:
-                // let the receiver drain, then keep the channel open until
-                // the listener is dropped (its stop switch goes away).
-                drop(output);
-                while stop.changed().await.is_ok() {}
-                let _ = channel.close(200, "stopped".into()).await;
-                let _ = conn.close(200, "stopped".into()).await;
-                return;
             }
         }
     }
-}
 
-async fn forward(consumers: Vec<lapin::Consumer>, output: &Output, stop: &mut watch::Receiver<bool>) -> Ended {
-    let mut merged = select_all(consumers);
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = crate::transport::stopped(stop) => return Ended::Stopped,
-            d = merged.next() => d,
+    async fn stop(&self, conn: &Connection, channels: &[Channel]) {
+        for (sub, channel) in self.plan.subscriptions.iter().zip(channels) {
+            let _ = channel.basic_cancel(sub.queue.name.as_str().into(), BasicCancelOptions::default()).await;
+        }
+        let deletes: Vec<_> = self.plan.subscriptions.iter().filter(|s| s.delete_on_stop).collect();
+        if !deletes.is_empty() {
+            if let Ok(channel) = conn.create_channel().await {
+                for sub in deletes {
+                    let _ = channel.queue_delete(sub.queue.name.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+            }
+        }
+    }
+
+    /// Consume until stopped or the connection is lost, consuming again
+    /// any queue whose consumer the broker cancels.
+    async fn forward(
+        &self,
+        connector: &Connector,
+        conn: &Connection,
+        channels: &mut [Channel],
+        consumers: Vec<lapin::Consumer>,
+        output: &Output,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let mut streams: SelectAll<BoxStream<'static, Tagged>> = SelectAll::new();
+        for (i, consumer) in consumers.into_iter().enumerate() {
+            streams.push(tagged(i, consumer));
+        }
+        let mut again = FuturesUnordered::new();
+        // Whatever a consumer stream does when its connection dies, a lost
+        // connection is noticed within a second.
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = crate::transport::stopped(stop) => return Ended::Stopped,
+                _ = watchdog.tick() => if !conn.status().connected() {
+                    return Ended::Lost("connection closed".into());
+                },
+                Some((i, result)) = again.next(), if !again.is_empty() => match result {
+                    Ok((channel, consumer)) => {
+                        channels[i] = channel;
+                        streams.push(tagged(i, consumer));
+                        let queue = &self.plan.subscriptions[i].queue.name;
+                        self.health.consumed(queue);
+                        tracing::info!(queue = %queue, "consuming again after the broker cancelled the consumer");
+                    }
+                    Err(why) => return Ended::Lost(why),
+                },
+                Some((i, item)) = streams.next(), if !streams.is_empty() => match item {
+                    Some(Ok(d)) => {
+                        if let Err(ended) = self.deliver(i, d, output, stop).await {
+                            return ended;
+                        }
+                    }
+                    // A consumer fails only with its channel or connection,
+                    // and a failed lapin consumer may never end: start over.
+                    Some(Err(e)) => return Ended::Lost(e.to_string()),
+                    None if !conn.status().connected() => return Ended::Lost("connection closed".into()),
+                    None => {
+                        let queue = &self.plan.subscriptions[i].queue.name;
+                        crate::metrics::metrics().consumer_cancels.inc();
+                        self.health.not_consumed(queue, "the broker cancelled its consumer");
+                        tracing::warn!(queue = %queue, purpose = self.plan.purpose, "the broker cancelled a consumer (queue deleted, its node lost, or its leader moved); declaring and consuming it again");
+                        again.push(self.consume_again(connector, conn, i));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Declare and consume subscription `i` again, waiting and retrying while
+    /// its queue cannot be declared (its node is down). Fails only when
+    /// the connection itself is lost.
+    async fn consume_again(
+        &self,
+        connector: &Connector,
+        conn: &Connection,
+        i: usize,
+    ) -> (usize, std::result::Result<(Channel, lapin::Consumer), String>) {
+        let sub = &self.plan.subscriptions[i];
+        let mut attempt = 0;
+        loop {
+            tokio::time::sleep(connector.options().reconsume_delay(attempt)).await;
+            if !conn.status().connected() {
+                return (i, Err("connection closed".into()));
+            }
+            match subscribe(conn, sub, self.plan.prefetch, &self.offsets[i]).await {
+                Ok(s) => return (i, Ok(s)),
+                Err(e) => {
+                    self.health.not_consumed(&sub.queue.name, &e.to_string());
+                    if attempt == 0 {
+                        tracing::warn!(queue = %sub.queue.name, error = %e, "cannot consume the queue yet; retrying");
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        i: usize,
+        d: AmqpDelivery,
+        output: &Output,
+        stop: &mut watch::Receiver<bool>,
+    ) -> std::result::Result<(), Ended> {
+        let header = |name: &str| -> Option<i64> {
+            match d.properties.headers().as_ref()?.inner().get(name)? {
+                AMQPValue::LongLongInt(n) => Some(*n),
+                AMQPValue::LongInt(n) => Some(i64::from(*n)),
+                AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+                AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+                _ => None,
+            }
         };
-        let d = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => return Ended::Lost(e.to_string()),
-            None => return Ended::Lost("consumers cancelled by the broker".into()),
-        };
+        if let Some(offset) = header("x-stream-offset") {
+            self.offsets[i].store(offset + 1, Ordering::Relaxed);
+        }
         let tx = match output {
             Output::Channel(tx) => tx,
             Output::Sink(sink) => {
-                // A reply: the caller first, then the broker.
+                // A reply: the caller first, then the broker. An ack on a
+                // connection that is going away may never complete: it must
+                // not hold up the loop that would notice the loss.
                 let acker = d.acker;
                 sink(d.data.into());
-                AmqpAck(acker).settle(Settle::Ack).await;
-                continue;
+                let mut ack = Box::pin(AmqpAck(acker).settle(Settle::Ack));
+                if (&mut ack).now_or_never().is_none() {
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), ack).await;
+                    });
+                }
+                return Ok(());
             }
         };
         let deadline = d
@@ -232,17 +438,7 @@ async fn forward(consumers: Vec<lapin::Consumer>, output: &Output, stop: &mut wa
             .as_ref()
             .and_then(|e| e.as_str().parse::<u64>().ok())
             .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let delivery_count = d
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("x-delivery-count").cloned())
-            .and_then(|v| match v {
-                AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
-                AMQPValue::LongInt(n) => u32::try_from(n).ok(),
-                _ => None,
-            })
-            .unwrap_or(0);
+        let delivery_count = header("x-delivery-count").and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
         let mut delivery = Delivery::new(d.data.into(), Box::new(AmqpAck(d.acker)));
         delivery.redelivered = d.redelivered;
         delivery.deadline = deadline;
@@ -251,10 +447,11 @@ async fn forward(consumers: Vec<lapin::Consumer>, output: &Output, stop: &mut wa
             biased;
             sent = tx.send(delivery) => if let Err(mpsc::error::SendError(d)) = sent {
                 d.into_parts().1.requeue().await;
-                return Ended::Stopped;
+                return Err(Ended::Stopped);
             },
-            _ = crate::transport::stopped(stop) => return Ended::Stopped,
+            _ = crate::transport::stopped(stop) => return Err(Ended::Stopped),
         }
+        Ok(())
     }
 }
 

@@ -1,20 +1,26 @@
 //! Publishing on AMQP: one confirming channel on a connection of its own,
 //! shared by every sender in the process, re-opened after the broker
 //! returns. Exchanges are declared once per connection before the first
-//! publish to them, as oslo does.
+//! publish to them, as oslo does, with the flags [`Topology`] gives.
+//!
+//! A publish never hangs: it gives up at the message's deadline (a call's
+//! timeout, a cast's budget) even while the broker is blocked by an alarm
+//! or unreachable, and a `basic.nack` is retried after a jittered backoff
+//! rather than in a hot loop.
 
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
 };
 
 use lapin::{
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::FieldTable,
-    BasicProperties, Channel, Confirmation, Connection, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection,
 };
 
-use super::connector::Connector;
+use super::{connector::Connector, listener::declare_exchange, topology::Topology};
 use crate::{
     transport::{Destination, Outgoing},
     Result, RpcError,
@@ -35,10 +41,9 @@ impl PubChannel {
 /// Publishes messages with confirms and reconnects when the broker goes away.
 pub(crate) struct Publisher {
     connector: Arc<Connector>,
+    topology: Arc<Topology>,
     current: RwLock<Option<Arc<PubChannel>>>,
     reconnecting: tokio::sync::Mutex<()>,
-    topic_durable: bool,
-    topic_auto_delete: bool,
 }
 
 /// The properties oslo puts on every message.
@@ -58,20 +63,15 @@ pub(crate) fn properties(message: &Outgoing) -> BasicProperties {
 enum Failure {
     /// The connection is gone: reconnect and try again.
     Lost(RpcError),
-    /// The broker refused this message: do not retry.
+    /// The broker refused this one message (`basic.nack`): back off and try again.
+    Nacked(RpcError),
+    /// The broker refused this message for good: do not retry.
     Refused(RpcError),
 }
 
 impl Publisher {
-    pub(crate) fn new(connector: Arc<Connector>) -> Self {
-        let o = connector.options();
-        Self {
-            topic_durable: o.topic_durable(),
-            topic_auto_delete: o.amqp_auto_delete,
-            connector,
-            current: RwLock::new(None),
-            reconnecting: tokio::sync::Mutex::new(()),
-        }
+    pub(crate) fn new(connector: Arc<Connector>, topology: Arc<Topology>) -> Self {
+        Self { connector, topology, current: RwLock::new(None), reconnecting: tokio::sync::Mutex::new(()) }
     }
 
     fn current(&self) -> Option<Arc<PubChannel>> {
@@ -108,47 +108,64 @@ impl Publisher {
         }
     }
 
-    /// Publish and wait for the broker's confirm. A lost connection is
-    /// re-established and the message sent again, up to `retry` times.
+    /// Publish and wait for the broker's confirm, giving up at the message's
+    /// deadline. A lost connection is re-established and the message sent
+    /// again, up to `retry` times; a nack is retried after a backoff.
     pub(crate) async fn publish(&self, destination: &Destination, message: &Outgoing) -> Result<()> {
-        let mut failures = 0u32;
+        let attempt = self.publish_with_retries(destination, message);
+        let Some(deadline) = message.deadline else { return attempt.await };
+        match tokio::time::timeout_at(deadline.into(), attempt).await {
+            Ok(done) => done,
+            Err(_) => Err(RpcError::Transport(format!(
+                "the broker did not take the message to {destination:?} in time (blocked by an alarm, or unreachable); \
+                 it may still be delivered"
+            ))),
+        }
+    }
+
+    async fn publish_with_retries(&self, destination: &Destination, message: &Outgoing) -> Result<()> {
+        let (mut lost, mut nacks) = (0u32, 0u32);
         loop {
             let pc = self.channel(message.retry).await?;
             match self.publish_on(&pc, destination, message).await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Refused(e)) => return Err(e),
                 Err(Failure::Lost(e)) => {
-                    failures += 1;
+                    lost += 1;
                     tracing::warn!(error = %e, ?destination, "publish failed; reconnecting");
-                    if message.retry.is_some_and(|r| failures > r) {
+                    if message.retry.is_some_and(|r| lost > r) {
                         return Err(e);
                     }
+                }
+                Err(Failure::Nacked(e)) => {
+                    crate::metrics::metrics().publish_nacks.inc();
+                    if message.retry.is_some_and(|r| nacks >= r) {
+                        return Err(e);
+                    }
+                    let pause = nack_backoff(nacks);
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "broker refused a publish; backing off");
+                    if message.deadline.is_some_and(|d| Instant::now() + pause >= d) {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
+                    nacks += 1;
                 }
             }
         }
     }
 
-    async fn declare_once(
-        &self,
-        pc: &PubChannel,
-        name: &str,
-        kind: ExchangeKind,
-        durable: bool,
-        auto_delete: bool,
-    ) -> Result<(), Failure> {
-        if crate::lock(&pc.declared).contains(name) {
+    async fn declare_once(&self, pc: &PubChannel, exchange: &super::topology::Exchange) -> Result<(), Failure> {
+        if crate::lock(&pc.declared).contains(&exchange.name) {
             return Ok(());
         }
-        let options = ExchangeDeclareOptions { durable, auto_delete, ..ExchangeDeclareOptions::default() };
-        pc.channel
-            .exchange_declare(name.into(), kind, options, FieldTable::default())
-            .await
-            .map_err(|e| self.classify(pc, e))?;
-        crate::lock(&pc.declared).insert(name.to_owned());
+        if let Err(e) = declare_exchange(&pc.channel, exchange).await {
+            return Err(self.classify(pc, e));
+        }
+        crate::lock(&pc.declared).insert(exchange.name.clone());
         Ok(())
     }
 
-    fn classify(&self, pc: &PubChannel, e: lapin::Error) -> Failure {
+    fn classify(&self, pc: &PubChannel, e: RpcError) -> Failure {
         if pc.conn.status().connected() {
             if !pc.channel.status().connected() {
                 // A channel-level error (e.g. PRECONDITION_FAILED) closed the
@@ -158,52 +175,45 @@ impl Publisher {
                     *current = None;
                 }
             }
-            Failure::Refused(e.into())
+            Failure::Refused(e)
         } else {
-            Failure::Lost(e.into())
+            Failure::Lost(e)
         }
     }
 
     async fn publish_on(&self, pc: &PubChannel, destination: &Destination, message: &Outgoing) -> Result<(), Failure> {
-        let (exchange, routing_key, mandatory) = match destination {
-            Destination::Topic { exchange, routing_key } => {
-                self.declare_once(pc, exchange, ExchangeKind::Topic, self.topic_durable, self.topic_auto_delete)
-                    .await?;
-                (exchange.as_str(), routing_key.as_str(), false)
+        let route = self.topology.publish(destination);
+        if !route.exchange.is_empty() && !crate::lock(&pc.declared).contains(route.exchange.as_ref()) {
+            if let Some(exchange) = self.topology.exchange_to_declare(destination) {
+                self.declare_once(pc, &exchange).await?;
             }
-            Destination::Fanout { topic } => {
-                let name = format!("{topic}_fanout");
-                self.declare_once(pc, &name, ExchangeKind::Fanout, false, true).await?;
-                return self.send(pc, &name, "", false, message, destination).await;
-            }
-            Destination::Reply { queue } => ("", queue.as_str(), true),
-        };
-        self.send(pc, exchange, routing_key, mandatory, message, destination).await
-    }
-
-    async fn send(
-        &self,
-        pc: &PubChannel,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
-        message: &Outgoing,
-        destination: &Destination,
-    ) -> Result<(), Failure> {
-        let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
+        }
+        let options = BasicPublishOptions { mandatory: route.mandatory || message.mandatory, ..Default::default() };
         let confirm = pc
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, &message.body, properties(message))
+            .basic_publish(
+                route.exchange.as_ref().into(),
+                route.routing_key.into(),
+                options,
+                &message.body,
+                properties(message),
+            )
             .await
-            .map_err(|e| self.classify(pc, e))?;
-        match confirm.await.map_err(|e| self.classify(pc, e))? {
+            .map_err(|e| self.classify(pc, e.into()))?;
+        match confirm.await.map_err(|e| self.classify(pc, e.into()))? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
                 Err(Failure::Refused(RpcError::Unroutable { destination: format!("{destination:?}") }))
             }
             Confirmation::Nack(None) => {
-                Err(Failure::Lost(RpcError::Transport(format!("broker refused (nack) message to {destination:?}"))))
+                Err(Failure::Nacked(RpcError::Transport(format!("broker refused (nack) message to {destination:?}"))))
             }
         }
     }
+}
+
+/// 100 ms doubling to 5 s, each ±50 % so many publishers don't retry in step.
+fn nack_backoff(nacks: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << nacks.min(6)).min(Duration::from_secs(5));
+    base.mul_f64(0.5 + fastrand::f64())
 }

@@ -1,0 +1,480 @@
+//! Who may call what through the gateway, and from where.
+//!
+//! Every request first passes [`guard`]:
+//!
+//! * its `Host` must name this gateway (its listen address, a loopback name
+//!   when it listens on loopback, or one of `[api] allowed_hosts`), so a
+//!   DNS-rebound page cannot reach it;
+//! * a cross-origin `Origin` is refused, so a page open in the operator's
+//!   browser cannot drive it;
+//! * a `POST` must say `Content-Type: application/json` (else 415): a form
+//!   or `text/plain` post from any page cannot reach it without a CORS
+//!   preflight, which the gateway never grants;
+//! * with `[api] auth_strategy = token`, `X-Auth-Token` (or, for the
+//!   console's pages, the `nova_token` cookie) must match a hash in
+//!   `[api] token_file`; the token's user, project and roles go into the
+//!   RPC context.
+//!
+//! Then each handler asks the [`Policy`] whether the caller may reach its
+//! target: `<topic>.<method>` for calls and casts, `api:services`,
+//! `api:traces` and `api:console` for the rest. Rules are shaped like
+//! oslo.policy's: `@` (anyone), `!` (no one), `role:<name>`,
+//! `user:<id>`, `project:<id>`, joined with `or` / `and`.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderMap, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use nova_core::config::{Config, ConfigError, OptSpec};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::ApiError;
+
+macro_rules! api_opt {
+    ($name:expr, $default:expr, $help:expr) => {
+        OptSpec { section: "api", name: $name, default: $default, help: $help }
+    };
+}
+
+/// The gateway's options, `[api]`.
+pub const API_OPTIONS: &[OptSpec] = &[
+    api_opt!("listen", "127.0.0.1:8774", "Address of the HTTP gateway and console."),
+    api_opt!(
+        "auth_strategy",
+        "noauth",
+        "noauth (anyone who reaches the gateway; refused off loopback unless --insecure) or token (X-Auth-Token)."
+    ),
+    api_opt!(
+        "token_file",
+        "",
+        "JSON file of tokens: {\"tokens\": [{\"sha256\", \"user_id\", \"project_id\", \"roles\"}]}; re-read on SIGHUP."
+    ),
+    api_opt!(
+        "policy_file",
+        "",
+        "JSON file of rules per target (\"compute.run_task\": \"role:admin\", \"default\": \"@\"); re-read on SIGHUP."
+    ),
+    api_opt!(
+        "allowed_hosts",
+        "",
+        "Comma-separated Host names (host or host:port) the gateway answers besides its own."
+    ),
+    api_opt!("request_timeout", "120", "Seconds a request may take, body included, before it gets 408."),
+    api_opt!("header_read_timeout", "10", "Seconds a client has to send its request headers (slowloris guard)."),
+    api_opt!("max_connections", "512", "Connections served at once; more wait to be accepted."),
+];
+
+/// How the gateway is reached and guarded.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// `token` on, or `noauth`.
+    pub token_auth: bool,
+    /// The token file, with `token`.
+    pub token_file: Option<PathBuf>,
+    /// The policy file; none: every target allows any authenticated caller.
+    pub policy_file: Option<PathBuf>,
+    /// Further accepted `Host` names.
+    pub allowed_hosts: Vec<String>,
+    /// Longest request.
+    pub request_timeout: Duration,
+    /// Longest wait for request headers.
+    pub header_read_timeout: Duration,
+    /// Connections at once.
+    pub max_connections: usize,
+}
+
+impl ApiOptions {
+    /// Read `[api]`; `listen` overrides `[api] listen`. `noauth` off loopback
+    /// is refused unless `insecure`.
+    pub fn from_config(c: &Config, listen: Option<SocketAddr>, insecure: bool) -> Result<Self, ConfigError> {
+        let listen = match listen {
+            Some(l) => l,
+            None => c.require("api", "listen")?,
+        };
+        let token_auth = c
+            .parse_with("api", "auth_strategy", |v| match v {
+                "noauth" => Ok(false),
+                "token" => Ok(true),
+                _ => Err("expected noauth or token".to_owned()),
+            })?
+            .unwrap_or(false);
+        if !token_auth && !listen.ip().is_loopback() && !insecure {
+            return Err(c.invalid(
+                "api",
+                "auth_strategy",
+                format!("noauth lets anyone who reaches {listen} call any method; use token, listen on loopback, or pass --insecure"),
+            ));
+        }
+        let path = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
+            Ok(c.get::<String>("api", name)?.filter(|p| !p.is_empty()).map(PathBuf::from))
+        };
+        let token_file = path("token_file")?;
+        if token_auth && token_file.is_none() {
+            return Err(c.invalid("api", "token_file", "auth_strategy = token needs a token_file"));
+        }
+        let secs = |name: &str| -> Result<Duration, ConfigError> {
+            let s: f64 = c.require("api", name)?;
+            Ok(Duration::from_secs_f64(s.clamp(0.1, 86_400.0)))
+        };
+        Ok(Self {
+            listen,
+            token_auth,
+            token_file,
+            policy_file: path("policy_file")?,
+            allowed_hosts: c
+                .get::<String>("api", "allowed_hosts")?
+                .unwrap_or_default()
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            request_timeout: secs("request_timeout")?,
+            header_read_timeout: secs("header_read_timeout")?,
+            max_connections: c.require::<usize>("api", "max_connections")?.max(1),
+        })
+    }
+
+    /// Read `[api]` and load the files it names; see [`ApiOptions::from_config`].
+    pub fn auth(c: &Config, listen: Option<SocketAddr>, insecure: bool) -> Result<Auth, ConfigError> {
+        let options = Self::from_config(c, listen, insecure)?;
+        let token_file = options.token_file.clone();
+        Auth::load(options).map_err(|e| {
+            let blamed =
+                token_file.filter(|t| e.contains(&t.display().to_string())).map_or("policy_file", |_| "token_file");
+            c.invalid("api", blamed, e)
+        })
+    }
+
+    /// Options for a gateway on `listen` with no authentication (tests, `nova-all`'s defaults).
+    pub fn noauth(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            token_auth: false,
+            token_file: None,
+            policy_file: None,
+            allowed_hosts: Vec::new(),
+            request_timeout: Duration::from_secs(120),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 512,
+        }
+    }
+
+    /// Whether `host` (a `Host` header, lower-cased) names this gateway.
+    fn host_allowed(&self, host: &str) -> bool {
+        let port = self.listen.port();
+        let own = [self.listen.to_string(), format!("{}:{port}", self.listen.ip())];
+        let loopback = ["127.0.0.1", "localhost", "[::1]"].map(|h| format!("{h}:{port}"));
+        own.iter().any(|h| h == host)
+            || (self.listen.ip().is_loopback() || self.listen.ip().is_unspecified())
+                && loopback.iter().any(|h| h == host)
+            || self.allowed_hosts.iter().any(|h| h == host || format!("{h}:{port}") == host)
+    }
+}
+
+/// Who is calling: from a token, or nobody in particular under `noauth`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's user.
+    pub user_id: Option<String>,
+    /// The token's project.
+    pub project_id: Option<String>,
+    /// The token's roles.
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenFile {
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    sha256: String,
+    user_id: String,
+    #[serde(default)]
+    project_id: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// A rule, parsed: alternatives of conjunctions of checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule(Vec<Vec<Check>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Check {
+    Always,
+    Never,
+    Role(String),
+    User(String),
+    Project(String),
+}
+
+impl Rule {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut any = Vec::new();
+        for alternative in text.split(" or ") {
+            let mut all = Vec::new();
+            for check in alternative.split(" and ") {
+                all.push(match check.trim() {
+                    "@" | "" => Check::Always,
+                    "!" => Check::Never,
+                    c => match c.split_once(':') {
+                        Some(("role", r)) => Check::Role(r.to_owned()),
+                        Some(("user", u)) => Check::User(u.to_owned()),
+                        Some(("project", p)) => Check::Project(p.to_owned()),
+                        _ => return Err(format!("unknown check {c:?} (expected @, !, role:, user: or project:)")),
+                    },
+                });
+            }
+            any.push(all);
+        }
+        Ok(Self(any))
+    }
+
+    fn allows(&self, caller: &Caller) -> bool {
+        self.0.iter().any(|all| {
+            all.iter().all(|check| match check {
+                Check::Always => true,
+                Check::Never => false,
+                Check::Role(r) => caller.roles.iter().any(|have| have == r),
+                Check::User(u) => caller.user_id.as_deref() == Some(u),
+                Check::Project(p) => caller.project_id.as_deref() == Some(p),
+            })
+        })
+    }
+}
+
+/// Rules per target, and a default; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    rules: HashMap<String, Rule>,
+    default: Rule,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self { rules: HashMap::new(), default: Rule(vec![vec![Check::Always]]) }
+    }
+}
+
+impl Policy {
+    /// Parse a policy document: `{"<target>": "<rule>", …, "default": "<rule>"}`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: HashMap<String, String> =
+            serde_json::from_str(text).map_err(|e| format!("not a JSON object of rules: {e}"))?;
+        let mut policy = Self::default();
+        for (target, rule) in raw {
+            let rule = Rule::parse(&rule).map_err(|e| format!("{target}: {e}"))?;
+            if target == "default" {
+                policy.default = rule;
+            } else {
+                policy.rules.insert(target, rule);
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Whether `caller` may reach `target`.
+    pub fn allows(&self, target: &str, caller: &Caller) -> bool {
+        self.rules.get(target).unwrap_or(&self.default).allows(caller)
+    }
+}
+
+/// The gateway's tokens and policy, re-read together on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    options: Arc<ApiOptions>,
+    state: Arc<RwLock<(HashMap<String, Caller>, Policy)>>,
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Auth {
+    /// Load the token and policy files `options` name.
+    pub fn load(options: ApiOptions) -> Result<Self, String> {
+        let auth = Self { options: Arc::new(options), state: Arc::default() };
+        auth.reload()?;
+        Ok(auth)
+    }
+
+    /// The options it guards with.
+    pub fn options(&self) -> &ApiOptions {
+        &self.options
+    }
+
+    /// Read the token and policy files again; on an error, keep the old ones.
+    pub fn reload(&self) -> Result<(), String> {
+        let mut tokens = HashMap::new();
+        if let Some(path) = &self.options.token_file {
+            let file: TokenFile = serde_json::from_str(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?;
+            for t in file.tokens {
+                let hash = t.sha256.to_ascii_lowercase();
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("{}: sha256 of {} is not 64 hex digits", path.display(), t.user_id));
+                }
+                tokens.insert(hash, Caller { user_id: Some(t.user_id), project_id: t.project_id, roles: t.roles });
+            }
+        }
+        let policy = match &self.options.policy_file {
+            Some(path) => Policy::parse(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?,
+            None => Policy::default(),
+        };
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = (tokens, policy);
+        Ok(())
+    }
+
+    /// The caller a token stands for, if any.
+    fn caller_of(&self, token: &str) -> Option<Caller> {
+        let hash: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        self.state.read().unwrap_or_else(|p| p.into_inner()).0.get(&hash).cloned()
+    }
+
+    /// Refuse with 403 unless `caller` may reach `target`.
+    pub fn authorize(&self, target: &str, caller: &Caller) -> Result<(), ApiError> {
+        let allowed = self.state.read().unwrap_or_else(|p| p.into_inner()).1.allows(target, caller);
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden", format!("policy does not allow {target}")))
+        }
+    }
+
+    /// Re-read the files on every SIGHUP, logging the outcome.
+    pub fn reload_on_sighup(&self) {
+        let auth = self.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                match auth.reload() {
+                    Ok(()) => tracing::info!("gateway tokens and policy re-read"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "gateway tokens and policy not re-read; keeping the old ones")
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn refuse(status: StatusCode, class: &str, message: impl Into<String>) -> Response {
+    ApiError::new(status, class, message).into_response()
+}
+
+/// The console's `nova_token` cookie (percent-encoded by its script).
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("nova_token="))
+        .map(|t| percent_encoding::percent_decode_str(t).decode_utf8_lossy().into_owned())
+}
+
+/// The checks every request passes; see the module docs.
+pub async fn guard(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    if !auth.options.host_allowed(&host) {
+        return refuse(StatusCode::FORBIDDEN, "ForeignHost", format!("this gateway does not answer to Host {host:?}"));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let same = origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(&format!("http://{host}")));
+        if !same {
+            return refuse(StatusCode::FORBIDDEN, "CrossOrigin", "cross-origin requests are refused");
+        }
+    }
+    if request.method() == Method::POST {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "send Content-Type: application/json",
+            );
+        }
+    }
+    let caller = if auth.options.token_auth {
+        let page = request.method() == Method::GET && !request.uri().path().starts_with("/v1/");
+        let token = headers.get("x-auth-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let token = token.or_else(|| if page { cookie_token(headers) } else { None });
+        match token.and_then(|t| auth.caller_of(&t)) {
+            Some(caller) => caller,
+            None if page => return super::console::login().into_response(),
+            None => {
+                return refuse(StatusCode::UNAUTHORIZED, "Unauthorized", "a valid X-Auth-Token is required");
+            }
+        }
+    } else {
+        Caller::default()
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(roles: &[&str]) -> Caller {
+        Caller {
+            user_id: Some("alice".into()),
+            project_id: Some("p1".into()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn rules_as_oslo_policy_writes_them() {
+        let p = Policy::parse(
+            r#"{"default": "role:admin", "compute.ping": "@", "compute.run_task": "role:member and project:p1 or user:bob",
+                "compute.kill_task": "!"}"#,
+        )
+        .unwrap();
+        assert!(p.allows("compute.ping", &Caller::default()));
+        assert!(p.allows("compute.run_task", &caller(&["member"])));
+        assert!(!p.allows("compute.run_task", &caller(&["reader"])));
+        assert!(!p.allows("compute.kill_task", &caller(&["admin"])));
+        assert!(p.allows("scheduler.anything", &caller(&["admin"])));
+        assert!(!p.allows("scheduler.anything", &caller(&["member"])));
+        assert!(Policy::parse(r#"{"x.y": "rol:admin"}"#).unwrap_err().contains("x.y"));
+    }
+
+    #[test]
+    fn hosts_this_gateway_answers_to() {
+        let o = ApiOptions::noauth("127.0.0.1:8774".parse().unwrap());
+        for ok in ["127.0.0.1:8774", "localhost:8774", "[::1]:8774"] {
+            assert!(o.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example:8774", "localhost:80", "", "127.0.0.1"] {
+            assert!(!o.host_allowed(bad), "{bad}");
+        }
+        let o = ApiOptions {
+            allowed_hosts: vec!["nova.example".into()],
+            ..ApiOptions::noauth("10.0.0.5:80".parse().unwrap())
+        };
+        assert!(o.host_allowed("nova.example") && o.host_allowed("nova.example:80") && o.host_allowed("10.0.0.5:80"));
+        assert!(!o.host_allowed("localhost:80"));
+    }
+}

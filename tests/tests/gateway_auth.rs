@@ -1,0 +1,253 @@
+//! Who may call what through the gateway: tokens (hashed in a file, re-read
+//! on SIGHUP) carry a user, project and roles into the RPC context; a
+//! policy per `topic.method` answers 403; a foreign `Host`, a cross-origin
+//! page or a non-JSON post never reaches a service; `noauth` stays on
+//! loopback; and 300 slowloris sockets neither starve a real request nor
+//! stay open.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use nova_bin::gateway::{self, ApiOptions, Auth, Gateway};
+use nova_core::db::{
+    services::{ServiceRecords, MIGRATIONS},
+    Database,
+};
+use nova_rpc::{
+    dispatcher::{Dispatcher, Router},
+    transport::{self, TransportOptions},
+    RequestContext, RpcError, RpcServer, Target, Version,
+};
+use nova_tests::{eventually, free_port, http, unique, Proc, TempDir};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn sha256(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn token_file(dir: &TempDir, tokens: &[(&str, &str, &[&str])]) -> std::path::PathBuf {
+    let entries: Vec<Value> = tokens
+        .iter()
+        .map(|(token, user, roles)| json!({"sha256": sha256(token), "user_id": user, "project_id": "p1", "roles": roles}))
+        .collect();
+    dir.write("tokens.json", &json!({ "tokens": entries }).to_string())
+}
+
+/// `whoami` answers the context it was called with; `calls` counts calls.
+fn whoami(calls: Arc<AtomicUsize>) -> Dispatcher {
+    let r =
+        Router::new(Version::new(1, 0)).method("whoami", move |ctx: RequestContext, _: Value| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok::<_, RpcError>(json!({"user_id": ctx.user_id, "project_id": ctx.project_id, "roles": ctx.roles}))
+            }
+        });
+    Dispatcher::new(vec![Arc::new(r)])
+}
+
+struct InProcess {
+    port: u16,
+    calls: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: TempDir,
+}
+
+/// A gateway with token auth and a policy, in front of an `echo` service on memory://.
+async fn in_process() -> InProcess {
+    let dir = TempDir::new("gw-auth");
+    let t = transport::connect(TransportOptions::new(format!("memory://{}", unique("gw")))).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = RpcServer::new(t.clone(), Target::new("echo").with_server("e1"), whoami(calls.clone()));
+    std::mem::forget(server.start().await.unwrap());
+    let db = Database::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+    db.migrate(MIGRATIONS).await.unwrap();
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let options = ApiOptions {
+        token_auth: true,
+        token_file: Some(token_file(
+            &dir,
+            &[("admin-token", "alice", &["admin"]), ("reader-token", "bob", &["reader"])],
+        )),
+        policy_file: Some(dir.write("policy.json", r#"{"default": "role:admin", "api:services": "@"}"#)),
+        ..ApiOptions::noauth(listen)
+    };
+    let auth = Auth::load(options).unwrap();
+    let gw = Gateway::new(t, ServiceRecords::new(db), Duration::from_secs(60), auth);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(gateway::serve(gw, async {
+        let _ = stopped.await;
+    }));
+    eventually("the gateway listens", Duration::from_secs(10), || async {
+        std::net::TcpStream::connect(listen).ok().map(drop)
+    })
+    .await;
+    InProcess { port, calls, stop: Some(stop), _dir: dir }
+}
+
+async fn request(port: u16, method: &'static str, path: &str, headers: Vec<(&'static str, String)>) -> (u16, String) {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        // Status 0: nothing listens (yet).
+        std::panic::catch_unwind(|| http(method, port, &path, &headers, b"{}"))
+            .map_or((0, String::new()), |(status, _, body)| (status, body))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_policy() {
+    let gw = in_process().await;
+    let call = "/v1/call/echo/whoami";
+    let token = |t: &str| vec![("X-Auth-Token", t.to_owned())];
+    assert_eq!(request(gw.port, "POST", call, vec![]).await.0, 401, "no token");
+    assert_eq!(request(gw.port, "POST", call, token("wrong")).await.0, 401, "an unknown token");
+    let (status, body) = request(gw.port, "POST", call, token("reader-token")).await;
+    assert_eq!((status, body.contains("Forbidden")), (403, true), "a role the policy does not allow: {body}");
+    let (status, body) = request(gw.port, "POST", call, token("admin-token")).await;
+    assert_eq!(status, 200, "{body}");
+    let ctx: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        ctx,
+        json!({"user_id": "alice", "project_id": "p1", "roles": ["admin"]}),
+        "the token's identity travels"
+    );
+    let (status, _) = request(gw.port, "GET", "/v1/services", token("reader-token")).await;
+    assert_eq!(status, 200, "api:services is open to any token");
+    assert_eq!(gw.calls.load(Ordering::SeqCst), 1, "refused requests never reached the service");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_and_foreign_hosts_are_refused() {
+    let mut gw = in_process().await;
+    let call = "/v1/call/echo/whoami";
+    let admin = ("X-Auth-Token", "admin-token".to_owned());
+    let (status, _) = request(gw.port, "POST", call, vec![admin.clone(), ("Content-Type", "text/plain".into())]).await;
+    assert_eq!(status, 415, "a text/plain post, as any web page may send");
+    let (status, _) =
+        request(gw.port, "POST", call, vec![admin.clone(), ("Origin", "http://evil.example".into())]).await;
+    assert_eq!(status, 403, "a cross-origin request");
+    // A second Host header makes hyper refuse the request outright; a
+    // foreign one alone is refused by the gateway.
+    let raw = format!(
+        "POST {call} HTTP/1.1\r\nHost: evil.example:{}\r\nX-Auth-Token: admin-token\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+        gw.port
+    );
+    let port = gw.port;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "a DNS-rebound Host: {answer}");
+    assert_eq!(gw.calls.load(Ordering::SeqCst), 0, "none of them reached the service");
+    let same_origin = ("Origin", format!("http://127.0.0.1:{}", gw.port));
+    assert_eq!(request(gw.port, "POST", call, vec![admin, same_origin]).await.0, 200, "the console's own origin");
+    let _ = gw.stop.take().map(|s| s.send(()));
+}
+
+/// `nova-all` with `[api]` from `conf`; its port.
+fn nova_all(dir: &TempDir, conf: &str, extra: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let state = dir.path().join("state");
+    let conf = dir.write("nova.conf", conf);
+    let mut args = vec!["--config-file", conf.to_str().unwrap(), "--listen", &listen, "--state-path"];
+    args.push(state.to_str().unwrap());
+    args.extend_from_slice(extra);
+    (Proc::spawn("nova-all", &args, dir.path()), port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_reread_on_sighup_and_noauth_stays_on_loopback() {
+    let dir = TempDir::new("gw-hup");
+    let tokens = token_file(&dir, &[("first", "alice", &["admin"])]);
+    let conf = format!("[api]\nauth_strategy = token\ntoken_file = {}\n", tokens.display());
+    let (all, port) = nova_all(&dir, &conf, &[]);
+    let services = |t: &'static str| request(port, "GET", "/v1/services", vec![("X-Auth-Token", t.to_owned())]);
+    eventually("nova-all answers the first token", Duration::from_secs(30), || async {
+        (services("first").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(services("second").await.0, 401);
+    let (status, page) = request(port, "GET", "/", vec![]).await;
+    assert!(status == 401 && page.contains(r#"<form id="login">"#), "the console asks for a token: {status} {page}");
+    token_file(&dir, &[("second", "bob", &["admin"])]);
+    all.signal("HUP");
+    eventually("the new token works after SIGHUP", Duration::from_secs(30), || async {
+        (services("second").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(services("first").await.0, 401, "the old token is gone");
+
+    // noauth on a non-loopback address is refused at start, unless --insecure.
+    let other = TempDir::new("gw-open");
+    let mut open = Proc::spawn(
+        "nova-all",
+        &["--listen", "0.0.0.0:0", "--state-path", other.path().to_str().unwrap()],
+        other.path(),
+    );
+    let status = open.wait_exit(Duration::from_secs(30)).expect("nova-all refuses to start");
+    assert!(!status.success());
+    assert!(open.output().contains("auth_strategy") && open.output().contains("--insecure"), "{}", open.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_sockets_starve_nothing_and_are_closed() {
+    let dir = TempDir::new("gw-slow");
+    let (_all, port) = nova_all(&dir, "[api]\nheader_read_timeout = 2\n", &[]);
+    eventually("nova-all serves", Duration::from_secs(30), || async {
+        (request(port, "GET", "/v1/services", vec![]).await.0 == 200).then_some(())
+    })
+    .await;
+    let sockets = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        (0..300)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                // Headers begun, never finished.
+                s.write_all(format!("GET /v1/services HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Slow: ").as_bytes())
+                    .unwrap();
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let (status, _) = request(port, "GET", "/v1/services", vec![]).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(2), "a normal request waited {took:?} behind 300 slow sockets");
+    let closed = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        sockets
+            .into_iter()
+            .filter(|s| {
+                let mut s: &std::net::TcpStream = s;
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut buf = [0u8; 512];
+                // The server answers 408 or just closes: either way, the read ends.
+                s.read(&mut buf).is_ok()
+            })
+            .count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 300, "every slow socket was closed by the server");
+}
