@@ -205,8 +205,9 @@ impl Bootstrap {
     /// SIGHUP: re-read the configuration files and apply what can change at
     /// run time (the log level), then call every manager's `reset`.
     pub async fn reload(&self, running: &[RunningService]) {
-        match load_config(&self.args, &self.specs).and_then(|c| CoreOptions::from_config(&c)) {
-            Ok(options) => {
+        let loaded = load_config(&self.args, &self.specs).and_then(|c| CoreOptions::from_config(&c).map(|o| (c, o)));
+        let config = match loaded {
+            Ok((config, options)) => {
                 let filter = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
                     if options.debug {
                         "debug,lapin=info,sqlx=info".into()
@@ -218,10 +219,17 @@ impl Bootstrap {
                     tracing::warn!(error = %e, "cannot apply the log level");
                 }
                 tracing::info!("configuration reloaded");
+                Some(config)
             }
-            Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the old one"),
-        }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; keeping the old one");
+                None
+            }
+        };
         for s in running {
+            if let Some(c) = &config {
+                s.manager().hooks.reload(c).await;
+            }
             s.manager().hooks.reset().await;
         }
     }

@@ -24,7 +24,7 @@ pub mod testing;
 /// crate needs no dependency of its own.
 pub use async_trait::async_trait;
 pub use launcher::{connect_client, launch, Bootstrap, ClientSetup, LaunchError};
-pub use manager::{BoxError, Manager, ManagerHandle, RpcApi, ServiceInfo};
+pub use manager::{BoxError, Manager, ManagerHandle, RpcApi, ServiceInfo, WorkQueue};
 /// Declare a manager's RPC surface on an `impl` block.
 ///
 /// `#[rpc_api(version = "1.2", namespace = "…", client = Name)]`: the

@@ -76,6 +76,10 @@ pub trait Manager: Send + Sync + 'static {
         Ok(())
     }
 
+    /// On SIGHUP, with the configuration just re-read (before `reset`):
+    /// apply what can change at run time.
+    async fn reload(&self, _config: &crate::config::Config) {}
+
     /// On SIGHUP, after the configuration was re-read.
     async fn reset(&self) {}
 }
@@ -103,6 +107,23 @@ pub struct ManagerHandle {
     pub endpoint: Arc<dyn Endpoint>,
     /// The periodic tasks.
     pub periodic_tasks: Vec<PeriodicTask>,
+    /// Methods served from the topic's shared queue as work (see [`WorkQueue`]).
+    pub work: Option<WorkQueue>,
+}
+
+/// A manager's work queue: `methods` are served only from the topic's
+/// shared queue, and each holds one of `slots` while it runs, so the
+/// broker keeps the backlog and whichever server has a free slot takes the
+/// next message (see [`nova_rpc::RpcServer::as_work_queue`]).
+#[derive(Debug, Clone)]
+pub struct WorkQueue {
+    /// Free capacity; the manager may take slots for work arriving otherwise.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// The work methods.
+    pub methods: Vec<String>,
+    /// At-least-once for the work queue: a message is acknowledged when its
+    /// method returns, and dead-lettered after this many deliveries.
+    pub max_deliveries: Option<u32>,
 }
 
 impl std::fmt::Debug for ManagerHandle {
@@ -119,7 +140,14 @@ impl ManagerHandle {
             endpoint: Arc::new(manager.rpc_router()),
             periodic_tasks: manager.periodic_tasks(),
             hooks: manager,
+            work: None,
         }
+    }
+
+    /// Serve `work.methods` from the topic's shared queue as a work queue.
+    pub fn with_work_queue(mut self, work: WorkQueue) -> Self {
+        self.work = Some(work);
+        self
     }
 
     /// Set the name shown in logs and `describe`.

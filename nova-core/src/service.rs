@@ -228,25 +228,56 @@ impl Service {
         let admin_role = transport.options().signing.as_ref().and_then(|s| s.admin_role().map(str::to_owned));
         let base =
             baseapi::endpoint(&info, &manager.name, std::slice::from_ref(&manager.endpoint), admin_role.as_deref());
-        let dispatcher = Dispatcher::new(vec![manager.endpoint.clone(), Arc::new(base)]);
-        let mut server =
-            RpcServer::new(transport.clone(), Target::new(&info.topic).with_server(&info.host), dispatcher)
-                .with_executor_size(options.executor_thread_pool_size);
-        if options.metrics {
-            server = server.with_layer(Arc::new(MetricsLayer));
+        let base: Arc<dyn nova_rpc::dispatcher::Endpoint> = Arc::new(base);
+        let target = Target::new(&info.topic).with_server(&info.host);
+        let layered = |mut server: RpcServer| {
+            if options.metrics {
+                server = server.with_layer(Arc::new(MetricsLayer));
+            }
+            if options.trace {
+                let tracer = Tracer::new(transport.clone(), &info.binary, &info.host);
+                server = server.with_layer(Arc::new(TraceLayer::new(tracer)));
+            }
+            for layer in layers.iter() {
+                server = server.with_layer(layer.clone());
+            }
+            server
+        };
+        let (endpoint, work) = match &manager.work {
+            None => (manager.endpoint.clone(), None),
+            Some(w) => {
+                let only = |work: bool| -> Arc<dyn nova_rpc::dispatcher::Endpoint> {
+                    Arc::new(Methods { inner: manager.endpoint.clone(), names: w.methods.clone(), work })
+                };
+                let dispatcher = Dispatcher::new(vec![only(true), base.clone()]);
+                let mut server = RpcServer::new(transport.clone(), target.clone(), dispatcher)
+                    .as_work_queue(w.slots.clone())
+                    .with_executor_size(w.slots.available_permits());
+                if let Some(max) = w.max_deliveries {
+                    server = server.with_at_least_once(max);
+                }
+                (only(false), Some(layered(server).start().await?))
+            }
+        };
+        let mut server = RpcServer::new(transport.clone(), target, Dispatcher::new(vec![endpoint, base]))
+            .with_executor_size(options.executor_thread_pool_size);
+        if work.is_some() {
+            server = server.without_shared_queue();
         }
-        if options.trace {
-            let tracer = Tracer::new(transport.clone(), &info.binary, &info.host);
-            server = server.with_layer(Arc::new(TraceLayer::new(tracer)));
-        }
-        for layer in layers.iter() {
-            server = server.with_layer(layer.clone());
-        }
-        let server = server.start().await?;
+        let server = match layered(server).start().await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(w) = work {
+                    w.stop(options.graceful_shutdown_timeout).await;
+                }
+                return Err(e.into());
+            }
+        };
+        let servers = Servers { main: server, work };
         let (stop, stopped) = watch::channel(false);
         let mut loops = Vec::new();
         if let Err(e) = hooks.post_start_hook(&info).await {
-            server.stop(options.graceful_shutdown_timeout).await;
+            servers.stop(options.graceful_shutdown_timeout).await;
             return Err(hook("post_start_hook")(e));
         }
         if let (Some(r), Some(id)) = (&records, record_id) {
@@ -256,7 +287,7 @@ impl Service {
                     id,
                     info: info.clone(),
                     every: options.report_interval,
-                    health: server.health(),
+                    health: servers.health(),
                     deaf_limit: options.service_down_time,
                 };
                 loops.push(tokio::spawn(report.run(stopped.clone())));
@@ -271,7 +302,73 @@ impl Service {
             )));
         }
         tracing::info!(host = %info.host, binary = %info.binary, topic = %info.topic, manager = %manager.name, "service started");
-        Ok(RunningService { info, manager, server, stop, loops, graceful: options.graceful_shutdown_timeout })
+        Ok(RunningService { info, manager, servers, stop, loops, graceful: options.graceful_shutdown_timeout })
+    }
+}
+
+/// A manager's endpoint narrowed to its work methods (`work`) or to the rest.
+struct Methods {
+    inner: Arc<dyn nova_rpc::dispatcher::Endpoint>,
+    names: Vec<String>,
+    work: bool,
+}
+
+impl nova_rpc::dispatcher::Endpoint for Methods {
+    fn namespace(&self) -> Option<&str> {
+        self.inner.namespace()
+    }
+
+    fn version(&self) -> nova_rpc::Version {
+        self.inner.version()
+    }
+
+    fn has_method(&self, method: &str) -> bool {
+        self.inner.has_method(method) && self.names.iter().any(|n| n == method) == self.work
+    }
+
+    fn call(
+        &self,
+        ctx: nova_rpc::RequestContext,
+        method: &str,
+        args: serde_json::Map<String, serde_json::Value>,
+    ) -> nova_rpc::dispatcher::BoxFuture<nova_rpc::Result<serde_json::Value>> {
+        self.inner.call(ctx, method, args)
+    }
+
+    fn methods(&self) -> Vec<nova_rpc::dispatcher::MethodInfo> {
+        // `describe` shows every method, wherever it is served.
+        self.inner.methods()
+    }
+}
+
+/// The RPC servers of a service: its own, and its work queue's.
+#[derive(Debug)]
+struct Servers {
+    main: RunningServer,
+    work: Option<RunningServer>,
+}
+
+impl Servers {
+    fn health(&self) -> Vec<nova_rpc::transport::Health> {
+        std::iter::once(&self.main).chain(&self.work).map(RunningServer::health).collect()
+    }
+
+    /// Stop both together: the work queue's requests get the same grace.
+    async fn stop(self, graceful: Duration) -> StopReport {
+        let work = async {
+            match self.work {
+                Some(w) => Some(w.stop(graceful).await),
+                None => None,
+            }
+        };
+        let (main, work) = tokio::join!(self.main.stop(graceful), work);
+        match work {
+            Some(w) => StopReport {
+                abandoned: main.abandoned.saturating_add(w.abandoned),
+                requeued: main.requeued + w.requeued,
+            },
+            None => main,
+        }
     }
 }
 
@@ -284,7 +381,7 @@ struct Report {
     id: i64,
     info: ServiceInfo,
     every: Duration,
-    health: nova_rpc::transport::Health,
+    health: Vec<nova_rpc::transport::Health>,
     deaf_limit: Duration,
 }
 
@@ -296,7 +393,8 @@ impl Report {
                 _ = tokio::time::sleep(self.every) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            match self.health.longest_deaf().filter(|(_, for_, _)| *for_ >= self.deaf_limit) {
+            let deafest = self.health.iter().filter_map(|h| h.longest_deaf()).max_by_key(|(_, for_, _)| *for_);
+            match deafest.filter(|(_, for_, _)| *for_ >= self.deaf_limit) {
                 Some((queue, for_, why)) => {
                     if !deaf {
                         tracing::error!(queue, seconds = for_.as_secs(), reason = why, "cannot consume a queue for longer than service_down_time; no longer reporting this service up");
@@ -350,7 +448,7 @@ impl Report {
 pub struct RunningService {
     info: ServiceInfo,
     manager: ManagerHandle,
-    server: RunningServer,
+    servers: Servers,
     stop: watch::Sender<bool>,
     loops: Vec<JoinHandle<()>>,
     graceful: Duration,
@@ -372,7 +470,7 @@ impl RunningService {
     /// periodic task or a hook still running then is abandoned with a log line.
     pub async fn stop(self) -> StopReport {
         let deadline = tokio::time::Instant::now() + self.graceful;
-        let report = self.server.stop(self.graceful).await;
+        let report = self.servers.stop(self.graceful).await;
         if report.abandoned > 0 {
             tracing::warn!("requests still running after graceful_shutdown_timeout were abandoned");
         }

@@ -41,6 +41,22 @@ pub struct TopicLabels {
     pub topic: String,
 }
 
+/// Labels of the per-queue gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// The queue.
+    pub queue: String,
+}
+
+/// Labels of the autoscaler's decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    /// The topic scaled.
+    pub topic: String,
+    /// `up` or `down`.
+    pub action: String,
+}
+
 /// Every metric nova-rs records.
 #[derive(Debug)]
 pub struct Metrics {
@@ -67,6 +83,14 @@ pub struct Metrics {
     pub malformed: Family<TopicLabels, Counter>,
     /// Report-loop rounds that could not reach the database.
     pub report_failures: Counter,
+    /// Messages ready in a queue, as last read ([`record_queues`]).
+    pub queue_messages: Family<QueueLabels, Gauge>,
+    /// Consumers of a queue, as last read.
+    pub queue_consumers: Family<QueueLabels, Gauge>,
+    /// Workers an autoscaler runs, per topic.
+    pub autoscale_workers: Family<TopicLabels, Gauge>,
+    /// Scaling decisions taken, per topic and direction.
+    pub autoscale_decisions: Family<ScaleLabels, Counter>,
     registry: Mutex<Registry>,
 }
 
@@ -91,6 +115,10 @@ pub fn metrics() -> &'static Metrics {
             publish_nacks: Counter::default(),
             malformed: Family::default(),
             report_failures: Counter::default(),
+            queue_messages: Family::default(),
+            queue_consumers: Family::default(),
+            autoscale_workers: Family::default(),
+            autoscale_decisions: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         registry.register("rpc_requests", "RPC requests dispatched, by topic and method", m.requests.clone());
@@ -124,9 +152,29 @@ pub fn metrics() -> &'static Metrics {
             "Report-loop rounds that could not reach the database",
             m.report_failures.clone(),
         );
+        registry.register("queue_messages", "Messages ready in a queue (its backlog)", m.queue_messages.clone());
+        registry.register("queue_consumers", "Consumers of a queue", m.queue_consumers.clone());
+        registry.register("autoscale_workers", "Workers the autoscaler runs, per topic", m.autoscale_workers.clone());
+        registry.register(
+            "autoscale_decisions",
+            "Scaling decisions the autoscaler took, per topic and direction",
+            m.autoscale_decisions.clone(),
+        );
         *crate::lock(&m.registry) = registry;
         m
     })
+}
+
+/// Set the queue gauges to `stats`; queues no longer listed disappear.
+pub fn record_queues(stats: &[crate::transport::QueueStats]) {
+    let m = metrics();
+    m.queue_messages.clear();
+    m.queue_consumers.clear();
+    for q in stats {
+        let labels = QueueLabels { queue: q.queue.clone() };
+        m.queue_messages.get_or_create(&labels).set(i64::try_from(q.messages).unwrap_or(i64::MAX));
+        m.queue_consumers.get_or_create(&labels).set(i64::from(q.consumers));
+    }
 }
 
 /// Every metric in Prometheus text format.

@@ -38,7 +38,7 @@ use crate::{
     dedupe::SeenIds,
     dispatcher::Dispatcher,
     layer::{Call, CallKind, Layer, LayerFuture, Layers},
-    transport::{Delivery, Destination, Direct, ListenSpec, Outgoing, Transport},
+    transport::{Delivery, Destination, Direct, ListenSpec, Outgoing, Queues, Transport},
     wire::{self, Reply},
     RemoteFailure, Result, RpcError, Target,
 };
@@ -53,6 +53,8 @@ pub struct RpcServer {
     durable: bool,
     max_deliveries: Option<u32>,
     layers: Layers,
+    queues: Queues,
+    work_slots: Option<Arc<Semaphore>>,
 }
 
 struct Shared {
@@ -98,7 +100,32 @@ impl RpcServer {
             durable: false,
             max_deliveries: None,
             layers: Layers::default(),
+            queues: Queues::All,
+            work_slots: None,
         }
+    }
+
+    /// Serve the topic's shared queue as a work queue: a message is taken
+    /// from the broker only once one of `slots` is free, and holds it until
+    /// its method returns. What cannot start yet stays in the broker, where
+    /// any other server of the topic with a free slot takes it (the pull
+    /// model of a work queue), and where its depth shows the backlog.
+    ///
+    /// `slots` may be shared with the application (a compute's task slots,
+    /// say), so that work arriving by other paths counts too. Pair it with
+    /// a second server of the same target built with
+    /// [`RpcServer::without_shared_queue`] for `topic.server` and fanout.
+    pub fn as_work_queue(mut self, slots: Arc<Semaphore>) -> Self {
+        self.queues = Queues::Work;
+        self.work_slots = Some(slots);
+        self
+    }
+
+    /// Consume only `topic.server` and the fanout queue: the shared `topic`
+    /// queue is left to a work server ([`RpcServer::as_work_queue`]).
+    pub fn without_shared_queue(mut self) -> Self {
+        self.queues = Queues::Own;
+        self
     }
 
     /// At most `n` requests at once (`executor_thread_pool_size`); also the prefetch.
@@ -145,6 +172,7 @@ impl RpcServer {
             prefetch: self.executor_size as u16,
             durable: self.durable,
             max_deliveries: self.max_deliveries,
+            queues: self.queues,
         };
         let mut listener = self.transport.listen(spec).await?;
         let health = listener.health();
@@ -161,6 +189,10 @@ impl RpcServer {
         });
         let (stop, stopped) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(self.executor_size));
+        if let Some(work) = self.work_slots {
+            let done = tokio::spawn(serve_work(shared, listener, work, slots, self.executor_size, stopped));
+            return Ok(RunningServer { stop, done, health });
+        }
         listener.serve_directly(Arc::new(InPlace {
             shared: shared.clone(),
             slots: slots.clone(),
@@ -217,10 +249,66 @@ async fn serve(
         };
         run_request(shared.clone(), delivery, slot, Served::InLoop);
     }
+    wind_down(listener, &slots, limit).await
+}
+
+/// Hand back what was not taken, then wait for the requests running
+/// (each holds one of `running`) to finish.
+async fn wind_down(mut listener: crate::transport::Listener, running: &Semaphore, limit: usize) -> StopReport {
     let requeued = listener.stop_and_requeue().await;
-    let busy = slots.acquire_many(limit as u32).await.map(|p| p.forget());
+    let busy = running.acquire_many(limit as u32).await.map(|p| p.forget());
     drop(listener);
     StopReport { abandoned: usize::from(busy.is_err()), requeued }
+}
+
+/// A work queue's loop: wait for a free work slot, take one message, stop
+/// consuming, serve it holding a slot (see [`RpcServer::as_work_queue`]).
+/// No slot is held while waiting for a message, so work arriving by other
+/// paths can take the slots meanwhile; if it takes the last one, the one
+/// message received then waits here, unacknowledged, for the next free slot.
+/// `running` counts what runs, so a stop can wait for it.
+async fn serve_work(
+    shared: Arc<Shared>,
+    mut listener: crate::transport::Listener,
+    work: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+    limit: usize,
+    mut stopped: watch::Receiver<bool>,
+) -> StopReport {
+    loop {
+        tokio::select! {
+            biased;
+            _ = crate::transport::stopped(&mut stopped) => break,
+            free = work.acquire() => if free.is_err() { break },
+        }
+        let Ok(tracked) = running.clone().acquire_owned().await else { break };
+        tokio::select! {
+            biased;
+            _ = crate::transport::stopped(&mut stopped) => break,
+            () = listener.resume() => {}
+        }
+        let delivery = tokio::select! {
+            biased;
+            _ = crate::transport::stopped(&mut stopped) => break,
+            d = listener.recv() => match d { Some(d) => d, None => break },
+        };
+        // Nothing more comes before the next free slot: the broker keeps it.
+        let slot = tokio::select! {
+            biased;
+            _ = crate::transport::stopped(&mut stopped) => None,
+            (_, slot) = async { tokio::join!(listener.pause(), work.clone().acquire_owned()) } => slot.ok(),
+        };
+        let Some(slot) = slot else {
+            delivery.into_parts().1.requeue().await;
+            break;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle(&shared, delivery, Served::InLoop).await;
+            drop((slot, tracked));
+        });
+    }
+    wind_down(listener, &running, limit).await
 }
 
 /// Start a request: it is served right here when its method returns

@@ -5,14 +5,16 @@
 
 #![allow(unreachable_pub)]
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use nova_core::testing::TestBus;
 use nova_rpc::{
     dispatcher::{Dispatcher, Router},
     RequestContext, RpcError, RpcServer, Target, Version,
 };
-use nova_services::compute::{ComputeManager, ComputeManagerClient, NotifyTarget, TaskInfo, TaskStatus};
+use nova_services::compute::{
+    commands::Commands, ComputeManager, ComputeManagerClient, NotifyTarget, TaskInfo, TaskStatus,
+};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -25,7 +27,7 @@ struct Done {
 async fn results_reach_the_owner_by_cast_and_by_callback() {
     let bus = TestBus::new().await;
     bus.database().migrate(nova_services::compute::tasks::MIGRATIONS).await.unwrap();
-    let allowed: HashMap<String, Vec<String>> = [("echo".to_owned(), vec!["/bin/echo".to_owned()])].into();
+    let allowed = Commands::parse(vec![("echo".into(), "/bin/echo".into())]).unwrap();
     // The owner's HTTP endpoint is on loopback: allowed by name.
     let callbacks = nova_services::outbound::HttpClient::guarded(&["127.0.0.1".to_owned()], None).unwrap();
     let m =

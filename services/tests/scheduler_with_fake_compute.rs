@@ -20,7 +20,8 @@ struct FakeCompute {
     started: Mutex<Vec<(String, Vec<String>, String)>>,
 }
 
-#[rpc_api(version = "1.0")]
+/// The compute API is at 1.1 (1.1 added `submit_task`).
+#[rpc_api(version = "1.1")]
 impl FakeCompute {
     /// Record the task instead of running it.
     #[rpc(cast)]

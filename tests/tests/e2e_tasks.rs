@@ -13,7 +13,7 @@ use nova_core::{
 };
 use nova_rpc::{transport, RequestContext, RpcClient, RpcError, Target};
 use nova_services::{
-    compute::{ComputeManager, ComputeManagerClient, TaskInfo, TaskStatus},
+    compute::{commands::Commands, ComputeManager, ComputeManagerClient, TaskInfo, TaskStatus},
     scheduler::{SchedulerManager, SchedulerManagerClient},
 };
 use nova_tests::{eventually, Proc, TempDir, TestDb, TestVhost};
@@ -28,7 +28,7 @@ fn ctx() -> RequestContext {
 async fn finished(compute: &ComputeManagerClient, host: &str, task_id: &str) -> TaskInfo {
     let c = compute.with_server(host);
     eventually("the task ends", Duration::from_secs(30), || async {
-        c.wait_task(&ctx(), task_id.to_owned(), Some(2.0)).await.ok().filter(|t| t.status != TaskStatus::Running)
+        c.wait_task(&ctx(), task_id.to_owned(), Some(2.0)).await.ok().filter(|t| t.status.is_final())
     })
     .await
 }
@@ -173,10 +173,8 @@ async fn one_process_on_memory_and_sqlite() {
     database.migrate(&migrations).await.unwrap();
     let records = ServiceRecords::new(database.clone());
     let rpc = RpcClient::new(t.clone(), Target::new("scheduler")).with_timeout(Duration::from_secs(5));
-    let allowed: HashMap<String, Vec<String>> = [("echo", "/bin/echo"), ("sleep", "/bin/sleep")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), vec![v.to_owned()]))
-        .collect();
+    let allowed =
+        Commands::parse(vec![("echo".into(), "/bin/echo".into()), ("sleep".into(), "/bin/sleep".into())]).unwrap();
     let mut running = Vec::new();
     for host in ["c1", "c2"] {
         let m = ComputeManager::new(host, allowed.clone(), 8, 0.3, 1, database.clone(), rpc.clone());

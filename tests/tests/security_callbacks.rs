@@ -84,7 +84,7 @@ async fn internal_destinations_are_refused_unless_allowed() {
     // Allowed by name, it is reached; a URL carrying a header is still refused.
     let (bus, c) = compute(HttpClient::guarded(&["127.0.0.1".to_owned()], None).unwrap()).await;
     let url = format!("http://127.0.0.1:{}/done", e.port);
-    with_callback(&c, &url, |t| t.status != nova_services::compute::TaskStatus::Running).await;
+    with_callback(&c, &url, |t| t.status.is_final()).await;
     eventually("the allowed endpoint got the callback", Duration::from_secs(10), || async {
         (e.hits() == 1).then_some(())
     })
@@ -141,7 +141,7 @@ async fn https_callbacks_trust_the_operators_ca() {
     // With it, the POST arrives.
     let ca = dir.path().join("ca.pem");
     let (bus, c) = compute(HttpClient::guarded(&["localhost".to_owned()], Some(&ca)).unwrap()).await;
-    with_callback(&c, &url, |t| t.status != nova_services::compute::TaskStatus::Running).await;
+    with_callback(&c, &url, |t| t.status.is_final()).await;
     let posted = lines.recv_timeout(Duration::from_secs(30)).expect("the callback arrives over TLS");
     assert!(posted.contains(r#""path": "/cb""#) && posted.contains("task_id"), "{posted}");
     bus.stop().await;

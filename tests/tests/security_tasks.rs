@@ -53,7 +53,7 @@ async fn run(c: &ComputeManagerClient, name: &str, args: &[&str]) -> String {
 
 async fn ended(c: &ComputeManagerClient, id: &str) -> TaskInfo {
     eventually("the task ends", Duration::from_secs(60), || async {
-        c.wait_task(&ctx(), id.to_owned(), Some(5.0)).await.ok().filter(|t| t.status != TaskStatus::Running)
+        c.wait_task(&ctx(), id.to_owned(), Some(5.0)).await.ok().filter(|t| t.status.is_final())
     })
     .await
 }

@@ -180,6 +180,7 @@ pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension
         "nova-rs console",
         html! {
             h1 { "nova-rs console" }
+            p { a href="/tasks" { "tasks" } }
             h2 { "Services" }
             @if let Some(t) = trouble { p.disabled { (t) } }
             (services_table(&services))
@@ -194,6 +195,73 @@ pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension
             (call_form())
         },
     )
+}
+
+/// `GET /tasks[?id=]`: the tasks, newest first, and one task's output.
+/// The page reloads itself every two seconds while something is queued or
+/// running, so output shows as it comes.
+pub(super) async fn tasks_page(
+    State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if let Err(e) = gw.authorize("compute.list_tasks", &caller) {
+        return e.into_response();
+    }
+    let (mut tasks, trouble) = match gw.tasks.list(None, None).await {
+        Ok(t) => (t, None),
+        Err(e) => (Vec::new(), Some(format!("cannot read tasks: {e}"))),
+    };
+    tasks.reverse();
+    tasks.truncate(200);
+    let ctx = RequestContext::new();
+    let chosen = match q.get("id") {
+        Some(id) => Some(gw.task(&ctx, id).await.map_err(|e| e.message)),
+        None => None,
+    };
+    let live = tasks.iter().any(|t| !t.status.is_final());
+    let when = |t: &Option<chrono::NaiveDateTime>| t.map(|t| t.format("%H:%M:%S%.3f").to_string()).unwrap_or_default();
+    let mut page = document(
+        "nova-rs tasks",
+        html! {
+            h1 { "Tasks" }
+            p { a href="/" { "console" } " · " span #live data-live=(live) { (if live { "live: reloading every 2 s" } else { "all tasks ended" }) } }
+            @if let Some(t) = trouble { p.disabled { (t) } }
+            @if let Some(chosen) = &chosen {
+                @match chosen {
+                    Ok(t) => {
+                        h2 #task data-status=(t.status.as_str()) { (t.task_id) " · " (t.status.as_str()) }
+                        p { "host " code { (t.host) } " · argv " code { (t.argv.join(" ")) }
+                            @if let Some(e) = &t.error { " · " span.err { (e) } } }
+                        h3 { "stdout " a href=(format!("/v1/tasks/{}/stdout?follow=true", t.task_id)) { "(follow)" } }
+                        pre #stdout { (t.stdout) }
+                        h3 { "stderr" }
+                        pre #stderr { (t.stderr) }
+                    }
+                    Err(e) => p.err { (e) },
+                }
+            }
+            table #tasks {
+                tr { th { "Task" } th { "Command" } th { "Host" } th { "Status" } th { "Submitted" } th { "Started" } th { "Finished" } th { "Exit" } }
+                @for t in &tasks {
+                    tr data-status=(t.status.as_str()) {
+                        td { a href=(format!("/tasks?id={}", t.task_id)) { (t.task_id) } }
+                        td { code { (t.name) " " (t.args.join(" ")) } }
+                        td { (t.host) }
+                        td class=(t.status.as_str()) { (t.status.as_str()) }
+                        td { (when(&t.submitted_at)) }
+                        td { (when(&t.started_at)) }
+                        td { (when(&t.finished_at)) }
+                        td { (t.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
+                    }
+                }
+            }
+        },
+    );
+    if live {
+        page.headers_mut().insert(header::REFRESH, axum::http::HeaderValue::from_static("2"));
+    }
+    page
 }
 
 /// `GET /console.js`.
@@ -214,7 +282,8 @@ td.doc{color:#555;max-width:30em;white-space:normal}
 label{display:inline-block;min-width:7em}input,textarea,select{font-family:monospace;margin:.2em 0}
 #timeline{width:100%}#timeline td{padding:.2em .5em;border:0;border-bottom:1px solid #eee;white-space:nowrap}
 .bar{position:relative;height:1em;background:#f3f3f3;min-width:30em}.bar span{position:absolute;height:100%;background:#3a7bd5}
-.err span{background:#b32}";
+.err span{background:#b32}
+.queued{color:#865}.running{color:#3a7bd5}.succeeded{color:#2a7d2a}.failed,.killed{color:#b32}";
 
 const SCRIPT: &str = r#"'use strict';
 function token() { return sessionStorage.getItem('nova_token') || ''; }

@@ -9,6 +9,8 @@
 //! | `GET /v1/services/{topic}/describe` | the topic's methods and arguments |
 //! | `GET /v1/traces/{request_id}` | the request's trace: spans, and the tree of calls |
 //! | `GET /v1/openapi.json` | this API as an OpenAPI 3 document |
+//! | `/v1/tasks…`, `GET /v1/queues` | tasks as a resource, and queue backlogs ([`tasks`]) |
+//! | `GET /tasks` | the console's tasks page |
 //! | `GET /traces/{request_id}` | the trace as a timeline in the console |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /` | the console |
@@ -25,6 +27,7 @@
 
 pub mod auth;
 mod console;
+pub mod tasks;
 mod traces;
 
 use std::{sync::Arc, time::Duration};
@@ -41,6 +44,7 @@ use axum::{
 pub use self::auth::{ApiOptions, Auth, Caller, Policy, API_OPTIONS};
 use nova_core::db::services::{is_up, ServiceRecords};
 use nova_rpc::{layer::trace::Tracer, transport::Transport, RequestContext, RpcClient, RpcError, Target};
+use nova_services::compute::tasks::TaskStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -58,6 +62,7 @@ pub struct Gateway {
     service_down_time: Duration,
     tracer: Option<Tracer>,
     auth: Auth,
+    tasks: TaskStore,
 }
 
 impl Gateway {
@@ -71,7 +76,8 @@ impl Gateway {
     ) -> Self {
         // Mandatory: a call or cast no queue takes is "not found" at once.
         let client = RpcClient::new(transport, Target::new("gateway")).with_mandatory(true);
-        Self { client, records, service_down_time, tracer: None, auth }
+        let tasks = TaskStore::new(records.database().clone());
+        Self { client, records, service_down_time, tracer: None, auth, tasks }
     }
 
     /// The gateway of a started process: its transport, service records and
@@ -110,6 +116,11 @@ impl Gateway {
             .route("/traces/{request_id}", get(traces::page))
             .route("/metrics", get(traces::metrics))
             .route("/v1/openapi.json", get(openapi))
+            .route("/v1/tasks", get(tasks::list).post(tasks::submit))
+            .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::kill))
+            .route("/v1/tasks/{id}/{stream}", get(tasks::output_of))
+            .route("/v1/queues", get(tasks::queues))
+            .route("/tasks", get(console::tasks_page))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(guard)
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))

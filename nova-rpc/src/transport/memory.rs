@@ -25,14 +25,16 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{
-    Acknowledge, Delivery, Destination, Direct, ListenSpec, Listener, Outgoing, ReplyQueue, ReplySink, Source,
-    Transport, TransportOptions, TransportUrl,
+    Acknowledge, Delivery, Destination, Direct, ListenSpec, Listener, Outgoing, QueueStats, ReplyQueue, ReplySink,
+    Source, Transport, TransportOptions, TransportUrl,
 };
 use crate::{lock, Result, RpcError};
 
 struct Message {
     body: Bytes,
     deadline: Option<Instant>,
+    /// When it was first queued.
+    born: Instant,
     /// How often it was handed back.
     returns: u32,
 }
@@ -54,6 +56,8 @@ struct Waiter {
 #[derive(Default)]
 struct QueueState {
     messages: VecDeque<Message>,
+    /// Consumers listening to it.
+    consumers: u32,
     /// Consumers with nothing to do, in the order they started waiting.
     waiting: VecDeque<Arc<Waiter>>,
 }
@@ -73,7 +77,9 @@ impl Queue {
     fn give_back(&self, mut message: Message) {
         message.returns += 1;
         match self.dead_letter.get() {
-            Some(dl) if message.returns > dl.max => dl.dead.enqueue(Message { returns: 0, ..message }),
+            Some(dl) if message.returns > dl.max => {
+                dl.dead.enqueue(Message { returns: 0, born: Instant::now(), ..message })
+            }
             _ => self.enqueue(message),
         }
     }
@@ -257,7 +263,7 @@ impl Consumer {
 /// A message handed to a consumer, settled through its queue.
 fn delivery(queue: Arc<Queue>, message: Message) -> Delivery {
     let (redelivered, delivery_count, deadline) = (message.returns > 0, message.returns, message.deadline);
-    let mut delivery = Delivery::new(message.body.clone(), Box::new(MemoryAck { queue, message }));
+    let mut delivery = Delivery::new(message.body.clone(), Box::new(MemoryAck { queue, message: Some(message) }));
     delivery.redelivered = redelivered;
     delivery.delivery_count = delivery_count;
     delivery.deadline = deadline;
@@ -288,6 +294,10 @@ impl Source for Consumer {
             return;
         }
         self.leave_all();
+        for q in &self.queues {
+            let mut state = lock(&q.state);
+            state.consumers = state.consumers.saturating_sub(1);
+        }
         let mut bus = lock(&self.bus);
         for name in &self.delete_on_stop {
             bus.delete_queue(name);
@@ -301,23 +311,32 @@ impl Drop for Consumer {
     }
 }
 
+/// Settles a message through its queue. Dropped unsettled (its request
+/// abandoned at shutdown), it goes back to the queue, as a broker gives back
+/// what a closed channel held.
 struct MemoryAck {
     queue: Arc<Queue>,
-    message: Message,
+    message: Option<Message>,
+}
+
+impl Drop for MemoryAck {
+    fn drop(&mut self) {
+        if let Some(message) = self.message.take() {
+            self.queue.give_back(message);
+        }
+    }
 }
 
 #[async_trait]
 impl Acknowledge for MemoryAck {
-    async fn ack(self: Box<Self>) {}
-
-    async fn requeue(self: Box<Self>) {
-        let MemoryAck { queue, message } = *self;
-        queue.give_back(message);
+    async fn ack(mut self: Box<Self>) {
+        self.message = None;
     }
 
-    async fn reject(self: Box<Self>) {
-        let MemoryAck { queue, message } = *self;
-        if let Some(dl) = queue.dead_letter.get() {
+    async fn requeue(self: Box<Self>) {}
+
+    async fn reject(mut self: Box<Self>) {
+        if let (Some(message), Some(dl)) = (self.message.take(), self.queue.dead_letter.get()) {
             dl.dead.enqueue(message);
         }
     }
@@ -360,7 +379,7 @@ impl Transport for MemoryTransport {
             tracing::debug!(?destination, "memory transport: message routed to no queue");
         }
         for queue in queues {
-            queue.offer(Message { body: message.body.clone(), deadline, returns: 0 });
+            queue.offer(Message { body: message.body.clone(), deadline, born: Instant::now(), returns: 0 });
         }
         Ok(())
     }
@@ -370,7 +389,8 @@ impl Transport for MemoryTransport {
         let fanout_name = format!("{}_fanout_{}", spec.topic, crate::wire::new_id());
         let dead = spec.max_deliveries.map(|max| (max, self.declare(&super::dead_letter_queue(&spec.topic))));
         let mut queues = Vec::new();
-        for key in [&spec.topic, &server_key] {
+        let keys = [(&spec.topic, spec.queues.shared()), (&server_key, spec.queues.own())];
+        for (key, _) in keys.into_iter().filter(|(_, consumed)| *consumed) {
             let q = self.declare(key);
             if let Some((max, dead)) = &dead {
                 let _ = q.dead_letter.set(DeadLetter { max: *max, dead: dead.clone() });
@@ -382,15 +402,22 @@ impl Transport for MemoryTransport {
             }
             queues.push(q);
         }
-        queues.push(self.declare(&fanout_name));
-        self.lock().fanout.entry(spec.topic.clone()).or_default().push(fanout_name.clone());
+        let mut delete_on_stop = Vec::new();
+        if spec.queues.own() {
+            queues.push(self.declare(&fanout_name));
+            self.lock().fanout.entry(spec.topic.clone()).or_default().push(fanout_name.clone());
+            delete_on_stop.push(fanout_name);
+        }
+        for q in &queues {
+            lock(&q.state).consumers += 1;
+        }
         Ok(Listener::from_source(Consumer {
             queues,
             me: Arc::default(),
             turn: 0,
             stopped: false,
             bus: self.bus.clone(),
-            delete_on_stop: vec![fanout_name],
+            delete_on_stop,
         }))
     }
 
@@ -404,6 +431,26 @@ impl Transport for MemoryTransport {
 
     fn options(&self) -> &TransportOptions {
         &self.options
+    }
+
+    async fn queue_stats(&self, queues: &[String]) -> Result<Vec<QueueStats>> {
+        let bus = self.lock();
+        let now = Instant::now();
+        Ok(queues
+            .iter()
+            .filter_map(|name| {
+                let state = lock(&bus.queues.get(name)?.state);
+                let live = state.messages.iter().filter(|m| m.deadline.is_none_or(|d| d > now));
+                let (messages, oldest) =
+                    live.fold((0u64, None::<Instant>), |(n, o), m| (n + 1, Some(o.map_or(m.born, |o| o.min(m.born)))));
+                Some(QueueStats {
+                    queue: name.clone(),
+                    messages,
+                    consumers: state.consumers,
+                    oldest_age_seconds: Some(oldest.map_or(0.0, |o| now.duration_since(o).as_secs_f64())),
+                })
+            })
+            .collect())
     }
 
     async fn close(&self) {}

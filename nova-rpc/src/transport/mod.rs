@@ -92,6 +92,35 @@ pub struct ListenSpec {
     /// At-least-once delivery: a message handed back more than this many
     /// times is dead-lettered to [`dead_letter_queue`].
     pub max_deliveries: Option<u32>,
+    /// Which of the server's queues to consume.
+    pub queues: Queues,
+}
+
+/// Which of a server's queues a listener consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Queues {
+    /// `topic`, `topic.server` and the server's fanout queue.
+    #[default]
+    All,
+    /// `topic.server` and the fanout queue: the shared `topic` queue is
+    /// consumed by a work listener of the same server.
+    Own,
+    /// Only the shared `topic` queue, as a work queue: one message at a time
+    /// and only between [`Listener::resume`] and [`Listener::pause`], so
+    /// what the server cannot start yet stays in the broker for another.
+    Work,
+}
+
+impl Queues {
+    /// Whether the shared `topic` queue is consumed.
+    pub fn shared(self) -> bool {
+        self != Queues::Own
+    }
+
+    /// Whether `topic.server` and the fanout queue are consumed.
+    pub fn own(self) -> bool {
+        self != Queues::Work
+    }
 }
 
 /// One received message, to be acknowledged exactly once.
@@ -148,6 +177,12 @@ pub trait Source: Send {
     fn serve_directly(&mut self, direct: Arc<dyn Direct>) {
         let _ = direct;
     }
+    /// Work queues: take nothing more from the broker until resumed.
+    /// Returns once the transport has stopped consuming. A source that
+    /// takes a message only when asked for one has nothing to do.
+    async fn pause(&mut self) {}
+    /// Work queues: consume again (one message at a time).
+    async fn resume(&mut self) {}
 }
 
 /// Serves a delivery at once, in the task that sent it.
@@ -203,10 +238,27 @@ impl std::fmt::Debug for Listener {
     }
 }
 
-/// A source fed through a bounded channel by a consumer task that watches `stop`.
+/// A source fed through a bounded channel by a consumer task that watches
+/// `stop`, and, for a work queue, takes `flow` commands.
 struct Channel {
     deliveries: mpsc::Receiver<Delivery>,
     stop: watch::Sender<bool>,
+    flow: Option<mpsc::UnboundedSender<Flow>>,
+}
+
+/// A work listener's command to its consumer task: consume (`true`) or not,
+/// answered once done.
+pub type Flow = (bool, tokio::sync::oneshot::Sender<()>);
+
+impl Channel {
+    async fn flow(&self, consume: bool) {
+        if let Some(flow) = &self.flow {
+            let (done, applied) = tokio::sync::oneshot::channel();
+            if flow.send((consume, done)).is_ok() {
+                let _ = applied.await;
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -218,12 +270,30 @@ impl Source for Channel {
     fn stop(&mut self) {
         self.stop.send_replace(true);
     }
+
+    async fn pause(&mut self) {
+        self.flow(false).await;
+    }
+
+    async fn resume(&mut self) {
+        self.flow(true).await;
+    }
 }
 
 impl Listener {
     /// A listener fed by `deliveries`; the feeder watches `stop`.
     pub fn new(deliveries: mpsc::Receiver<Delivery>, stop: watch::Sender<bool>) -> Self {
-        Self::from_source(Channel { deliveries, stop })
+        Self::from_source(Channel { deliveries, stop, flow: None })
+    }
+
+    /// A work listener fed by `deliveries`, whose feeder consumes only
+    /// while told to through `flow`.
+    pub fn with_flow(
+        deliveries: mpsc::Receiver<Delivery>,
+        stop: watch::Sender<bool>,
+        flow: mpsc::UnboundedSender<Flow>,
+    ) -> Self {
+        Self::from_source(Channel { deliveries, stop, flow: Some(flow) })
     }
 
     /// A listener over a transport's own source.
@@ -251,6 +321,17 @@ impl Listener {
     /// idle (see [`Direct`]); those never come out of [`Listener::recv`].
     pub fn serve_directly(&mut self, direct: Arc<dyn Direct>) {
         self.source.serve_directly(direct);
+    }
+
+    /// A work queue's listener: take nothing more from the broker until
+    /// [`Listener::resume`]; returns once consuming has stopped.
+    pub async fn pause(&mut self) {
+        self.source.pause().await;
+    }
+
+    /// A work queue's listener: take the next message from the broker.
+    pub async fn resume(&mut self) {
+        self.source.resume().await;
     }
 
     /// Stop consuming: no new messages arrive after the ones already handed over.
@@ -301,6 +382,22 @@ impl Drop for ReplyQueue {
     }
 }
 
+/// What a queue holds now: its backlog and who consumes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Messages ready to be delivered (the backlog; unacknowledged ones,
+    /// which a consumer holds, are not counted).
+    pub messages: u64,
+    /// Consumers attached.
+    pub consumers: u32,
+    /// Seconds the oldest ready message has waited, where the transport can
+    /// tell (the in-process one can; AMQP 0-9-1 cannot without RabbitMQ's
+    /// management plugin).
+    pub oldest_age_seconds: Option<f64>,
+}
+
 /// Moves encoded messages; see the module docs.
 #[async_trait]
 pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
@@ -324,6 +421,10 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
 
     /// The options this transport was built with.
     fn options(&self) -> &TransportOptions;
+
+    /// What `queues` hold now; a queue that does not exist is left out.
+    /// Looking never creates a queue nor changes one.
+    async fn queue_stats(&self, queues: &[String]) -> Result<Vec<QueueStats>>;
 
     /// Close connections. Listeners stop; sends fail afterwards.
     async fn close(&self);

@@ -1,14 +1,29 @@
 //! The compute service (`nova-compute`, one per host, addressed as
 //! `compute.<host>`): runs tasks as supervised OS processes.
 //!
-//! Only commands named in `[compute] allowed_commands` (name → argv) can
-//! run, and a task's arguments are appended to that argv — never passed
-//! through a shell. At most `max_tasks` run at once; free capacity is cast
-//! to every scheduler (fanout) every `capacity_report_interval` seconds.
+//! Only commands named in `[compute] allowed_commands` (name → argv, see
+//! [`commands`]) can run, and a task's arguments are appended to that argv
+//! — never passed through a shell. At most `max_tasks` run at once; free
+//! capacity is cast to every scheduler (fanout) every
+//! `capacity_report_interval` seconds.
+//!
+//! Two ways in:
+//!
+//! * `submit_task`, cast to the shared `compute` queue, is a work queue (the
+//!   pull model): a host takes a message only when it has a free slot, so
+//!   the backlog stays in the broker, where any free host (or one an
+//!   autoscaler adds) takes the next task, and where its depth can be read.
+//!   With `task_delivery = at_least_once` the message is acknowledged when
+//!   the task ends, so a host that dies mid-task gives it back.
+//! * `run_task`, cast to `compute.<host>` (Nova-style placement by the
+//!   scheduler): it waits on the host for a free slot, shown as `queued`.
+//!
+//! At capacity a task never fails; it waits.
 //! A finished task is cast to its `notify` target and POSTed to its
 //! `callback_url`. Tasks live in the database, so a restarted compute still
 //! answers for them, and marks the ones that were running as failed.
 
+pub mod commands;
 pub mod tasks;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -16,11 +31,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use nova_core::{
     config::OptSpec,
     db::{Database, DbError},
-    rpc_api, BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo,
+    rpc_api, BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo, WorkQueue,
 };
 use nova_rpc::{RequestContext, RpcClient, RpcError, Target};
 use serde::Serialize;
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
+
+use self::commands::Commands;
 
 pub use self::tasks::TaskLimits;
 pub use self::tasks::{NotifyTarget, TaskInfo, TaskStatus};
@@ -39,7 +56,19 @@ pub const OPTIONS: &[OptSpec] = &[
         default: "echo = /bin/echo, sleep = /bin/sleep, true = /bin/true, false = /bin/false",
         help: "Commands tasks may run, as name = argv (one per line or comma separated); task args are appended, never through a shell.",
     },
-    OptSpec { section: "compute", name: "max_tasks", default: "4", help: "Tasks this host runs at once." },
+    OptSpec { section: "compute", name: "max_tasks", default: "4", help: "Tasks this host runs at once (also how many submitted tasks it takes from the shared queue)." },
+    OptSpec {
+        section: "compute",
+        name: "task_delivery",
+        default: "at_most_once",
+        help: "Submitted tasks (the shared compute queue): at_most_once acknowledges a task when it starts; at_least_once when it ends, so a host that dies mid-task gives it back to the queue (which becomes a quorum queue: every compute must agree).",
+    },
+    OptSpec {
+        section: "compute",
+        name: "task_max_deliveries",
+        default: "3",
+        help: "at_least_once: deliveries of a submitted task before it is dead-lettered to compute.dead.",
+    },
     OptSpec {
         section: "compute",
         name: "capacity_report_interval",
@@ -88,6 +117,9 @@ pub enum ComputeError {
     /// No such task.
     #[error("task {0} not found")]
     TaskNotFound(String),
+    /// A task id that cannot be used.
+    #[error("task_id {0:?} must be 1 to 255 characters of letters, digits, '-', '_' or '.'")]
+    BadTaskId(String),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -98,6 +130,7 @@ impl From<ComputeError> for RpcError {
         let class = match &e {
             ComputeError::CommandNotAllowed(_) => "CommandNotAllowed",
             ComputeError::TaskNotFound(_) => "TaskNotFound",
+            ComputeError::BadTaskId(_) => "BadTaskId",
             ComputeError::Db(_) => "DatabaseError",
         };
         RpcError::remote(class, "nova_services.compute", e.to_string())
@@ -116,8 +149,16 @@ pub struct RunOutcome {
 /// Runs tasks on this host; see the module docs.
 pub struct ComputeManager {
     host: String,
-    allowed: HashMap<String, Vec<String>>,
+    allowed: std::sync::RwLock<Arc<Commands>>,
     max_tasks: usize,
+    /// Free task slots: taken by a submitted task before its message leaves
+    /// the broker, and by a placed task before it starts.
+    slots: Arc<Semaphore>,
+    at_least_once: Option<u32>,
+    /// Woken whenever a task starts or ends here.
+    started: tokio::sync::Notify,
+    /// Placed tasks waiting for a slot, with the switch that cancels them.
+    queued: Mutex<HashMap<String, oneshot::Sender<Killed>>>,
     capacity_report_interval: f64,
     callback_attempts: u32,
     callbacks: HttpClient,
@@ -137,8 +178,9 @@ impl std::fmt::Debug for ComputeManager {
 /// The registry entry: `nova_services::compute::ComputeManager`, default for `compute`.
 pub fn entry() -> ManagerEntry {
     ManagerEntry::new(NAME, |deps: ManagerDeps| async move {
-        let m = ComputeManager::from_deps(&deps)?;
-        Ok::<_, BoxError>(ManagerHandle::new(Arc::new(m)))
+        let m = Arc::new(ComputeManager::from_deps(&deps)?);
+        let work = m.work_queue();
+        Ok::<_, BoxError>(ManagerHandle::new(m).with_work_queue(work))
     })
     .options(OPTIONS)
     .migrations(tasks::MIGRATIONS)
@@ -149,15 +191,16 @@ impl ComputeManager {
     /// Build from the service's configuration, database and transport.
     pub fn from_deps(deps: &ManagerDeps) -> Result<Self, BoxError> {
         let c = &deps.config;
-        let allowed = c.get_dict("compute", "allowed_commands")?.unwrap_or_default();
-        let mut commands = HashMap::new();
-        for (name, argv) in allowed {
-            let argv: Vec<String> = argv.split_whitespace().map(str::to_owned).collect();
-            if argv.is_empty() {
-                return Err(format!("[compute] allowed_commands: {name} has an empty command").into());
+        let commands = Commands::parse(c.get_dict("compute", "allowed_commands")?.unwrap_or_default())?;
+        let at_least_once = match c.require::<String>("compute", "task_delivery")?.as_str() {
+            "at_most_once" => None,
+            "at_least_once" => Some(c.require::<u32>("compute", "task_max_deliveries")?),
+            other => {
+                return Err(
+                    format!("[compute] task_delivery: {other:?} is neither at_most_once nor at_least_once").into()
+                )
             }
-            commands.insert(name, argv);
-        }
+        };
         let seconds = |name: &str| -> Result<Duration, BoxError> {
             let s: f64 = c.require("compute", name)?;
             Ok(Duration::from_secs_f64(s.clamp(0.0, 1e7)))
@@ -186,23 +229,50 @@ impl ComputeManager {
             RpcClient::new(deps.transport.clone(), Target::new("scheduler")),
         )
         .with_task_limits(limits)
+        .with_at_least_once(at_least_once)
         .with_callbacks(HttpClient::guarded(&allowed_hosts, callback_ca.as_deref())?))
+    }
+
+    /// Submitted tasks acknowledged when they end, and dead-lettered after
+    /// `max_deliveries` (`None`: acknowledged when they start).
+    pub fn with_at_least_once(mut self, max_deliveries: Option<u32>) -> Self {
+        self.at_least_once = max_deliveries;
+        self
+    }
+
+    /// The work queue a service serves `submit_task` from, on this host's slots.
+    pub fn work_queue(&self) -> WorkQueue {
+        WorkQueue { slots: self.slots.clone(), methods: vec!["submit_task".into()], max_deliveries: self.at_least_once }
+    }
+
+    /// Replace the allow-list (SIGHUP): running tasks keep their argv.
+    pub fn set_commands(&self, commands: Commands) {
+        *self.allowed.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(commands);
+    }
+
+    fn commands(&self) -> Arc<Commands> {
+        self.allowed.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A manager for `host` with an explicit allow-list.
     pub fn new(
         host: &str,
-        allowed: HashMap<String, Vec<String>>,
+        allowed: impl Into<Commands>,
         max_tasks: usize,
         capacity_report_interval: f64,
         callback_attempts: u32,
         db: Database,
         rpc: RpcClient,
     ) -> Self {
+        let max_tasks = max_tasks.max(1);
         Self {
             host: host.to_owned(),
-            allowed,
-            max_tasks: max_tasks.max(1),
+            allowed: std::sync::RwLock::new(Arc::new(allowed.into())),
+            max_tasks,
+            slots: Arc::new(Semaphore::new(max_tasks)),
+            at_least_once: None,
+            started: tokio::sync::Notify::new(),
+            queued: Mutex::default(),
             capacity_report_interval,
             callback_attempts,
             callbacks: HttpClient::guarded(&[], None).unwrap_or_else(|_| HttpClient::open()),
@@ -226,10 +296,86 @@ impl ComputeManager {
         self
     }
 
-    async fn finish(self: Arc<Self>, task: Arc<RunningTask>) {
+    /// Start `info`'s process (its slot already taken): the allow-list is
+    /// read now, so a task runs the argv of the list it starts under.
+    async fn start(&self, mut info: TaskInfo) -> Result<Result<Arc<RunningTask>, TaskInfo>, ComputeError> {
+        let commands = self.commands();
+        let Some((resolved, argv)) = commands.resolve(&info.name) else {
+            info.status = TaskStatus::Failed;
+            info.error = Some(ComputeError::CommandNotAllowed(info.name.clone()).to_string());
+            info.finished_at = Some(chrono::Utc::now().naive_utc());
+            self.store.update(&info).await?;
+            self.started.notify_waiters();
+            return Ok(Err(info));
+        };
+        info.name = resolved;
+        let mut running = self.running.lock().await;
+        match tasks::spawn(info.clone(), argv, &self.limits) {
+            Ok(task) => {
+                self.store.update(&task.info).await?;
+                running.insert(info.task_id.clone(), task.clone());
+                drop(running);
+                self.started.notify_waiters();
+                tracing::info!(task_id = %info.task_id, name = %info.name, "task started");
+                Ok(Ok(task))
+            }
+            Err(e) => {
+                info.status = TaskStatus::Failed;
+                info.error = Some(e);
+                info.finished_at = Some(chrono::Utc::now().naive_utc());
+                self.store.update(&info).await?;
+                self.started.notify_waiters();
+                Ok(Err(info))
+            }
+        }
+    }
+
+    /// Record a task arriving here: `Ok(true)` to run it, `Ok(false)` when
+    /// it exists already and must not run again. A task recorded as queued
+    /// or running elsewhere is taken over only when its host no longer runs
+    /// it (the host died and the broker gave the task back, or the gateway
+    /// recorded it queued before any host took it).
+    async fn claim(&self, info: &TaskInfo, queued_here: bool) -> Result<bool, ComputeError> {
+        if self.store.insert(info).await? {
+            return Ok(true);
+        }
+        let Some(existing) = self.store.get(&info.task_id).await? else { return Ok(false) };
+        if existing.status.is_final() {
+            return Ok(false);
+        }
+        if existing.host == self.host {
+            if queued_here || self.running.lock().await.contains_key(&info.task_id) {
+                return Ok(false);
+            }
+        } else if !existing.host.is_empty() && self.runs_elsewhere(&existing).await {
+            return Ok(false);
+        }
+        if !self.store.take_over(info).await? {
+            return Ok(false);
+        }
+        tracing::warn!(task_id = %info.task_id, previous_host = %existing.host, "taking over a task its host no longer runs");
+        Ok(true)
+    }
+
+    /// Whether `task`'s host still answers for it as queued or running.
+    async fn runs_elsewhere(&self, task: &TaskInfo) -> bool {
+        let peer = ComputeManagerClient::new(
+            self.rpc.with_target(Target::new("compute").with_server(&task.host)).with_timeout(Duration::from_secs(3)),
+        );
+        match peer.get_task(&RequestContext::new(), task.task_id.clone()).await {
+            Ok(t) => !t.status.is_final(),
+            Err(RpcError::Timeout { .. }) => false,
+            Err(e) => {
+                tracing::info!(task_id = %task.task_id, host = %task.host, error = %e, "cannot ask a task's host about it; taking it over");
+                false
+            }
+        }
+    }
+
+    async fn finish(self: Arc<Self>, task: Arc<RunningTask>) -> TaskInfo {
         let mut done = task.done.clone();
         let finished = done.wait_for(Option::is_some).await.ok().and_then(|g| g.clone());
-        let Some(mut info) = finished else { return };
+        let mut info = finished.unwrap_or_else(|| task.snapshot());
         tracing::info!(task_id = %info.task_id, status = ?info.status, exit_code = ?info.exit_code, "task finished");
         // Saved before it leaves the running set: a reader never finds it in
         // neither place, nor finds the store's stale "running" record.
@@ -237,7 +383,12 @@ impl ComputeManager {
             tracing::error!(error = %e, task_id = %info.task_id, "cannot save the finished task");
         }
         self.running.lock().await.remove(&info.task_id);
-        let _ = self.report_capacity(RequestContext::new()).await;
+        self.deliver_result(&mut info).await;
+        info
+    }
+
+    /// Cast the finished task to its `notify` target and POST it to its `callback_url`.
+    async fn deliver_result(&self, info: &mut TaskInfo) {
         if let Some(n) = &info.notify {
             let mut target = Target::new(&n.topic);
             if let Some(s) = &n.server {
@@ -254,18 +405,79 @@ impl ComputeManager {
             if let Err(e) = posted {
                 tracing::warn!(task_id = %info.task_id, error = %e, "the task's callback failed");
                 info.callback_error = Some(e);
-                if let Err(e) = self.store.update(&info).await {
+                if let Err(e) = self.store.update(info).await {
                     tracing::error!(error = %e, "cannot record the callback failure");
                 }
             }
         }
     }
+
+    /// Run a placed task once a slot is free (or until it is killed while
+    /// queued: then the killer is answered with the task as saved).
+    async fn run_when_free(self: Arc<Self>, mut info: TaskInfo, cancel: oneshot::Receiver<Killed>) {
+        let slot = tokio::select! {
+            s = self.slots.clone().acquire_owned() => s.map_err(|_| None),
+            k = cancel => Err(k.ok()),
+        };
+        self.queued.lock().await.remove(&info.task_id);
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(killer) => {
+                info.status = TaskStatus::Killed;
+                info.finished_at = Some(chrono::Utc::now().naive_utc());
+                if let Err(e) = self.store.update(&info).await {
+                    tracing::error!(error = %e, task_id = %info.task_id, "cannot save a task killed while queued");
+                }
+                self.started.notify_waiters();
+                if let Some(k) = killer {
+                    let _ = k.send(info);
+                }
+                return;
+            }
+        };
+        self.run_holding(info, Some(slot)).await;
+    }
+
+    /// Start a task whose slot is `slot` (`None`: the work queue holds it
+    /// for the request), and see it to its end.
+    async fn run_holding(self: Arc<Self>, info: TaskInfo, slot: Option<OwnedSemaphorePermit>) -> TaskInfo {
+        let outcome = match self.start(info.clone()).await {
+            Ok(Ok(task)) => self.clone().finish(task).await,
+            Ok(Err(mut failed)) => {
+                self.deliver_result(&mut failed).await;
+                failed
+            }
+            Err(e) => {
+                tracing::error!(error = %e, task_id = %info.task_id, "cannot record the task");
+                info
+            }
+        };
+        drop(slot);
+        let _ = self.report_capacity(RequestContext::new()).await;
+        outcome
+    }
 }
 
-#[rpc_api(version = "1.0")]
+/// Answers a `kill_task` of a queued task with the task as saved.
+type Killed = oneshot::Sender<TaskInfo>;
+
+fn check_task_id(task_id: &str) -> Result<(), ComputeError> {
+    let ok = !task_id.is_empty()
+        && task_id.len() <= 255
+        && task_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ComputeError::BadTaskId(task_id.to_owned()))
+    }
+}
+
+#[rpc_api(version = "1.1")]
 impl ComputeManager {
-    /// Start task `task_id`: the allow-listed command `name` with `args` appended.
-    /// A task id that exists already is not run again.
+    /// Run task `task_id` on this host (Nova-style placement, cast to
+    /// `compute.<host>`): the allow-listed command `name` (or `name@version`)
+    /// with `args` appended. It waits here, `queued`, while every slot is
+    /// busy. A task id that exists already is not run again.
     #[rpc(cast)]
     pub async fn run_task(
         self: &Arc<Self>,
@@ -276,52 +488,69 @@ impl ComputeManager {
         notify: Option<NotifyTarget>,
         callback_url: Option<String>,
     ) -> Result<RunOutcome, ComputeError> {
-        let argv = self.allowed.get(&name).ok_or_else(|| ComputeError::CommandNotAllowed(name.clone()))?;
-        let mut info = TaskInfo {
-            task_id: task_id.clone(),
-            host: self.host.clone(),
-            name,
-            args,
-            status: TaskStatus::Running,
-            exit_code: None,
-            started_at: None,
-            finished_at: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            error: None,
-            notify,
-            callback_url,
-            callback_error: None,
-            process_group: None,
-        };
-        let mut running = self.running.lock().await;
-        if running.len() >= self.max_tasks {
-            info.status = TaskStatus::Failed;
-            info.error = Some(format!("host {} is at capacity ({} tasks)", self.host, self.max_tasks));
+        check_task_id(&task_id)?;
+        if self.commands().resolve(&name).is_none() {
+            return Err(ComputeError::CommandNotAllowed(name));
         }
-        if !self.store.insert(&info).await? {
+        let info = TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url);
+        // Held until the task is either started or registered as queued, so
+        // a kill never finds it in neither place.
+        let mut queued = self.queued.lock().await;
+        if !self.claim(&info, queued.contains_key(&task_id)).await? {
             tracing::info!(%task_id, "task exists already; not running it again");
             return Ok(RunOutcome { started: false, reason: Some(format!("task {task_id} exists already")) });
         }
-        if info.status == TaskStatus::Failed {
-            return Ok(RunOutcome { started: false, reason: info.error });
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            drop(queued);
+            let task = self.start(info).await?;
+            return Ok(match task {
+                Ok(task) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.clone().finish(task).await;
+                        drop(slot);
+                        let _ = me.report_capacity(RequestContext::new()).await;
+                    });
+                    RunOutcome { started: true, reason: None }
+                }
+                Err(failed) => RunOutcome { started: false, reason: failed.error },
+            });
         }
-        match tasks::spawn(info.clone(), argv, &self.limits) {
-            Ok(task) => {
-                self.store.update(&task.info).await?;
-                running.insert(task_id.clone(), task.clone());
-                drop(running);
-                tracing::info!(%task_id, "task started");
-                tokio::spawn(self.clone().finish(task));
-                Ok(RunOutcome { started: true, reason: None })
-            }
-            Err(e) => {
-                info.status = TaskStatus::Failed;
-                info.error = Some(e.clone());
-                self.store.update(&info).await?;
-                Ok(RunOutcome { started: false, reason: Some(e) })
-            }
+        let (cancel, cancelled) = oneshot::channel();
+        queued.insert(task_id.clone(), cancel);
+        drop(queued);
+        tracing::info!(%task_id, "every slot is busy; the task waits for one");
+        tokio::spawn(self.clone().run_when_free(info, cancelled));
+        Ok(RunOutcome {
+            started: false,
+            reason: Some(format!("queued: host {} runs {} tasks", self.host, self.max_tasks)),
+        })
+    }
+
+    /// Run task `task_id` and answer when it ends (the work queue: cast to
+    /// the shared `compute` topic, this is taken by whichever host has a
+    /// free slot, and the slot is held until the task ends). A task id that
+    /// exists already is not run again: its record is returned.
+    #[rpc(cast)]
+    pub async fn submit_task(
+        self: &Arc<Self>,
+        _ctx: RequestContext,
+        name: String,
+        #[rpc(default)] args: Vec<String>,
+        task_id: String,
+        notify: Option<NotifyTarget>,
+        callback_url: Option<String>,
+    ) -> Result<TaskInfo, ComputeError> {
+        check_task_id(&task_id)?;
+        let info = TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url);
+        let queued_here = self.queued.lock().await.contains_key(&task_id);
+        let claimed = self.claim(&info, queued_here).await?;
+        if !claimed {
+            tracing::info!(%task_id, "task exists already; not running it again");
+            return self.store.get(&task_id).await?.ok_or(ComputeError::TaskNotFound(task_id));
         }
+        // The work queue's slot is this request's; the task runs under it.
+        Ok(self.clone().run_holding(info, None).await)
     }
 
     /// The task, with the last 64 KiB of its stdout and stderr.
@@ -339,18 +568,39 @@ impl ComputeManager {
         task_id: String,
         timeout: Option<f64>,
     ) -> Result<TaskInfo, ComputeError> {
-        let running = self.running.lock().await.get(&task_id).cloned();
-        if let Some(t) = running {
-            let mut done = t.done.clone();
-            let wait = Duration::from_secs_f64(timeout.unwrap_or(30.0).clamp(0.0, 3600.0));
-            let _ = tokio::time::timeout(wait, done.wait_for(Option::is_some)).await;
-            return Ok(t.snapshot());
+        let wait = Duration::from_secs_f64(timeout.unwrap_or(30.0).clamp(0.0, 3600.0));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a start in between is not missed.
+            let started = self.started.notified();
+            let running = self.running.lock().await.get(&task_id).cloned();
+            if let Some(t) = running {
+                let mut done = t.done.clone();
+                let _ = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
+                return Ok(t.snapshot());
+            }
+            let task = self.store.get(&task_id).await?.ok_or_else(|| ComputeError::TaskNotFound(task_id.clone()))?;
+            // Queued here: wait for it to start (or be killed).
+            if task.status.is_final() || task.host != self.host {
+                return Ok(task);
+            }
+            if tokio::time::timeout_at(deadline, started).await.is_err() {
+                return Ok(self.store.get(&task_id).await?.unwrap_or(task));
+            }
         }
-        self.store.get(&task_id).await?.ok_or(ComputeError::TaskNotFound(task_id))
     }
 
-    /// Kill a running task; returns it.
+    /// Kill a running task, or cancel a queued one; returns it.
     pub async fn kill_task(&self, _ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
+        let queued = self.queued.lock().await.remove(&task_id);
+        if let Some(cancel) = queued {
+            let (killed, saved) = oneshot::channel();
+            if cancel.send(killed).is_ok() {
+                if let Ok(t) = saved.await {
+                    return Ok(t);
+                }
+            }
+        }
         let running = self.running.lock().await.get(&task_id).cloned();
         match running {
             Some(t) => {
@@ -366,7 +616,7 @@ impl ComputeManager {
 
     /// Every task this host ran or runs.
     pub async fn list_tasks(&self, _ctx: RequestContext) -> Result<Vec<TaskInfo>, ComputeError> {
-        let mut all = self.store.list(&self.host, None).await?;
+        let mut all = self.store.list(Some(&self.host), None).await?;
         let running = self.running.lock().await;
         for t in &mut all {
             if let Some(r) = running.get(&t.task_id) {
@@ -379,10 +629,8 @@ impl ComputeManager {
     /// Cast this host's free capacity and commands to every scheduler.
     #[rpc(cast)]
     pub async fn report_capacity(&self, ctx: RequestContext) -> Result<(), RpcError> {
-        let running = self.running.lock().await.len();
-        let mut commands: Vec<String> = self.allowed.keys().cloned().collect();
-        commands.sort();
-        let free = self.max_tasks.saturating_sub(running);
+        let free = self.slots.available_permits();
+        let commands = self.commands().names();
         self.schedulers.update_host_state(&ctx, self.host.clone(), free, self.max_tasks, commands).await
     }
 
@@ -397,7 +645,9 @@ impl Manager for ComputeManager {
     /// Tasks that were running when this host's previous process died are
     /// failed now, and what is left of their process groups is killed.
     async fn init_host(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
-        for mut t in self.store.list(&self.host, Some(TaskStatus::Running)).await? {
+        let mut lost = self.store.list(Some(&self.host), Some(TaskStatus::Running)).await?;
+        lost.extend(self.store.list(Some(&self.host), Some(TaskStatus::Queued)).await?);
+        for mut t in lost {
             if t.process_group.is_some_and(tasks::kill_orphan) {
                 tracing::warn!(task_id = %t.task_id, "killed the processes a crashed compute left running");
             }
@@ -416,6 +666,22 @@ impl Manager for ComputeManager {
             tracing::warn!(error = %e, "first capacity report failed; the periodic report will retry");
         }
         Ok(())
+    }
+
+    /// SIGHUP: the new `[compute] allowed_commands` apply to tasks that
+    /// start from now on; running tasks keep the argv they started with.
+    async fn reload(&self, config: &nova_core::config::Config) {
+        let parsed = config
+            .get_dict("compute", "allowed_commands")
+            .map_err(|e| e.to_string())
+            .and_then(|d| Commands::parse(d.unwrap_or_default()));
+        match parsed {
+            Ok(commands) => {
+                tracing::info!(commands = ?commands.names(), "allowed_commands reloaded");
+                self.set_commands(commands);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reload allowed_commands; keeping the old list"),
+        }
     }
 
     /// Kill what still runs: a task's life is bounded by its compute's.

@@ -3,6 +3,7 @@
 //! restarted compute remembers what it ran.
 
 use std::{
+    path::Path,
     process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
@@ -24,6 +25,8 @@ pub const TAIL_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// Accepted, waiting for a free slot.
+    Queued,
     /// Its process runs.
     Running,
     /// Exited with status 0.
@@ -35,12 +38,34 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
-    fn as_str(self) -> &'static str {
+    /// The status's name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
         match self {
+            TaskStatus::Queued => "queued",
             TaskStatus::Running => "running",
             TaskStatus::Succeeded => "succeeded",
             TaskStatus::Failed => "failed",
             TaskStatus::Killed => "killed",
+        }
+    }
+
+    /// Whether the task has ended (it never runs again under its id).
+    pub fn is_final(self) -> bool {
+        !matches!(self, TaskStatus::Queued | TaskStatus::Running)
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "queued" => Ok(TaskStatus::Queued),
+            "running" => Ok(TaskStatus::Running),
+            "succeeded" => Ok(TaskStatus::Succeeded),
+            "failed" => Ok(TaskStatus::Failed),
+            "killed" => Ok(TaskStatus::Killed),
+            other => Err(format!("unknown task status {other:?} (queued, running, succeeded, failed, killed)")),
         }
     }
 }
@@ -63,16 +88,22 @@ pub struct NotifyTarget {
 pub struct TaskInfo {
     /// The caller's id for it.
     pub task_id: String,
-    /// The compute host running it.
+    /// The compute host running it (empty while it waits in the shared queue).
     pub host: String,
-    /// The allow-listed command name.
+    /// The allow-listed command name (`name@version` once resolved to a version).
     pub name: String,
     /// Extra arguments, passed as argv.
     pub args: Vec<String>,
+    /// The whole argv it started with (the allow-list's entry then, plus `args`).
+    #[serde(default)]
+    pub argv: Vec<String>,
     /// Where it stands.
     pub status: TaskStatus,
     /// Exit code, once exited normally.
     pub exit_code: Option<i32>,
+    /// When it was accepted (UTC).
+    #[serde(default)]
+    pub submitted_at: Option<NaiveDateTime>,
     /// Start (UTC).
     pub started_at: Option<NaiveDateTime>,
     /// End (UTC).
@@ -81,6 +112,12 @@ pub struct TaskInfo {
     pub stdout: String,
     /// Last 64 KiB of stderr.
     pub stderr: String,
+    /// Bytes written to stdout in all (`stdout` holds the last of them).
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr in all.
+    #[serde(default)]
+    pub stderr_bytes: u64,
     /// Why it failed to start, or was failed.
     pub error: Option<String>,
     /// Where its result is cast.
@@ -94,6 +131,41 @@ pub struct TaskInfo {
     /// kill what a crashed one left behind, and nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_group: Option<(i32, u64)>,
+}
+
+impl TaskInfo {
+    /// A task accepted now, not started: `queued` on `host` (empty while no
+    /// host has it).
+    pub fn queued(
+        task_id: String,
+        host: String,
+        name: String,
+        args: Vec<String>,
+        notify: Option<NotifyTarget>,
+        callback_url: Option<String>,
+    ) -> Self {
+        Self {
+            task_id,
+            host,
+            name,
+            args,
+            argv: Vec::new(),
+            status: TaskStatus::Queued,
+            exit_code: None,
+            submitted_at: Some(chrono::Utc::now().naive_utc()),
+            started_at: None,
+            finished_at: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            error: None,
+            notify,
+            callback_url,
+            callback_error: None,
+            process_group: None,
+        }
+    }
 }
 
 /// The `compute_tasks` table.
@@ -148,9 +220,30 @@ impl TaskStore {
         Ok(row.map_err(DbError::sql("reading a task"))?.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    /// Every task of `host`, optionally only those with `status`.
-    pub async fn list(&self, host: &str, status: Option<TaskStatus>) -> Result<Vec<TaskInfo>, DbError> {
-        let sql = "SELECT info FROM compute_tasks WHERE host = $1 AND ($2 IS NULL OR status = $2) ORDER BY updated_at";
+    /// A task that was queued or running (on a host that no longer runs
+    /// it) becomes `task`; `false` when it had ended meanwhile.
+    pub async fn take_over(&self, task: &TaskInfo) -> Result<bool, DbError> {
+        let info = serde_json::to_string(task).unwrap_or_default();
+        let sql = "UPDATE compute_tasks SET info = $1, host = $2, status = $3, updated_at = $4 WHERE task_id = $5 AND status IN ('queued', 'running')";
+        let now = chrono::Utc::now().naive_utc();
+        let done = nova_core::with_pool!(&self.db, pool => sqlx::query(sql).bind(&info).bind(&task.host).bind(task.status.as_str()).bind(now).bind(&task.task_id).execute(pool).await.map(|r| r.rows_affected()));
+        done.map(|n| n > 0).map_err(DbError::sql("taking over a task"))
+    }
+
+    /// Kill a task no host has taken yet (`task` holds its killed state);
+    /// `false` when a host took it meanwhile.
+    pub async fn cancel_unclaimed(&self, task: &TaskInfo) -> Result<bool, DbError> {
+        let info = serde_json::to_string(task).unwrap_or_default();
+        let sql = "UPDATE compute_tasks SET info = $1, status = $2, updated_at = $3 WHERE task_id = $4 AND host = '' AND status = 'queued'";
+        let now = chrono::Utc::now().naive_utc();
+        let done = nova_core::with_pool!(&self.db, pool => sqlx::query(sql).bind(&info).bind(task.status.as_str()).bind(now).bind(&task.task_id).execute(pool).await.map(|r| r.rows_affected()));
+        done.map(|n| n > 0).map_err(DbError::sql("cancelling a task"))
+    }
+
+    /// Every task (of `host`, when given), optionally only those with
+    /// `status`, oldest change first.
+    pub async fn list(&self, host: Option<&str>, status: Option<TaskStatus>) -> Result<Vec<TaskInfo>, DbError> {
+        let sql = "SELECT info FROM compute_tasks WHERE ($1 IS NULL OR host = $1) AND ($2 IS NULL OR status = $2) ORDER BY updated_at";
         let rows: Result<Vec<String>, sqlx::Error> = nova_core::with_pool!(&self.db, pool => {
             match sqlx::query(sql).bind(host).bind(status.map(TaskStatus::as_str)).fetch_all(pool).await {
                 Ok(rows) => rows.iter().map(|r| r.try_get::<String, _>("info")).collect(),
@@ -161,12 +254,13 @@ impl TaskStore {
     }
 }
 
-/// A bounded tail of a stream.
+/// A bounded tail of a stream, and how much the stream carried in all.
 #[derive(Debug, Default)]
-struct Tail(Vec<u8>);
+struct Tail(Vec<u8>, u64);
 
 impl Tail {
     fn push(&mut self, bytes: &[u8]) {
+        self.1 += bytes.len() as u64;
         self.0.extend_from_slice(bytes);
         if self.0.len() > TAIL_BYTES {
             let cut = self.0.len() - TAIL_BYTES;
@@ -198,8 +292,7 @@ impl RunningTask {
             return done;
         }
         let mut info = self.info.clone();
-        info.stdout = self.stdout.lock().unwrap_or_else(|p| p.into_inner()).text();
-        info.stderr = self.stderr.lock().unwrap_or_else(|p| p.into_inner()).text();
+        fill_output(&mut info, &self.stdout, &self.stderr);
         info
     }
 
@@ -207,6 +300,13 @@ impl RunningTask {
     pub fn kill(&self) -> bool {
         self.kill.lock().unwrap_or_else(|p| p.into_inner()).take().is_some_and(|k| k.send(()).is_ok())
     }
+}
+
+fn fill_output(info: &mut TaskInfo, stdout: &Mutex<Tail>, stderr: &Mutex<Tail>) {
+    let out = stdout.lock().unwrap_or_else(|p| p.into_inner());
+    (info.stdout, info.stdout_bytes) = (out.text(), out.1);
+    let err = stderr.lock().unwrap_or_else(|p| p.into_inner());
+    (info.stderr, info.stderr_bytes) = (err.text(), err.1);
 }
 
 async fn drain(mut from: impl AsyncRead + Unpin, into: Arc<Mutex<Tail>>) {
@@ -296,12 +396,29 @@ enum End {
     TimedOut,
 }
 
+/// util-linux's `setpriv`, through which tasks start where it is installed.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
 /// Start `argv` + `info.args` as a process — argv, never a shell — in a
 /// process group of its own with only `limits.env` for environment, and
 /// supervise it. Returns the running task, or the reason it could not start.
 pub fn spawn(mut info: TaskInfo, argv: &[String], limits: &TaskLimits) -> Result<Arc<RunningTask>, String> {
     let (program, fixed) = argv.split_first().ok_or_else(|| format!("command {} has an empty argv", info.name))?;
-    let mut child = tokio::process::Command::new(program)
+    // The task dies with its compute (a SIGKILLed compute leaves no task
+    // running that nobody watches, and whose work another host redoes):
+    // util-linux's setpriv sets the parent-death signal, then runs the task.
+    if program.contains('/') && !Path::new(program).is_file() {
+        return Err(format!("cannot start {program}: no such file"));
+    }
+    let mut command = match Path::new(SETPRIV).exists() {
+        true => {
+            let mut c = tokio::process::Command::new(SETPRIV);
+            c.args(["--pdeathsig", "KILL", "--", program]);
+            c
+        }
+        false => tokio::process::Command::new(program),
+    };
+    let mut child = command
         .args(fixed)
         .args(&info.args)
         .env_clear()
@@ -315,6 +432,7 @@ pub fn spawn(mut info: TaskInfo, argv: &[String], limits: &TaskLimits) -> Result
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or("the task exited at once")?;
     info.process_group = start_time(pgid).map(|t| (pgid, t));
+    info.argv = argv.iter().chain(&info.args).cloned().collect();
     info.status = TaskStatus::Running;
     info.started_at = Some(chrono::Utc::now().naive_utc());
     let (stdout, stderr) = (Arc::new(Mutex::new(Tail::default())), Arc::new(Mutex::new(Tail::default())));
@@ -371,8 +489,7 @@ pub fn spawn(mut info: TaskInfo, argv: &[String], limits: &TaskLimits) -> Result
             r.abort();
         }
         info.finished_at = Some(chrono::Utc::now().naive_utc());
-        info.stdout = stdout.lock().unwrap_or_else(|p| p.into_inner()).text();
-        info.stderr = stderr.lock().unwrap_or_else(|p| p.into_inner()).text();
+        fill_output(&mut info, &stdout, &stderr);
         match (status, end) {
             (Ok(s), end) => {
                 info.exit_code = s.code();

@@ -48,7 +48,7 @@ use super::{
     topology::{Arg, Exchange, ExchangeKind, Queue, Subscription},
 };
 use crate::{
-    transport::{Acknowledge, Delivery, Health, Listener, ReplyQueue, ReplySink},
+    transport::{Acknowledge, Delivery, Flow, Health, Listener, ReplyQueue, ReplySink},
     Result, RpcError,
 };
 
@@ -60,6 +60,9 @@ pub(crate) struct Plan {
     /// Declared once per connection before the subscriptions, not consumed.
     pub(crate) prelude: Vec<Queue>,
     pub(crate) subscriptions: Vec<Subscription>,
+    /// A work queue: consumed only while the server says so (see
+    /// [`Queues::Work`](crate::transport::Queues::Work)).
+    pub(crate) work: bool,
 }
 
 /// Where a listener task puts what it receives.
@@ -76,24 +79,37 @@ pub(crate) async fn start(connector: Arc<Connector>, plan: Plan) -> Result<Liste
     let capacity = if plan.prefetch == 0 { 1024 } else { usize::from(plan.prefetch) };
     let (tx, rx) = mpsc::channel(capacity);
     let health = Health::default();
-    let stop = spawn(connector, plan, Output::Channel(tx), health.clone()).await?;
+    if plan.work {
+        let (flow_tx, flow_rx) = mpsc::unbounded_channel();
+        let stop = spawn(connector, plan, Output::Channel(tx), health.clone(), Some(flow_rx)).await?;
+        return Ok(Listener::with_flow(rx, stop, flow_tx).with_health(health));
+    }
+    let stop = spawn(connector, plan, Output::Channel(tx), health.clone(), None).await?;
     Ok(Listener::new(rx, stop).with_health(health))
 }
 
 /// Start a reply listener task that hands every body to `sink`.
 pub(crate) async fn start_replies(connector: Arc<Connector>, plan: Plan, sink: ReplySink) -> Result<ReplyQueue> {
-    let stop = spawn(connector, plan, Output::Sink(sink), Health::default()).await?;
+    let stop = spawn(connector, plan, Output::Sink(sink), Health::default(), None).await?;
     Ok(ReplyQueue::new(move || {
         stop.send_replace(true);
     }))
 }
 
-async fn spawn(connector: Arc<Connector>, plan: Plan, output: Output, health: Health) -> Result<watch::Sender<bool>> {
+async fn spawn(
+    connector: Arc<Connector>,
+    plan: Plan,
+    output: Output,
+    health: Health,
+    flow: Option<mpsc::UnboundedReceiver<Flow>>,
+) -> Result<watch::Sender<bool>> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel();
+    let tags = plan.subscriptions.iter().map(|s| consumer_tag(s, 0)).collect();
+    let flowing = Flowing { consuming: !plan.work, commands: flow, tags };
     let task =
         Task { offsets: plan.subscriptions.iter().map(|_| Arc::new(AtomicI64::new(-1))).collect(), health, plan };
-    tokio::spawn(task.run(connector, output, stop_rx, ready_tx));
+    tokio::spawn(task.run(connector, output, stop_rx, ready_tx, flowing));
     match ready_rx.await {
         Ok(Ok(())) => Ok(stop_tx),
         Ok(Err(e)) => Err(e),
@@ -133,13 +149,14 @@ async fn declare_queue(channel: &Channel, q: &Queue) -> Result<()> {
     Ok(())
 }
 
-/// One subscription's channel, declared and consuming.
+/// One subscription's channel, declared, and consuming when `consume`.
 async fn subscribe(
     conn: &Connection,
     sub: &Subscription,
     prefetch: u16,
     offset: &AtomicI64,
-) -> Result<(Channel, lapin::Consumer)> {
+    consume: bool,
+) -> Result<(Channel, Option<lapin::Consumer>)> {
     let channel = conn.create_channel().await?;
     if prefetch > 0 {
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -159,6 +176,32 @@ async fn subscribe(
             )
             .await?;
     }
+    if !consume {
+        return Ok((channel, None));
+    }
+    let consumer = start_consumer(&channel, sub, offset, 0).await?;
+    Ok((channel, Some(consumer)))
+}
+
+/// The consumer tag of `sub`'s consumer of `generation`: the queue's name,
+/// then numbered. A work queue's consumers never reuse a tag on their
+/// channel: RabbitMQ credits an acknowledgement to the consumer holding
+/// the tag it was delivered under, so a reused tag would let the next
+/// consumer take one more message than its prefetch.
+fn consumer_tag(sub: &Subscription, generation: u64) -> String {
+    match generation {
+        0 => sub.queue.name.clone(),
+        n => format!("{}#{n}", sub.queue.name),
+    }
+}
+
+/// Consume `sub`'s queue on `channel` as consumer `generation`.
+async fn start_consumer(
+    channel: &Channel,
+    sub: &Subscription,
+    offset: &AtomicI64,
+    generation: u64,
+) -> Result<lapin::Consumer> {
     let mut args = sub.consumer_arguments.clone();
     if sub.queue.is_stream() {
         // Read on from where we were, or only what comes from now on. As
@@ -170,12 +213,12 @@ async fn subscribe(
     let consumer = channel
         .basic_consume(
             sub.queue.name.as_str().into(),
-            sub.queue.name.as_str().into(),
+            consumer_tag(sub, generation).as_str().into(),
             BasicConsumeOptions::default(),
             field_table(&args),
         )
         .await?;
-    Ok((channel, consumer))
+    Ok(consumer)
 }
 
 enum Ended {
@@ -184,11 +227,19 @@ enum Ended {
 }
 
 /// What one subscription's consumer yields: a delivery, an error, or
-/// (`None`) the end of the consumer, which the broker cancelled.
-type Tagged = (usize, Option<lapin::Result<AmqpDelivery>>);
+/// (`None`) the end of the consumer, which the broker cancelled (or we
+/// did, when its generation is not the subscription's current one).
+type Tagged = (usize, u64, Option<lapin::Result<AmqpDelivery>>);
 
-fn tagged(i: usize, consumer: lapin::Consumer) -> BoxStream<'static, Tagged> {
-    consumer.map(move |d| (i, Some(d))).chain(stream::once(async move { (i, None) })).boxed()
+fn tagged(i: usize, generation: u64, consumer: lapin::Consumer) -> BoxStream<'static, Tagged> {
+    consumer.map(move |d| (i, generation, Some(d))).chain(stream::once(async move { (i, generation, None) })).boxed()
+}
+
+async fn next_flow(flow: &mut Option<mpsc::UnboundedReceiver<Flow>>) -> Option<Flow> {
+    match flow {
+        Some(f) => f.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Task {
@@ -198,12 +249,21 @@ struct Task {
     health: Health,
 }
 
+/// Whether the queues are consumed now (a work queue's only when told),
+/// and a work queue's consume / pause commands.
+struct Flowing {
+    consuming: bool,
+    commands: Option<mpsc::UnboundedReceiver<Flow>>,
+    /// Per subscription, the tag of its consumer now (what a stop cancels).
+    tags: Vec<String>,
+}
+
 impl Task {
     fn queues(&self) -> impl Iterator<Item = &str> {
         self.plan.subscriptions.iter().map(|s| s.queue.name.as_str())
     }
 
-    async fn setup(&self, conn: &Connection) -> Result<Vec<(Channel, lapin::Consumer)>> {
+    async fn setup(&self, conn: &Connection, consume: bool) -> Result<Vec<(Channel, Option<lapin::Consumer>)>> {
         if !self.plan.prelude.is_empty() {
             let channel = conn.create_channel().await?;
             for q in &self.plan.prelude {
@@ -213,7 +273,7 @@ impl Task {
         }
         let mut subscribed = Vec::new();
         for (sub, offset) in self.plan.subscriptions.iter().zip(&self.offsets) {
-            subscribed.push(subscribe(conn, sub, self.plan.prefetch, offset).await?);
+            subscribed.push(subscribe(conn, sub, self.plan.prefetch, offset, consume).await?);
         }
         Ok(subscribed)
     }
@@ -224,6 +284,7 @@ impl Task {
         output: Output,
         mut stop: watch::Receiver<bool>,
         ready: oneshot::Sender<Result<()>>,
+        mut flow: Flowing,
     ) {
         let mut ready = Some(ready);
         let mut round = 0u32;
@@ -239,7 +300,7 @@ impl Task {
                     }
                 },
             };
-            let subscribed = match self.setup(&conn).await {
+            let subscribed = match self.setup(&conn, flow.consuming).await {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = conn.close(200, "setup failed".into()).await;
@@ -269,7 +330,7 @@ impl Task {
             }
             round = 0;
             let (mut channels, consumers): (Vec<_>, Vec<_>) = subscribed.into_iter().unzip();
-            match self.forward(&connector, &conn, &mut channels, consumers, &output, &mut stop).await {
+            match self.forward((&connector, &conn), &mut channels, consumers, &output, &mut stop, &mut flow).await {
                 Ended::Lost(why) => {
                     for q in self.queues() {
                         self.health.not_consumed(q, &why);
@@ -278,7 +339,7 @@ impl Task {
                     let _ = conn.close(200, "lost".into()).await;
                 }
                 Ended::Stopped => {
-                    self.stop(&conn, &channels).await;
+                    self.stop(&conn, &channels, &flow.tags).await;
                     // Deliveries already handed out are settled on these
                     // channels: let the receiver drain, then keep them open
                     // until the listener is dropped (its stop switch goes away).
@@ -294,9 +355,9 @@ impl Task {
         }
     }
 
-    async fn stop(&self, conn: &Connection, channels: &[Channel]) {
-        for (sub, channel) in self.plan.subscriptions.iter().zip(channels) {
-            let _ = channel.basic_cancel(sub.queue.name.as_str().into(), BasicCancelOptions::default()).await;
+    async fn stop(&self, conn: &Connection, channels: &[Channel], tags: &[String]) {
+        for (tag, channel) in tags.iter().zip(channels) {
+            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
         }
         let deletes: Vec<_> = self.plan.subscriptions.iter().filter(|s| s.delete_on_stop).collect();
         if !deletes.is_empty() {
@@ -312,17 +373,26 @@ impl Task {
     /// any queue whose consumer the broker cancels.
     async fn forward(
         &self,
-        connector: &Connector,
-        conn: &Connection,
+        (connector, conn): (&Connector, &Connection),
         channels: &mut [Channel],
-        consumers: Vec<lapin::Consumer>,
+        consumers: Vec<Option<lapin::Consumer>>,
         output: &Output,
         stop: &mut watch::Receiver<bool>,
+        flow: &mut Flowing,
     ) -> Ended {
         let mut streams: SelectAll<BoxStream<'static, Tagged>> = SelectAll::new();
+        // Each consumer has a generation, unique on this connection: the end
+        // of one we cancelled ourselves (a paused work queue) is not the
+        // broker's cancel, and its tag is never reused on its channel.
+        let mut generations = vec![0u64; consumers.len()];
+        let mut next_generation = 1;
+        flow.tags = self.plan.subscriptions.iter().map(|s| consumer_tag(s, 0)).collect();
         for (i, consumer) in consumers.into_iter().enumerate() {
-            streams.push(tagged(i, consumer));
+            if let Some(consumer) = consumer {
+                streams.push(tagged(i, 0, consumer));
+            }
         }
+
         let mut again = FuturesUnordered::new();
         // Whatever a consumer stream does when its connection dies, a lost
         // connection is noticed within a second.
@@ -335,17 +405,59 @@ impl Task {
                 _ = watchdog.tick() => if !conn.status().connected() {
                     return Ended::Lost("connection closed".into());
                 },
+                Some((consume, done)) = next_flow(&mut flow.commands) => {
+                    if consume != flow.consuming {
+                        flow.consuming = consume;
+                        for i in 0..channels.len() {
+                            if consume {
+                                let sub = &self.plan.subscriptions[i];
+                                generations[i] = next_generation;
+                                next_generation += 1;
+                                match start_consumer(&channels[i], sub, &self.offsets[i], generations[i]).await {
+                                    Ok(c) => {
+                                        flow.tags[i] = consumer_tag(sub, generations[i]);
+                                        streams.push(tagged(i, generations[i], c));
+                                    }
+                                    Err(_) => again.push(self.consume_again(connector, conn, i, true)),
+                                }
+                            } else {
+                                let _ = channels[i].basic_cancel(flow.tags[i].as_str().into(), BasicCancelOptions::default()).await;
+                                // Its end, when it comes, is ours.
+                                generations[i] = u64::MAX;
+                            }
+                        }
+                    }
+                    let _ = done.send(());
+                },
                 Some((i, result)) = again.next(), if !again.is_empty() => match result {
-                    Ok((channel, consumer)) => {
+                    Ok((channel, Some(consumer))) => {
+                        // A new channel: its consumer has the first tag.
+                        let tag = consumer_tag(&self.plan.subscriptions[i], 0);
+                        generations[i] = next_generation;
+                        next_generation += 1;
+                        if !flow.consuming {
+                            // Paused meanwhile.
+                            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        }
+                        flow.tags[i] = tag;
                         channels[i] = channel;
-                        streams.push(tagged(i, consumer));
+                        streams.push(tagged(i, generations[i], consumer));
+                        if !flow.consuming {
+                            generations[i] = u64::MAX;
+                        }
                         let queue = &self.plan.subscriptions[i].queue.name;
                         self.health.consumed(queue);
                         tracing::info!(queue = %queue, "consuming again after the broker cancelled the consumer");
                     }
+                    Ok((channel, None)) => {
+                        // Declared while paused: consumed at the next resume.
+                        flow.tags[i] = consumer_tag(&self.plan.subscriptions[i], 0);
+                        channels[i] = channel;
+                        self.health.consumed(&self.plan.subscriptions[i].queue.name);
+                    }
                     Err(why) => return Ended::Lost(why),
                 },
-                Some((i, item)) = streams.next(), if !streams.is_empty() => match item {
+                Some((i, generation, item)) = streams.next(), if !streams.is_empty() => match item {
                     Some(Ok(d)) => {
                         if let Err(ended) = self.deliver(i, d, output, stop).await {
                             return ended;
@@ -355,12 +467,13 @@ impl Task {
                     // and a failed lapin consumer may never end: start over.
                     Some(Err(e)) => return Ended::Lost(e.to_string()),
                     None if !conn.status().connected() => return Ended::Lost("connection closed".into()),
+                    None if generation != generations[i] => {}
                     None => {
                         let queue = &self.plan.subscriptions[i].queue.name;
                         crate::metrics::metrics().consumer_cancels.inc();
                         self.health.not_consumed(queue, "the broker cancelled its consumer");
                         tracing::warn!(queue = %queue, purpose = self.plan.purpose, "the broker cancelled a consumer (queue deleted, its node lost, or its leader moved); declaring and consuming it again");
-                        again.push(self.consume_again(connector, conn, i));
+                        again.push(self.consume_again(connector, conn, i, flow.consuming));
                     }
                 },
             }
@@ -375,7 +488,8 @@ impl Task {
         connector: &Connector,
         conn: &Connection,
         i: usize,
-    ) -> (usize, std::result::Result<(Channel, lapin::Consumer), String>) {
+        consume: bool,
+    ) -> (usize, std::result::Result<(Channel, Option<lapin::Consumer>), String>) {
         let sub = &self.plan.subscriptions[i];
         let mut attempt = 0;
         loop {
@@ -383,7 +497,7 @@ impl Task {
             if !conn.status().connected() {
                 return (i, Err("connection closed".into()));
             }
-            match subscribe(conn, sub, self.plan.prefetch, &self.offsets[i]).await {
+            match subscribe(conn, sub, self.plan.prefetch, &self.offsets[i], consume).await {
                 Ok(s) => return (i, Ok(s)),
                 Err(e) => {
                     self.health.not_consumed(&sub.queue.name, &e.to_string());

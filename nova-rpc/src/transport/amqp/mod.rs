@@ -24,7 +24,8 @@ use async_trait::async_trait;
 
 use self::{connector::Connector, listener::Plan, publisher::Publisher, topology::Topology};
 use super::{
-    Destination, ListenSpec, Listener, Outgoing, ReplyQueue, ReplySink, Transport, TransportOptions, TransportUrl,
+    Destination, ListenSpec, Listener, Outgoing, QueueStats, ReplyQueue, ReplySink, Transport, TransportOptions,
+    TransportUrl,
 };
 use crate::{Result, RpcError};
 
@@ -74,11 +75,14 @@ impl Transport for AmqpTransport {
 
     async fn listen(&self, spec: ListenSpec) -> Result<Listener> {
         let server = self.topology.server(&spec);
+        let work = spec.queues == crate::transport::Queues::Work;
         let plan = Plan {
-            purpose: "listen",
-            prefetch: self.prefetch(spec.prefetch),
+            purpose: if work { "work" } else { "listen" },
+            // A work queue takes one message at a time, between a resume and a pause.
+            prefetch: if work { 1 } else { self.prefetch(spec.prefetch) },
             prelude: server.dead_letter.into_iter().collect(),
             subscriptions: server.subscriptions,
+            work,
         };
         listener::start(self.connector.clone(), plan).await
     }
@@ -93,12 +97,17 @@ impl Transport for AmqpTransport {
             prefetch: self.prefetch(0),
             prelude: Vec::new(),
             subscriptions: vec![self.topology.reply(queue)],
+            work: false,
         };
         listener::start_replies(self.connector.clone(), plan, sink).await
     }
 
     fn options(&self) -> &TransportOptions {
         &self.options
+    }
+
+    async fn queue_stats(&self, queues: &[String]) -> Result<Vec<QueueStats>> {
+        self.publisher.queue_stats(queues).await
     }
 
     async fn close(&self) {

@@ -101,6 +101,39 @@ impl Publisher {
     }
 
     /// Close the sending connection.
+    /// Passive declares on the publishing connection: a queue's ready
+    /// messages and consumers, without creating or changing it. A missing
+    /// queue closes its channel (404) and is left out.
+    pub(crate) async fn queue_stats(&self, queues: &[String]) -> Result<Vec<crate::transport::QueueStats>> {
+        let pc = self.channel(Some(0)).await?;
+        let mut out = Vec::new();
+        let mut channel: Option<Channel> = None;
+        for name in queues {
+            let ch = match channel.take().filter(|c| c.status().connected()) {
+                Some(c) => c,
+                None => pc.conn.create_channel().await?,
+            };
+            let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+            match ch.queue_declare(name.as_str().into(), passive, FieldTable::default()).await {
+                Ok(q) => {
+                    out.push(crate::transport::QueueStats {
+                        queue: name.clone(),
+                        messages: u64::from(q.message_count()),
+                        consumers: q.consumer_count(),
+                        oldest_age_seconds: None,
+                    });
+                    channel = Some(ch);
+                }
+                Err(e) if !pc.conn.status().connected() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        if let Some(c) = channel {
+            let _ = c.close(200, "inspected".into()).await;
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn close(&self) {
         let current = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(c) = current {

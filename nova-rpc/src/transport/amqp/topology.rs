@@ -11,12 +11,12 @@
 //! publisher declare what this module says; the tests read it too.
 //!
 //! ```
-//! use nova_rpc::transport::{amqp::topology::{Arg, Topology}, ListenSpec, RabbitOptions};
+//! use nova_rpc::transport::{amqp::topology::{Arg, Topology}, ListenSpec, Queues, RabbitOptions};
 //!
 //! let options = RabbitOptions { rabbit_quorum_queue: true, ..RabbitOptions::default() };
 //! let spec = ListenSpec {
 //!     exchange: "nova".into(), topic: "compute".into(), server: "c1".into(),
-//!     prefetch: 64, durable: false, max_deliveries: None,
+//!     prefetch: 64, durable: false, max_deliveries: None, queues: Queues::All,
 //! };
 //! let server = Topology::new(&options).server(&spec);
 //! let topic = &server.subscriptions[0].queue;
@@ -235,10 +235,13 @@ impl Topology {
     /// A server's topology: `topic`, `topic.server`, and its fanout queue
     /// (one shared stream per topic with `rabbit_stream_fanout`).
     pub fn server(&self, spec: &ListenSpec) -> ServerTopology {
-        let o = &self.options;
         let exchange = self.topic_exchange(&spec.exchange);
         let mut subscriptions = Vec::new();
-        for key in [spec.topic.clone(), format!("{}.{}", spec.topic, spec.server)] {
+        let keys = [
+            (spec.topic.clone(), spec.queues.shared()),
+            (format!("{}.{}", spec.topic, spec.server), spec.queues.own()),
+        ];
+        for (key, _) in keys.into_iter().filter(|(_, consumed)| *consumed) {
             subscriptions.push(Subscription {
                 exchange: Some(exchange.clone()),
                 queue: self.topic_queue(key.clone(), spec),
@@ -247,13 +250,28 @@ impl Topology {
                 delete_on_stop: false,
             });
         }
+        if spec.queues.own() {
+            subscriptions.push(self.fanout_subscription(spec));
+        }
+        let dead_letter = spec.max_deliveries.map(|_| Queue {
+            name: dead_letter_queue(&spec.topic),
+            durable: true,
+            auto_delete: false,
+            arguments: Vec::new(),
+        });
+        ServerTopology { dead_letter, subscriptions }
+    }
+
+    /// A server's fanout queue (the topic's one stream with `rabbit_stream_fanout`).
+    fn fanout_subscription(&self, spec: &ListenSpec) -> Subscription {
+        let o = &self.options;
         let stream = o.rabbit_stream_fanout;
         let name = if stream {
             format!("{}_fanout", spec.topic)
         } else {
             format!("{}_fanout_{}", spec.topic, self.unique_suffix())
         };
-        subscriptions.push(Subscription {
+        Subscription {
             exchange: Some(self.fanout_exchange(&spec.topic)),
             queue: Queue {
                 name,
@@ -266,14 +284,7 @@ impl Topology {
             // A stream is the topic's, and queue-manager names are reused
             // by the next start; a random name is nobody's once we stop.
             delete_on_stop: !stream && self.names.is_none(),
-        });
-        let dead_letter = spec.max_deliveries.map(|_| Queue {
-            name: dead_letter_queue(&spec.topic),
-            durable: true,
-            auto_delete: false,
-            arguments: Vec::new(),
-        });
-        ServerTopology { dead_letter, subscriptions }
+        }
     }
 
     /// A name for a new reply queue: `reply_<uuid>`, or `reply_<host>:<process>:<n>`.
@@ -428,6 +439,7 @@ mod tests {
             prefetch: 8,
             durable: false,
             max_deliveries: None,
+            queues: crate::transport::Queues::All,
         }
     }
 

@@ -1,0 +1,205 @@
+//! Work queues: submitted tasks wait in the broker (not on a busy host),
+//! at most `max_tasks` run at once per host, a host started later takes
+//! its share of the backlog, and a placed task at capacity waits instead
+//! of failing. Once on RabbitMQ, once on memory://, with PostgreSQL.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::NaiveDateTime;
+use nova_core::{
+    db::{services::ServiceRecords, Database},
+    ManagerHandle, RunningService, Service,
+};
+use nova_rpc::{transport::Transport, RequestContext, RpcClient, Target};
+use nova_services::compute::{
+    commands::Commands,
+    tasks::{TaskStore, MIGRATIONS},
+    ComputeManager, ComputeManagerClient, TaskInfo, TaskStatus,
+};
+use nova_tests::{eventually, Bus, Kind, Proc, TempDir, TestDb, TestVhost};
+
+async fn database(db: &TestDb) -> Database {
+    let database = Database::connect(&db.url).await.unwrap();
+    let mut migrations = nova_core::db::services::MIGRATIONS.to_vec();
+    migrations.extend_from_slice(MIGRATIONS);
+    database.migrate(&migrations).await.unwrap();
+    database
+}
+
+/// A compute host serving `submit_task` from the shared queue.
+async fn compute(t: &Arc<dyn Transport>, db: &Database, host: &str, max_tasks: usize) -> RunningService {
+    let rpc = RpcClient::new(t.clone(), Target::new("scheduler"));
+    let commands = Commands::parse(vec![("sleep".into(), "/bin/sleep".into())]).unwrap();
+    let m = Arc::new(ComputeManager::new(host, commands, max_tasks, 60.0, 1, db.clone(), rpc));
+    let work = m.work_queue();
+    Service::create(t.clone(), ManagerHandle::new(m).with_work_queue(work))
+        .binary("nova-compute")
+        .host(host)
+        .records(ServiceRecords::new(db.clone()))
+        .periodic_fuzzy_delay(Duration::ZERO)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// The most tasks that ran at once on `host`, from their start and end times.
+fn most_at_once(tasks: &[TaskInfo], host: &str) -> usize {
+    let mut events: Vec<(NaiveDateTime, i32)> = Vec::new();
+    for t in tasks.iter().filter(|t| t.host == host) {
+        events.push((t.started_at.expect("started"), 1));
+        events.push((t.finished_at.expect("finished"), -1));
+    }
+    // An end sorts before a start at the same instant.
+    events.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in events {
+        now += step;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+async fn backlog_stays_in_the_broker(kind: Kind) {
+    let bus = Bus::new(kind);
+    let t = bus.transport().await;
+    let db = TestDb::postgres();
+    let database = database(&db).await;
+    let store = TaskStore::new(database.clone());
+    let first = compute(&t, &database, "w1", 2).await;
+    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")));
+    let ctx = RequestContext::new();
+    for i in 0..10 {
+        submit.submit_task(&ctx, "sleep".into(), vec!["1".into()], format!("t{i}"), None, None).await.unwrap();
+    }
+    // Two run; the other eight wait in the shared queue, not on the host.
+    let stats = eventually("eight tasks wait in the broker", Duration::from_secs(30), || async {
+        let s = t.queue_stats(&["compute".into()]).await.unwrap();
+        s.into_iter().find(|q| q.queue == "compute" && q.messages == 8)
+    })
+    .await;
+    assert_eq!(stats.consumers, if kind == Kind::Memory { 1 } else { 0 }, "{stats:?}");
+    // Halfway, a second host joins and takes its share of the backlog.
+    eventually("four tasks succeeded", Duration::from_secs(60), || async {
+        let done = store.list(None, Some(TaskStatus::Succeeded)).await.unwrap();
+        (done.len() >= 4).then_some(())
+    })
+    .await;
+    let second = compute(&t, &database, "w2", 2).await;
+    let all = eventually("all ten tasks succeeded", Duration::from_secs(60), || async {
+        let all = store.list(None, None).await.unwrap();
+        (all.len() == 10 && all.iter().all(|t| t.status == TaskStatus::Succeeded)).then_some(all)
+    })
+    .await;
+    let mut per_host: HashMap<&str, usize> = HashMap::new();
+    for task in &all {
+        *per_host.entry(task.host.as_str()).or_default() += 1;
+    }
+    assert!(per_host.get("w2").copied().unwrap_or(0) >= 2, "the late host took its share: {per_host:?}");
+    for host in ["w1", "w2"] {
+        assert!(most_at_once(&all, host) <= 2, "{host} ran more than max_tasks at once: {all:#?}");
+    }
+    assert_eq!(most_at_once(&all, "w1"), 2, "w1 ran two at once while the backlog lasted");
+    let drained = t.queue_stats(&["compute".into()]).await.unwrap();
+    assert_eq!(drained.first().map(|q| q.messages), Some(0), "{drained:?}");
+    second.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbit_backlog_stays_in_the_broker() {
+    backlog_stays_in_the_broker(Kind::Rabbit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_backlog_stays_in_the_broker() {
+    backlog_stays_in_the_broker(Kind::Memory).await;
+}
+
+/// A task placed on a host at capacity waits there (queued), then runs;
+/// a queued task can be killed before it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_task_at_capacity_waits() {
+    let bus = Bus::new(Kind::Memory);
+    let t = bus.transport().await;
+    let db = TestDb::postgres();
+    let database = database(&db).await;
+    let host = compute(&t, &database, "p1", 1).await;
+    let c = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute"))).with_server("p1");
+    let ctx = RequestContext::new();
+    let outcome = c.run_task(&ctx, "sleep".into(), vec!["1".into()], "first".into(), None, None).await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    c.run_task(&ctx, "sleep".into(), vec!["0".into()], "second".into(), None, None).await.unwrap();
+    c.run_task(&ctx, "sleep".into(), vec!["0".into()], "third".into(), None, None).await.unwrap();
+    for id in ["second", "third"] {
+        let queued = eventually("the task is queued", Duration::from_secs(10), || async {
+            c.get_task(&ctx, id.into()).await.ok().filter(|t| t.status == TaskStatus::Queued)
+        })
+        .await;
+        assert_eq!(queued.host, "p1");
+    }
+    let killed = c.kill_task(&ctx, "third".into()).await.unwrap();
+    assert_eq!(killed.status, TaskStatus::Killed, "{killed:?}");
+    let second = eventually("the second task ran once the first ended", Duration::from_secs(30), || async {
+        c.get_task(&ctx, "second".into()).await.ok().filter(|t| t.status.is_final())
+    })
+    .await;
+    assert_eq!(second.status, TaskStatus::Succeeded, "{second:?}");
+    let first = c.get_task(&ctx, "first".into()).await.unwrap();
+    assert!(second.started_at >= first.finished_at, "{first:?} {second:?}");
+    let third = c.get_task(&ctx, "third".into()).await.unwrap();
+    assert_eq!((third.status, third.started_at), (TaskStatus::Killed, None), "{third:?}");
+    host.stop().await;
+}
+
+/// At-least-once: a host SIGKILLed mid-task gives the task back; the other
+/// host runs it, and it runs to completion once under its id (the killed
+/// host's process dies with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_task_gives_it_back() {
+    let vhost = TestVhost::new();
+    let db = TestDb::postgres();
+    let dir = TempDir::new("alo");
+    let marks = dir.path().join("completions");
+    let conf = dir.write(
+        "nova.conf",
+        &format!(
+            "[DEFAULT]\ntransport_url = {}\nreport_interval = 0.5\nperiodic_fuzzy_delay = 0\nstate_path = {}\n\
+             [database]\nconnection = {}\n\
+             [compute]\nmax_tasks = 1\ntask_delivery = at_least_once\nallowed_commands = sh = /bin/sh -c\n",
+            vhost.url(),
+            dir.path().display(),
+            db.url
+        ),
+    );
+    let conf = conf.to_str().unwrap().to_owned();
+    let spawn = |host: &str| Proc::spawn("nova-compute", &["--config-file", &conf, "--host", host], dir.path());
+    let mut hosts = HashMap::from([("a1", spawn("a1")), ("a2", spawn("a2"))]);
+    let t = nova_rpc::transport::connect(nova_rpc::transport::TransportOptions::new(vhost.url())).await.unwrap();
+    let database = database(&db).await;
+    let store = TaskStore::new(database.clone());
+    let records = ServiceRecords::new(database);
+    eventually("both computes are up", Duration::from_secs(30), || async {
+        (records.list(Some("compute")).await.ok()?.len() == 2).then_some(())
+    })
+    .await;
+    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let script = format!("sleep 2; echo done >> {}", marks.display());
+    submit.submit_task(&RequestContext::new(), "sh".into(), vec![script], "once".into(), None, None).await.unwrap();
+    let first = eventually("the task runs", Duration::from_secs(30), || async {
+        store.get("once").await.ok().flatten().filter(|t| t.status == TaskStatus::Running)
+    })
+    .await;
+    let mut victim = hosts.remove(first.host.as_str()).expect("a known host");
+    victim.signal("KILL");
+    victim.wait_exit(Duration::from_secs(10)).expect("the host died");
+    let done = eventually("the other host ran the task", Duration::from_secs(60), || async {
+        store.get("once").await.ok().flatten().filter(|t| t.status.is_final())
+    })
+    .await;
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
+    assert_ne!(done.host, first.host, "{done:?}");
+    let completions = std::fs::read_to_string(&marks).unwrap_or_default();
+    assert_eq!(completions.lines().count(), 1, "ran to completion once: {completions:?}");
+    let left = t.queue_stats(&["compute".into()]).await.unwrap();
+    assert_eq!(left.first().map(|q| q.messages), Some(0), "{left:?}");
+}
