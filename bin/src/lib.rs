@@ -10,6 +10,7 @@ pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> 
     let mut specs = CORE_OPTIONS.to_vec();
     specs.extend(nova_services::registry().option_specs());
     specs.extend_from_slice(gateway::API_OPTIONS);
+    specs.extend_from_slice(autoscale::AUTOSCALE_OPTIONS);
     let config = nova_core::launcher::load_config(args, &specs)?;
     let options = CoreOptions::from_config(&config)?;
     nova_core::logging::init(options.debug, options.log_json);
@@ -19,5 +20,6 @@ pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> 
     Ok((config, options))
 }
 
+pub mod autoscale;
 pub mod bench;
 pub mod gateway;

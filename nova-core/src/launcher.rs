@@ -56,6 +56,9 @@ pub enum LaunchError {
     /// The service failed to start.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// A program's own settings cannot work together.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Everything a process needs before it starts services: configuration,

@@ -8,7 +8,10 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use nova_bin::gateway::{self, Gateway};
+use nova_bin::{
+    autoscale::{self, AutoscaleOptions, Autoscaler},
+    gateway::{self, Gateway},
+};
 use nova_core::{
     config::CommonArgs,
     launcher::{shutdown, stop_all, wait_for_stop_signal},
@@ -30,7 +33,8 @@ struct Cli {
 }
 
 async fn run(cli: Cli) -> Result<(), LaunchError> {
-    let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), gateway::API_OPTIONS).await?;
+    let own = [gateway::API_OPTIONS, autoscale::AUTOSCALE_OPTIONS].concat();
+    let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), &own).await?;
     let auth = gateway::ApiOptions::auth(&bootstrap.config, cli.listen, cli.insecure)?;
     let listen = auth.options().listen;
     bootstrap.serve_metrics().await?;
@@ -39,6 +43,23 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
         let service = bootstrap.service(binary, None).await?;
         running.push(service.start().await?);
     }
+    // The autoscaler, when [autoscale] names topics.
+    let scaling = AutoscaleOptions::from_config(&bootstrap.config).map_err(LaunchError::Invalid)?;
+    let (stop_scaling, scaling_stopped) = tokio::sync::watch::channel(false);
+    let scaler = if scaling.topics.is_empty() {
+        None
+    } else {
+        if bootstrap.transport.options().transport_url.starts_with("memory:")
+            && scaling.launcher == autoscale::LauncherKind::Process
+        {
+            return Err(LaunchError::Invalid(
+                "[autoscale] launcher = process needs a broker: workers in other processes cannot share memory://"
+                    .into(),
+            ));
+        }
+        let launcher = Autoscaler::launcher_for(&scaling, &bootstrap.config, &bootstrap.args);
+        Some(tokio::spawn(Autoscaler::new(bootstrap.transport.clone(), scaling, launcher).run(scaling_stopped)))
+    };
     let gw = Gateway::from_bootstrap(&bootstrap, auth);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(gateway::serve(gw, async {
@@ -56,6 +77,10 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
         }
     }
     let _ = stop_tx.send(());
+    stop_scaling.send_replace(true);
+    if let Some(s) = scaler {
+        let _ = s.await;
+    }
     shutdown(&bootstrap, running).await;
     Ok(())
 }

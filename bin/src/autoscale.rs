@@ -1,0 +1,593 @@
+//! The autoscaler (`nova-autoscale`, and inside `nova-all` when
+//! `[autoscale] topics` is set): keeps `ceil(backlog / target_per_worker)`
+//! workers per topic, clamped to `[min_workers, max_workers]`.
+//!
+//! The backlog is the messages ready in the topic's shared queue (see
+//! [`nova_rpc::transport::Transport::queue_stats`]). Scaling up waits
+//! `scale_up_cooldown` after the last scale-up; scaling down waits until
+//! fewer workers were enough for `scale_down_idle` without a break.
+//! `min_workers = 0` scales to zero when idle.
+//!
+//! Scaling in is graceful: a worker is sent SIGTERM (or the operator's
+//! `down` command), stops consuming, finishes what it holds within its
+//! `graceful_shutdown_timeout`, and exits; with `task_delivery =
+//! at_least_once` what it cannot finish goes back to the queue. The newest
+//! worker goes first.
+//!
+//! Launchers: `process` spawns `nova-compute --host <prefix>-<topic>-<n>`
+//! beside this program, with its configuration files; `command` runs the
+//! operator's `command up HOST` / `command down HOST` (a VM, a container,
+//! a Kubernetes job…). Every decision is logged and counted in
+//! `nova_autoscale_decisions_total{topic, action}`, and the worker count is
+//! the gauge `nova_autoscale_workers{topic}`.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use nova_core::config::{CommonArgs, Config, OptSpec};
+use nova_rpc::{
+    metrics::{metrics, ScaleLabels, TopicLabels},
+    transport::Transport,
+};
+use tokio::sync::{watch, Mutex};
+
+/// `[autoscale]` options.
+pub const AUTOSCALE_OPTIONS: &[OptSpec] = &[
+    OptSpec {
+        section: "autoscale",
+        name: "topics",
+        default: "",
+        help: "Topics whose shared queue is scaled on (comma separated); empty: no autoscaling.",
+    },
+    OptSpec {
+        section: "autoscale",
+        name: "min_workers",
+        default: "0",
+        help: "Fewest workers per topic (0: scale to zero when idle).",
+    },
+    OptSpec { section: "autoscale", name: "max_workers", default: "4", help: "Most workers per topic." },
+    OptSpec {
+        section: "autoscale",
+        name: "target_per_worker",
+        default: "4",
+        help: "Backlog (ready messages) one worker should face: workers = ceil(backlog / target_per_worker).",
+    },
+    OptSpec {
+        section: "autoscale",
+        name: "scale_up_cooldown",
+        default: "10",
+        help: "Seconds after a scale-up before the next one.",
+    },
+    OptSpec {
+        section: "autoscale",
+        name: "scale_down_idle",
+        default: "60",
+        help: "Seconds fewer workers must have been enough before workers are stopped.",
+    },
+    OptSpec { section: "autoscale", name: "interval", default: "2", help: "Seconds between looks at the backlog." },
+    OptSpec {
+        section: "autoscale",
+        name: "launcher",
+        default: "process",
+        help: "process: spawn nova-compute on this machine; command: run `command up|down HOST`.",
+    },
+    OptSpec {
+        section: "autoscale",
+        name: "command",
+        default: "",
+        help: "The command launcher's program (and fixed arguments); it gets `up HOST` or `down HOST`.",
+    },
+    OptSpec {
+        section: "autoscale",
+        name: "worker_prefix",
+        default: "auto",
+        help: "Workers are named <worker_prefix>-<topic>-<n>.",
+    },
+];
+
+/// Which launcher starts and stops workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LauncherKind {
+    /// `nova-compute` processes on this machine.
+    Process,
+    /// The operator's command, with `up HOST` / `down HOST`.
+    Command(Vec<String>),
+}
+
+/// The autoscaler's settings; see the module docs.
+#[derive(Debug, Clone)]
+pub struct AutoscaleOptions {
+    /// Topics scaled.
+    pub topics: Vec<String>,
+    /// Fewest workers per topic.
+    pub min_workers: usize,
+    /// Most workers per topic.
+    pub max_workers: usize,
+    /// Backlog per worker.
+    pub target_per_worker: usize,
+    /// Between scale-ups.
+    pub scale_up_cooldown: Duration,
+    /// Low backlog needed before a scale-down.
+    pub scale_down_idle: Duration,
+    /// Between looks.
+    pub interval: Duration,
+    /// The launcher.
+    pub launcher: LauncherKind,
+    /// Worker name prefix.
+    pub worker_prefix: String,
+    /// The workers serve their topic at-least-once with this many deliveries
+    /// (`[compute] task_delivery`): the queue is declared as they declare it.
+    pub max_deliveries: Option<u32>,
+}
+
+fn seconds(c: &Config, name: &str) -> Result<Duration, String> {
+    let s: f64 = c.require("autoscale", name).map_err(|e| e.to_string())?;
+    if !(0.0..=86_400.0).contains(&s) {
+        return Err(format!("[autoscale] {name} = {s}: must be between 0 and 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+impl AutoscaleOptions {
+    /// Read `[autoscale]`; a bad value is named.
+    pub fn from_config(c: &Config) -> Result<Self, String> {
+        let number = |name: &str| c.require::<usize>("autoscale", name).map_err(|e| e.to_string());
+        let topics: Vec<String> = c
+            .get::<String>("autoscale", "topics")
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default()
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let (min_workers, max_workers, target_per_worker) =
+            (number("min_workers")?, number("max_workers")?, number("target_per_worker")?);
+        if max_workers == 0 || min_workers > max_workers {
+            return Err(format!(
+                "[autoscale] min_workers = {min_workers}, max_workers = {max_workers}: need 0 <= min_workers <= max_workers and max_workers >= 1"
+            ));
+        }
+        if target_per_worker == 0 {
+            return Err("[autoscale] target_per_worker must be at least 1".into());
+        }
+        let command: Vec<String> = c
+            .get::<String>("autoscale", "command")
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let launcher = match c.require::<String>("autoscale", "launcher").map_err(|e| e.to_string())?.as_str() {
+            "process" => LauncherKind::Process,
+            "command" if command.is_empty() => {
+                return Err("[autoscale] launcher = command needs [autoscale] command".into())
+            }
+            "command" => LauncherKind::Command(command),
+            other => return Err(format!("[autoscale] launcher = {other:?}: process or command")),
+        };
+        Ok(Self {
+            topics,
+            min_workers,
+            max_workers,
+            target_per_worker,
+            scale_up_cooldown: seconds(c, "scale_up_cooldown")?,
+            scale_down_idle: seconds(c, "scale_down_idle")?,
+            interval: seconds(c, "interval")?.max(Duration::from_millis(50)),
+            launcher,
+            worker_prefix: c.require::<String>("autoscale", "worker_prefix").map_err(|e| e.to_string())?,
+            max_deliveries: match c.raw("compute", "task_delivery") {
+                Some("at_least_once") => {
+                    Some(c.raw("compute", "task_max_deliveries").and_then(|v| v.parse().ok()).unwrap_or(3))
+                }
+                _ => None,
+            },
+        })
+    }
+}
+
+/// Starts and stops workers.
+#[async_trait]
+pub trait Launcher: Send + Sync {
+    /// Start worker `host` (of `topic`).
+    async fn up(&self, topic: &str, host: &str) -> Result<(), String>;
+    /// Stop worker `host` gracefully.
+    async fn down(&self, topic: &str, host: &str) -> Result<(), String>;
+    /// Workers that ended by themselves since the last look (a crash).
+    async fn ended(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Stop every worker this launcher started (the autoscaler stops).
+    async fn stop_all(&self) {}
+}
+
+/// Spawns `nova-compute` processes on this machine.
+pub struct ProcessLauncher {
+    program: PathBuf,
+    args: Vec<String>,
+    children: Mutex<HashMap<String, tokio::process::Child>>,
+    stopping: Mutex<Vec<tokio::process::Child>>,
+}
+
+impl std::fmt::Debug for ProcessLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessLauncher").field("program", &self.program).finish()
+    }
+}
+
+impl ProcessLauncher {
+    /// Workers run `program` (default: `nova-compute` beside this program)
+    /// with `args` (the configuration) and `--host NAME`.
+    pub fn new(program: PathBuf, args: Vec<String>) -> Self {
+        Self { program, args, children: Mutex::default(), stopping: Mutex::default() }
+    }
+
+    /// `nova-compute` beside the running program, given this program's
+    /// configuration files and its messaging, database and state flags.
+    pub fn beside_me(config: &Config, flags: &CommonArgs) -> Self {
+        let program = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("nova-compute")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("nova-compute"));
+        let mut args = Vec::new();
+        for f in config.files() {
+            args.extend(["--config-file".to_owned(), f.display().to_string()]);
+        }
+        let pass = [
+            ("--transport-url", flags.transport_url.clone()),
+            ("--control-exchange", flags.control_exchange.clone()),
+            ("--database-connection", flags.database_connection.clone()),
+            ("--state-path", flags.state_path.as_ref().map(|p| p.display().to_string())),
+        ];
+        for (flag, value) in pass {
+            if let Some(v) = value {
+                args.extend([flag.to_owned(), v]);
+            }
+        }
+        Self::new(program, args)
+    }
+
+    /// Reap workers that stopped, as they stop.
+    async fn reap(&self) {
+        self.stopping.lock().await.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+    }
+}
+
+#[async_trait]
+impl Launcher for ProcessLauncher {
+    async fn up(&self, _topic: &str, host: &str) -> Result<(), String> {
+        let child = tokio::process::Command::new(&self.program)
+            .args(&self.args)
+            .args(["--host", host])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
+        self.children.lock().await.insert(host.to_owned(), child);
+        Ok(())
+    }
+
+    async fn down(&self, _topic: &str, host: &str) -> Result<(), String> {
+        self.reap().await;
+        let Some(child) = self.children.lock().await.remove(host) else {
+            return Err(format!("no worker {host}"));
+        };
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        // It finishes what it holds and exits; reaped later.
+        self.stopping.lock().await.push(child);
+        Ok(())
+    }
+
+    async fn ended(&self) -> Vec<String> {
+        self.reap().await;
+        let mut children = self.children.lock().await;
+        let gone: Vec<String> = children
+            .iter_mut()
+            .filter_map(|(h, c)| matches!(c.try_wait(), Ok(Some(_)) | Err(_)).then(|| h.clone()))
+            .collect();
+        for h in &gone {
+            children.remove(h);
+        }
+        gone
+    }
+
+    async fn stop_all(&self) {
+        let hosts: Vec<String> = self.children.lock().await.keys().cloned().collect();
+        for h in hosts {
+            let _ = self.down("", &h).await;
+        }
+        let mut stopping = std::mem::take(&mut *self.stopping.lock().await);
+        for c in &mut stopping {
+            let _ = c.wait().await;
+        }
+    }
+}
+
+/// Runs the operator's command with `up HOST` / `down HOST`.
+#[derive(Debug)]
+pub struct CommandLauncher {
+    argv: Vec<String>,
+}
+
+impl CommandLauncher {
+    /// `argv[0]` with `argv[1..]`, then `up|down HOST`.
+    pub fn new(argv: Vec<String>) -> Self {
+        Self { argv }
+    }
+
+    async fn run(&self, topic: &str, action: &str, host: &str) -> Result<(), String> {
+        let (program, fixed) = self.argv.split_first().ok_or("[autoscale] command is empty")?;
+        let out = tokio::process::Command::new(program)
+            .args(fixed)
+            .args([action, host])
+            .env("NOVA_AUTOSCALE_TOPIC", topic)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program} {action} {host} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl Launcher for CommandLauncher {
+    async fn up(&self, topic: &str, host: &str) -> Result<(), String> {
+        self.run(topic, "up", host).await
+    }
+
+    async fn down(&self, topic: &str, host: &str) -> Result<(), String> {
+        self.run(topic, "down", host).await
+    }
+}
+
+/// What to do about one topic now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Keep the workers.
+    Hold,
+    /// Start this many.
+    Up(usize),
+    /// Stop this many.
+    Down(usize),
+}
+
+/// One topic's scaling state.
+#[derive(Debug, Default)]
+pub struct TopicState {
+    /// Running workers, oldest first.
+    pub workers: Vec<String>,
+    next: usize,
+    last_up: Option<Instant>,
+    enough_since: Option<Instant>,
+}
+
+impl TopicState {
+    /// Decide for `backlog` at `now` (and note when fewer workers became enough).
+    pub fn decide(&mut self, backlog: u64, o: &AutoscaleOptions, now: Instant) -> Decision {
+        let wanted = usize::try_from(backlog.div_ceil(o.target_per_worker as u64)).unwrap_or(usize::MAX);
+        let wanted = wanted.clamp(o.min_workers, o.max_workers);
+        let have = self.workers.len();
+        if wanted > have {
+            self.enough_since = None;
+            let cooled = self.last_up.is_none_or(|t| now.duration_since(t) >= o.scale_up_cooldown);
+            return if cooled { Decision::Up(wanted - have) } else { Decision::Hold };
+        }
+        if wanted == have {
+            self.enough_since = None;
+            return Decision::Hold;
+        }
+        let since = *self.enough_since.get_or_insert(now);
+        if now.duration_since(since) >= o.scale_down_idle {
+            self.enough_since = None;
+            Decision::Down(have - wanted)
+        } else {
+            Decision::Hold
+        }
+    }
+}
+
+/// The autoscaler; see the module docs.
+pub struct Autoscaler {
+    transport: Arc<dyn Transport>,
+    options: AutoscaleOptions,
+    launcher: Arc<dyn Launcher>,
+    state: Arc<Mutex<HashMap<String, TopicState>>>,
+}
+
+impl std::fmt::Debug for Autoscaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Autoscaler").field("options", &self.options).finish()
+    }
+}
+
+impl Autoscaler {
+    /// Scale `options.topics` on `transport`'s queues with `launcher`.
+    pub fn new(transport: Arc<dyn Transport>, options: AutoscaleOptions, launcher: Arc<dyn Launcher>) -> Self {
+        Self { transport, options, launcher, state: Arc::default() }
+    }
+
+    /// The launcher the options name: processes beside this program, or the command.
+    pub fn launcher_for(options: &AutoscaleOptions, config: &Config, flags: &CommonArgs) -> Arc<dyn Launcher> {
+        match &options.launcher {
+            LauncherKind::Process => Arc::new(ProcessLauncher::beside_me(config, flags)),
+            LauncherKind::Command(argv) => Arc::new(CommandLauncher::new(argv.clone())),
+        }
+    }
+
+    /// The workers of `topic` now.
+    pub async fn workers(&self, topic: &str) -> Vec<String> {
+        self.state.lock().await.get(topic).map(|s| s.workers.clone()).unwrap_or_default()
+    }
+
+    /// A handle on the workers, to read while [`Autoscaler::run`] runs.
+    pub fn watch_workers(&self) -> Arc<Mutex<HashMap<String, TopicState>>> {
+        self.state.clone()
+    }
+
+    /// Look and act every `interval` until `stop`; then stop the workers
+    /// the launcher started (a process launcher's children).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        // The queues exist before any worker does (a topic scaled from
+        // zero still has a backlog to read), declared as workers declare them.
+        let mut declared = Vec::new();
+        for topic in &self.options.topics {
+            match self.declare(topic).await {
+                Ok(l) => declared.push(l),
+                Err(e) => {
+                    tracing::error!(topic, error = %e, "cannot declare the topic's queue; its backlog reads as empty until a worker declares it")
+                }
+            }
+        }
+        tracing::info!(topics = ?self.options.topics, min = self.options.min_workers, max = self.options.max_workers, target = self.options.target_per_worker, "autoscaler started");
+        loop {
+            self.tick().await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.options.interval) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        self.launcher.stop_all().await;
+        drop(declared);
+        tracing::info!("autoscaler stopped");
+    }
+
+    /// Declare `topic`'s shared queue (never consumed: a paused work listener).
+    async fn declare(&self, topic: &str) -> nova_rpc::Result<nova_rpc::transport::Listener> {
+        let spec = nova_rpc::transport::ListenSpec {
+            exchange: self.transport.options().control_exchange.clone(),
+            topic: topic.to_owned(),
+            server: self.options.worker_prefix.clone(),
+            prefetch: 1,
+            durable: self.options.max_deliveries.is_some(),
+            max_deliveries: self.options.max_deliveries,
+            queues: nova_rpc::transport::Queues::Work,
+        };
+        self.transport.listen(spec).await
+    }
+
+    /// One look at every topic.
+    pub async fn tick(&self) {
+        let gone = self.launcher.ended().await;
+        let mut state = self.state.lock().await;
+        for topic in &self.options.topics {
+            let s = state.entry(topic.clone()).or_default();
+            s.workers.retain(|w| {
+                let alive = !gone.contains(w);
+                if !alive {
+                    tracing::warn!(topic, worker = %w, "a worker ended by itself");
+                }
+                alive
+            });
+            let backlog = match self.transport.queue_stats(std::slice::from_ref(topic)).await {
+                Ok(stats) => stats.first().map_or(0, |q| q.messages),
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "cannot read the backlog; holding");
+                    continue;
+                }
+            };
+            match s.decide(backlog, &self.options, Instant::now()) {
+                Decision::Hold => {}
+                Decision::Up(n) => self.scale_up(topic, s, n, backlog).await,
+                Decision::Down(n) => self.scale_down(topic, s, n, backlog).await,
+            }
+            metrics()
+                .autoscale_workers
+                .get_or_create(&TopicLabels { topic: topic.clone() })
+                .set(s.workers.len() as i64);
+        }
+    }
+
+    async fn scale_up(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64) {
+        let from = s.workers.len();
+        s.last_up = Some(Instant::now());
+        for _ in 0..n {
+            s.next += 1;
+            let host = format!("{}-{topic}-{}", self.options.worker_prefix, s.next);
+            match self.launcher.up(topic, &host).await {
+                Ok(()) => s.workers.push(host),
+                Err(e) => tracing::error!(topic, worker = %host, error = %e, "cannot start a worker"),
+            }
+        }
+        tracing::info!(topic, backlog, from, to = s.workers.len(), "scaled up");
+        count(topic, "up");
+    }
+
+    async fn scale_down(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64) {
+        let from = s.workers.len();
+        for _ in 0..n {
+            let Some(host) = s.workers.pop() else { break };
+            if let Err(e) = self.launcher.down(topic, &host).await {
+                tracing::error!(topic, worker = %host, error = %e, "cannot stop a worker");
+            }
+        }
+        tracing::info!(topic, backlog, from, to = s.workers.len(), "scaled down");
+        count(topic, "down");
+    }
+}
+
+fn count(topic: &str, action: &str) {
+    metrics()
+        .autoscale_decisions
+        .get_or_create(&ScaleLabels { topic: topic.to_owned(), action: action.to_owned() })
+        .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> AutoscaleOptions {
+        AutoscaleOptions {
+            topics: vec!["compute".into()],
+            min_workers: 0,
+            max_workers: 6,
+            target_per_worker: 4,
+            scale_up_cooldown: Duration::from_secs(10),
+            scale_down_idle: Duration::from_secs(30),
+            interval: Duration::from_secs(1),
+            launcher: LauncherKind::Process,
+            worker_prefix: "auto".into(),
+            max_deliveries: None,
+        }
+    }
+
+    #[test]
+    fn scales_to_the_backlog_with_cooldowns() {
+        let o = options();
+        let mut s = TopicState::default();
+        let t0 = Instant::now();
+        assert_eq!(s.decide(0, &o, t0), Decision::Hold);
+        assert_eq!(s.decide(9, &o, t0), Decision::Up(3));
+        s.workers = vec!["a".into(), "b".into(), "c".into()];
+        s.last_up = Some(t0);
+        // More backlog, but within the cool-down.
+        assert_eq!(s.decide(40, &o, t0 + Duration::from_secs(5)), Decision::Hold);
+        // Clamped to max_workers.
+        assert_eq!(s.decide(40, &o, t0 + Duration::from_secs(10)), Decision::Up(3));
+        s.workers.truncate(3);
+        // Idle: down only after scale_down_idle without a break.
+        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(20)), Decision::Hold);
+        assert_eq!(s.decide(12, &o, t0 + Duration::from_secs(30)), Decision::Hold);
+        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(35)), Decision::Hold);
+        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(65)), Decision::Down(3));
+        let floor = AutoscaleOptions { min_workers: 2, ..o };
+        let mut s = TopicState { workers: vec!["a".into(), "b".into(), "c".into()], ..TopicState::default() };
+        assert_eq!(s.decide(0, &floor, t0), Decision::Hold);
+        assert_eq!(s.decide(0, &floor, t0 + Duration::from_secs(31)), Decision::Down(1));
+    }
+}

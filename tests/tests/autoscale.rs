@@ -1,0 +1,155 @@
+//! The autoscaler: a burst raises workers (real `nova-compute` processes)
+//! from zero, idle workers go back to zero, a worker scaled in while busy
+//! finishes its task first; the command launcher runs the operator's
+//! script with `up HOST` / `down HOST`.
+
+use std::{sync::Arc, time::Duration};
+
+use nova_bin::autoscale::{AutoscaleOptions, Autoscaler, CommandLauncher, LauncherKind, ProcessLauncher};
+use nova_core::db::Database;
+use nova_rpc::{transport, RequestContext, RpcClient, Target};
+use nova_services::compute::{
+    tasks::{TaskStore, MIGRATIONS},
+    ComputeManagerClient, TaskStatus,
+};
+use nova_tests::{bin_path, eventually, Bus, Kind, TempDir, TestDb, TestVhost};
+
+fn options(topic: &str, launcher: LauncherKind) -> AutoscaleOptions {
+    AutoscaleOptions {
+        topics: vec![topic.into()],
+        min_workers: 0,
+        max_workers: 3,
+        target_per_worker: 2,
+        scale_up_cooldown: Duration::from_millis(500),
+        scale_down_idle: Duration::from_millis(1500),
+        interval: Duration::from_millis(200),
+        launcher,
+        worker_prefix: "t".into(),
+        max_deliveries: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_follow_the_backlog_and_scale_in_gracefully() {
+    let vhost = TestVhost::new();
+    let db = TestDb::postgres();
+    let dir = TempDir::new("autoscale");
+    let conf = dir.write(
+        "nova.conf",
+        &format!(
+            "[DEFAULT]\ntransport_url = {}\nreport_interval = 0.5\nperiodic_fuzzy_delay = 0\nstate_path = {}\n\
+             [database]\nconnection = {}\n[compute]\nmax_tasks = 1\n",
+            vhost.url(),
+            dir.path().display(),
+            db.url
+        ),
+    );
+    let t = transport::connect(transport::TransportOptions::new(vhost.url())).await.unwrap();
+    let database = Database::connect(&db.url).await.unwrap();
+    database.migrate(MIGRATIONS).await.unwrap();
+    let store = TaskStore::new(database);
+    let launcher =
+        ProcessLauncher::new(bin_path("nova-compute"), vec!["--config-file".into(), conf.display().to_string()]);
+    let scaler = Autoscaler::new(t.clone(), options("compute", LauncherKind::Process), Arc::new(launcher));
+    let workers = scaler.watch_workers();
+    let count = || async { workers.lock().await.get("compute").map_or(0, |s| s.workers.len()) };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scaler.run(stopped));
+    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let ctx = RequestContext::new();
+    // The queue exists before any worker: the autoscaler declared it.
+    eventually("the autoscaler declared the queue", Duration::from_secs(10), || async {
+        t.queue_stats(&["compute".into()]).await.ok().filter(|s| !s.is_empty())
+    })
+    .await;
+    assert_eq!(count().await, 0, "min_workers = 0: nothing runs while idle");
+
+    // A burst of six: ceil(6 / 2) = 3 workers, from zero.
+    for i in 0..6 {
+        submit.submit_task(&ctx, "sleep".into(), vec!["1".into()], format!("burst-{i}"), None, None).await.unwrap();
+    }
+    eventually("three workers", Duration::from_secs(30), || async { (count().await == 3).then_some(()) }).await;
+    let done = eventually("the burst is done", Duration::from_secs(60), || async {
+        let all = store.list(None, None).await.ok()?;
+        (all.len() == 6 && all.iter().all(|t| t.status.is_final())).then_some(all)
+    })
+    .await;
+    assert!(done.iter().all(|t| t.status == TaskStatus::Succeeded), "{done:#?}");
+    let hosts: std::collections::BTreeSet<_> = done.iter().map(|t| t.host.as_str()).collect();
+    assert!(hosts.len() >= 2, "the burst spread over the new workers: {hosts:?}");
+    eventually("back to zero workers", Duration::from_secs(30), || async { (count().await == 0).then_some(()) }).await;
+
+    // A worker scaled in while busy finishes its task first.
+    submit.submit_task(&ctx, "sleep".into(), vec!["3".into()], "busy".into(), None, None).await.unwrap();
+    let busy = eventually("the task runs", Duration::from_secs(30), || async {
+        store.get("busy").await.ok().flatten().filter(|t| t.status == TaskStatus::Running)
+    })
+    .await;
+    eventually("the busy worker is scaled in", Duration::from_secs(30), || async {
+        (count().await == 0).then_some(())
+    })
+    .await;
+    let finished = eventually("the task ends", Duration::from_secs(60), || async {
+        store.get("busy").await.ok().flatten().filter(|t| t.status.is_final())
+    })
+    .await;
+    assert_eq!((finished.status, finished.host.as_str()), (TaskStatus::Succeeded, busy.host.as_str()), "{finished:?}");
+    stop.send_replace(true);
+    running.await.unwrap();
+    let left = t.queue_stats(&["compute".into()]).await.unwrap();
+    assert_eq!(left.first().map(|q| q.messages), Some(0), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_launcher_runs_the_operators_script() {
+    let bus = Bus::new(Kind::Memory);
+    let t = bus.transport().await;
+    let dir = TempDir::new("launcher");
+    let log = dir.path().join("calls");
+    let script =
+        dir.write("launch.sh", &format!("#!/bin/sh\necho \"$NOVA_AUTOSCALE_TOPIC $1 $2\" >> {}\n", log.display()));
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let argv = vec![script.display().to_string()];
+    let launcher = CommandLauncher::new(argv.clone());
+    let scaler = Autoscaler::new(t.clone(), options("work", LauncherKind::Command(argv)), Arc::new(launcher));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scaler.run(stopped));
+    eventually("the queue is declared", Duration::from_secs(10), || async {
+        t.queue_stats(&["work".into()]).await.ok().filter(|s| !s.is_empty())
+    })
+    .await;
+    let client = RpcClient::new(t.clone(), Target::new("work"));
+    for i in 0..5 {
+        client.cast(&RequestContext::new(), "job", serde_json::json!({ "n": i })).await.unwrap();
+    }
+    let calls = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("three workers asked for", Duration::from_secs(10), || async {
+        (calls().lines().count() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(calls(), "work up t-work-1\nwork up t-work-2\nwork up t-work-3\n");
+    // The backlog drains (a consumer takes it); the workers are let go, newest first.
+    let mut taker = t
+        .listen(transport::ListenSpec {
+            exchange: t.options().control_exchange.clone(),
+            topic: "work".into(),
+            server: "taker".into(),
+            prefetch: 1,
+            durable: false,
+            max_deliveries: None,
+            queues: transport::Queues::Work,
+        })
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let (_, ack) = taker.recv().await.unwrap().into_parts();
+        ack.ack().await;
+    }
+    eventually("the workers were let go", Duration::from_secs(10), || async {
+        (calls().lines().count() == 6).then_some(())
+    })
+    .await;
+    assert!(calls().ends_with("work down t-work-3\nwork down t-work-2\nwork down t-work-1\n"), "{}", calls());
+    stop.send_replace(true);
+    running.await.unwrap();
+}
