@@ -33,6 +33,16 @@ ensure_chromium() {
         || { echo "cannot install chromium (the console test needs it)" >&2; exit 1; }
 }
 
+# The mount test mounts tasks with FUSE: fusermount3 and /dev/fuse.
+ensure_fuse() {
+    if command -v fusermount3 >/dev/null && [ -e /dev/fuse ]; then return; fi
+    say "installing fuse3"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq fuse3 >/dev/null \
+        || { echo "cannot install fuse3 (the mount test needs it)" >&2; exit 1; }
+    [ -e /dev/fuse ] || { echo "/dev/fuse is missing: the mount test cannot run" >&2; exit 1; }
+}
+
 # The interop tests run real oslo.messaging peers, and the gateway's fuzz
 # test runs schemathesis, from a virtualenv kept beside the build (so it is
 # cached between runs).
@@ -56,6 +66,7 @@ ensure_interop_venv() {
 ensure_rabbitmq
 ensure_postgres
 ensure_chromium
+ensure_fuse
 ensure_interop_venv
 
 say "cargo fmt --check"

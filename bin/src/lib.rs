@@ -23,3 +23,5 @@ pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> 
 pub mod autoscale;
 pub mod bench;
 pub mod gateway;
+pub mod mount;
+pub mod tasks_api;

@@ -90,6 +90,89 @@ enum Command {
         /// The request id (`req-…`), as the gateway returns it in X-OpenStack-Request-ID.
         request_id: String,
     },
+    /// Backlog (ready messages) and consumers of topics' queues.
+    Queues {
+        /// Topics (default: compute and scheduler).
+        topics: Vec<String>,
+        /// Also these servers' own queues (`topic.server`).
+        #[arg(long)]
+        server: Vec<String>,
+    },
+    /// Mount tasks as files on DIR (FUSE) until Ctrl-C or SIGTERM.
+    Mount {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// An empty directory.
+        dir: std::path::PathBuf,
+    },
+    /// Tasks, through the gateway's tasks API.
+    Task {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// The gateway (default: http:// + [api] listen).
+    #[arg(long, env = "NOVA_API", value_name = "URL")]
+    api: Option<String>,
+    /// Sent as X-Auth-Token.
+    #[arg(long, env = "NOVA_AUTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Submit NAME ARGS… to the shared queue; prints the task id.
+    Submit {
+        /// The allow-listed command (name or name@version).
+        name: String,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// The task id (submitting the same id again runs nothing new).
+        #[arg(long)]
+        id: Option<String>,
+        /// POST the result here.
+        #[arg(long)]
+        callback_url: Option<String>,
+        /// Wait until it ends and print it (exit 1 unless it succeeded).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List tasks.
+    List {
+        /// queued, running, succeeded, failed or killed.
+        #[arg(long)]
+        status: Option<String>,
+        /// One host's.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Show a task as JSON.
+    Show {
+        /// The task id.
+        id: String,
+    },
+    /// Kill a task (or cancel it while it waits).
+    Kill {
+        /// The task id.
+        id: String,
+    },
+    /// Print a task's output.
+    Logs {
+        /// The task id.
+        id: String,
+        /// Follow it until the task ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+    },
 }
 
 fn client(t: std::sync::Arc<dyn transport::Transport>, to: &Address) -> RpcClient {
@@ -111,6 +194,13 @@ fn parse_args(args: &str) -> Result<serde_json::Value, Failure> {
 enum Failure {
     Rpc(RpcError),
     Usage(String),
+    Api(nova_bin::tasks_api::ApiFailure),
+}
+
+impl From<nova_bin::tasks_api::ApiFailure> for Failure {
+    fn from(e: nova_bin::tasks_api::ApiFailure) -> Self {
+        Failure::Api(e)
+    }
 }
 
 impl From<RpcError> for Failure {
@@ -124,7 +214,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         nova_core::LaunchError::Rpc(e) => Failure::Rpc(e),
         other => Failure::Usage(other.to_string()),
     })?;
-    let t = setup.transport;
+    let t = setup.transport.clone();
     let ctx = RequestContext::new();
     let outcome = match cli.command {
         Command::Call { to, method, args, timeout } => {
@@ -178,9 +268,107 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Queues { topics, server } => {
+            let topics = if topics.is_empty() { vec!["compute".into(), "scheduler".into()] } else { topics };
+            let mut names = Vec::new();
+            for topic in &topics {
+                names.push(topic.clone());
+                names.extend(server.iter().map(|s| format!("{topic}.{s}")));
+            }
+            let stats = t.queue_stats(&names).await?;
+            println!("{:<40} {:>10} {:>10} {:>12}", "QUEUE", "MESSAGES", "CONSUMERS", "OLDEST (s)");
+            for q in &stats {
+                let age = q.oldest_age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}"));
+                println!("{:<40} {:>10} {:>10} {:>12}", q.queue, q.messages, q.consumers, age);
+            }
+            for missing in names.iter().filter(|n| !stats.iter().any(|q| &q.queue == *n)) {
+                eprintln!("{missing}: no such queue");
+            }
+            Ok(())
+        }
+        Command::Task { api, command } => task(&tasks_api(&setup.config, api)?, command).await,
+        Command::Mount { api, dir } => nova_bin::mount::mount(tasks_api(&setup.config, api)?, &dir)
+            .await
+            .map_err(|e| Failure::Usage(format!("cannot mount {}: {e}", dir.display()))),
     };
     t.close().await;
     outcome
+}
+
+/// The gateway's tasks API: `--api`, else `http://` + `[api] listen`.
+fn tasks_api(config: &nova_core::config::Config, api: ApiArgs) -> Result<nova_bin::tasks_api::TasksApi, Failure> {
+    let listen = config.raw("api", "listen").unwrap_or("127.0.0.1:8774").to_owned();
+    let base = api.api.unwrap_or_else(|| format!("http://{listen}"));
+    Ok(nova_bin::tasks_api::TasksApi::new(&base, api.token)?)
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn task(api: &nova_bin::tasks_api::TasksApi, command: TaskCommand) -> Result<(), Failure> {
+    use nova_services::compute::TaskStatus;
+    use std::io::Write;
+    match command {
+        TaskCommand::Submit { name, args, id, callback_url, wait } => {
+            let new = nova_bin::tasks_api::NewTask { name, args, task_id: id, callback_url };
+            let task = api.submit(&new).await?;
+            if !wait {
+                println!("{}", task.task_id);
+                return Ok(());
+            }
+            let mut out = std::io::stdout();
+            api.output(&task.task_id, "stdout", true, |chunk| {
+                let _ = out.write_all(chunk);
+                let _ = out.flush();
+            })
+            .await?;
+            let done = api.show(&task.task_id).await?;
+            if done.status == TaskStatus::Succeeded {
+                Ok(())
+            } else {
+                Err(Failure::Api(nova_bin::tasks_api::ApiFailure::Refused {
+                    status: 200,
+                    class: "TaskFailed".into(),
+                    message: format!(
+                        "task {} {}: {}",
+                        done.task_id,
+                        done.status.as_str(),
+                        done.error.unwrap_or_default()
+                    ),
+                }))
+            }
+        }
+        TaskCommand::List { status, host } => {
+            let status = match status {
+                Some(s) => Some(s.parse::<TaskStatus>().map_err(Failure::Usage)?),
+                None => None,
+            };
+            let tasks = api.list(status, host.as_deref()).await?;
+            println!("{:<38} {:<10} {:<16} COMMAND", "TASK", "STATUS", "HOST");
+            for t in tasks {
+                println!("{:<38} {:<10} {:<16} {} {}", t.task_id, t.status.as_str(), t.host, t.name, t.args.join(" "));
+            }
+            Ok(())
+        }
+        TaskCommand::Show { id } => {
+            print_json(&api.show(&id).await?);
+            Ok(())
+        }
+        TaskCommand::Kill { id } => {
+            print_json(&api.kill(&id).await?);
+            Ok(())
+        }
+        TaskCommand::Logs { id, follow, stderr } => {
+            let mut out = std::io::stdout();
+            api.output(&id, if stderr { "stderr" } else { "stdout" }, follow, |chunk| {
+                let _ = out.write_all(chunk);
+                let _ = out.flush();
+            })
+            .await?;
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -214,6 +402,14 @@ fn main() -> ExitCode {
         }
         Err(Failure::Usage(m)) => {
             eprintln!("nova-rpc: {m}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Api(e @ nova_bin::tasks_api::ApiFailure::Refused { .. })) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Api(e)) => {
+            eprintln!("nova-rpc: {e}");
             ExitCode::from(3)
         }
     }

@@ -1,0 +1,237 @@
+//! Tasks as a resource: every route of the gateway's tasks API, the
+//! `nova-rpc task` commands, the FUSE mount, and queue depth on the API and
+//! on /metrics; all against `nova-all` (one compute, memory://, SQLite).
+
+use std::{path::Path, time::Duration};
+
+use nova_tests::{bin_path, eventually, free_port, http, Proc, TempDir};
+use serde_json::Value;
+
+struct NovaAll {
+    port: u16,
+    dir: TempDir,
+    _proc: Proc,
+}
+
+impl NovaAll {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+async fn nova_all() -> NovaAll {
+    let dir = TempDir::new("tasks-api");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let conf = dir.write(
+        "nova.conf",
+        "[compute]\nmax_tasks = 2\nallowed_commands = sh = /bin/sh -c, sleep = /bin/sleep, echo = /bin/echo\n",
+    );
+    let state = dir.path().join("state");
+    let args = [
+        "--listen",
+        &listen,
+        "--state-path",
+        state.to_str().unwrap(),
+        "--host",
+        "h1",
+        "--config-file",
+        conf.to_str().unwrap(),
+    ];
+    let proc = Proc::spawn("nova-all", &args, dir.path());
+    eventually("nova-all serves", Duration::from_secs(30), || async {
+        let (status, _, _) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
+    NovaAll { port, dir, _proc: proc }
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// The body of a chunked response.
+fn dechunk(mut raw: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = raw.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        raw = &rest[n + 2..];
+    }
+    out
+}
+
+async fn task_when(port: u16, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    eventually("the task gets there", Duration::from_secs(30), || async {
+        let (status, _, body) = http("GET", port, &format!("/v1/tasks/{id}"), &[], b"");
+        let t = json(&body);
+        (status == 200 && done(&t)).then_some(t)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_of_the_tasks_api() {
+    let all = nova_all().await;
+    let port = all.port;
+    let post = |body: &str| http("POST", port, "/v1/tasks", &[], body.as_bytes());
+
+    // Bad bodies name the field.
+    let (status, _, body) = post(r#"{"nmae": "echo"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("nmae"), "{body}");
+    let (status, _, body) = post(r#"{"args": []}"#);
+    assert!(status == 400 && body.contains("name"), "{body}");
+    let (status, _, body) = post(r#"{"name": "echo", "task_id": "no spaces"}"#);
+    assert!(status == 400 && body.contains("task_id"), "{body}");
+    let (status, _, body) = post("[1]");
+    assert_eq!(status, 400, "{body}");
+
+    // Submit: 202 and a Location; the same id again runs nothing new.
+    let script = r#"{"name": "sh", "args": ["echo one; sleep 1; echo two; echo oops >&2"], "task_id": "t1"}"#;
+    let (status, headers, body) = post(script);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(header(&headers, "location"), Some("/v1/tasks/t1"));
+    let (status, headers, _) = post(script);
+    assert_eq!((status, header(&headers, "location")), (202, Some("/v1/tasks/t1")));
+
+    // A followed stdout streams until the task ends.
+    let (status, headers, raw) = http("GET", port, "/v1/tasks/t1/stdout?follow=true", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+    assert_eq!(dechunk(&raw), "one\ntwo\n");
+    let t1 = task_when(port, "t1", |t| t["status"] == "succeeded").await;
+    assert_eq!(t1["host"], "h1", "{t1}");
+    let (_, _, stderr) = http("GET", port, "/v1/tasks/t1/stderr", &[], b"");
+    assert_eq!(stderr, "oops\n");
+    let (status, _, _) = http("GET", port, "/v1/tasks/t1/stdin", &[], b"");
+    assert_eq!(status, 404);
+
+    // Listing, with filters.
+    let (status, _, body) = http("GET", port, "/v1/tasks?status=succeeded&host=h1", &[], b"");
+    assert_eq!(status, 200);
+    let ids: Vec<_> = json(&body).as_array().unwrap().iter().map(|t| t["task_id"].clone()).collect();
+    assert_eq!(ids, [Value::from("t1")], "ran once: {body}");
+    let (status, _, body) = http("GET", port, "/v1/tasks?status=bogus", &[], b"");
+    assert!(status == 400 && body.contains("status"), "{body}");
+    let (status, _, body) = http("GET", port, "/v1/tasks?host=elsewhere", &[], b"");
+    assert_eq!((status, json(&body)), (200, Value::Array(vec![])));
+
+    // Bad ids are not found.
+    for path in ["/v1/tasks/nope", "/v1/tasks/bad%20id", "/v1/tasks/nope/stdout"] {
+        let (status, _, body) = http("GET", port, path, &[], b"");
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(json(&body)["error"]["class"], "TaskNotFound", "{path}");
+    }
+    let (status, _, _) = http("DELETE", port, "/v1/tasks/nope", &[], b"");
+    assert_eq!(status, 404);
+
+    // Kill a running task.
+    let (status, _, _) = post(r#"{"name": "sleep", "args": ["30"], "task_id": "t2"}"#);
+    assert_eq!(status, 202);
+    task_when(port, "t2", |t| t["status"] == "running").await;
+    let (status, _, body) = http("DELETE", port, "/v1/tasks/t2", &[], b"");
+    assert_eq!((status, json(&body)["status"].as_str()), (200, Some("killed")), "{body}");
+
+    // Queue depth on the API and on /metrics.
+    let (status, _, body) = http("GET", port, "/v1/queues", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let compute = json(&body).as_array().unwrap().iter().find(|q| q["queue"] == "compute").cloned();
+    let compute = compute.unwrap_or_else(|| panic!("the compute queue is listed: {body}"));
+    assert_eq!(compute["messages"], 0, "{compute}");
+    let (_, _, metrics) = http("GET", port, "/metrics", &[], b"");
+    assert!(metrics.contains("nova_queue_messages{queue=\"compute\"} 0"), "{metrics}");
+    assert!(metrics.contains("nova_queue_consumers{queue=\"compute\"}"), "{metrics}");
+}
+
+fn nova_rpc(all: &NovaAll, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin_path("nova-rpc"))
+        .args(args)
+        .env("NOVA_API", all.url())
+        .env("NOVA_STATE_PATH", all.dir.path())
+        .output()
+        .expect("run nova-rpc");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_commands() {
+    let all = nova_all().await;
+    let (code, out, err) = nova_rpc(&all, &["task", "submit", "--id", "c1", "--wait", "sh", "echo hello; echo there"]);
+    assert_eq!((code, out.as_str()), (0, "hello\nthere\n"), "{err}");
+    let (code, out, _) = nova_rpc(&all, &["task", "list", "--status", "succeeded"]);
+    assert!(code == 0 && out.lines().any(|l| l.starts_with("c1") && l.contains("succeeded")), "{out}");
+    let (code, out, _) = nova_rpc(&all, &["task", "logs", "c1"]);
+    assert_eq!((code, out.as_str()), (0, "hello\nthere\n"));
+    let (code, out, _) = nova_rpc(&all, &["task", "show", "c1"]);
+    assert_eq!((code, json(&out)["status"].as_str()), (0, Some("succeeded")));
+    let (code, id, _) = nova_rpc(&all, &["task", "submit", "sleep", "30"]);
+    assert_eq!(code, 0);
+    let id = id.trim().to_owned();
+    task_when(all.port, &id, |t| t["status"] == "running").await;
+    let (code, out, _) = nova_rpc(&all, &["task", "kill", &id]);
+    assert_eq!((code, json(&out)["status"].as_str()), (0, Some("killed")));
+    let (code, _, err) = nova_rpc(&all, &["task", "show", "missing"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("TaskNotFound"), "{err}");
+    let (code, _, err) = nova_rpc(&all, &["task", "submit", "--wait", "rm", "-rf", "/"]);
+    assert_eq!(code, 1, "a refused command fails: {err}");
+}
+
+fn mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(dir.to_str().unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_mounted_as_files() {
+    let all = nova_all().await;
+    let mnt = all.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let url = all.url();
+    let mut mount = Proc::spawn("nova-rpc", &["mount", "--api", &url, mnt.to_str().unwrap()], all.dir.path());
+    eventually("the tasks are mounted", Duration::from_secs(20), || async { mounted(&mnt).then_some(()) }).await;
+
+    std::fs::write(mnt.join("ctl"), r#"{"name": "sh", "args": ["echo from a file"], "task_id": "m1"}"#).unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("ctl")).unwrap(), "m1\n");
+    let status = eventually("the task succeeded", Duration::from_secs(30), || async {
+        std::fs::read_to_string(mnt.join("m1/status")).ok().filter(|s| s == "succeeded\n")
+    })
+    .await;
+    assert_eq!(status, "succeeded\n");
+    assert_eq!(std::fs::read_to_string(mnt.join("m1/stdout")).unwrap(), "from a file\n");
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(mnt.join("m1/info")).unwrap()).unwrap();
+    assert_eq!(info["host"], "h1");
+    let listed: Vec<String> =
+        std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(listed.contains(&"m1".to_owned()) && listed.contains(&"ctl".to_owned()), "{listed:?}");
+
+    // Kill through a task's ctl; a bad task is refused at close.
+    std::fs::write(mnt.join("ctl"), r#"{"name": "sleep", "args": ["30"], "task_id": "m2"}"#).unwrap();
+    eventually("m2 runs", Duration::from_secs(30), || async {
+        std::fs::read_to_string(mnt.join("m2/status")).ok().filter(|s| s == "running\n")
+    })
+    .await;
+    std::fs::write(mnt.join("m2/ctl"), "kill\n").unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("m2/status")).unwrap(), "killed\n");
+    let refused = std::fs::write(mnt.join("ctl"), "not json");
+    assert!(refused.is_err(), "a bad task is refused");
+    assert!(std::fs::read_to_string(mnt.join("missing/status")).is_err());
+
+    mount.signal("TERM");
+    mount.wait_exit(Duration::from_secs(20)).expect("the mount exits on SIGTERM");
+    assert!(!mounted(&mnt), "unmounted on SIGTERM");
+}
