@@ -85,5 +85,8 @@ smoke_status=0
     --transport-url "rabbit://guest:guest@127.0.0.1:5672/$bench_vhost" || smoke_status=$?
 rabbitmqctl -q delete_vhost "$bench_vhost"
 [ "$smoke_status" = 0 ] || { echo "nova-bench --smoke failed" >&2; exit 1; }
+say "nova-bench autoscale --smoke (the producer-consumer demo runs; measures nothing)"
+"${CARGO_TARGET_DIR:-target}/debug/nova-bench" autoscale --smoke >/dev/null 2>&1 \
+    || { echo "nova-bench autoscale --smoke failed" >&2; exit 1; }
 say "cargo test"
 cargo test --workspace --no-fail-fast

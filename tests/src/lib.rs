@@ -483,3 +483,31 @@ pub fn bench_worker(
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
+
+/// Open `url` in headless Chromium, run `script` there (through
+/// `tests/browser/drive.py`, the DevTools protocol over a pipe) and return
+/// its value. A screenshot of the page goes to `<target>/screenshots/<name>.png`
+/// for a person to look at.
+pub fn browser(url: &str, script: &str, name: &str) -> String {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let exe = std::env::current_exe().expect("test executable");
+    let shots = exe.ancestors().nth(3).expect("target dir").join("screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshots dir");
+    let profile = TempDir::new("chromium");
+    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/drive.py");
+    let out = std::process::Command::new("timeout")
+        .args(["120", "python3"])
+        .arg(driver)
+        .arg(&chromium)
+        .arg(profile.path())
+        .args([url, script])
+        .arg(shots.join(format!("{name}.png")))
+        .output()
+        .unwrap_or_else(|e| panic!("python3 and headless Chromium are required for the console tests: {e}"));
+    assert!(
+        out.status.success(),
+        "the browser run failed ({chromium}; ./test.sh installs chromium): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use nova_tests::{free_port, http, Proc, TempDir};
+use nova_tests::{browser, free_port, http, Proc, TempDir};
 use serde_json::{json, Value};
 
 struct NovaAll {
@@ -146,34 +146,6 @@ async fn status_codes_and_error_bodies() {
     let methods: Vec<&str> =
         d["endpoints"][0]["methods"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
     assert!(methods.contains(&"run_task") && methods.contains(&"get_task"), "{methods:?}");
-}
-
-/// Open `url` in headless Chromium, run `script` there (through
-/// `tests/browser/drive.py`, the DevTools protocol over a pipe) and return
-/// its value. A screenshot of the page goes to `<target>/screenshots/<name>.png`
-/// for a person to look at.
-fn browser(url: &str, script: &str, name: &str) -> String {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    let exe = std::env::current_exe().expect("test executable");
-    let shots = exe.ancestors().nth(3).expect("target dir").join("screenshots");
-    std::fs::create_dir_all(&shots).expect("screenshots dir");
-    let profile = TempDir::new("chromium");
-    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/drive.py");
-    let out = std::process::Command::new("timeout")
-        .args(["120", "python3"])
-        .arg(driver)
-        .arg(&chromium)
-        .arg(profile.path())
-        .args([url, script])
-        .arg(shots.join(format!("{name}.png")))
-        .output()
-        .unwrap_or_else(|e| panic!("python3 and headless Chromium are required for the console tests: {e}"));
-    assert!(
-        out.status.success(),
-        "the browser run failed ({chromium}; ./test.sh installs chromium): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Click `use` on baseapi's ping, fill the arguments, send, and wait for the answer.

@@ -13,10 +13,16 @@ fn router_routes() -> BTreeSet<(String, String)> {
     source
         .lines()
         .filter_map(|l| l.trim().strip_prefix(".route(\""))
-        .filter_map(|rest| {
-            let (path, handler) = rest.split_once("\", ")?;
-            let method = handler.split('(').next()?.to_ascii_uppercase();
-            path.starts_with("/v1/").then(|| (method, path.to_owned()))
+        .filter_map(|rest| rest.split_once("\", "))
+        .filter(|(path, _)| path.starts_with("/v1/"))
+        .flat_map(|(path, handlers)| {
+            // `get(a)`, `get(a).post(b)`, …: every method routed.
+            handlers
+                .split(')')
+                .filter_map(|h| h.trim_start_matches('.').split('(').next())
+                .filter(|m| ["get", "post", "put", "delete", "patch"].contains(m))
+                .map(|m| (m.to_ascii_uppercase(), path.to_owned()))
+                .collect::<Vec<_>>()
         })
         .collect()
 }

@@ -235,3 +235,39 @@ async fn tasks_mounted_as_files() {
     mount.wait_exit(Duration::from_secs(20)).expect("the mount exits on SIGTERM");
     assert!(!mounted(&mnt), "unmounted on SIGTERM");
 }
+
+/// The console's tasks page in headless Chromium: the tasks with status
+/// and host, one task's output, live while something runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_page_in_a_real_browser() {
+    let all = nova_all().await;
+    let port = all.port;
+    let post = |body: &str| http("POST", port, "/v1/tasks", &[], body.as_bytes());
+    assert_eq!(post(r#"{"name": "sh", "args": ["echo page-output"], "task_id": "p1"}"#).0, 202);
+    task_when(port, "p1", |t| t["status"] == "succeeded").await;
+    assert_eq!(post(r#"{"name": "sleep", "args": ["30"], "task_id": "p2"}"#).0, 202);
+    task_when(port, "p2", |t| t["status"] == "running").await;
+    let url = format!("http://127.0.0.1:{port}/tasks?id=p1");
+    let script = r#"JSON.stringify({
+        rows: [...document.querySelectorAll('#tasks tr[data-status]')].map((r) => [r.cells[0].innerText, r.dataset.status, r.cells[2].innerText]),
+        chosen: document.getElementById('task').dataset.status,
+        stdout: document.getElementById('stdout').innerText,
+        live: document.getElementById('live').dataset.live})"#;
+    let page = tokio::task::spawn_blocking(move || nova_tests::browser(&url, script, "console-tasks")).await.unwrap();
+    let page: Value = serde_json::from_str(page.trim()).unwrap_or_else(|e| panic!("{e}: {page}"));
+    let rows = page["rows"].as_array().unwrap();
+    assert!(rows.contains(&serde_json::json!(["p1", "succeeded", "h1"])), "{page}");
+    assert!(rows.contains(&serde_json::json!(["p2", "running", "h1"])), "{page}");
+    assert_eq!(
+        (page["chosen"].as_str(), page["stdout"].as_str()),
+        (Some("succeeded"), Some("page-output\n")),
+        "{page}"
+    );
+    assert_eq!(page["live"], "true", "a running task keeps the page reloading: {page}");
+    let (status, headers, _) = http("GET", port, "/tasks", &[], b"");
+    assert_eq!((status, header(&headers, "refresh")), (200, Some("2")));
+    let (status, _, _) = http("DELETE", port, "/v1/tasks/p2", &[], b"");
+    assert_eq!(status, 200);
+    let (_, headers, _) = http("GET", port, "/tasks", &[], b"");
+    assert_eq!(header(&headers, "refresh"), None, "nothing runs: no reloading");
+}

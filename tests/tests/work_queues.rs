@@ -203,3 +203,70 @@ async fn a_host_killed_mid_task_gives_it_back() {
     let left = t.queue_stats(&["compute".into()]).await.unwrap();
     assert_eq!(left.first().map(|q| q.messages), Some(0), "{left:?}");
 }
+
+/// SIGHUP reloads `[compute] allowed_commands`: a running task keeps the
+/// argv it started with, new tasks get the new list, and a versioned name
+/// picks its version (a bare name the highest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_mid_task_changes_new_tasks_only() {
+    let vhost = TestVhost::new();
+    let db = TestDb::postgres();
+    let dir = TempDir::new("reload");
+    let gate = dir.path().join("gate");
+    let v1 = dir.write("v1.sh", &format!("while [ ! -e {} ]; do sleep 0.05; done; echo v1\n", gate.display()));
+    let v2 = dir.write("v2.sh", "echo v2\n");
+    let config = |commands: &str| {
+        format!(
+            "[DEFAULT]\ntransport_url = {}\nreport_interval = 0.5\nperiodic_fuzzy_delay = 0\nstate_path = {}\n\
+             [database]\nconnection = {}\n[compute]\nmax_tasks = 4\nallowed_commands = {commands}\n",
+            vhost.url(),
+            dir.path().display(),
+            db.url
+        )
+    };
+    let conf = dir.write("nova.conf", &config(&format!("job = /bin/sh {}", v1.display())));
+    let compute = Proc::spawn("nova-compute", &["--config-file", conf.to_str().unwrap(), "--host", "r1"], dir.path());
+    let t = nova_rpc::transport::connect(nova_rpc::transport::TransportOptions::new(vhost.url())).await.unwrap();
+    let database = database(&db).await;
+    let store = TaskStore::new(database.clone());
+    let records = ServiceRecords::new(database);
+    eventually("the compute is up", Duration::from_secs(30), || async {
+        (records.list(Some("compute")).await.ok()?.len() == 1).then_some(())
+    })
+    .await;
+    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let ctx = RequestContext::new();
+    submit.submit_task(&ctx, "job".into(), vec![], "before".into(), None, None).await.unwrap();
+    let running = eventually("the first task runs", Duration::from_secs(30), || async {
+        store.get("before").await.ok().flatten().filter(|t| t.status == TaskStatus::Running)
+    })
+    .await;
+    assert_eq!(running.argv, ["/bin/sh", v1.to_str().unwrap()]);
+
+    let both = format!("job@1 = /bin/sh {}, job@2 = /bin/sh {}", v1.display(), v2.display());
+    std::fs::write(&conf, config(&both)).unwrap();
+    compute.signal("HUP");
+    eventually("the allow-list is reloaded", Duration::from_secs(30), || async {
+        compute.output().contains("allowed_commands reloaded").then_some(())
+    })
+    .await;
+    submit.submit_task(&ctx, "job".into(), vec![], "after".into(), None, None).await.unwrap();
+    submit.submit_task(&ctx, "job@1".into(), vec![], "pinned".into(), None, None).await.unwrap();
+    let after = eventually("the new task ran", Duration::from_secs(30), || async {
+        store.get("after").await.ok().flatten().filter(|t| t.status.is_final())
+    })
+    .await;
+    assert_eq!((after.name.as_str(), after.stdout.as_str()), ("job@2", "v2\n"), "{after:?}");
+    assert_eq!(after.argv, ["/bin/sh", v2.to_str().unwrap()]);
+    std::fs::write(&gate, "").unwrap();
+    let before = eventually("the first task ends", Duration::from_secs(30), || async {
+        store.get("before").await.ok().flatten().filter(|t| t.status.is_final())
+    })
+    .await;
+    assert_eq!((before.stdout.as_str(), before.argv.clone()), ("v1\n", running.argv.clone()), "{before:?}");
+    let pinned = eventually("the pinned task ran", Duration::from_secs(30), || async {
+        store.get("pinned").await.ok().flatten().filter(|t| t.status.is_final())
+    })
+    .await;
+    assert_eq!((pinned.name.as_str(), pinned.stdout.as_str()), ("job@1", "v1\n"), "{pinned:?}");
+}

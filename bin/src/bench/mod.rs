@@ -8,6 +8,7 @@
 //! side. [`process`] measures whole service processes: start-up, resident
 //! memory, and how fast added workers drain a backlog.
 
+pub mod autoscale;
 pub mod lapin;
 pub mod nova;
 pub mod process;

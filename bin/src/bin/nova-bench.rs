@@ -6,6 +6,7 @@
 //! nova-bench --transport-url rabbit://u:p@host:5672/ --json
 //! nova-bench --smoke                        # seconds, for the test command
 //! nova-bench serve --topic T --host H ...   # a worker process (used by the bench)
+//! nova-bench autoscale --plot autoscale.svg # the producer-consumer demo, fixed vs autoscaled
 //! ```
 
 use std::{sync::Arc, time::Duration};
@@ -82,6 +83,17 @@ enum Command {
         /// Serve the topic at-least-once, dead-lettering after this many returns.
         #[arg(long, value_name = "MAX_DELIVERIES")]
         at_least_once: Option<u32>,
+    },
+    /// The producer-consumer demo: one fixed worker, then nova-autoscale.
+    Autoscale {
+        #[command(flatten)]
+        demo: bench::autoscale::Demo,
+        /// Draw the runs into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
+        /// Seconds-long runs, for the test command: proves it runs.
+        #[arg(long)]
+        smoke: bool,
     },
 }
 
@@ -205,6 +217,27 @@ fn main() -> anyhow::Result<()> {
             let options = bench::nova::options(&transport_url, &control_exchange, !no_confirms);
             let worker = process::Worker { topic, host, executor, work_ms, at_least_once };
             rt.block_on(process::serve(options, worker))
+        }
+        Some(Command::Autoscale { mut demo, plot, smoke }) => {
+            if smoke {
+                (demo.rate, demo.task_seconds, demo.duration) = (10.0, 0.2, 2.0);
+            }
+            let outcomes = rt.block_on(bench::autoscale::run(&demo, smoke))?;
+            print!("{}", bench::autoscale::table(&outcomes));
+            if let Some(file) = plot {
+                bench::autoscale::plot(&outcomes, &file)?;
+                println!("plot: {}", file.display());
+            }
+            for o in &outcomes {
+                anyhow::ensure!(
+                    o.completed == o.submitted,
+                    "{}: {} of {} tasks completed",
+                    o.name,
+                    o.completed,
+                    o.submitted
+                );
+            }
+            Ok(())
         }
         None => {
             let json = cli.run.json;
