@@ -86,7 +86,9 @@ smoke_status=0
 rabbitmqctl -q delete_vhost "$bench_vhost"
 [ "$smoke_status" = 0 ] || { echo "nova-bench --smoke failed" >&2; exit 1; }
 say "nova-bench autoscale --smoke (the producer-consumer demo runs; measures nothing)"
-"${CARGO_TARGET_DIR:-target}/debug/nova-bench" autoscale --smoke >/dev/null 2>&1 \
-    || { echo "nova-bench autoscale --smoke failed" >&2; exit 1; }
+autoscale_log="$(mktemp)"
+"${CARGO_TARGET_DIR:-target}/debug/nova-bench" autoscale --smoke >"$autoscale_log" 2>&1 \
+    || { tail -n 30 "$autoscale_log" >&2; echo "nova-bench autoscale --smoke failed" >&2; exit 1; }
+rm -f "$autoscale_log"
 say "cargo test"
 cargo test --workspace --no-fail-fast

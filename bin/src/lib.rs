@@ -7,10 +7,7 @@ use nova_core::config::{CommonArgs, Config, CoreOptions, CORE_OPTIONS};
 /// services): defaults < files < environment < flags, plus the example
 /// services' options so their sections are not reported as unknown.
 pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> {
-    let mut specs = CORE_OPTIONS.to_vec();
-    specs.extend(nova_services::registry().option_specs());
-    specs.extend_from_slice(gateway::API_OPTIONS);
-    specs.extend_from_slice(autoscale::AUTOSCALE_OPTIONS);
+    let specs = option_specs();
     let config = nova_core::launcher::load_config(args, &specs)?;
     let options = CoreOptions::from_config(&config)?;
     nova_core::logging::init(options.debug, options.log_json);
@@ -18,6 +15,17 @@ pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> 
         tracing::warn!(option = %unknown, "ignoring unknown option");
     }
     Ok((config, options))
+}
+
+/// Every option of every nova-rs program: the framework's, the example
+/// services', the gateway's and the autoscaler's (what the sample
+/// configuration and the reference document).
+pub fn option_specs() -> Vec<nova_core::config::OptSpec> {
+    let mut specs = CORE_OPTIONS.to_vec();
+    specs.extend(nova_services::registry().option_specs());
+    specs.extend_from_slice(gateway::API_OPTIONS);
+    specs.extend_from_slice(autoscale::AUTOSCALE_OPTIONS);
+    specs
 }
 
 pub mod autoscale;

@@ -107,9 +107,7 @@ fn binaries_report_config_errors_and_list_their_flags() {
 fn sample_config_documents_every_option() {
     let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/nova/nova.conf.sample"))
         .expect("etc/nova/nova.conf.sample");
-    let mut specs = CORE_OPTIONS.to_vec();
-    specs.extend(nova_services::registry().option_specs());
-    specs.extend_from_slice(nova_bin::gateway::API_OPTIONS);
+    let specs = nova_bin::option_specs();
     assert_eq!(
         sample,
         Config::sample(&specs),

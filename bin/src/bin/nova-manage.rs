@@ -76,9 +76,7 @@ enum ServiceCommand {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cmd = match cli.command {
         Top::Config(what) => {
-            let mut specs = nova_core::config::CORE_OPTIONS.to_vec();
-            specs.extend(nova_services::registry().option_specs());
-            specs.extend_from_slice(nova_bin::gateway::API_OPTIONS);
+            let specs = nova_bin::option_specs();
             match what {
                 ConfigCommand::Sample => print!("{}", nova_core::config::Config::sample(&specs)),
                 ConfigCommand::Reference => print!("{}", nova_core::config::Config::reference(&specs)),
