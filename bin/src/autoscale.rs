@@ -4,9 +4,11 @@
 //!
 //! The backlog is the messages ready in the topic's shared queue (see
 //! [`nova_rpc::transport::Transport::queue_stats`]). Scaling up waits
-//! `scale_up_cooldown` after the last scale-up; scaling down waits until
-//! fewer workers were enough for `scale_down_idle` without a break.
-//! `min_workers = 0` scales to zero when idle.
+//! `scale_up_cooldown` after the last scale-up and starts every worker
+//! wanted at once; scaling down stops one worker each time fewer workers
+//! were enough for `scale_down_idle` without a break (a backlog that is
+//! empty only because every worker is busy comes back before the next one
+//! goes). `min_workers = 0` scales to zero when idle.
 //!
 //! Scaling in is graceful: a worker is sent SIGTERM (or the operator's
 //! `down` command), stops consuming, finishes what it holds within its
@@ -391,10 +393,12 @@ impl TopicState {
             self.enough_since = None;
             return Decision::Hold;
         }
+        // One worker per `scale_down_idle`: a backlog that only stays empty
+        // because every worker is busy shows up again before the next one goes.
         let since = *self.enough_since.get_or_insert(now);
         if now.duration_since(since) >= o.scale_down_idle {
-            self.enough_since = None;
-            Decision::Down(have - wanted)
+            self.enough_since = Some(now);
+            Decision::Down(1)
         } else {
             Decision::Hold
         }
@@ -584,7 +588,11 @@ mod tests {
         assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(20)), Decision::Hold);
         assert_eq!(s.decide(12, &o, t0 + Duration::from_secs(30)), Decision::Hold);
         assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(35)), Decision::Hold);
-        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(65)), Decision::Down(3));
+        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(65)), Decision::Down(1));
+        s.workers.truncate(2);
+        // The next one only after another scale_down_idle.
+        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(80)), Decision::Hold);
+        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(95)), Decision::Down(1));
         let floor = AutoscaleOptions { min_workers: 2, ..o };
         let mut s = TopicState { workers: vec!["a".into(), "b".into(), "c".into()], ..TopicState::default() };
         assert_eq!(s.decide(0, &floor, t0), Decision::Hold);
