@@ -32,4 +32,5 @@ pub mod autoscale;
 pub mod bench;
 pub mod gateway;
 pub mod mount;
+pub mod queue_age;
 pub mod tasks_api;

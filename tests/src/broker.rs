@@ -21,6 +21,8 @@ pub struct PrivateBroker {
     pub port: u16,
     /// The AMQPS port, when started with TLS.
     pub tls_port: Option<u16>,
+    /// The management API's port, when started with the management plugin.
+    pub management_port: Option<u16>,
     /// Where the node keeps its files (and the test CA, with TLS).
     pub dir: PathBuf,
 }
@@ -72,13 +74,29 @@ pub fn make_certificates(dir: &Path) {
 impl PrivateBroker {
     /// Start a node on fresh ports and wait until it accepts connections.
     pub fn start(tls: bool) -> Self {
+        Self::start_node(tls, false)
+    }
+
+    /// A node with the management plugin (its statistics every half second).
+    pub fn start_with_management() -> Self {
+        Self::start_node(false, true)
+    }
+
+    fn start_node(tls: bool, management: bool) -> Self {
         let name = unique("novatest").replace('-', "_");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("broker dir");
         let (port, dist_port) = (free_port(), free_port());
         let tls_port = tls.then(free_port);
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
+        let management_port = management.then(free_port);
+        let plugins = if management { "[rabbitmq_management].\n" } else { "[].\n" };
+        std::fs::write(dir.join("enabled_plugins"), plugins).expect("plugins file");
         let mut conf = String::from("loopback_users = none\n");
+        if let Some(p) = management_port {
+            conf.push_str(&format!(
+                "management.tcp.port = {p}\nmanagement.tcp.ip = 127.0.0.1\ncollect_statistics_interval = 500\n"
+            ));
+        }
         if let Some(p) = tls_port {
             make_certificates(&dir);
             conf.push_str(&format!(
@@ -104,7 +122,7 @@ impl PrivateBroker {
         ];
         run(Command::new("rabbitmq-server").arg("-detached").envs(env))
             .unwrap_or_else(|e| panic!("RabbitMQ is required for this test: {e}"));
-        let broker = Self { node, port, tls_port, dir };
+        let broker = Self { node, port, tls_port, management_port, dir };
         // The node registers with epmd a moment after `-detached` returns.
         let until = std::time::Instant::now() + Duration::from_secs(90);
         while let Err(e) = broker.ctl(&["await_startup", "--timeout", "10"]) {

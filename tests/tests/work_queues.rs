@@ -270,3 +270,49 @@ async fn a_reload_mid_task_changes_new_tasks_only() {
     .await;
     assert_eq!((pinned.name.as_str(), pinned.stdout.as_str()), ("job@1", "v1\n"), "{pinned:?}");
 }
+
+/// Over AMQP the oldest message's age comes from RabbitMQ's management API
+/// (the `timestamp` nova-rs sets on every message); depth and consumers
+/// from the broker itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_messages_age_from_the_management_api() {
+    let broker = nova_tests::broker::PrivateBroker::start_with_management();
+    let api = format!("http://guest:guest@127.0.0.1:{}", broker.management_port.unwrap());
+    let url = broker.url();
+    let t = nova_rpc::transport::connect(nova_rpc::transport::TransportOptions::new(url.clone())).await.unwrap();
+    // A work listener declares the queue and takes nothing.
+    let _queue = t
+        .listen(nova_rpc::transport::ListenSpec {
+            exchange: t.options().control_exchange.clone(),
+            topic: "aged".into(),
+            server: "a1".into(),
+            prefetch: 1,
+            durable: false,
+            max_deliveries: None,
+            queues: nova_rpc::transport::Queues::Work,
+        })
+        .await
+        .unwrap();
+    let client = RpcClient::new(t.clone(), Target::new("aged"));
+    for n in 0..3 {
+        client.cast(&RequestContext::new(), "job", serde_json::json!({ "n": n })).await.unwrap();
+    }
+    let aged = eventually("the head has waited a second", Duration::from_secs(60), || async {
+        let mut stats = t.queue_stats(&["aged".into()]).await.ok()?;
+        nova_bin::queue_age::fill(&mut stats, &api, &url).await.ok()?;
+        stats.into_iter().find(|q| q.oldest_age_seconds.is_some_and(|a| a >= 1.0))
+    })
+    .await;
+    assert_eq!((aged.messages, aged.consumers), (3, 0), "{aged:?}");
+    assert!(aged.oldest_age_seconds.unwrap() < 120.0, "{aged:?}");
+    let mut missing = vec![nova_rpc::transport::QueueStats {
+        queue: "nope".into(),
+        messages: 1,
+        consumers: 0,
+        oldest_age_seconds: None,
+    }];
+    nova_bin::queue_age::fill(&mut missing, &api, &url).await.unwrap();
+    assert_eq!(missing[0].oldest_age_seconds, None);
+    let refused = nova_bin::queue_age::fill(&mut missing, "http://127.0.0.1:1", &url).await;
+    assert!(refused.is_err());
+}

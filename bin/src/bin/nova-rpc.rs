@@ -97,6 +97,9 @@ enum Command {
         /// Also these servers' own queues (`topic.server`).
         #[arg(long)]
         server: Vec<String>,
+        /// RabbitMQ's management API, for the oldest message's age (default: [api] rabbit_management_url).
+        #[arg(long, value_name = "URL")]
+        management_url: Option<String>,
     },
     /// Mount tasks as files on DIR (FUSE) until Ctrl-C or SIGTERM.
     Mount {
@@ -268,14 +271,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Queues { topics, server } => {
+        Command::Queues { topics, server, management_url } => {
             let topics = if topics.is_empty() { vec!["compute".into(), "scheduler".into()] } else { topics };
             let mut names = Vec::new();
             for topic in &topics {
                 names.push(topic.clone());
                 names.extend(server.iter().map(|s| format!("{topic}.{s}")));
             }
-            let stats = t.queue_stats(&names).await?;
+            let mut stats = t.queue_stats(&names).await?;
+            let management =
+                management_url.or_else(|| setup.config.raw("api", "rabbit_management_url").map(str::to_owned));
+            if let Some(api) = management.filter(|u| !u.is_empty()) {
+                nova_bin::queue_age::fill(&mut stats, &api, &t.options().transport_url)
+                    .await
+                    .map_err(Failure::Usage)?;
+            }
             println!("{:<40} {:>10} {:>10} {:>12}", "QUEUE", "MESSAGES", "CONSUMERS", "OLDEST (s)");
             for q in &stats {
                 let age = q.oldest_age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}"));

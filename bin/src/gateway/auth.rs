@@ -73,6 +73,11 @@ pub const API_OPTIONS: &[OptSpec] = &[
     api_opt!("request_timeout", "120", "Seconds a request may take, body included, before it gets 408."),
     api_opt!("header_read_timeout", "10", "Seconds a client has to send its request headers (slowloris guard)."),
     api_opt!("max_connections", "512", "Connections served at once; more wait to be accepted."),
+    api_opt!(
+        "rabbit_management_url",
+        "",
+        "RabbitMQ's management API (http://user:pass@host:15672), read for the age of each queue's oldest message; empty: ages are not shown."
+    ),
 ];
 
 /// How the gateway is reached and guarded.
@@ -94,6 +99,8 @@ pub struct ApiOptions {
     pub header_read_timeout: Duration,
     /// Connections at once.
     pub max_connections: usize,
+    /// RabbitMQ's management API, for the age of queues' oldest messages.
+    pub rabbit_management_url: Option<String>,
 }
 
 impl ApiOptions {
@@ -144,6 +151,7 @@ impl ApiOptions {
             request_timeout: secs("request_timeout")?,
             header_read_timeout: secs("header_read_timeout")?,
             max_connections: c.require::<usize>("api", "max_connections")?.max(1),
+            rabbit_management_url: c.get::<String>("api", "rabbit_management_url")?.filter(|u| !u.is_empty()),
         })
     }
 
@@ -169,6 +177,7 @@ impl ApiOptions {
             request_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 512,
+            rabbit_management_url: None,
         }
     }
 

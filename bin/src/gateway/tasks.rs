@@ -160,7 +160,14 @@ impl Gateway {
                 }
             }
         }
-        Ok(self.client.transport().queue_stats(&names).await?)
+        let mut stats = self.client.transport().queue_stats(&names).await?;
+        if let Some(api) = &self.auth.options().rabbit_management_url {
+            let transport_url = self.client.transport().options().transport_url.clone();
+            if let Err(e) = crate::queue_age::fill(&mut stats, api, &transport_url).await {
+                tracing::warn!(error = %e, "cannot read the oldest messages' ages");
+            }
+        }
+        Ok(stats)
     }
 }
 

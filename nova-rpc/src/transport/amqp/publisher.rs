@@ -46,14 +46,18 @@ pub(crate) struct Publisher {
     reconnecting: tokio::sync::Mutex<()>,
 }
 
-/// The properties oslo puts on every message.
+/// The properties oslo puts on every message, and the time it was sent
+/// (`timestamp`, seconds), which RabbitMQ's management API shows as the age
+/// of a queue's oldest message.
 pub(crate) fn properties(message: &Outgoing) -> BasicProperties {
+    let sent = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_content_encoding("utf-8".into())
         .with_headers(FieldTable::default())
         .with_delivery_mode(2)
-        .with_priority(0);
+        .with_priority(0)
+        .with_timestamp(sent);
     match message.ttl {
         Some(ttl) => props.with_expiration(ttl.as_millis().max(1).to_string().into()),
         None => props,
