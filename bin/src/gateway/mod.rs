@@ -9,6 +9,7 @@
 //! | `GET /v1/services/{topic}/describe` | the topic's methods and arguments |
 //! | `GET /v1/traces/{request_id}` | the request's trace: spans, and the tree of calls |
 //! | `GET /v1/openapi.json` | this API as an OpenAPI 3 document |
+//! | `GET /v1/metrics/history` | per method, rate and p50/p99 latency over the last minutes ([`history`]) |
 //! | `/v1/tasks…`, `GET /v1/queues` | tasks as a resource, and queue backlogs ([`tasks`]) |
 //! | `GET /tasks` | the console's tasks page |
 //! | `GET /traces/{request_id}` | the trace as a timeline in the console |
@@ -27,6 +28,7 @@
 
 pub mod auth;
 mod console;
+pub mod history;
 pub mod tasks;
 mod traces;
 
@@ -63,6 +65,7 @@ pub struct Gateway {
     tracer: Option<Tracer>,
     auth: Auth,
     tasks: TaskStore,
+    history: history::History,
 }
 
 impl Gateway {
@@ -77,7 +80,7 @@ impl Gateway {
         // Mandatory: a call or cast no queue takes is "not found" at once.
         let client = RpcClient::new(transport, Target::new("gateway")).with_mandatory(true);
         let tasks = TaskStore::new(records.database().clone());
-        Self { client, records, service_down_time, tracer: None, auth, tasks }
+        Self { client, records, service_down_time, tracer: None, auth, tasks, history: history::History::default() }
     }
 
     /// The gateway of a started process: its transport, service records and
@@ -120,6 +123,7 @@ impl Gateway {
             .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::kill))
             .route("/v1/tasks/{id}/{stream}", get(tasks::output_of))
             .route("/v1/queues", get(tasks::queues))
+            .route("/v1/metrics/history", get(metrics_history))
             .route("/tasks", get(console::tasks_page))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(guard)
@@ -421,6 +425,15 @@ async fn cast_server(
     route((gw, caller, headers, q, body), topic, Some(server), method, false).await
 }
 
+/// `GET /v1/metrics/history`: per method, rate and latency over the last minutes.
+async fn metrics_history(
+    State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<std::collections::BTreeMap<String, Vec<history::Point>>>, ApiError> {
+    gw.authorize("api:services", &caller)?;
+    Ok(Json(gw.history.series()))
+}
+
 /// The API, described: `GET /v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -466,6 +479,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     tracing::info!(listen = %options.listen, token_auth = options.token_auth, "HTTP gateway and console listening");
     gateway.auth.reload_on_sighup();
+    gateway.history.run();
     let app = gateway.router();
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let (stopping, stopped) = tokio::sync::watch::channel(false);
