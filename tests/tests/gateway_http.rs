@@ -256,3 +256,53 @@ async fn console_shows_hostile_names_as_text_and_runs_none() {
     );
     server.stop(Duration::from_secs(5)).await;
 }
+
+/// Wait until the console has refreshed the services table and drawn a chart with data.
+const CHARTS_AND_REFRESH: &str = r#"(async () => {
+  for (let i = 0; i < 300; i++) {
+    const chart = document.querySelector('#charts .chart[data-method="compute.ping"]');
+    if (chart && Number(chart.dataset.peakRate) > 0 && document.getElementById('services').dataset.refreshed) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const chart = document.querySelector('#charts .chart[data-method="compute.ping"]');
+  return JSON.stringify({
+    peak: chart ? Number(chart.dataset.peakRate) : 0,
+    points: chart ? Number(chart.dataset.points) : 0,
+    lines: chart ? chart.querySelectorAll('polyline').length : 0,
+    refreshed: !!document.getElementById('services').dataset.refreshed,
+    rows: document.querySelectorAll('#services tr').length,
+  });
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_charts_a_burst_of_calls_and_refreshes_services() {
+    let all = nova_all().await;
+    let port = all.port;
+    let history = |port| {
+        let (status, _, body) = http("GET", port, "/v1/metrics/history", &[], b"");
+        assert_eq!(status, 200, "{body}");
+        json(&body)
+    };
+    // A burst of calls, until a sample after it shows them.
+    let burst = || {
+        for _ in 0..50 {
+            let (status, _) = post(port, "/v1/call/compute/ping?namespace=baseapi&version=1.1", r#"{"arg": 1}"#);
+            assert_eq!(status, 200);
+        }
+    };
+    let points = nova_tests::eventually("the burst shows in the history", Duration::from_secs(30), || async {
+        burst();
+        let h = history(port);
+        let points = h["compute.ping"].as_array().cloned().unwrap_or_default();
+        points.iter().any(|p| p["rate"].as_f64().unwrap_or(0.0) > 0.0 && p["p50_ms"].is_number()).then_some(points)
+    })
+    .await;
+    assert!(points.iter().all(|p| p["p99_ms"].is_null() || p["p99_ms"].as_f64() >= p["p50_ms"].as_f64()), "{points:?}");
+    let url = format!("http://127.0.0.1:{port}/");
+    let page = tokio::task::spawn_blocking(move || browser(&url, CHARTS_AND_REFRESH, "console-charts")).await.unwrap();
+    let page = json(page.trim());
+    assert!(page["peak"].as_f64().unwrap_or(0.0) > 0.0, "the chart has data: {page}");
+    assert_eq!(page["lines"], 3, "rate, p50 and p99: {page}");
+    assert_eq!(page["refreshed"], true, "the services table refreshed itself: {page}");
+    assert_eq!(page["rows"], 4, "three services and the header: {page}");
+}

@@ -1,10 +1,11 @@
 //! The web console at `GET /`: server-rendered with maud (which escapes
 //! every value for its HTML context), no build step.
 //!
-//! It lists the services with their up/down state and enabled status, each
-//! topic's methods with their docs and arguments (from `describe`), and a
-//! form that calls or casts a method through the gateway and shows the
-//! result. The form can be pre-filled from the URL
+//! It lists the services with their up/down state and enabled status
+//! (refreshed every 5 s), per-method rate and latency charts (from
+//! [`super::history`]), each topic's methods with their docs and arguments
+//! (from `describe`), and a form that calls or casts a method through the
+//! gateway and shows the result; `/tasks` lists the tasks. The form can be pre-filled from the URL
 //! (`?topic=&method=&args=&server=`) but never sends anything by itself.
 //!
 //! Values reach the script only through `data-*` attributes, the script and
@@ -183,7 +184,11 @@ pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension
             p { a href="/tasks" { "tasks" } }
             h2 { "Services" }
             @if let Some(t) = trouble { p.disabled { (t) } }
+            p.note { span #services-refreshed { "refreshed every 5 s" } }
             (services_table(&services))
+            h2 { "Rate and latency" }
+            p.note { "Per method, requests per second and p50 / p99 latency over the last five minutes (from this process's metrics, sampled every 2 s)." }
+            div #charts {}
             h2 { "Methods" }
             @for (topic, description) in &methods {
                 h3 id=(format!("topic-{topic}")) { (topic) }
@@ -283,6 +288,8 @@ label{display:inline-block;min-width:7em}input,textarea,select{font-family:monos
 #timeline{width:100%}#timeline td{padding:.2em .5em;border:0;border-bottom:1px solid #eee;white-space:nowrap}
 .bar{position:relative;height:1em;background:#f3f3f3;min-width:30em}.bar span{position:absolute;height:100%;background:#3a7bd5}
 .err span{background:#b32}
+.note{color:#666;font-size:.9em}.chart{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
+.chart svg{border:1px solid #ddd;background:#fcfcfc}.chart .rate{stroke:#3a7bd5}.chart .p50{stroke:#2a7d2a}.chart .p99{stroke:#b32}
 .queued{color:#865}.running{color:#3a7bd5}.succeeded{color:#2a7d2a}.failed,.killed{color:#b32}";
 
 const SCRIPT: &str = r#"'use strict';
@@ -321,7 +328,84 @@ async function submitCall(ev) {
     out.textContent = 'failed: ' + e;
   }
 }
+function authHeaders() { return token() ? {'X-Auth-Token': token()} : {}; }
+function cell(text, cls) {
+  const td = document.createElement('td');
+  if (cls) { const s = document.createElement('span'); s.className = cls; s.textContent = text; td.appendChild(s); }
+  else td.textContent = text;
+  return td;
+}
+async function refreshServices() {
+  const table = document.getElementById('services');
+  if (!table) return;
+  try {
+    const r = await fetch('/v1/services', {headers: authHeaders()});
+    if (!r.ok) return;
+    const services = await r.json();
+    for (const row of [...table.querySelectorAll('tr')].slice(1)) row.remove();
+    for (const s of services) {
+      const tr = document.createElement('tr');
+      const state = s.state === 'up' ? 'up' : 'down';
+      const status = s.status === 'disabled' ? 'disabled' : 'enabled';
+      tr.append(cell(s.host), cell(s.binary), cell(s.topic), cell(state, state), cell(status),
+                cell(String(s.report_count || 0)), cell(s.updated_at || ''));
+      tr.children[4].className = status;
+      table.appendChild(tr);
+    }
+    table.dataset.refreshed = String(Date.now());
+  } catch (e) {}
+}
+const SVG = 'http://www.w3.org/2000/svg';
+function line(svg, points, cls) {
+  if (points.length < 2) return;
+  const p = document.createElementNS(SVG, 'polyline');
+  p.setAttribute('points', points.map(([x, y]) => x.toFixed(1) + ',' + y.toFixed(1)).join(' '));
+  p.setAttribute('class', cls); p.setAttribute('fill', 'none'); p.setAttribute('stroke-width', '2');
+  svg.appendChild(p);
+}
+function label(svg, x, y, text) {
+  const t = document.createElementNS(SVG, 'text');
+  t.setAttribute('x', x); t.setAttribute('y', y); t.setAttribute('font-size', '11'); t.textContent = text;
+  svg.appendChild(t);
+}
+function chart(name, points) {
+  const w = 360, h = 120, pad = 4;
+  const box = document.createElement('div'); box.className = 'chart'; box.dataset.method = name;
+  const title = document.createElement('div'); title.textContent = name; box.appendChild(title);
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('width', w); svg.setAttribute('height', h * 2 + 10);
+  const t0 = points[0].t, t1 = Math.max(points[points.length - 1].t, t0 + 1);
+  const x = (t) => pad + (w - 2 * pad) * (t - t0) / (t1 - t0);
+  const maxRate = Math.max(1, ...points.map((p) => p.rate));
+  const maxMs = Math.max(1, ...points.map((p) => p.p99_ms || 0));
+  line(svg, points.map((p) => [x(p.t), h - pad - (h - 2 * pad) * p.rate / maxRate]), 'rate');
+  const lat = (k) => points.filter((p) => p[k] != null).map((p) => [x(p.t), 2 * h + 10 - pad - (h - 2 * pad) * p[k] / maxMs]);
+  line(svg, lat('p50_ms'), 'p50'); line(svg, lat('p99_ms'), 'p99');
+  const last = points[points.length - 1];
+  label(svg, 6, 14, 'calls/s (max ' + maxRate.toFixed(1) + ', now ' + last.rate.toFixed(1) + ')');
+  label(svg, 6, h + 24, 'p50 / p99 ms (max ' + maxMs.toFixed(2) + ')');
+  box.dataset.points = String(points.length);
+  box.dataset.peakRate = maxRate.toFixed(2);
+  box.appendChild(svg);
+  return box;
+}
+async function refreshCharts() {
+  const charts = document.getElementById('charts');
+  if (!charts) return;
+  try {
+    const r = await fetch('/v1/metrics/history', {headers: authHeaders()});
+    if (!r.ok) return;
+    const series = await r.json();
+    charts.replaceChildren(...Object.entries(series).filter(([, p]) => p.length > 0).map(([m, p]) => chart(m, p)));
+    charts.dataset.refreshed = String(Date.now());
+  } catch (e) {}
+}
 document.addEventListener('DOMContentLoaded', () => {
+  if (document.getElementById('services')) {
+    refreshCharts();
+    setInterval(refreshServices, 5000);
+    setInterval(refreshCharts, 2000);
+  }
   for (const b of document.querySelectorAll('button.use')) b.addEventListener('click', () => useMethod(b));
   const f = document.getElementById('call');
   if (f) {

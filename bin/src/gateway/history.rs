@@ -88,10 +88,8 @@ fn parse(text: &str) -> Snapshot {
 /// The `q` quantile of the observations between `before` and `after`
 /// (cumulative buckets), linearly within its bucket; `None` without any.
 fn quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
-    let delta: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(le, n)| (*le, n - before.iter().find(|(l, _)| l == le).map_or(0.0, |(_, b)| *b)))
-        .collect();
+    let delta: Vec<(f64, f64)> =
+        after.iter().map(|(le, n)| (*le, n - before.iter().find(|(l, _)| l == le).map_or(0.0, |(_, b)| *b))).collect();
     let total = delta.last()?.1;
     if total <= 0.0 {
         return None;
