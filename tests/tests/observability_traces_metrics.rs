@@ -91,6 +91,19 @@ async fn a_request_is_one_trace_of_three_hops_on_memory() {
     let (status, _, page) = http("GET", port, &format!("/traces/{rid}"), &[], b"");
     assert_eq!(status, 200);
     assert!(page.contains("id=\"timeline\"") && page.matches("class=\"span").count() == 3, "{page}");
+    // In a real browser: three rows, each bar inside the timeline, nested in time.
+    let url = format!("http://127.0.0.1:{port}/traces/{rid}");
+    let script = r#"JSON.stringify([...document.querySelectorAll('#timeline .bar span')].map((b) => {
+        const r = b.getBoundingClientRect(), p = b.parentElement.getBoundingClientRect();
+        return [r.left - p.left, r.width, p.width];
+    }))"#;
+    let bars = tokio::task::spawn_blocking(move || nova_tests::browser(&url, script, "trace-timeline")).await.unwrap();
+    let bars: Vec<(f64, f64, f64)> = serde_json::from_str(bars.trim()).unwrap_or_else(|e| panic!("{e}: {bars}"));
+    assert_eq!(bars.len(), 3, "{bars:?}");
+    for (left, width, whole) in &bars {
+        assert!(*left >= 0.0 && *width > 0.0 && left + width <= whole + 1.0, "a bar inside its row: {bars:?}");
+    }
+    assert!(bars[1].0 >= bars[0].0 && bars[2].0 >= bars[1].0, "children start after their parents: {bars:?}");
     // And the gateway's metrics count the requests.
     let (_, _, metrics) = http("GET", port, "/metrics", &[], b"");
     assert!(metrics.contains(r#"nova_rpc_requests_total{topic="scheduler",method="schedule_task"} 1"#), "{metrics}");
