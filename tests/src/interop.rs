@@ -13,7 +13,8 @@ use std::{
 
 use serde_json::Value;
 
-fn python() -> std::path::PathBuf {
+/// The interop virtualenv's Python (oslo.messaging and oslo.config).
+pub fn python() -> std::path::PathBuf {
     if let Ok(p) = std::env::var("NOVA_INTEROP_PYTHON") {
         return p.into();
     }

@@ -1,11 +1,13 @@
 //! Configuration: built-in defaults < `--config-file`s and `--config-dir`
-//! < environment (`NOVA_…`) < command-line flags.
+//! < environment (`NOVA_…`) < command-line flags, layered by the `config`
+//! crate.
 //!
-//! Files are INI like `nova.conf`, with OpenStack's option names
-//! (`[DEFAULT] transport_url`, `[database] connection`,
-//! `[oslo_messaging_rabbit] …`). Every value keeps its origin, so a bad
-//! value is reported as "option X in file:line: why", and options nobody
-//! declared are warned about. Managers declare their own options (for
+//! Files are INI like `nova.conf`, read by oslo.config's rules ([`ini`]),
+//! with OpenStack's option names (`[DEFAULT] transport_url`, `[database]
+//! connection`, `[oslo_messaging_rabbit] …`); `.toml`, `.yaml`/`.yml` and
+//! `.json` files work too, chosen by extension, with sections as tables.
+//! Every value keeps its origin, so a bad value is reported as "option X
+//! in file:line: why", and options nobody declared are warned about. Managers declare their own options (for
 //! example `[compute] allowed_commands`) as [`OptSpec`]s next to their
 //! factory in the registry.
 //!
@@ -56,10 +58,39 @@ pub enum Origin {
     Code,
 }
 
+impl Origin {
+    /// As the `config` crate carries it (a value's origin is a string).
+    pub fn encode(&self) -> String {
+        match self {
+            Origin::Default => "default".into(),
+            Origin::File(p, line) => format!("file\u{1f}{line}\u{1f}{}", p.display()),
+            Origin::Env(v) => format!("env\u{1f}{v}"),
+            Origin::Flag(f) => format!("flag\u{1f}{f}"),
+            Origin::Code => "code".into(),
+        }
+    }
+
+    /// Back from [`Origin::encode`]; a bare path (what the `config` crate
+    /// records for TOML, YAML and JSON files) is that file, no line.
+    pub fn decode(text: Option<&str>) -> Self {
+        let Some(text) = text else { return Origin::Code };
+        let mut parts = text.split('\u{1f}');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("default"), None, None) => Origin::Default,
+            (Some("code"), None, None) => Origin::Code,
+            (Some("file"), Some(line), Some(path)) => Origin::File(path.into(), line.parse().unwrap_or(0)),
+            (Some("env"), Some(v), None) => Origin::Env(v.to_owned()),
+            (Some("flag"), Some(f), None) => Origin::Flag(f.to_owned()),
+            _ => Origin::File(text.into(), 0),
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Default => write!(f, "the built-in default"),
+            Origin::File(p, 0) => write!(f, "{}", p.display()),
             Origin::File(p, line) => write!(f, "{}:{line}", p.display()),
             Origin::Env(v) => write!(f, "environment variable {v}"),
             Origin::Flag(flag) => write!(f, "flag {flag}"),
@@ -173,14 +204,14 @@ impl Config {
     }
 
     /// Load every layer: `files` (then `*.conf` in `dir`, sorted), the
-    /// environment, and `flags` as `(section, name, value, flag)`.
+    /// environment, and `flags` as `(section, name, value, flag)`; the
+    /// `config` crate layers them over the declared defaults.
     pub fn load(
         specs: &[OptSpec],
         files: &[PathBuf],
         dir: Option<&Path>,
         flags: &[(&str, &str, String, &str)],
     ) -> Result<Self, ConfigError> {
-        let mut c = Self::with_defaults(specs);
         let mut all = files.to_vec();
         if let Some(dir) = dir {
             let mut in_dir: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -191,35 +222,39 @@ impl Config {
             in_dir.sort();
             all.extend(in_dir);
         }
+        let mut builder = config::Config::builder().add_source(Layer::defaults(specs));
         for file in &all {
-            c.read_file(file)?;
+            builder = builder.add_source(Layer::file(file)?);
         }
-        c.read_env();
-        for (section, name, value, flag) in flags {
-            c.set(section, name, value.clone(), Origin::Flag((*flag).to_owned()));
+        builder = builder.add_source(Layer::env(specs));
+        let flags = flags
+            .iter()
+            .map(|(s, n, v, f)| ((*s).to_owned(), (*n).to_owned(), v.clone(), Origin::Flag((*f).to_owned())));
+        builder = builder.add_source(Layer { values: flags.collect() });
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Unreadable { file: PathBuf::from("(layers)"), reason: e.to_string() })?;
+        let mut c = Self { specs: Vec::new(), values: BTreeMap::new(), files: all };
+        c.declare(specs);
+        let table = config::Source::collect(&merged)
+            .map_err(|e| ConfigError::Unreadable { file: PathBuf::from("(layers)"), reason: e.to_string() })?;
+        for (section, options) in table {
+            let config::ValueKind::Table(options) = options.kind else { continue };
+            for (name, value) in options {
+                let origin = Origin::decode(value.origin());
+                c.set(&section, &name, text_of(value), origin);
+            }
         }
         Ok(c)
     }
 
     /// Read one file on top of what is there.
     pub fn read_file(&mut self, file: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError::Unreadable { file: file.to_owned(), reason: e.to_string() })?;
-        for e in ini::parse(&text, file)? {
-            self.set(&e.section, &e.key, e.value, Origin::File(e.file, e.line));
+        for (section, name, value, origin) in Layer::file(file)?.values {
+            self.set(&section, &name, value, origin);
         }
         self.files.push(file.to_owned());
         Ok(())
-    }
-
-    fn read_env(&mut self) {
-        let specs = self.specs.clone();
-        for s in specs {
-            let var = env_var(s.section, s.name);
-            if let Ok(v) = std::env::var(&var) {
-                self.set(s.section, s.name, v, Origin::Env(var));
-            }
-        }
     }
 
     /// Set a value.
@@ -363,6 +398,112 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// A value as text: strings as they are, numbers and booleans written out,
+/// a list one item per line, a table `key = value` per line (how oslo's
+/// list and dict options read them).
+fn text_of(value: config::Value) -> String {
+    use config::ValueKind;
+    match value.kind {
+        ValueKind::Nil => String::new(),
+        ValueKind::Boolean(b) => b.to_string(),
+        ValueKind::I64(n) => n.to_string(),
+        ValueKind::I128(n) => n.to_string(),
+        ValueKind::U64(n) => n.to_string(),
+        ValueKind::U128(n) => n.to_string(),
+        ValueKind::Float(x) => x.to_string(),
+        ValueKind::String(s) => s,
+        ValueKind::Array(items) => items.into_iter().map(text_of).collect::<Vec<_>>().join("\n"),
+        ValueKind::Table(t) => {
+            t.into_iter().map(|(k, v)| format!("{k} = {}", text_of(v))).collect::<Vec<_>>().join("\n")
+        }
+    }
+}
+
+/// One layer for the `config` crate: `(section, name, value, origin)`s.
+#[derive(Debug, Clone, Default)]
+struct Layer {
+    values: Vec<(String, String, String, Origin)>,
+}
+
+impl Layer {
+    fn defaults(specs: &[OptSpec]) -> Self {
+        let values = specs
+            .iter()
+            .filter(|s| !s.default.is_empty())
+            .map(|s| (s.section.to_owned(), s.name.to_owned(), s.default.to_owned(), Origin::Default))
+            .collect();
+        Self { values }
+    }
+
+    fn env(specs: &[OptSpec]) -> Self {
+        let values = specs
+            .iter()
+            .filter_map(|s| {
+                let var = env_var(s.section, s.name);
+                let value = std::env::var(&var).ok()?;
+                Some((s.section.to_owned(), s.name.to_owned(), value, Origin::Env(var)))
+            })
+            .collect();
+        Self { values }
+    }
+
+    /// A file, by its extension: `.toml`, `.yaml`/`.yml`, `.json`, else oslo INI.
+    fn file(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::Unreadable { file: file.to_owned(), reason: e.to_string() })?;
+        let uri = file.display().to_string();
+        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let format = match ext.as_str() {
+            "toml" => Some(config::FileFormat::Toml),
+            "yaml" | "yml" => Some(config::FileFormat::Yaml),
+            "json" => Some(config::FileFormat::Json),
+            _ => None,
+        };
+        let parsed = match format {
+            Some(f) => config::Format::parse(&f, Some(&uri), &text),
+            None => config::Format::parse(&ini::OsloIni, Some(&uri), &text),
+        };
+        let table = parsed.map_err(|e| match e.downcast::<ConfigError>() {
+            Ok(e) => *e,
+            Err(e) => ConfigError::Syntax { file: file.to_owned(), line: 0, reason: e.to_string() },
+        })?;
+        let mut values = Vec::new();
+        for (section, options) in table {
+            let config::ValueKind::Table(options) = options.kind else {
+                return Err(ConfigError::Syntax {
+                    file: file.to_owned(),
+                    line: 0,
+                    reason: format!("{section:?} is not a section: options go in tables such as [DEFAULT]"),
+                });
+            };
+            let section = ini::normalize_section(&section);
+            for (name, value) in options {
+                let origin = match value.origin() {
+                    Some(o) if o.contains('\u{1f}') => Origin::decode(Some(o)),
+                    _ => Origin::File(file.to_owned(), 0),
+                };
+                values.push((section.clone(), name.replace('-', "_"), text_of(value), origin));
+            }
+        }
+        Ok(Self { values })
+    }
+}
+
+impl config::Source for Layer {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let mut sections: config::Map<String, config::Map<String, config::Value>> = config::Map::new();
+        for (section, name, value, origin) in &self.values {
+            let v = config::Value::new(Some(&origin.encode()), config::ValueKind::String(value.clone()));
+            sections.entry(section.clone()).or_default().insert(name.clone(), v);
+        }
+        Ok(sections.into_iter().map(|(s, t)| (s, config::Value::new(None, config::ValueKind::Table(t)))).collect())
     }
 }
 
