@@ -33,6 +33,15 @@ ensure_chromium() {
         || { echo "cannot install chromium (the console test needs it)" >&2; exit 1; }
 }
 
+# Licences, banned crates and sources are checked with cargo-deny.
+CARGO_DENY_VERSION=0.20.2
+ensure_cargo_deny() {
+    if cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then return; fi
+    say "installing cargo-deny $CARGO_DENY_VERSION (a few minutes, once)"
+    cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION" \
+        || { echo "cannot install cargo-deny" >&2; exit 1; }
+}
+
 # The mount test mounts tasks with FUSE: fusermount3 and /dev/fuse.
 ensure_fuse() {
     if command -v fusermount3 >/dev/null && [ -e /dev/fuse ]; then return; fi
@@ -67,10 +76,13 @@ ensure_rabbitmq
 ensure_postgres
 ensure_chromium
 ensure_fuse
+ensure_cargo_deny
 ensure_interop_venv
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
+say "cargo deny check licenses bans sources (advisories need a database this machine cannot fetch)"
+cargo deny check licenses bans sources
 say "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 say "cargo build --bins (the process tests run the service binaries)"
