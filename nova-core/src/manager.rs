@@ -111,10 +111,12 @@ pub struct ManagerHandle {
     pub work: Option<WorkQueue>,
 }
 
-/// A manager's work queue: `methods` are served only from the topic's
-/// shared queue, and each holds one of `slots` while it runs, so the
+/// A manager's work queue: the topic's shared queue is served as a work
+/// queue, each message holding one of `slots` while its method runs, so the
 /// broker keeps the backlog and whichever server has a free slot takes the
-/// next message (see [`nova_rpc::RpcServer::as_work_queue`]).
+/// next message (see [`nova_rpc::RpcServer::as_work_queue`]); `methods`
+/// are served only there (never from the server's own queue, where they
+/// would run without a slot).
 #[derive(Debug, Clone)]
 pub struct WorkQueue {
     /// Free capacity; the manager may take slots for work arriving otherwise.

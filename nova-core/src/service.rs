@@ -243,20 +243,23 @@ impl Service {
             }
             server
         };
+        // The shared queue of a manager with a work queue is served by a
+        // work server: every method, each holding a slot while it runs. Its
+        // own queue and fanout serve the rest, but not the work methods,
+        // which would run there without a slot.
         let (endpoint, work) = match &manager.work {
             None => (manager.endpoint.clone(), None),
             Some(w) => {
-                let only = |work: bool| -> Arc<dyn nova_rpc::dispatcher::Endpoint> {
-                    Arc::new(Methods { inner: manager.endpoint.clone(), names: w.methods.clone(), work })
-                };
-                let dispatcher = Dispatcher::new(vec![only(true), base.clone()]);
+                let dispatcher = Dispatcher::new(vec![manager.endpoint.clone(), base.clone()]);
                 let mut server = RpcServer::new(transport.clone(), target.clone(), dispatcher)
                     .as_work_queue(w.slots.clone())
                     .with_executor_size(w.slots.available_permits());
                 if let Some(max) = w.max_deliveries {
                     server = server.with_at_least_once(max);
                 }
-                (only(false), Some(layered(server).start().await?))
+                let own: Arc<dyn nova_rpc::dispatcher::Endpoint> =
+                    Arc::new(Without { inner: manager.endpoint.clone(), names: w.methods.clone() });
+                (own, Some(layered(server).start().await?))
             }
         };
         let mut server = RpcServer::new(transport.clone(), target, Dispatcher::new(vec![endpoint, base]))
@@ -306,14 +309,13 @@ impl Service {
     }
 }
 
-/// A manager's endpoint narrowed to its work methods (`work`) or to the rest.
-struct Methods {
+/// A manager's endpoint without its work methods.
+struct Without {
     inner: Arc<dyn nova_rpc::dispatcher::Endpoint>,
     names: Vec<String>,
-    work: bool,
 }
 
-impl nova_rpc::dispatcher::Endpoint for Methods {
+impl nova_rpc::dispatcher::Endpoint for Without {
     fn namespace(&self) -> Option<&str> {
         self.inner.namespace()
     }
@@ -323,7 +325,7 @@ impl nova_rpc::dispatcher::Endpoint for Methods {
     }
 
     fn has_method(&self, method: &str) -> bool {
-        self.inner.has_method(method) && self.names.iter().any(|n| n == method) == self.work
+        self.inner.has_method(method) && !self.names.iter().any(|n| n == method)
     }
 
     fn call(

@@ -236,6 +236,6 @@ async fn sigterm_exits_on_time_with_work_that_never_returns() {
     assert!(termed.elapsed() < Duration::from_secs(5), "exited {:?} after SIGTERM", termed.elapsed());
     assert!(status.success(), "{status:?}: {}", hang.output());
     let out = hang.output();
-    assert!(out.contains("abandoned") || out.contains("cancelled"), "the stuck work is named: {out}");
+    assert!(out.contains("abandon") || out.contains("cancelled"), "the stuck work is named: {out}");
     t.close().await;
 }

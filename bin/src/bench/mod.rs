@@ -162,6 +162,20 @@ pub async fn casts(
     Ok((n * copies) as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
+/// CPU time this process has used so far (user + system), in seconds.
+///
+/// Taken around a phase, divided by its calls, it is the CPU one call
+/// costs: both sides (client and server) when they run in this process,
+/// as the bench's nova-rs and lapin servers do by default. Unlike a rate,
+/// it does not move with what else the machine runs.
+pub fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        secs(u.user_time()) + secs(u.system_time())
+    })
+}
+
 /// The benchmark arguments, `~size` bytes of JSON.
 pub fn payload(size: usize) -> serde_json::Value {
     serde_json::json!({ "data": "x".repeat(size.saturating_sub(11)) })

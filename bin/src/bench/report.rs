@@ -12,7 +12,7 @@ pub struct Report {
 
 /// Whether a smaller figure is the better one (latencies, memory, times).
 fn lower_is_better(key: &str) -> bool {
-    key.contains("_ms") || key.contains("rss")
+    key.contains("_ms") || key.contains("rss") || key.contains("cpu_us")
 }
 
 impl Report {

@@ -84,6 +84,18 @@ enum Command {
         #[arg(long, value_name = "MAX_DELIVERIES")]
         at_least_once: Option<u32>,
     },
+    /// CALLS sequential memory:// calls on one thread, nothing else (what
+    /// `callgrind` counts).
+    MemoryCalls {
+        #[arg(long, default_value_t = 1000)]
+        calls: usize,
+    },
+    /// Instructions per memory:// call, counted by valgrind's callgrind:
+    /// two runs of `memory-calls`, the difference over the difference in calls.
+    Callgrind {
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+    },
     /// The producer-consumer demo: one fixed worker, then nova-autoscale.
     Autoscale {
         #[command(flatten)]
@@ -101,15 +113,23 @@ const OUTSTANDING: [usize; 4] = [1, 16, 64, 256];
 
 /// Every figure for one pattern, keys suffixed with `suffix`.
 async fn measure(p: Arc<dyn Pattern>, a: &RunArgs, group: &str, suffix: &str, r: &mut Report) -> anyhow::Result<()> {
-    let seq = bench::sequential(p.clone(), a.seq / 10 + 1, a.seq).await?;
+    let warmup = a.seq / 10 + 1;
+    let cpu = bench::cpu_seconds();
+    let seq = bench::sequential(p.clone(), warmup, a.seq).await?;
+    r.add(group, &format!("cpu_us_per_call_seq{suffix}"), (bench::cpu_seconds() - cpu) * 1e6 / (warmup + a.seq) as f64);
     r.add(group, &format!("seq_p50_ms{suffix}"), seq.p50);
     r.add(group, &format!("seq_p90_ms{suffix}"), seq.p90);
     r.add(group, &format!("seq_p99_ms{suffix}"), seq.p99);
     r.add(group, &format!("seq_max_ms{suffix}"), seq.max);
     r.add(group, &format!("seq_calls_per_s{suffix}"), seq.per_s);
     for c in OUTSTANDING {
+        let cpu = bench::cpu_seconds();
         let per_s = bench::concurrent(p.clone(), c, a.calls).await?;
+        let cpu_us = (bench::cpu_seconds() - cpu) * 1e6 / a.calls as f64;
         r.add(group, &format!("calls_per_s_c{c}{suffix}"), per_s);
+        if c == 64 {
+            r.add(group, &format!("cpu_us_per_call_c64{suffix}"), cpu_us);
+        }
     }
     r.add(group, &format!("casts_per_s{suffix}"), bench::casts(p.clone(), OneWay::Cast, 64, a.casts, 1).await?);
     let fanout = bench::casts(p.clone(), OneWay::Fanout, 64, a.casts / 2, 2).await?;
@@ -186,6 +206,43 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     Ok(())
 }
 
+/// `calls` sequential calls through nova-rs on `memory://`.
+async fn memory_calls(calls: usize) -> anyhow::Result<()> {
+    let options = bench::nova::options("memory://callgrind", "callgrind", true);
+    let p: Arc<dyn Pattern> =
+        Arc::new(NovaPattern::start(options, "bench", bench::payload(100), 64, false, false).await?);
+    for _ in 0..calls {
+        p.call().await?;
+    }
+    p.close().await;
+    Ok(())
+}
+
+/// Instructions callgrind counts for `memory-calls --calls n`.
+fn instructions(n: usize) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(std::env::current_exe()?)
+        .args(["memory-calls", "--calls", &n.to_string()])
+        .env("RUST_LOG", "off")
+        .output()
+        .map_err(|e| anyhow::anyhow!("valgrind is needed (apt-get install valgrind): {e}"))?;
+    anyhow::ensure!(out.status.success(), "callgrind run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let collected = text
+        .lines()
+        .find_map(|l| l.split("Collected :").nth(1))
+        .ok_or_else(|| anyhow::anyhow!("no count in: {text}"))?;
+    Ok(collected.trim().parse()?)
+}
+
+/// Instructions per call: two runs, `calls` apart, so start-up cancels out.
+fn callgrind(calls: usize) -> anyhow::Result<f64> {
+    let few = instructions(100)?;
+    let many = instructions(100 + calls)?;
+    Ok(many.saturating_sub(few) as f64 / calls as f64)
+}
+
 async fn run(mut a: RunArgs) -> anyhow::Result<Report> {
     if a.smoke {
         (a.calls, a.seq, a.casts, a.rss_calls, a.scale_backlog) = (200, 50, 200, 200, 300);
@@ -217,6 +274,15 @@ fn main() -> anyhow::Result<()> {
             let options = bench::nova::options(&transport_url, &control_exchange, !no_confirms);
             let worker = process::Worker { topic, host, executor, work_ms, at_least_once };
             rt.block_on(process::serve(options, worker))
+        }
+        Some(Command::MemoryCalls { calls }) => {
+            let one = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            one.block_on(memory_calls(calls))
+        }
+        Some(Command::Callgrind { calls }) => {
+            let per_call = callgrind(calls)?;
+            println!("instructions per memory:// call: {per_call:.0}");
+            Ok(())
         }
         Some(Command::Autoscale { mut demo, plot, smoke }) => {
             if smoke {

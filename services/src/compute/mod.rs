@@ -155,8 +155,12 @@ pub struct ComputeManager {
     /// the broker, and by a placed task before it starts.
     slots: Arc<Semaphore>,
     at_least_once: Option<u32>,
-    /// Woken whenever a task starts or ends here.
+    /// Woken whenever a task starts, is queued or refused here.
     started: tokio::sync::Notify,
+    /// Tasks whose `run_task` or `submit_task` has arrived and is being
+    /// recorded: a `wait_task` right behind the cast waits for them rather
+    /// than answering "not found".
+    arriving: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Placed tasks waiting for a slot, with the switch that cancels them.
     queued: Mutex<HashMap<String, oneshot::Sender<Killed>>>,
     capacity_report_interval: f64,
@@ -272,6 +276,7 @@ impl ComputeManager {
             slots: Arc::new(Semaphore::new(max_tasks)),
             at_least_once: None,
             started: tokio::sync::Notify::new(),
+            arriving: std::sync::Mutex::default(),
             queued: Mutex::default(),
             capacity_report_interval,
             callback_attempts,
@@ -461,6 +466,27 @@ impl ComputeManager {
 /// Answers a `kill_task` of a queued task with the task as saved.
 type Killed = oneshot::Sender<TaskInfo>;
 
+/// A task id in [`ComputeManager::arriving`] while its request is recorded;
+/// waiters look again when it leaves.
+struct Arriving<'a> {
+    manager: &'a ComputeManager,
+    task_id: String,
+}
+
+impl<'a> Arriving<'a> {
+    fn new(manager: &'a ComputeManager, task_id: &str) -> Self {
+        manager.arriving.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.to_owned());
+        Self { manager, task_id: task_id.to_owned() }
+    }
+}
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.manager.arriving.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.task_id);
+        self.manager.started.notify_waiters();
+    }
+}
+
 fn check_task_id(task_id: &str) -> Result<(), ComputeError> {
     let ok = !task_id.is_empty()
         && task_id.len() <= 255
@@ -488,6 +514,7 @@ impl ComputeManager {
         notify: Option<NotifyTarget>,
         callback_url: Option<String>,
     ) -> Result<RunOutcome, ComputeError> {
+        let _arriving = Arriving::new(self, &task_id);
         check_task_id(&task_id)?;
         if self.commands().resolve(&name).is_none() {
             return Err(ComputeError::CommandNotAllowed(name));
@@ -541,10 +568,12 @@ impl ComputeManager {
         notify: Option<NotifyTarget>,
         callback_url: Option<String>,
     ) -> Result<TaskInfo, ComputeError> {
+        let arriving = Arriving::new(self, &task_id);
         check_task_id(&task_id)?;
         let info = TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url);
         let queued_here = self.queued.lock().await.contains_key(&task_id);
         let claimed = self.claim(&info, queued_here).await?;
+        drop(arriving);
         if !claimed {
             tracing::info!(%task_id, "task exists already; not running it again");
             return self.store.get(&task_id).await?.ok_or(ComputeError::TaskNotFound(task_id));
@@ -579,7 +608,17 @@ impl ComputeManager {
                 let _ = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
                 return Ok(t.snapshot());
             }
-            let task = self.store.get(&task_id).await?.ok_or_else(|| ComputeError::TaskNotFound(task_id.clone()))?;
+            let arriving = self.arriving.lock().unwrap_or_else(|p| p.into_inner()).contains(&task_id);
+            let task = match self.store.get(&task_id).await? {
+                Some(t) => t,
+                None if arriving => {
+                    if tokio::time::timeout_at(deadline, started).await.is_err() {
+                        return Err(ComputeError::TaskNotFound(task_id));
+                    }
+                    continue;
+                }
+                None => return Err(ComputeError::TaskNotFound(task_id)),
+            };
             // Queued here: wait for it to start (or be killed).
             if task.status.is_final() || task.host != self.host {
                 return Ok(task);
