@@ -153,3 +153,37 @@ async fn the_command_launcher_runs_the_operators_script() {
     stop.send_replace(true);
     running.await.unwrap();
 }
+
+/// `nova-all` runs the autoscaler when `[autoscale] topics` is set: its
+/// minimum is started at once (here through the command launcher), and a
+/// process launcher on memory:// is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nova_all_runs_the_autoscaler() {
+    let dir = TempDir::new("all-autoscale");
+    let log = dir.path().join("calls");
+    let script = dir.write("launch.sh", &format!("#!/bin/sh\necho \"$1 $2\" >> {}\n", log.display()));
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let conf = dir.write(
+        "nova.conf",
+        &format!(
+            "[autoscale]\ntopics = compute\nmin_workers = 1\nlauncher = command\ncommand = {}\ninterval = 0.2\n",
+            script.display()
+        ),
+    );
+    let port = nova_tests::free_port().to_string();
+    let state = dir.path().join("state");
+    let args = ["--config-file", conf.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--state-path", state.to_str().unwrap()];
+    let _all = nova_tests::Proc::spawn("nova-all", &args, dir.path());
+    eventually("the minimum worker was started", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&log).ok().filter(|c| c == "up auto-compute-1\n")
+    })
+    .await;
+
+    let refused = dir.write("process.conf", "[autoscale]\ntopics = compute\nlauncher = process\n");
+    let out = std::process::Command::new(bin_path("nova-all"))
+        .args(["--config-file", refused.to_str().unwrap(), "--listen", "127.0.0.1:1", "--state-path", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs a broker"), "{err}");
+}

@@ -202,6 +202,20 @@ async fn a_host_killed_mid_task_gives_it_back() {
     assert_eq!(completions.lines().count(), 1, "ran to completion once: {completions:?}");
     let left = t.queue_stats(&["compute".into()]).await.unwrap();
     assert_eq!(left.first().map(|q| q.messages), Some(0), "{left:?}");
+    // The same from the shell: depth and consumers of the topic and a host's queue.
+    let host = done.host.clone();
+    let out = std::process::Command::new(nova_tests::bin_path("nova-rpc"))
+        .args(["--transport-url", &vhost.url(), "queues", "compute", "--server", &host, "--server", "gone"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let row = |q: &str| stdout.lines().find(|l| l.split_whitespace().next() == Some(q)).map(str::to_owned);
+    let compute = row("compute").unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(compute.split_whitespace().nth(1), Some("0"), "{stdout}");
+    let own = row(&format!("compute.{host}")).unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(own.split_whitespace().nth(2), Some("1"), "the host consumes its own queue: {stdout}");
+    assert!(stderr.contains("compute.gone: no such queue"), "{stderr}");
 }
 
 /// SIGHUP reloads `[compute] allowed_commands`: a running task keeps the
