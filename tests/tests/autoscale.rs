@@ -172,7 +172,14 @@ async fn nova_all_runs_the_autoscaler() {
     );
     let port = nova_tests::free_port().to_string();
     let state = dir.path().join("state");
-    let args = ["--config-file", conf.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--state-path", state.to_str().unwrap()];
+    let args = [
+        "--config-file",
+        conf.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-path",
+        state.to_str().unwrap(),
+    ];
     let _all = nova_tests::Proc::spawn("nova-all", &args, dir.path());
     eventually("the minimum worker was started", Duration::from_secs(30), || async {
         std::fs::read_to_string(&log).ok().filter(|c| c == "up auto-compute-1\n")
@@ -181,7 +188,14 @@ async fn nova_all_runs_the_autoscaler() {
 
     let refused = dir.write("process.conf", "[autoscale]\ntopics = compute\nlauncher = process\n");
     let out = std::process::Command::new(bin_path("nova-all"))
-        .args(["--config-file", refused.to_str().unwrap(), "--listen", "127.0.0.1:1", "--state-path", state.to_str().unwrap()])
+        .args([
+            "--config-file",
+            refused.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:1",
+            "--state-path",
+            state.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
