@@ -121,22 +121,23 @@ async fn sigterm_answers_every_call_in_flight() {
             .await
             .unwrap();
     }
-    // The casts are queued on compute.c1 and the waits on compute: let the
-    // tasks exist before waiting on them.
+    // Let the tasks exist before waiting on them. The waits go to c1 itself:
+    // on the bare topic (compute's work queue) they would wait for a slot
+    // behind the tasks.
     eventually("the six tasks run", Duration::from_secs(10), || async {
         compute.with_server("c1").list_tasks(&ctx).await.ok().filter(|t| t.len() == 6)
     })
     .await;
     let waits: Vec<_> = (0..6)
         .map(|i| {
-            let c = compute.clone();
+            let c = compute.with_server("c1");
             tokio::spawn(async move { c.wait_task(&RequestContext::new(), format!("t{i}"), Some(10.0)).await })
         })
         .collect();
     // The six waits are registered, sent and taken off the queue by c1.
     eventually("the waits are in flight", Duration::from_secs(10), || async {
         let sent = compute.rpc_client().pending_calls() == 6;
-        (sent && nova_tests::rabbit_queue_depth(&w.vhost.name, "compute") == Some(0)).then_some(())
+        (sent && nova_tests::rabbit_queue_depth(&w.vhost.name, "compute.c1") == Some(0)).then_some(())
     })
     .await;
     p.signal("TERM");
