@@ -182,6 +182,11 @@ async fn a_host_killed_mid_task_gives_it_back() {
         (records.list(Some("compute")).await.ok()?.len() == 2).then_some(())
     })
     .await;
+    // The record is written before the servers start: wait for the queue too.
+    eventually("the work queue is declared", Duration::from_secs(30), || async {
+        t.queue_stats(&["compute".into()]).await.ok().filter(|q| !q.is_empty())
+    })
+    .await;
     let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
     let script = format!("sleep 2; echo done >> {}", marks.display());
     submit.submit_task(&RequestContext::new(), "sh".into(), vec![script], "once".into(), None, None).await.unwrap();
@@ -246,6 +251,11 @@ async fn a_reload_mid_task_changes_new_tasks_only() {
     let records = ServiceRecords::new(database);
     eventually("the compute is up", Duration::from_secs(30), || async {
         (records.list(Some("compute")).await.ok()?.len() == 1).then_some(())
+    })
+    .await;
+    // The record is written before the servers start: wait for the queue too.
+    eventually("the work queue is declared", Duration::from_secs(30), || async {
+        t.queue_stats(&["compute".into()]).await.ok().filter(|q| !q.is_empty())
     })
     .await;
     let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
