@@ -85,6 +85,7 @@ say "cargo deny check licenses bans sources (advisories need a database this mac
 cargo deny check licenses bans sources
 say "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p nova-core --features otel,testing --all-targets -- -D warnings
 say "cargo build --bins (the process tests run the service binaries)"
 cargo build --workspace --bins
 say "nova-bench --smoke (proves the bench runs; measures nothing)"
@@ -104,3 +105,5 @@ autoscale_log="$(mktemp)"
 rm -f "$autoscale_log"
 say "cargo test"
 cargo test --workspace --no-fail-fast
+say "cargo test: OpenTelemetry export (the otel feature)"
+cargo test -p nova-core --features otel,testing --test otel_export

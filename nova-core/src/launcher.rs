@@ -188,7 +188,7 @@ impl Bootstrap {
                 .ok_or_else(|| ConfigError::Missing { section: "DEFAULT".into(), name: option.clone() })?,
         };
         let entry = self.registry.resolve(&name)?;
-        let info = ServiceInfo { host: self.options.host.clone(), binary: binary.to_owned(), topic: topic.clone() };
+        let info = ServiceInfo::new(&self.options.host, binary, &topic);
         let deps = ManagerDeps {
             service: info.clone(),
             config: self.config.clone(),
@@ -198,9 +198,7 @@ impl Bootstrap {
         };
         let manager = entry.build(deps).await.map_err(|error| LaunchError::Manager { name: name.clone(), error })?;
         Ok(Service::create(self.transport.clone(), manager)
-            .binary(binary)
-            .topic(topic)
-            .host(&self.options.host)
+            .info(info)
             .records(ServiceRecords::new(self.db.clone()))
             .options(ServiceOptions::from(&self.options)))
     }
@@ -293,6 +291,7 @@ pub fn run<F: std::future::Future>(main: F) -> std::io::Result<F::Output> {
     let rt = runtime()?;
     let out = rt.block_on(main);
     rt.shutdown_timeout(std::time::Duration::from_millis(250));
+    logging::shutdown();
     Ok(out)
 }
 

@@ -7,6 +7,7 @@
 //! API ([`baseapi`]), and runs the report and periodic loops
 //! ([`service`], [`periodic`]) until a signal stops it ([`launcher`]).
 
+pub mod background;
 pub mod baseapi;
 pub mod config;
 pub mod db;
@@ -14,6 +15,8 @@ pub mod launcher;
 pub mod logging;
 pub mod manager;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod periodic;
 pub mod registry;
 pub mod service;
@@ -23,16 +26,67 @@ pub mod testing;
 /// Hooks (`init_host`, …) are written with it: re-exported so a manager
 /// crate needs no dependency of its own.
 pub use async_trait::async_trait;
+pub use background::Background;
 pub use launcher::{connect_client, launch, Bootstrap, ClientSetup, LaunchError};
 pub use manager::{BoxError, Manager, ManagerHandle, RpcApi, ServiceInfo, WorkQueue};
-/// Declare a manager's RPC surface on an `impl` block.
+/// Declare an RPC API: on a trait (an API others implement and call), or
+/// on a manager's own `impl` block (the quick way, for one service).
 ///
-/// `#[rpc_api(version = "1.2", namespace = "…", client = Name)]`: the
+/// `#[rpc_api(version = "1.2", namespace = "…", client = "Name")]`: the
 /// version is the API's `major.minor` (callers asking for a newer minor or
 /// another major get `UnsupportedVersion`); the namespace is optional; the
-/// client is named `<Type>Client` unless `client` says otherwise.
+/// client is named `<Type>Client` (on a trait `FooApi`: `FooClient`)
+/// unless `client` says otherwise.
 ///
-/// Every `pub` method not starting with `_` is callable. It takes `&self`
+/// **On a trait**, every method is part of the API. The managers that
+/// implement the trait (with plain `async fn`s), the fakes in tests that
+/// implement it too, and the client written from it all share one set of
+/// signatures, which the compiler checks. The implementing type then
+/// declares `#[rpc_api(serves = FooApi)] impl Type { … }`, holding its
+/// periodic tasks (or nothing), which makes it servable:
+///
+/// ```
+/// use std::sync::Arc;
+/// use nova_core::{rpc_api, Manager};
+/// use nova_rpc::{RequestContext, RpcError};
+///
+/// /// What a greeter answers (its own module, or crate, in a real project).
+/// #[rpc_api(version = "1.0")]
+/// pub trait GreeterApi {
+///     /// Say hello.
+///     async fn greet(&self, ctx: RequestContext, name: String) -> Result<String, RpcError>;
+/// }
+///
+/// pub struct Greeter;
+///
+/// impl GreeterApi for Greeter {
+///     async fn greet(&self, _ctx: RequestContext, name: String) -> Result<String, RpcError> {
+///         Ok(format!("Hello, {name}!"))
+///     }
+/// }
+///
+/// #[rpc_api(serves = GreeterApi)]
+/// impl Greeter {
+///     #[periodic_task(spacing = 60)]
+///     async fn tick(&self, _ctx: RequestContext) -> Result<(), RpcError> {
+///         Ok(())
+///     }
+/// }
+///
+/// impl Manager for Greeter {}
+///
+/// # async fn call(client: GreeterClient) -> Result<(), RpcError> {
+/// let hello = client.greet(&RequestContext::new(), "Ada".into()).await?;
+/// # Ok(()) }
+/// let _ = nova_core::ManagerHandle::new(Arc::new(Greeter));
+/// ```
+///
+/// **On an inherent impl**, every `pub` method not starting with `_` is
+/// callable; a private method that takes a `RequestContext` is a compile
+/// error (it would be `NoSuchMethod` to callers), unless marked
+/// `#[rpc(skip)]`.
+///
+/// Either way, an RPC method takes `&self`
 /// (or `self: &Arc<Self>`), then `ctx: RequestContext`, then its arguments
 /// by name, and returns `Result<T, E>` with `T: Serialize` and
 /// `E: Into<RpcError>`. On a method:

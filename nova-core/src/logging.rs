@@ -28,9 +28,19 @@ pub fn init(debug: bool, json: bool) {
     // Colours only on a terminal: a log file or journald gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let text_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr));
-    if tracing_subscriber::registry().with(layer).with(json_layer).with(text_layer).try_init().is_ok() {
+    let subscriber = tracing_subscriber::registry().with(layer).with(json_layer).with(text_layer);
+    #[cfg(feature = "otel")]
+    let subscriber = subscriber.with(crate::otel::layer());
+    if subscriber.try_init().is_ok() {
         let _ = FILTER.set(handle);
     }
+}
+
+/// Flush what logging still holds (the OpenTelemetry batch, with the
+/// `otel` feature) as the process ends.
+pub fn shutdown() {
+    #[cfg(feature = "otel")]
+    crate::otel::shutdown();
 }
 
 /// The filter in force, e.g. `info,nova_rpc=debug`.

@@ -51,9 +51,61 @@ pub struct ServiceInfo {
     pub binary: String,
     /// The RPC topic, e.g. `compute`.
     pub topic: String,
+    /// The manager's own background work, waited for when the service
+    /// stops (see [`Background`](crate::Background)). A manager built from
+    /// [`ManagerDeps`](crate::ManagerDeps) keeps a clone of it.
+    pub background: crate::Background,
+}
+
+impl ServiceInfo {
+    /// A service's identity, with an empty set of background tasks.
+    pub fn new(host: impl Into<String>, binary: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self { host: host.into(), binary: binary.into(), topic: topic.into(), background: crate::Background::new() }
+    }
+
+    /// Run `work` in the background, tracked by the service (see
+    /// [`Background`](crate::Background)).
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background.spawn(work);
+    }
 }
 
 /// Nova's manager hooks, called by the service in its start and stop order.
+///
+/// Every hook has a default that does nothing; implement the ones you
+/// need with [`async_trait`](crate::async_trait).
+///
+/// # Errors
+///
+/// An error from `init_host`, `pre_start_hook` or `post_start_hook` stops
+/// the start ([`Service::start`](crate::Service::start) returns it, naming
+/// the hook, and the binary exits non-zero). An error from `cleanup_host`
+/// is logged; the stop goes on.
+///
+/// # Cancel safety
+///
+/// `cleanup_host` is cut off (its future dropped) when it outlives what is
+/// left of `graceful_shutdown_timeout`; the others run to their end.
+///
+/// # Examples
+///
+/// ```
+/// use nova_core::{async_trait, BoxError, Manager, ServiceInfo};
+///
+/// struct Compute;
+///
+/// #[async_trait]
+/// impl Manager for Compute {
+///     async fn init_host(&self, service: &ServiceInfo) -> Result<(), BoxError> {
+///         // Look at what the previous process left on this host.
+///         let _ = &service.host;
+///         Ok(())
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Manager: Send + Sync + 'static {
     /// Before the service record is written and before RPC starts.

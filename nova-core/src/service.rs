@@ -5,8 +5,9 @@
 //! → RPC server → `post_start_hook` → report loop → periodic loop.
 //!
 //! Stopping reverses it: the RPC server stops consuming and lets in-flight
-//! requests finish (up to `graceful_shutdown_timeout`), the loops stop, and
-//! `cleanup_host` runs.
+//! requests finish (up to `graceful_shutdown_timeout`), the loops stop, the
+//! manager's background work ([`ServiceInfo::spawn`]) finishes or is
+//! cancelled, and `cleanup_host` runs.
 
 use std::{sync::Arc, time::Duration};
 
@@ -132,7 +133,7 @@ impl Service {
         let topic = binary.strip_prefix("nova-").unwrap_or(&binary).to_owned();
         let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into());
         Self {
-            info: ServiceInfo { host, binary, topic },
+            info: ServiceInfo::new(host, binary, topic),
             manager,
             transport,
             records: None,
@@ -164,6 +165,14 @@ impl Service {
     /// Set the topic.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.info.topic = topic.into();
+        self
+    }
+
+    /// Set who the service is at once (host, binary, topic and the
+    /// background set the manager was given in
+    /// [`ManagerDeps`](crate::ManagerDeps)).
+    pub fn info(mut self, info: ServiceInfo) -> Self {
+        self.info = info;
         self
     }
 
@@ -204,11 +213,47 @@ impl Service {
     }
 
     /// Who the service is.
-    pub fn info(&self) -> &ServiceInfo {
+    pub fn service_info(&self) -> &ServiceInfo {
         &self.info
     }
 
     /// Start, in Nova's order (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// A hook that failed (`init_host`, `pre_start_hook`,
+    /// `post_start_hook`: [`ServiceError::Hook`] names it), the service
+    /// record's database, or the RPC server's start. What was started is
+    /// stopped again before the error returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use nova_core::{rpc_api, Manager, ManagerHandle, Service};
+    /// use nova_rpc::{transport, RequestContext, RpcError};
+    ///
+    /// struct Pinger;
+    /// #[rpc_api]
+    /// impl Pinger {
+    ///     /// Answer.
+    ///     pub async fn ping(&self, _ctx: RequestContext) -> Result<String, RpcError> { Ok("pong".into()) }
+    /// }
+    /// impl Manager for Pinger {}
+    ///
+    /// let t = transport::connect(transport::TransportOptions::new("memory://service-doc")).await.unwrap();
+    /// let running = Service::create(t.clone(), ManagerHandle::new(Arc::new(Pinger)))
+    ///     .topic("pinger")
+    ///     .host("h1")
+    ///     .start()
+    ///     .await
+    ///     .unwrap();
+    /// let pinger = PingerClient::new(nova_rpc::RpcClient::new(t, nova_rpc::Target::new("pinger")));
+    /// assert_eq!(pinger.ping(&RequestContext::new()).await.unwrap(), "pong");
+    /// running.stop().await;
+    /// # });
+    /// ```
     pub async fn start(self) -> Result<RunningService, ServiceError> {
         let Service { info, manager, transport, records, options, layers } = self;
         let hooks = manager.hooks.clone();
@@ -483,6 +528,8 @@ impl RunningService {
                 l.abort();
             }
         }
+        // The manager's background work gets what is left of the grace.
+        self.info.background.shutdown(deadline).await;
         // The hook gets what is left of the grace, and at least a second.
         let left = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
         match tokio::time::timeout_at(left, self.manager.hooks.cleanup_host(&self.info)).await {

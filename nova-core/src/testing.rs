@@ -30,6 +30,11 @@
 //! bus.stop().await;
 //! # });
 //! ```
+//!
+//! Tests wait with [`eventually`]: for something they can observe (a
+//! counter, a record, a log line), polled, with a generous upper bound. A
+//! fixed sleep is never a way to wait, and "nothing more arrived" is shown
+//! with a sentinel sent after the message under test.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -185,4 +190,43 @@ pub fn http_endpoint(status: u16) -> (u16, std::sync::mpsc::Receiver<HttpRequest
 /// An [`http_endpoint`] that answers `200`.
 pub fn http_receiver() -> (u16, std::sync::mpsc::Receiver<HttpRequest>) {
     http_endpoint(200)
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, or panic after `timeout`
+/// naming `what` was awaited.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use std::{sync::atomic::{AtomicUsize, Ordering}, time::Duration};
+/// let calls = AtomicUsize::new(0);
+/// let n = nova_core::testing::eventually("the third poll", Duration::from_secs(5), || async {
+///     let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+///     (n == 3).then_some(n)
+/// })
+/// .await;
+/// assert_eq!(n, 3);
+/// # });
+/// ```
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_explained(what, timeout, f, String::new).await
+}
+
+/// [`eventually`], adding what `explain` says (processes' logs, say) to the panic.
+pub async fn eventually_explained<T, F, Fut>(what: &str, timeout: Duration, mut f: F, explain: impl Fn() -> String) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < until, "timed out after {timeout:?} waiting until {what}\n{}", explain());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use crate::{
-    layer::{Call, CallKind, Layer, LayerFuture, Layers},
+    layer::{AfterReply, Call, CallKind, Inner, Layer, Layers},
     reply::ReplyRouter,
     transport::{Destination, Outgoing, Transport},
     wire::{self, Request},
@@ -25,7 +25,7 @@ use crate::{
 };
 
 #[derive(Debug)]
-struct Shared {
+struct ClientState {
     transport: Arc<dyn Transport>,
     replies: OnceCell<ReplyRouter>,
 }
@@ -43,7 +43,7 @@ struct Shared {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RpcClient {
-    shared: Arc<Shared>,
+    shared: Arc<ClientState>,
     target: Target,
     timeout: Option<Duration>,
     version_cap: Option<Version>,
@@ -57,7 +57,7 @@ impl RpcClient {
     /// A client for `target` over `transport`.
     pub fn new(transport: Arc<dyn Transport>, target: Target) -> Self {
         Self {
-            shared: Arc::new(Shared { transport, replies: OnceCell::new() }),
+            shared: Arc::new(ClientState { transport, replies: OnceCell::new() }),
             target,
             timeout: None,
             version_cap: None,
@@ -177,6 +177,7 @@ impl RpcClient {
             method: method.to_owned(),
             args,
             kind,
+            after_reply: AfterReply::now(),
         }
     }
 
@@ -199,15 +200,48 @@ impl RpcClient {
     }
 
     /// Send a one-way message; returns once the broker has confirmed it.
+    ///
+    /// Nobody answers a cast: what the method does with it, or how it
+    /// fails, is the server's to log (at WARN).
+    ///
+    /// # Errors
+    ///
+    /// - [`RpcError::Serialization`] when `args` is not a JSON object;
+    /// - [`RpcError::VersionCap`] when the target's version is above the cap;
+    /// - [`RpcError::Unroutable`] when, with [`with_mandatory`](Self::with_mandatory),
+    ///   no queue is bound to the target;
+    /// - [`RpcError::MessageTooLarge`] past `max_message_size`;
+    /// - [`RpcError::Transport`] when the broker did not confirm it within
+    ///   the client's timeout (a broker alarm, say) or the retries ran out.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not have sent the message: it may
+    /// already be at the broker, unconfirmed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use nova_rpc::{transport, RequestContext, RpcClient, Target};
+    ///
+    /// let t = transport::connect(transport::TransportOptions::new("memory://cast-doc")).await.unwrap();
+    /// let compute = RpcClient::new(t, Target::new("compute").with_server("host1"));
+    /// // Nobody listens on this bus, and a cast is fire-and-forget: it is dropped.
+    /// compute.cast(&RequestContext::new(), "report_capacity", serde_json::json!({})).await.unwrap();
+    /// # });
+    /// ```
     pub async fn cast(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<()> {
         let args = Self::args(args)?;
         if self.layers.is_empty() {
             return self.cast_args(ctx, method, args).await;
         }
-        let end = |c: Call| -> LayerFuture<'_> {
-            Box::pin(async move { self.cast_args(&c.ctx, &c.method, c.args).await.map(|()| Value::Null) })
-        };
-        self.layers.run(self.layered(ctx, method, args, CallKind::Cast), &end).await.map(|_| ())
+        let me = self.clone();
+        let end: Inner = Arc::new(move |c: Call| {
+            let me = me.clone();
+            Box::pin(async move { me.cast_args(&c.ctx, &c.method, c.args).await.map(|()| Value::Null) })
+        });
+        self.layers.run(self.layered(ctx, method, args, CallKind::Cast), end).await.map(|_| ())
     }
 
     async fn cast_args(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Result<()> {
@@ -242,14 +276,66 @@ impl RpcClient {
     }
 
     /// Call a method and wait for its result.
+    ///
+    /// The client's reply queue is set up by its first call (within that
+    /// call's timeout). With [`with_call_monitor_timeout`](Self::with_call_monitor_timeout)
+    /// the server sends heartbeats while the method runs, and the call
+    /// fails as soon as they stop.
+    ///
+    /// # Errors
+    ///
+    /// - [`RpcError::Remote`] when the method failed: the class, module and
+    ///   message the server sent (also `NoSuchMethod` and
+    ///   `UnsupportedVersion`, as oslo sends them);
+    /// - [`RpcError::Timeout`] when no answer came within the client's
+    ///   timeout (`rpc_response_timeout` unless [`with_timeout`](Self::with_timeout)),
+    ///   or the heartbeats stopped;
+    /// - [`RpcError::InvalidTarget`] for a fanout target (calls are not fanned out);
+    /// - the errors of [`cast`](Self::cast), for sending the request.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the call: its waiter is forgotten, and
+    /// a reply arriving later is dropped. The request may already be on its
+    /// way, so the method may still run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use nova_rpc::{dispatcher::{Dispatcher, Router}, transport, RequestContext, RpcClient, RpcError, RpcServer, Target, Version};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Add { a: i64, b: i64 }
+    ///
+    /// let t = transport::connect(transport::TransportOptions::new("memory://call-doc")).await.unwrap();
+    /// let router = Router::new(Version::new(1, 0))
+    ///     .method("add", |_ctx: RequestContext, x: Add| async move { Ok::<_, RpcError>(x.a + x.b) });
+    /// let server = RpcServer::new(t.clone(), Target::new("calc").with_server("h1"), Dispatcher::new(vec![Arc::new(router)]))
+    ///     .start()
+    ///     .await
+    ///     .unwrap();
+    ///
+    /// let calc = RpcClient::new(t, Target::new("calc"));
+    /// let sum = calc.call(&RequestContext::new(), "add", serde_json::json!({"a": 2, "b": 3})).await.unwrap();
+    /// assert_eq!(sum, 5);
+    /// let e = calc.call(&RequestContext::new(), "add", serde_json::json!({"a": 2})).await.unwrap_err();
+    /// assert!(e.to_string().contains("b"), "a missing argument is named: {e}");
+    /// server.stop(std::time::Duration::from_secs(5)).await;
+    /// # });
+    /// ```
     pub async fn call(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<Value> {
         let args = Self::args(args)?;
         if self.layers.is_empty() {
             return self.call_args(ctx, method, args).await;
         }
-        let end =
-            |c: Call| -> LayerFuture<'_> { Box::pin(async move { self.call_args(&c.ctx, &c.method, c.args).await }) };
-        self.layers.run(self.layered(ctx, method, args, CallKind::Call), &end).await
+        let me = self.clone();
+        let end: Inner = Arc::new(move |c: Call| {
+            let me = me.clone();
+            Box::pin(async move { me.call_args(&c.ctx, &c.method, c.args).await })
+        });
+        self.layers.run(self.layered(ctx, method, args, CallKind::Call), end).await
     }
 
     async fn call_args(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Result<Value> {
@@ -282,7 +368,7 @@ impl RpcClient {
         request.monitor_timeout = self.call_monitor_timeout.map(|d| d.as_secs_f64());
         let body = self.sign(wire::encode_request(&request)?)?;
 
-        let mut expected = router.expect(msg_id, deadline, self.call_monitor_timeout);
+        let mut expected = router.expect(msg_id, deadline.into(), self.call_monitor_timeout);
         let destination = Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() };
         let message = Outgoing {
             ttl: Some(timeout),

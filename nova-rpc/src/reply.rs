@@ -9,14 +9,19 @@
 //! never wakes the runtime's timer to re-arm it. A call-monitor heartbeat
 //! moves its call's deadline on; a call past its deadline is told by its
 //! channel closing.
+//!
+//! Deadlines are tokio [`Instant`]s, so tests of them run on paused time.
 
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use tokio::sync::{mpsc, Notify};
+use tokio::{
+    sync::{mpsc, Notify},
+    time::Instant,
+};
 
 use crate::{
     dedupe::SeenIds,
@@ -186,7 +191,7 @@ async fn sweep(state: Arc<State>) {
         match next {
             Some(at) => {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = tokio::time::sleep_until(at) => {}
                     _ = state.rearm.notified() => {}
                 }
             }
@@ -224,5 +229,115 @@ impl Expected<'_> {
 impl Drop for Expected<'_> {
     fn drop(&mut self) {
         lock(&self.state.pending).remove(&self.msg_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{self, Destination, Outgoing, TransportOptions};
+
+    fn reply(msg_id: &str, ending: bool) -> Reply {
+        Reply {
+            result: serde_json::json!(msg_id),
+            failure: None,
+            ending,
+            msg_id: msg_id.to_owned(),
+            unique_id: wire::new_id(),
+        }
+    }
+
+    async fn router(name: &str) -> (Arc<dyn Transport>, ReplyRouter) {
+        let t = transport::connect(TransportOptions::new(format!("memory://{name}"))).await.unwrap();
+        let router = ReplyRouter::start(&t).await.unwrap();
+        (t, router)
+    }
+
+    async fn send(t: &Arc<dyn Transport>, router: &ReplyRouter, reply: &Reply) {
+        let body = wire::encode_reply(reply).unwrap();
+        t.send(&Destination::Reply { queue: router.queue().to_owned() }, Outgoing::new(body)).await.unwrap();
+    }
+
+    #[test]
+    fn calls_expire_in_deadline_order() {
+        let now = Instant::now();
+        let mut pending = Pending::default();
+        for (i, id) in ["c", "a", "b"].iter().enumerate() {
+            let (tx, _) = mpsc::unbounded_channel();
+            let due = now + Duration::from_secs(3 - i as u64);
+            pending.waiters.insert((*id).to_owned(), Waiter { tx, due, end: due, monitor: None });
+            pending.due.insert((due, (*id).to_owned()));
+        }
+        // Due at +3 (c), +2 (a), +1 (b): at +2, b and a go.
+        assert_eq!(pending.expire(now + Duration::from_secs(2)), Some(now + Duration::from_secs(3)));
+        assert_eq!(pending.waiters.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(pending.expire(now + Duration::from_secs(3)), None);
+        assert!(pending.waiters.is_empty() && pending.due.is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_reply_reaches_its_own_call() {
+        let (t, router) = router("unit-reply-own").await;
+        let end = Instant::now() + Duration::from_secs(30);
+        let (mut first, mut second) = (router.expect("m1".into(), end, None), router.expect("m2".into(), end, None));
+        assert_eq!(router.pending(), 2);
+        send(&t, &router, &reply("m2", true)).await;
+        send(&t, &router, &reply("m1", true)).await;
+        assert_eq!(first.next().await.map(|r| r.msg_id), Some("m1".into()));
+        assert_eq!(second.next().await.map(|r| r.msg_id), Some("m2".into()));
+        drop((first, second));
+        assert_eq!(router.pending(), 0, "a finished call is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_reply_is_dropped() {
+        let (t, router) = router("unit-reply-dup").await;
+        let mut call = router.expect("m1".into(), Instant::now() + Duration::from_secs(30), None);
+        let heartbeat = reply("m1", false);
+        send(&t, &router, &heartbeat).await;
+        send(&t, &router, &heartbeat).await;
+        // A sentinel behind the copy: the copy would arrive first.
+        send(&t, &router, &reply("m1", true)).await;
+        assert!(!call.next().await.expect("the heartbeat").ending);
+        assert!(call.next().await.expect("the answer").ending, "the copy of the heartbeat was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_deadline_sees_its_channel_close() {
+        let (_t, router) = router("unit-reply-deadline").await;
+        let started = Instant::now();
+        let mut call = router.expect("m1".into(), started + Duration::from_millis(100), None);
+        let next = tokio::time::timeout(Duration::from_secs(10), call.next()).await.expect("the deadline is kept");
+        assert!(next.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(100), "not before its deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_move_a_monitored_call_on_but_never_past_its_end() {
+        let (t, router) = router("unit-reply-monitor").await;
+        let started = Instant::now();
+        let end = started + Duration::from_secs(30);
+        let monitor = Duration::from_millis(200);
+        let mut call = router.expect("m1".into(), end, Some(monitor));
+        call.sent();
+        // Heartbeats every 100 ms for 600 ms keep the 200 ms monitor from firing.
+        for _ in 0..6 {
+            send(&t, &router, &reply("m1", false)).await;
+            assert!(!call.next().await.expect("the call is alive").ending);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        // Then silence: the monitor fires, well before the call's own end.
+        let next = tokio::time::timeout(Duration::from_secs(10), call.next()).await.expect("the monitor fires");
+        assert!(next.is_none() && Instant::now() < end);
+
+        let short_end = Instant::now() + Duration::from_millis(150);
+        let mut capped = router.expect("m2".into(), short_end, Some(Duration::from_secs(20)));
+        capped.sent();
+        send(&t, &router, &reply("m2", false)).await;
+        assert!(!capped.next().await.expect("the heartbeat").ending);
+        // The heartbeat asked for 20 s more; the call's end still holds.
+        let next = tokio::time::timeout(Duration::from_secs(10), capped.next()).await.expect("the end holds");
+        assert!(next.is_none());
     }
 }

@@ -6,9 +6,11 @@
 //!   free capacity;
 //! * [`trace`]: `nova-trace`, keeps the request traces every service sends.
 //!
-//! Each comes with its typed client (`ComputeManagerClient`,
-//! `SchedulerManagerClient`), written by `#[rpc_api]`.
+//! Their APIs are traits in [`api`], apart from the managers: each with
+//! its typed client (`ComputeClient`, `SchedulerClient`), written by
+//! `#[rpc_api]`.
 
+pub mod api;
 pub mod compute;
 pub mod outbound;
 pub mod scheduler;

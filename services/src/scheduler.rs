@@ -9,50 +9,25 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use chrono::NaiveDateTime;
 use nova_core::{
     db::services::{is_up, ServiceRecords},
     rpc_api, BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo,
 };
 use nova_rpc::{RequestContext, RpcClient, RpcError, Target};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::compute::{ComputeManagerClient, NotifyTarget};
+use crate::api::compute::{ComputeClient, NotifyTarget};
+pub use crate::api::scheduler::{HostState, Placement, SchedulerApi, SchedulerClient};
 
 /// The registry name of this manager.
 pub const NAME: &str = "nova_services::scheduler::SchedulerManager";
-
-/// What a compute host last reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostState {
-    /// The compute host.
-    pub host: String,
-    /// Free task slots (minus the tasks placed since the report).
-    pub free_slots: usize,
-    /// Its `max_tasks`.
-    pub max_tasks: usize,
-    /// Commands it allows.
-    pub commands: Vec<String>,
-    /// When it reported (UTC).
-    pub updated_at: NaiveDateTime,
-}
-
-/// Where a task went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placement {
-    /// The compute host.
-    pub host: String,
-    /// The task id (generated when the caller gave none).
-    pub task_id: String,
-}
 
 /// Places tasks; see the module docs.
 pub struct SchedulerManager {
     hosts: Mutex<HashMap<String, HostState>>,
     records: ServiceRecords,
     service_down_time: Duration,
-    compute: ComputeManagerClient,
+    compute: ComputeClient,
 }
 
 impl std::fmt::Debug for SchedulerManager {
@@ -82,16 +57,13 @@ impl SchedulerManager {
             hosts: Mutex::default(),
             records,
             service_down_time,
-            compute: ComputeManagerClient::new(rpc.with_target(Target::new("compute"))),
+            compute: ComputeClient::new(rpc.with_target(Target::new("compute"))),
         }
     }
 }
 
-#[rpc_api(version = "1.0")]
-impl SchedulerManager {
-    /// A compute host's capacity report (cast by every compute, to every scheduler).
-    #[rpc(cast)]
-    pub async fn update_host_state(
+impl SchedulerApi for SchedulerManager {
+    async fn update_host_state(
         &self,
         _ctx: RequestContext,
         host: String,
@@ -110,20 +82,17 @@ impl SchedulerManager {
         Ok(())
     }
 
-    /// The host states the scheduler knows, with whether each host is up.
-    pub async fn list_host_states(&self, _ctx: RequestContext) -> Result<Vec<HostState>, RpcError> {
+    async fn list_host_states(&self, _ctx: RequestContext) -> Result<Vec<HostState>, RpcError> {
         let mut all: Vec<HostState> = self.hosts.lock().await.values().cloned().collect();
         all.sort_by(|a, b| a.host.cmp(&b.host));
         Ok(all)
     }
 
-    /// Place task `name` (`args` appended) on an up compute host with room
-    /// for it, and start it there. Returns the host and task id.
-    pub async fn schedule_task(
+    async fn schedule_task(
         &self,
         ctx: RequestContext,
         name: String,
-        #[rpc(default)] args: Vec<String>,
+        args: Vec<String>,
         task_id: Option<String>,
         notify: Option<NotifyTarget>,
         callback_url: Option<String>,
@@ -168,9 +137,12 @@ impl SchedulerManager {
     }
 }
 
+/// The scheduler's API comes from [`SchedulerApi`]; it has no periodic tasks.
+#[rpc_api(serves = SchedulerApi)]
+impl SchedulerManager {}
+
 #[async_trait::async_trait]
 impl Manager for SchedulerManager {
-    /// Ask every compute for its capacity now rather than at its next report.
     async fn post_start_hook(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
         self.compute.with_fanout().report_capacity(&RequestContext::new()).await?;
         Ok(())

@@ -7,14 +7,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use nova_core::testing::TestBus;
+use nova_core::testing::{eventually, TestBus};
 use nova_rpc::{
     dispatcher::{Dispatcher, Router},
     RequestContext, RpcError, RpcServer, Target, Version,
 };
-use nova_services::compute::{
-    commands::Commands, ComputeManager, ComputeManagerClient, NotifyTarget, TaskInfo, TaskStatus,
-};
+use nova_services::compute::{commands::Commands, ComputeClient, ComputeManager, NotifyTarget, TaskInfo, TaskStatus};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -33,7 +31,7 @@ async fn results_reach_the_owner_by_cast_and_by_callback() {
     let m =
         ComputeManager::new("c1", allowed, 4, 60.0, 2, bus.database().clone(), bus.client(Target::new("scheduler")))
             .with_callbacks(callbacks);
-    let compute = ComputeManagerClient::new(bus.serve("compute", "c1", Arc::new(m)).await).with_server("c1");
+    let compute = ComputeClient::new(bus.serve("compute", "c1", Arc::new(m)).await).with_server("c1");
 
     // The owner: a response queue of its own (topic `owner`).
     let (tx, mut done) = mpsc::unbounded_channel();
@@ -66,16 +64,11 @@ async fn results_reach_the_owner_by_cast_and_by_callback() {
     // A callback nobody answers: tried twice, then recorded on the task.
     let dead = format!("http://127.0.0.1:{}/gone", nova_tests_free_port());
     compute.run_task(&ctx, "echo".into(), vec![], "r2".into(), None, Some(dead)).await.unwrap();
-    let mut task = None;
-    for _ in 0..100 {
-        // run_task is a cast: the task may not exist for a moment.
-        if let Some(t) = compute.get_task(&ctx, "r2".into()).await.ok().filter(|t| t.callback_error.is_some()) {
-            task = Some(t);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let task = task.expect("the callback failure is recorded");
+    // run_task is a cast: the task may not exist for a moment.
+    let task = eventually("the callback failure is recorded", Duration::from_secs(30), || async {
+        compute.get_task(&ctx, "r2".into()).await.ok().filter(|t| t.callback_error.is_some())
+    })
+    .await;
     assert!(task.callback_error.as_deref().unwrap_or_default().contains("after 2 attempt(s)"), "{task:?}");
     owner.stop(Duration::from_secs(5)).await;
     bus.stop().await;

@@ -366,30 +366,8 @@ impl Drop for Proc {
     }
 }
 
-/// Poll `f` every 50 ms until it returns `Some`, or panic after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    eventually_explained(what, timeout, f, String::new).await
-}
-
-/// [`eventually`], adding what `explain` says (processes' logs, say) to the panic.
-pub async fn eventually_explained<T, F, Fut>(what: &str, timeout: Duration, mut f: F, explain: impl Fn() -> String) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(std::time::Instant::now() < until, "timed out after {timeout:?} waiting until {what}\n{}", explain());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// The one way tests wait: for something they can observe, with a generous bound.
+pub use nova_core::testing::{eventually, eventually_explained};
 
 /// Options for fault tests: reconnect within about a second, give up on a
 /// call after `timeout`.

@@ -10,7 +10,7 @@ use nova_core::db::Database;
 use nova_rpc::{transport, RequestContext, RpcClient, Target};
 use nova_services::compute::{
     tasks::{TaskStore, MIGRATIONS},
-    ComputeManagerClient, TaskStatus,
+    ComputeClient, TaskStatus,
 };
 use nova_tests::{bin_path, eventually, Bus, Kind, TempDir, TestDb, TestVhost};
 
@@ -55,7 +55,7 @@ async fn workers_follow_the_backlog_and_scale_in_gracefully() {
     let count = || async { workers.lock().await.get("compute").map_or(0, |s| s.workers.len()) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(scaler.run(stopped));
-    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
     let ctx = RequestContext::new();
     // The queue exists before any worker: the autoscaler declared it.
     eventually("the autoscaler declared the queue", Duration::from_secs(10), || async {

@@ -13,8 +13,8 @@ use nova_core::{
 };
 use nova_rpc::{transport, RequestContext, RpcClient, RpcError, Target};
 use nova_services::{
-    compute::{commands::Commands, ComputeManager, ComputeManagerClient, TaskInfo, TaskStatus},
-    scheduler::{SchedulerManager, SchedulerManagerClient},
+    compute::{commands::Commands, ComputeClient, ComputeManager, TaskInfo, TaskStatus},
+    scheduler::{SchedulerClient, SchedulerManager},
 };
 use nova_tests::{eventually, Proc, TempDir, TestDb, TestVhost};
 
@@ -25,7 +25,7 @@ fn ctx() -> RequestContext {
 /// The task once it has ended. `run_task` is a cast, served beside the
 /// caller's next call on the same queue, so the task may not exist yet
 /// when the first `wait_task` arrives: ask again until it has ended.
-async fn finished(compute: &ComputeManagerClient, host: &str, task_id: &str) -> TaskInfo {
+async fn finished(compute: &ComputeClient, host: &str, task_id: &str) -> TaskInfo {
     let c = compute.with_server(host);
     eventually("the task ends", Duration::from_secs(30), || async {
         c.wait_task(&ctx(), task_id.to_owned(), Some(2.0)).await.ok().filter(|t| t.status.is_final())
@@ -34,11 +34,7 @@ async fn finished(compute: &ComputeManagerClient, host: &str, task_id: &str) -> 
 }
 
 /// Schedule `n` echo tasks; returns how many landed on each host.
-async fn schedule_echoes(
-    scheduler: &SchedulerManagerClient,
-    compute: &ComputeManagerClient,
-    n: usize,
-) -> HashMap<String, usize> {
+async fn schedule_echoes(scheduler: &SchedulerClient, compute: &ComputeClient, n: usize) -> HashMap<String, usize> {
     let mut hosts = HashMap::new();
     for i in 0..n {
         let p = scheduler
@@ -52,7 +48,7 @@ async fn schedule_echoes(
     hosts
 }
 
-async fn refusals_and_kill(scheduler: &SchedulerManagerClient, compute: &ComputeManagerClient) {
+async fn refusals_and_kill(scheduler: &SchedulerClient, compute: &ComputeClient) {
     match scheduler.schedule_task(&ctx(), "rm".into(), vec!["-rf".into(), "/".into()], None, None, None).await {
         Err(RpcError::Remote(f)) => assert_eq!(f.class, "CommandNotAllowed", "{f:?}"),
         other => panic!("a command outside the allow-list is refused, got {other:?}"),
@@ -112,8 +108,8 @@ async fn processes_on_rabbitmq_and_postgresql() {
         .await
         .unwrap();
     let rpc = RpcClient::new(t, Target::new("scheduler")).with_timeout(Duration::from_secs(5));
-    let scheduler = SchedulerManagerClient::new(rpc.clone());
-    let compute = ComputeManagerClient::new(rpc.with_target(Target::new("compute")));
+    let scheduler = SchedulerClient::new(rpc.clone());
+    let compute = ComputeClient::new(rpc.with_target(Target::new("compute")));
     eventually("both computes reported to the scheduler", Duration::from_secs(30), || async {
         scheduler.list_host_states(&ctx()).await.ok().filter(|h| h.len() == 2)
     })
@@ -192,8 +188,8 @@ async fn one_process_on_memory_and_sqlite() {
         .host("s1")
         .records(records);
     running.push(svc.start().await.unwrap());
-    let scheduler = SchedulerManagerClient::new(rpc.clone());
-    let compute = ComputeManagerClient::new(rpc.with_target(Target::new("compute")));
+    let scheduler = SchedulerClient::new(rpc.clone());
+    let compute = ComputeClient::new(rpc.with_target(Target::new("compute")));
     eventually("both computes reported", Duration::from_secs(10), || async {
         scheduler.list_host_states(&ctx()).await.ok().filter(|h| h.len() == 2)
     })

@@ -356,9 +356,9 @@ struct WaitsForTheReply(Arc<std::sync::atomic::AtomicBool>, Arc<std::sync::atomi
 
 #[async_trait::async_trait]
 impl nova_rpc::layer::Layer for WaitsForTheReply {
-    async fn handle(&self, call: nova_rpc::layer::Call, next: nova_rpc::layer::Next<'_>) -> Result<Value, RpcError> {
+    async fn handle(&self, call: nova_rpc::layer::Call, next: nova_rpc::layer::Next) -> Result<Value, RpcError> {
         let (replied, saw_reply) = (self.0.clone(), self.1.clone());
-        nova_rpc::server::after_reply(move || {
+        call.after_reply.push(move || {
             // Wait off the worker (its queued tasks move on), as a slow hook would.
             tokio::task::block_in_place(|| {
                 let until = std::time::Instant::now() + Duration::from_secs(5);

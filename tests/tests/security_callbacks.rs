@@ -13,7 +13,7 @@ use std::{
 use nova_core::testing::{http_endpoint, HttpRequest, TestBus};
 use nova_rpc::{RequestContext, Target};
 use nova_services::{
-    compute::{ComputeManager, ComputeManagerClient, TaskInfo},
+    compute::{ComputeClient, ComputeManager, TaskInfo},
     outbound::HttpClient,
 };
 use nova_tests::{broker::make_certificates, eventually, unique, TempDir};
@@ -43,19 +43,19 @@ impl Endpoint {
     }
 }
 
-async fn compute(callbacks: HttpClient) -> (TestBus, ComputeManagerClient) {
+async fn compute(callbacks: HttpClient) -> (TestBus, ComputeClient) {
     let bus = TestBus::new().await;
     bus.database().migrate(nova_services::compute::tasks::MIGRATIONS).await.unwrap();
     let allowed: HashMap<String, Vec<String>> = [("true".to_owned(), vec!["/bin/true".to_owned()])].into();
     let m =
         ComputeManager::new("c1", allowed, 4, 60.0, 3, bus.database().clone(), bus.client(Target::new("scheduler")))
             .with_callbacks(callbacks);
-    let client = ComputeManagerClient::new(bus.serve("compute", "c1", Arc::new(m)).await).with_server("c1");
+    let client = ComputeClient::new(bus.serve("compute", "c1", Arc::new(m)).await).with_server("c1");
     (bus, client)
 }
 
 /// Run `true` with `callback_url` = `url`; the task once its callback has been dealt with.
-async fn with_callback(c: &ComputeManagerClient, url: &str, done: impl Fn(&TaskInfo) -> bool) -> TaskInfo {
+async fn with_callback(c: &ComputeClient, url: &str, done: impl Fn(&TaskInfo) -> bool) -> TaskInfo {
     let id = unique("cb");
     let ctx = RequestContext::new();
     c.run_task(&ctx, "true".into(), vec![], id.clone(), None, Some(url.to_owned())).await.unwrap();

@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use nova_core::testing::TestBus;
 use nova_rpc::{transport, RequestContext, RpcClient, Target};
-use nova_services::compute::{ComputeManager, ComputeManagerClient, TaskInfo, TaskLimits, TaskStatus};
+use nova_services::compute::{ComputeClient, ComputeManager, TaskInfo, TaskLimits, TaskStatus};
 use nova_tests::{eventually, unique, Proc, TempDir, TestVhost};
 
 fn ctx() -> RequestContext {
@@ -28,7 +28,7 @@ fn unique_sleep() -> String {
 }
 
 /// A compute on a private memory bus running `sh`, `env` and `sleep` with `limits`.
-async fn compute(limits: TaskLimits) -> (TestBus, ComputeManagerClient) {
+async fn compute(limits: TaskLimits) -> (TestBus, ComputeClient) {
     let bus = TestBus::new().await;
     let mut migrations = nova_core::db::services::MIGRATIONS.to_vec();
     migrations.extend_from_slice(nova_services::compute::tasks::MIGRATIONS);
@@ -40,10 +40,10 @@ async fn compute(limits: TaskLimits) -> (TestBus, ComputeManagerClient) {
     let rpc = RpcClient::new(bus.transport(), Target::new("scheduler"));
     let m = ComputeManager::new("c1", allowed, 8, 60.0, 1, bus.database().clone(), rpc).with_task_limits(limits);
     let client = bus.serve("compute", "c1", Arc::new(m)).await;
-    (bus, ComputeManagerClient::new(client).with_server("c1"))
+    (bus, ComputeClient::new(client).with_server("c1"))
 }
 
-async fn run(c: &ComputeManagerClient, name: &str, args: &[&str]) -> String {
+async fn run(c: &ComputeClient, name: &str, args: &[&str]) -> String {
     let id = unique("task");
     c.run_task(&ctx(), name.into(), args.iter().map(|a| a.to_string()).collect(), id.clone(), None, None)
         .await
@@ -51,7 +51,7 @@ async fn run(c: &ComputeManagerClient, name: &str, args: &[&str]) -> String {
     id
 }
 
-async fn ended(c: &ComputeManagerClient, id: &str) -> TaskInfo {
+async fn ended(c: &ComputeClient, id: &str) -> TaskInfo {
     eventually("the task ends", Duration::from_secs(60), || async {
         c.wait_task(&ctx(), id.to_owned(), Some(5.0)).await.ok().filter(|t| t.status.is_final())
     })
@@ -135,10 +135,8 @@ async fn a_restarted_compute_kills_what_a_crashed_one_left() {
     let spawn = || Proc::spawn("nova-compute", &["--config-file", conf.to_str().unwrap(), "--host", "c1"], dir.path());
     let first = spawn();
     let t = transport::connect(transport::TransportOptions::new(url).with_control_exchange(exchange)).await.unwrap();
-    let c = ComputeManagerClient::new(
-        RpcClient::new(t.clone(), Target::new("compute")).with_timeout(Duration::from_secs(5)),
-    )
-    .with_server("c1");
+    let c = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_timeout(Duration::from_secs(5)))
+        .with_server("c1");
     eventually("the compute serves", Duration::from_secs(60), || async { c.list_tasks(&ctx()).await.ok() }).await;
     let (a, b) = (unique_sleep(), unique_sleep());
     let id = run(&c, "sh", &["-c", &format!("sleep {a} & sleep {b}")]).await;

@@ -10,7 +10,7 @@ use nova_core::db::{
     Database,
 };
 use nova_rpc::{transport, RequestContext, RpcClient, Target};
-use nova_services::compute::{ComputeManagerClient, TaskStatus};
+use nova_services::compute::{ComputeClient, TaskStatus};
 use nova_tests::{eventually, Proc, TempDir, TestDb, TestVhost};
 use serde_json::json;
 
@@ -110,8 +110,7 @@ async fn lifecycle_on_sqlite() {
 async fn sigterm_answers_every_call_in_flight() {
     let w = World::new("postgresql");
     let mut p = w.spawn("nova-compute", "c1");
-    let compute =
-        ComputeManagerClient::new(w.client(Target::new("compute")).await.with_timeout(Duration::from_secs(20)));
+    let compute = ComputeClient::new(w.client(Target::new("compute")).await.with_timeout(Duration::from_secs(20)));
     let ctx = RequestContext::new();
     eventually("compute is up", Duration::from_secs(30), || async { compute.list_tasks(&ctx).await.ok() }).await;
     for i in 0..6 {

@@ -14,7 +14,7 @@ use nova_rpc::{transport::Transport, RequestContext, RpcClient, Target};
 use nova_services::compute::{
     commands::Commands,
     tasks::{TaskStore, MIGRATIONS},
-    ComputeManager, ComputeManagerClient, TaskInfo, TaskStatus,
+    ComputeClient, ComputeManager, TaskInfo, TaskStatus,
 };
 use nova_tests::{eventually, Bus, Kind, Proc, TempDir, TestDb, TestVhost};
 
@@ -66,7 +66,7 @@ async fn backlog_stays_in_the_broker(kind: Kind) {
     let database = database(&db).await;
     let store = TaskStore::new(database.clone());
     let first = compute(&t, &database, "w1", 2).await;
-    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")));
     let ctx = RequestContext::new();
     for i in 0..10 {
         submit.submit_task(&ctx, "sleep".into(), vec!["1".into()], format!("t{i}"), None, None).await.unwrap();
@@ -124,7 +124,7 @@ async fn a_placed_task_at_capacity_waits() {
     let db = TestDb::postgres();
     let database = database(&db).await;
     let host = compute(&t, &database, "p1", 1).await;
-    let c = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute"))).with_server("p1");
+    let c = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute"))).with_server("p1");
     let ctx = RequestContext::new();
     let outcome = c.run_task(&ctx, "sleep".into(), vec!["1".into()], "first".into(), None, None).await;
     assert!(outcome.is_ok(), "{outcome:?}");
@@ -187,7 +187,7 @@ async fn a_host_killed_mid_task_gives_it_back() {
         t.queue_stats(&["compute".into()]).await.ok().filter(|q| !q.is_empty())
     })
     .await;
-    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
     let script = format!("sleep 2; echo done >> {}", marks.display());
     submit.submit_task(&RequestContext::new(), "sh".into(), vec![script], "once".into(), None, None).await.unwrap();
     let first = eventually("the task runs", Duration::from_secs(30), || async {
@@ -258,7 +258,7 @@ async fn a_reload_mid_task_changes_new_tasks_only() {
         t.queue_stats(&["compute".into()]).await.ok().filter(|q| !q.is_empty())
     })
     .await;
-    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
     let ctx = RequestContext::new();
     submit.submit_task(&ctx, "job".into(), vec![], "before".into(), None, None).await.unwrap();
     let running = eventually("the first task runs", Duration::from_secs(30), || async {

@@ -18,7 +18,7 @@ use nova_core::db::Database;
 use nova_rpc::{transport, RequestContext, RpcClient, Target};
 use nova_services::compute::{
     tasks::{TaskStore, MIGRATIONS},
-    ComputeManagerClient, TaskStatus,
+    ComputeClient, TaskStatus,
 };
 
 use crate::autoscale::{AutoscaleOptions, Autoscaler, LauncherKind, ProcessLauncher};
@@ -180,7 +180,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let submit = ComputeManagerClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
     let total = (demo.rate * demo.duration).round() as usize;
     let every = Duration::from_secs_f64(1.0 / demo.rate);
     let task_arg = format!("{}", demo.task_seconds);

@@ -26,7 +26,7 @@ use axum::{
     Extension, Json,
 };
 use nova_rpc::{transport::QueueStats, RequestContext, Target};
-use nova_services::compute::{ComputeManagerClient, NotifyTarget, TaskInfo, TaskStatus};
+use nova_services::compute::{ComputeClient, NotifyTarget, TaskInfo, TaskStatus};
 use serde::Deserialize;
 
 use super::{ApiError, Caller, Gateway};
@@ -70,9 +70,9 @@ fn location(id: &str) -> String {
 }
 
 impl Gateway {
-    fn compute(&self, host: &str) -> ComputeManagerClient {
+    fn compute(&self, host: &str) -> ComputeClient {
         let target = Target::new(TASK_TOPIC).with_server(host);
-        ComputeManagerClient::new(self.client.with_target(target).with_timeout(Duration::from_secs(3)))
+        ComputeClient::new(self.client.with_target(target).with_timeout(Duration::from_secs(3)))
     }
 
     /// A task as it stands: its record, or, while it runs, its host's live
@@ -109,7 +109,7 @@ impl Gateway {
         if !self.tasks.insert(&info).await.map_err(db_error)? {
             return self.tasks.get(&id).await.map_err(db_error)?.ok_or_else(|| not_found(&id));
         }
-        let queue = ComputeManagerClient::new(self.client.with_target(Target::new(TASK_TOPIC)));
+        let queue = ComputeClient::new(self.client.with_target(Target::new(TASK_TOPIC)));
         if let Err(e) = queue.submit_task(ctx, s.name, s.args, id.clone(), s.notify, s.callback_url).await {
             let mut failed = info;
             failed.status = TaskStatus::Failed;

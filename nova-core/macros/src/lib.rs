@@ -1,223 +1,186 @@
-//! `#[rpc_api]`: declare a manager's RPC surface on an ordinary impl block.
+//! `#[rpc_api]`: declare an RPC API, on a trait or on an inherent impl
+//! block, and get the router, the argument structs and a typed client.
+//! The user-facing documentation is on `nova_core::rpc_api`.
 //!
-//! Every `pub` method whose name does not start with `_` and that takes
-//! `(&self, ctx: RequestContext, args…)` becomes callable, with its
-//! arguments deserialised by name (a missing, extra or mistyped argument is
-//! a remote error naming it). `#[rpc(cast)]` marks a method the typed client
-//! casts instead of calls; `#[rpc(blocking)]` runs a plain `fn` on tokio's
-//! blocking pool; `#[rpc(skip)]` keeps a `pub` method private to Rust.
-//! An `Option<T>` argument may be left out by a caller, and so may one
-//! marked `#[rpc(default)]` (it gets `T::default()`, e.g. an empty list).
-//! `#[periodic_task(spacing = …, run_immediately = …, enabled = …)]` marks
-//! a periodic task. The macro also writes `<Type>Client`, the typed client
-//! (Nova's `rpcapi.py`). See `nova_core::manager` for an example.
+//! The expansion is in pieces: [`parse`] reads and checks what the user
+//! wrote (every misuse is a `compile_error!` at its span), [`args`] writes
+//! the argument structs, [`router`] the router, [`client`] the typed
+//! client and [`periodic`] the periodic tasks.
+
+mod args;
+mod client;
+mod parse;
+mod periodic;
+mod router;
 
 use proc_macro::TokenStream;
-use proc_macro2::{Span, TokenStream as Tokens};
+use proc_macro2::TokenStream as Tokens;
 use quote::{format_ident, quote};
-use syn::{
-    parse::Parser, punctuated::Punctuated, spanned::Spanned, Attribute, Expr, FnArg, GenericArgument, ImplItem,
-    ImplItemFn, ItemImpl, Lit, Meta, Pat, PathArguments, ReturnType, Token, Type,
+use syn::{spanned::Spanned, ImplItem, Item, ItemImpl, ItemTrait, TraitItem, Type};
+
+use crate::{
+    client::ClientSpec,
+    parse::{ApiArgs, Method, Periodic},
 };
 
-struct ApiArgs {
-    version: String,
-    namespace: Option<String>,
-    client: Option<syn::Ident>,
-}
-
-fn parse_api_args(attr: Tokens) -> syn::Result<ApiArgs> {
-    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
-    let mut out = ApiArgs { version: "1.0".into(), namespace: None, client: None };
-    for meta in metas {
-        let Meta::NameValue(nv) = &meta else {
-            return Err(syn::Error::new(meta.span(), "expected key = \"value\""));
-        };
-        let Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) = &nv.value else {
-            return Err(syn::Error::new(nv.value.span(), "expected a string literal"));
-        };
-        match nv.path.get_ident().map(ToString::to_string).as_deref() {
-            Some("version") => out.version = s.value(),
-            Some("namespace") => out.namespace = Some(s.value()),
-            Some("client") => out.client = Some(syn::Ident::new(&s.value(), s.span())),
-            _ => return Err(syn::Error::new(nv.path.span(), "expected version, namespace or client")),
-        }
-    }
-    Ok(out)
-}
-
-#[derive(Default)]
-struct RpcFlags {
-    cast: bool,
-    blocking: bool,
-    skip: bool,
-}
-
-struct Periodic {
-    spacing: Expr,
-    run_immediately: Expr,
-    enabled: Expr,
-}
-
-/// Remove and read our attributes from a method.
-fn take_attrs(f: &mut ImplItemFn) -> syn::Result<(RpcFlags, Option<Periodic>, String)> {
-    let mut flags = RpcFlags::default();
-    let mut periodic = None;
-    let mut doc = Vec::new();
-    let mut kept: Vec<Attribute> = Vec::new();
-    for attr in f.attrs.drain(..) {
-        if attr.path().is_ident("rpc") {
-            attr.parse_nested_meta(|m| {
-                if m.path.is_ident("cast") {
-                    flags.cast = true;
-                } else if m.path.is_ident("blocking") {
-                    flags.blocking = true;
-                } else if m.path.is_ident("skip") {
-                    flags.skip = true;
-                } else {
-                    return Err(m.error("expected cast, blocking or skip"));
-                }
-                Ok(())
-            })?;
-        } else if attr.path().is_ident("periodic_task") {
-            let mut p = Periodic {
-                spacing: syn::parse_quote!(0.0),
-                run_immediately: syn::parse_quote!(false),
-                enabled: syn::parse_quote!(true),
-            };
-            if !matches!(attr.meta, Meta::Path(_)) {
-                attr.parse_nested_meta(|m| {
-                    let value: Expr = m.value()?.parse()?;
-                    if m.path.is_ident("spacing") {
-                        p.spacing = value;
-                    } else if m.path.is_ident("run_immediately") {
-                        p.run_immediately = value;
-                    } else if m.path.is_ident("enabled") {
-                        p.enabled = value;
-                    } else {
-                        return Err(m.error("expected spacing, run_immediately or enabled"));
-                    }
-                    Ok(())
-                })?;
-            }
-            periodic = Some(p);
-        } else {
-            if attr.path().is_ident("doc") {
-                if let Meta::NameValue(nv) = &attr.meta {
-                    if let Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. }) = &nv.value {
-                        doc.push(s.value().trim().to_owned());
-                    }
-                }
-            }
-            kept.push(attr);
-        }
-    }
-    f.attrs = kept;
-    let first_paragraph = doc.iter().take_while(|l| !l.is_empty()).cloned().collect::<Vec<_>>().join(" ");
-    Ok((flags, periodic, first_paragraph))
-}
-
-/// `T` of a `Result<T, E>` return type.
-fn ok_type(ret: &ReturnType) -> syn::Result<Type> {
-    let err = || syn::Error::new(ret.span(), "an RPC method must return Result<T, E> (E: Into<RpcError>)");
-    let ReturnType::Type(_, ty) = ret else { return Err(err()) };
-    let Type::Path(p) = ty.as_ref() else { return Err(err()) };
-    let last = p.path.segments.last().ok_or_else(err)?;
-    if last.ident != "Result" {
-        return Err(err());
-    }
-    let PathArguments::AngleBracketed(args) = &last.arguments else { return Err(err()) };
-    match args.args.first() {
-        Some(GenericArgument::Type(t)) => Ok(t.clone()),
-        _ => Err(err()),
-    }
-}
-
-fn type_name(ty: &Type) -> String {
-    quote!(#ty).to_string().replace(' ', "").replace(',', ", ")
-}
-
-fn is_option(ty: &Type) -> bool {
-    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Option"))
-}
-
-struct Method {
-    name: syn::Ident,
-    flags: RpcFlags,
-    doc: String,
-    ctx_by_ref: bool,
-    args: Vec<(syn::Ident, Type)>,
-    /// Arguments marked `#[rpc(default)]`: a caller may leave them out.
-    defaults: Vec<syn::Ident>,
-    ok: Type,
-    is_async: bool,
-}
-
-/// Remove `#[rpc(default)]` from an argument; whether it was there.
-fn take_default(attrs: &mut Vec<syn::Attribute>) -> syn::Result<bool> {
-    let mut found = false;
-    let mut error = None;
-    attrs.retain(|a| {
-        if !a.path().is_ident("rpc") {
-            return true;
-        }
-        match a.parse_args::<syn::Ident>() {
-            Ok(id) if id == "default" => found = true,
-            _ => error = Some(syn::Error::new(a.span(), "an RPC argument takes only #[rpc(default)]")),
-        }
-        false
-    });
-    error.map_or(Ok(found), Err)
-}
-
-type Signature = (bool, Vec<(syn::Ident, Type)>, Vec<syn::Ident>);
-
-fn read_signature(f: &mut ImplItemFn) -> syn::Result<Signature> {
-    let mut defaults = Vec::new();
-    for input in f.sig.inputs.iter_mut() {
-        if let FnArg::Typed(t) = input {
-            if take_default(&mut t.attrs)? {
-                if let Pat::Ident(id) = t.pat.as_ref() {
-                    defaults.push(id.ident.clone());
-                }
-            }
-        }
-    }
-    let sig = &f.sig;
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if r.mutability.is_none() && (r.reference.is_some() || r.colon_token.is_some()) => {}
-        _ => return Err(syn::Error::new(sig.span(), "an RPC method takes &self (or self: &Arc<Self>) first")),
-    }
-    let ctx_by_ref = match inputs.next() {
-        Some(FnArg::Typed(t)) => matches!(t.ty.as_ref(), Type::Reference(_)),
-        _ => return Err(syn::Error::new(sig.span(), "an RPC method takes `ctx: RequestContext` after &self")),
-    };
-    let mut args = Vec::new();
-    for input in inputs {
-        let FnArg::Typed(t) = input else { unreachable!("receiver only comes first") };
-        let Pat::Ident(id) = t.pat.as_ref() else {
-            return Err(syn::Error::new(t.pat.span(), "RPC arguments must be plain names: they are matched by name"));
-        };
-        args.push((id.ident.clone(), (*t.ty).clone()));
-    }
-    Ok((ctx_by_ref, args, defaults))
-}
-
-/// Declare a manager's RPC surface; see the crate docs.
+/// Declare an RPC API; see `nova_core::rpc_api`.
 #[proc_macro_attribute]
 pub fn rpc_api(attr: TokenStream, item: TokenStream) -> TokenStream {
-    match expand(attr.into(), item.into()) {
-        Ok(t) => t.into(),
-        Err(e) => e.to_compile_error().into(),
+    let item: Item = match syn::parse(item) {
+        Ok(item) => item,
+        Err(e) => return e.into_compile_error().into(),
+    };
+    let expanded = parse::api_args(attr.into()).and_then(|api| match item.clone() {
+        Item::Trait(t) => expand_trait(api, t),
+        Item::Impl(i) => expand_impl(api, i),
+        other => {
+            Err(syn::Error::new(other.span(), "#[rpc_api] goes on a trait (the API) or on an `impl Type { … }` block"))
+        }
+    });
+    match expanded {
+        Ok(tokens) => tokens.into(),
+        // The item stays, without our attributes, so the one error is all
+        // the user sees (not every use of the type failing after it).
+        Err(e) => {
+            let error = e.into_compile_error();
+            let item = without_our_attributes(item);
+            quote!(#error #item).into()
+        }
     }
 }
 
-fn expand(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
-    let api = parse_api_args(attr)?;
-    let mut imp: ItemImpl = syn::parse2(item)?;
-    if !imp.generics.params.is_empty() || imp.trait_.is_some() {
-        return Err(syn::Error::new(imp.span(), "#[rpc_api] goes on a plain `impl Type { … }` without generics"));
+/// `item` with `#[rpc(…)]` and `#[periodic_task(…)]` removed from its
+/// methods and their arguments.
+fn without_our_attributes(mut item: Item) -> Item {
+    let ours = |a: &syn::Attribute| a.path().is_ident("rpc") || a.path().is_ident("periodic_task");
+    let strip = |attrs: &mut Vec<syn::Attribute>, sig: &mut syn::Signature| {
+        attrs.retain(|a| !ours(a));
+        for input in &mut sig.inputs {
+            if let syn::FnArg::Typed(t) = input {
+                t.attrs.retain(|a| !ours(a));
+            }
+        }
+    };
+    match &mut item {
+        Item::Impl(i) => i.items.iter_mut().for_each(|it| {
+            if let ImplItem::Fn(f) = it {
+                strip(&mut f.attrs, &mut f.sig);
+            }
+        }),
+        Item::Trait(t) => t.items.iter_mut().for_each(|it| {
+            if let TraitItem::Fn(f) = it {
+                strip(&mut f.attrs, &mut f.sig);
+            }
+        }),
+        _ => {}
+    }
+    item
+}
+
+/// Where the expansion's paths point.
+fn private() -> Tokens {
+    quote!(::nova_core::__private)
+}
+
+fn namespace_expr(api: &ApiArgs) -> Tokens {
+    match &api.namespace {
+        Some(n) => quote!(::core::option::Option::Some(#n)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+/// `#[rpc_api] trait XApi { … }`: the trait (with `async fn`s turned into
+/// `Send` futures), a router any implementor gets, and the client.
+fn expand_trait(api: ApiArgs, mut tr: ItemTrait) -> syn::Result<Tokens> {
+    if let Some(serves) = &api.serves {
+        return Err(syn::Error::new(serves.span(), "`serves` goes on the implementing type's impl, not on the trait"));
+    }
+    if !tr.generics.params.is_empty() {
+        return Err(syn::Error::new(tr.generics.span(), "an API trait cannot be generic"));
+    }
+    let methods = trait_methods(&mut tr)?;
+    let p = private();
+    let (ident, version, namespace) = (&tr.ident, &api.version, namespace_expr(&api));
+    let body = router::router_body(ident, &methods, version, &namespace);
+    tr.supertraits.push(syn::parse_quote!(::core::marker::Send));
+    tr.supertraits.push(syn::parse_quote!(::core::marker::Sync));
+    tr.supertraits.push(syn::parse_quote!('static));
+    tr.items.push(syn::parse_quote! {
+        #[doc(hidden)]
+        const __NOVA_API_VERSION: &'static str = #version;
+    });
+    tr.items.push(syn::parse_quote! {
+        #[doc(hidden)]
+        const __NOVA_API_NAMESPACE: ::core::option::Option<&'static str> = #namespace;
+    });
+    tr.items.push(syn::parse_quote! {
+        #[doc(hidden)]
+        fn __nova_rpc_router(self: &::std::sync::Arc<Self>) -> #p::Router where Self: ::core::marker::Sized { #body }
+    });
+    let name = ident.to_string();
+    let default_client = format_ident!("{}Client", name.strip_suffix("Api").filter(|s| !s.is_empty()).unwrap_or(&name));
+    let client_ident = api.client.clone().unwrap_or(default_client);
+    let spec = ClientSpec {
+        ident: &client_ident,
+        api: ident,
+        version,
+        namespace: api.namespace.as_deref(),
+        methods: &methods,
+    };
+    let client = client::client(&spec);
+    Ok(quote!(#tr #client))
+}
+
+/// Check and read a trait's methods, rewriting each `async fn` as a `fn`
+/// returning a `Send` future (so the router can spawn it).
+fn trait_methods(tr: &mut ItemTrait) -> syn::Result<Vec<Method>> {
+    let mut methods = Vec::new();
+    for item in &mut tr.items {
+        let TraitItem::Fn(f) = item else {
+            return Err(syn::Error::new(item.span(), "an API trait holds only its methods"));
+        };
+        let attrs = parse::take_method_attrs(&mut f.attrs)?;
+        if let Some(p) = &attrs.periodic {
+            return Err(syn::Error::new(
+                p.span,
+                "a periodic task belongs to the implementation: put it in `#[rpc_api(serves = Trait)] impl Type { … }`",
+            ));
+        }
+        if attrs.flags.skip {
+            return Err(syn::Error::new(
+                attrs.flags.span.unwrap_or_else(|| f.sig.span()),
+                "every method of an API trait is part of the API; keep helpers in the implementation",
+            ));
+        }
+        if let Some(body) = &f.default {
+            return Err(syn::Error::new(body.span(), "an API trait declares its methods without bodies"));
+        }
+        methods.push(parse::method(&mut f.sig, &attrs)?);
+        if f.sig.asyncness.take().is_some() {
+            let ret = match &f.sig.output {
+                syn::ReturnType::Type(_, ty) => quote!(#ty),
+                syn::ReturnType::Default => quote!(()),
+            };
+            f.sig.output = syn::parse_quote!(-> impl ::core::future::Future<Output = #ret> + ::core::marker::Send);
+        }
+    }
+    Ok(methods)
+}
+
+/// `#[rpc_api] impl Type { … }`: the type's own API and client; or, with
+/// `serves = Trait`, its periodic tasks beside the trait's API.
+fn expand_impl(api: ApiArgs, mut imp: ItemImpl) -> syn::Result<Tokens> {
+    if let Some((_, path, _)) = &imp.trait_ {
+        return Err(syn::Error::new(
+            path.span(),
+            "implement an API trait with a plain impl; put #[rpc_api(serves = Trait)] on the type's own `impl Type { … }` (its periodic tasks)",
+        ));
+    }
+    if !imp.generics.params.is_empty() {
+        return Err(syn::Error::new(imp.generics.span(), "#[rpc_api] goes on an impl without generics"));
+    }
+    if let (Some(_), Some(span)) = (&api.serves, api.versioned) {
+        return Err(syn::Error::new(span, "the version of a served API is the trait's"));
     }
     let self_ty = imp.self_ty.clone();
     let type_ident = match self_ty.as_ref() {
@@ -225,204 +188,105 @@ fn expand(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
         _ => None,
     }
     .ok_or_else(|| syn::Error::new(self_ty.span(), "expected a type name"))?;
-    let client_ident = api.client.clone().unwrap_or_else(|| format_ident!("{}Client", type_ident));
+    let (methods, periodics) = impl_methods(&mut imp, api.serves.is_some())?;
+    let tasks = periodic::tasks(&periodics);
+    let p = private();
+    let (api_impl, client) = match &api.serves {
+        Some(path) => (
+            quote! {
+                impl ::nova_core::RpcApi for #self_ty {
+                    const API_VERSION: &'static str = <Self as #path>::__NOVA_API_VERSION;
+                    const NAMESPACE: ::core::option::Option<&'static str> = <Self as #path>::__NOVA_API_NAMESPACE;
+                    fn rpc_router(self: &::std::sync::Arc<Self>) -> #p::Router {
+                        <Self as #path>::__nova_rpc_router(self)
+                    }
+                    fn periodic_tasks(self: &::std::sync::Arc<Self>) -> ::std::vec::Vec<#p::PeriodicTask> {
+                        ::std::vec![#(#tasks),*]
+                    }
+                }
+            },
+            Tokens::new(),
+        ),
+        None => own_api(&api, &self_ty, &type_ident, &methods, &tasks),
+    };
+    Ok(quote!(#imp #api_impl #client))
+}
 
+/// `RpcApi` for a type whose impl declares its methods, and its client.
+fn own_api(
+    api: &ApiArgs,
+    self_ty: &Type,
+    type_ident: &syn::Ident,
+    methods: &[Method],
+    tasks: &[Tokens],
+) -> (Tokens, Tokens) {
+    let p = private();
+    let (version, namespace) = (&api.version, namespace_expr(api));
+    let body = router::router_body(type_ident, methods, version, &namespace);
+    let client_ident = api.client.clone().unwrap_or_else(|| format_ident!("{}Client", type_ident));
+    let spec =
+        ClientSpec { ident: &client_ident, api: type_ident, version, namespace: api.namespace.as_deref(), methods };
+    let api_impl = quote! {
+        impl ::nova_core::RpcApi for #self_ty {
+            const API_VERSION: &'static str = #version;
+            const NAMESPACE: ::core::option::Option<&'static str> = #namespace;
+            fn rpc_router(self: &::std::sync::Arc<Self>) -> #p::Router { #body }
+            fn periodic_tasks(self: &::std::sync::Arc<Self>) -> ::std::vec::Vec<#p::PeriodicTask> {
+                ::std::vec![#(#tasks),*]
+            }
+        }
+    };
+    (api_impl, client::client(&spec))
+}
+
+/// A periodic task and the method it runs.
+type Named<T> = (syn::Ident, T);
+
+/// An impl's RPC methods and periodic tasks. With `serving` (a trait's
+/// API), it may hold periodic tasks only.
+fn impl_methods(imp: &mut ItemImpl, serving: bool) -> syn::Result<(Vec<Method>, Vec<Named<Periodic>>)> {
     let mut methods = Vec::new();
     let mut periodics = Vec::new();
     for item in &mut imp.items {
         let ImplItem::Fn(f) = item else { continue };
-        let (flags, periodic, doc) = take_attrs(f)?;
-        let name = f.sig.ident.clone();
-        if let Some(p) = periodic {
-            periodics.push((name, p));
+        let attrs = parse::take_method_attrs(&mut f.attrs)?;
+        if let Some(p) = attrs.periodic {
+            parse::periodic(&f.sig)?;
+            periodics.push((f.sig.ident.clone(), p));
             continue;
         }
-        let public = matches!(f.vis, syn::Visibility::Public(_));
-        if !public || flags.skip || name.to_string().starts_with('_') {
+        if serving {
+            if let Some(span) = attrs.flags.span {
+                return Err(syn::Error::new(span, "the served API's methods are declared on its trait"));
+            }
             continue;
         }
-        let (ctx_by_ref, args, defaults) = read_signature(f)?;
-        let is_async = f.sig.asyncness.is_some();
-        if flags.blocking == is_async {
-            return Err(syn::Error::new(
-                f.sig.span(),
-                if is_async {
-                    "#[rpc(blocking)] methods are plain `fn`s"
-                } else {
-                    "RPC methods are `async fn` (or plain `fn` with #[rpc(blocking)])"
-                },
-            ));
+        let name = f.sig.ident.to_string();
+        if attrs.flags.skip || name.starts_with('_') {
+            continue;
         }
-        let ok = ok_type(&f.sig.output)?;
-        methods.push(Method { name, flags, doc, ctx_by_ref, args, defaults, ok, is_async });
+        if !matches!(f.vis, syn::Visibility::Public(_)) {
+            private_method(f)?;
+            continue;
+        }
+        methods.push(parse::method(&mut f.sig, &attrs)?);
     }
+    Ok((methods, periodics))
+}
 
-    let p = quote!(::nova_core::__private);
-    let version = &api.version;
-    let namespace = match &api.namespace {
-        Some(n) => quote!(::core::option::Option::Some(#n)),
-        None => quote!(::core::option::Option::None),
-    };
-    let with_namespace = api.namespace.as_ref().map(|n| quote!(.with_namespace(#n)));
-
-    let mut arg_structs = Vec::new();
-    let mut routes = Vec::new();
-    let mut client_fns = Vec::new();
-    for m in &methods {
-        let name = &m.name;
-        let name_str = name.to_string();
-        let args_ident = format_ident!("__{}Args_{}", type_ident, name);
-        let fields = m.args.iter().map(|(n, t)| {
-            let default = (is_option(t) || m.defaults.contains(n)).then(|| quote!(#[serde(default)]));
-            quote!(#default #n: #t)
-        });
-        arg_structs.push(quote! {
-            #[derive(#p::serde::Deserialize)]
-            #[serde(crate = "::nova_core::__private::serde", deny_unknown_fields)]
-            #[allow(non_camel_case_types)]
-            struct #args_ident { #(#fields,)* }
-        });
-        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
-        let ctx_arg = if m.ctx_by_ref { quote!(&ctx) } else { quote!(ctx) };
-        let describe_args = m.args.iter().map(|(n, t)| {
-            let (n, t) = (n.to_string(), type_name(t));
-            quote!((#n, #t))
-        });
-        let doc = &m.doc;
-        let route = if m.is_async {
-            quote! {
-                let this = self.clone();
-                router = router.method(#name_str, move |ctx: #p::RequestContext, a: #args_ident| {
-                    let this = this.clone();
-                    async move { this.#name(#ctx_arg, #(a.#names),*).await }
-                });
-            }
-        } else {
-            quote! {
-                let this = self.clone();
-                router = router.blocking_method(#name_str, move |ctx: #p::RequestContext, a: #args_ident| {
-                    this.#name(#ctx_arg, #(a.#names),*)
-                });
-            }
-        };
-        routes.push(quote! {
-            { #route }
-            router = router.describe(#name_str, &[#(#describe_args),*], #doc);
-        });
-        let params = m.args.iter().map(|(n, t)| quote!(#n: #t));
-        let inserts = m.args.iter().map(|(n, _)| {
-            let key = n.to_string();
-            quote! {
-                __args.insert(#key.to_owned(), #p::serde_json::to_value(&#n)
-                    .map_err(|e| #p::RpcError::Serialization(e.to_string()))?);
-            }
-        });
-        let ok = &m.ok;
-        let doc_attr = (!m.doc.is_empty()).then(|| quote!(#[doc = #doc]));
-        let body = if m.flags.cast {
-            quote!(self.client.cast(ctx, #name_str, __args).await)
-        } else {
-            quote!(self.client.call_as::<#ok>(ctx, #name_str, __args).await)
-        };
-        let ret = if m.flags.cast { quote!(()) } else { quote!(#ok) };
-        client_fns.push(quote! {
-            #doc_attr
-            pub async fn #name(&self, ctx: &#p::RequestContext, #(#params),*) -> ::core::result::Result<#ret, #p::RpcError> {
-                #[allow(unused_mut)]
-                let mut __args = #p::serde_json::Map::new();
-                #(#inserts)*
-                #body
-            }
-        });
+/// A private method that takes a `RequestContext` looks like an RPC method
+/// its author forgot to make `pub`: callers would get `NoSuchMethod`.
+fn private_method(f: &syn::ImplItemFn) -> syn::Result<()> {
+    let takes_ctx =
+        f.sig.inputs.iter().nth(1).is_some_and(|a| matches!(a, syn::FnArg::Typed(t) if parse::is_context(&t.ty)));
+    if !takes_ctx {
+        return Ok(());
     }
-
-    let periodic_tasks = periodics.iter().map(|(name, per)| {
-        let name_str = name.to_string();
-        let (spacing, run_immediately, enabled) = (&per.spacing, &per.run_immediately, &per.enabled);
-        quote! {
-            {
-                let this = self.clone();
-                #p::PeriodicTask::new(#name_str, (#spacing) as f64, move || {
-                    let this = this.clone();
-                    ::std::boxed::Box::pin(async move {
-                        this.#name(#p::RequestContext::new()).await.map_err(|e| e.to_string())
-                    }) as #p::BoxFuture<::core::result::Result<(), ::std::string::String>>
-                })
-                .run_immediately(#run_immediately)
-                .enabled(#enabled)
-            }
-        }
-    });
-
-    let client_doc = format!("Typed RPC client for [`{type_ident}`], pinned to API version {version}.");
-    let span = Span::call_site();
-    let client_vis = syn::Visibility::Public(Token![pub](span));
-    Ok(quote! {
-        #imp
-
-        const _: () = {
-            #(#arg_structs)*
-
-            impl ::nova_core::RpcApi for #self_ty {
-                const API_VERSION: &'static str = #version;
-                const NAMESPACE: ::core::option::Option<&'static str> = #namespace;
-
-                fn rpc_router(self: &::std::sync::Arc<Self>) -> #p::Router {
-                    let mut router = #p::Router::new(#p::version(#version));
-                    if let ::core::option::Option::Some(ns) = Self::NAMESPACE {
-                        router = router.namespace(ns);
-                    }
-                    #(#routes)*
-                    router
-                }
-
-                fn periodic_tasks(self: &::std::sync::Arc<Self>) -> ::std::vec::Vec<#p::PeriodicTask> {
-                    ::std::vec![#(#periodic_tasks),*]
-                }
-            }
-        };
-
-        #[doc = #client_doc]
-        #[derive(Debug, Clone)]
-        #client_vis struct #client_ident {
-            client: #p::RpcClient,
-        }
-
-        impl #client_ident {
-            /// The API version this client sends.
-            pub const VERSION: &'static str = #version;
-
-            /// Wrap an [`RpcClient`](nova_rpc::RpcClient) aimed at the manager's topic.
-            pub fn new(client: #p::RpcClient) -> Self {
-                Self { client: client.with_version(#version) #with_namespace }
-            }
-
-            /// The same client, aimed at one server (`topic.host`).
-            pub fn with_server(&self, host: impl ::core::convert::Into<::std::string::String>) -> Self {
-                Self { client: self.client.with_server(host) }
-            }
-
-            /// The same client, to every server of the topic (casts only).
-            pub fn with_fanout(&self) -> Self {
-                Self { client: self.client.with_fanout(true) }
-            }
-
-            /// The same client, capped at `cap` (Nova's `version_cap`).
-            pub fn with_version_cap(&self, cap: #p::Version) -> Self {
-                Self { client: self.client.with_version_cap(cap) }
-            }
-
-            /// Whether `version` may be sent under the cap.
-            pub fn can_send_version(&self, version: &str) -> bool {
-                self.client.can_send_version(version)
-            }
-
-            /// The underlying client.
-            pub fn rpc_client(&self) -> &#p::RpcClient {
-                &self.client
-            }
-
-            #(#client_fns)*
-        }
-    })
+    Err(syn::Error::new(
+        f.sig.ident.span(),
+        format!(
+            "`{}` takes a RequestContext but is not `pub`, so callers would get NoSuchMethod: make it `pub` to serve it, or mark it #[rpc(skip)] (or start its name with `_`) to keep it private",
+            f.sig.ident
+        ),
+    ))
 }

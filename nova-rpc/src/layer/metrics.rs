@@ -18,7 +18,7 @@ pub struct MetricsLayer;
 
 #[async_trait]
 impl Layer for MetricsLayer {
-    async fn handle(&self, call: Call, next: Next<'_>) -> Result<Value> {
+    async fn handle(&self, call: Call, next: Next) -> Result<Value> {
         let m = metrics();
         let asked = MethodLabels { topic: call.topic.clone(), method: call.method.clone() };
         let in_flight = m.in_flight.get_or_create(&asked).clone();

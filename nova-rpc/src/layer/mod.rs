@@ -8,6 +8,16 @@
 //! wraps the dispatcher; [`RpcClient::with_layer`](crate::RpcClient::with_layer)
 //! wraps calls and casts before they are encoded and sent.
 //!
+//! A [`Next`] owns what it needs (an `Arc` of the remaining stack and of
+//! the end), so a layer may keep it, move it into a task, or hand it to a
+//! tower service: with the `tower` feature, [`tower::TowerLayer`] puts
+//! tower's `Timeout`, `ConcurrencyLimit`, `RateLimit` and the rest around
+//! dispatch.
+//!
+//! What a layer wants done once the reply has left (recording a span,
+//! say) goes in the request's [`AfterReply`]: the server runs it after
+//! sending the reply, so the caller never waits for it.
+//!
 //! Built in: [`trace::TraceLayer`] (request traces) and
 //! [`metrics::MetricsLayer`] (Prometheus metrics); services switch them on
 //! from configuration (`trace_enabled`, `metrics_enabled`).
@@ -24,7 +34,7 @@
 //!
 //! #[async_trait]
 //! impl Layer for RequireRole {
-//!     async fn handle(&self, call: Call, next: Next<'_>) -> Result<Value, RpcError> {
+//!     async fn handle(&self, call: Call, next: Next) -> Result<Value, RpcError> {
 //!         if !call.ctx.roles.iter().any(|r| r == self.0) {
 //!             return Err(RpcError::remote("Forbidden", "auth", format!("{} needs role {}", call.method, self.0)));
 //!         }
@@ -34,9 +44,15 @@
 //! ```
 
 pub mod metrics;
+#[cfg(feature = "tower")]
+pub mod tower;
 pub mod trace;
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -72,33 +88,89 @@ pub struct Call {
     pub args: Map<String, Value>,
     /// Call or cast.
     pub kind: CallKind,
+    /// What runs once the reply is sent; see [`AfterReply`].
+    pub after_reply: AfterReply,
 }
 
-/// A boxed future borrowing for `'a`.
-pub type LayerFuture<'a> = Pin<Box<dyn Future<Output = Result<Value>> + Send + 'a>>;
+type Hook = Box<dyn FnOnce() + Send>;
 
-/// What a stack of layers ends in: the dispatcher, or the client's send.
-pub type Endpoint<'a> = &'a (dyn Fn(Call) -> LayerFuture<'a> + Send + Sync);
+/// Work a layer leaves for after the reply: a server runs it once the
+/// reply is sent (or, for a cast, once the method returned), so the caller
+/// does not wait for it. Clones share the list, so a layer keeps a clone
+/// before passing the [`Call`] on.
+///
+/// A client's calls carry [`AfterReply::now`]: there is no reply to wait
+/// for, so work added runs at once.
+#[derive(Clone, Default)]
+pub struct AfterReply(Option<Arc<Mutex<Vec<Hook>>>>);
 
-/// The rest of the stack after the current layer.
-pub struct Next<'a> {
-    layers: &'a [Arc<dyn Layer>],
-    end: Endpoint<'a>,
-}
-
-impl std::fmt::Debug for Next<'_> {
+impl std::fmt::Debug for AfterReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Next").field("layers_left", &self.layers.len()).finish()
+        f.debug_struct("AfterReply").field("deferred", &self.0.is_some()).finish()
     }
 }
 
-impl<'a> Next<'a> {
+impl AfterReply {
+    /// A list whose work waits for [`AfterReply::run`].
+    pub fn deferred() -> Self {
+        Self(Some(Arc::default()))
+    }
+
+    /// No list: work added runs at once.
+    pub fn now() -> Self {
+        Self(None)
+    }
+
+    /// Add work (or run it now, when nothing defers it).
+    pub fn push(&self, work: impl FnOnce() + Send + 'static) {
+        match &self.0 {
+            Some(list) => crate::lock(list).push(Box::new(work)),
+            None => work(),
+        }
+    }
+
+    /// Whether work is waiting.
+    pub fn is_pending(&self) -> bool {
+        self.0.as_ref().is_some_and(|list| !crate::lock(list).is_empty())
+    }
+
+    /// Run the work waiting, in the order it was added.
+    pub fn run(&self) {
+        let Some(list) = &self.0 else { return };
+        let hooks = std::mem::take(&mut *crate::lock(list));
+        for hook in hooks {
+            hook();
+        }
+    }
+}
+
+/// A boxed request future, owning what it uses.
+pub type LayerFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send + 'static>>;
+
+/// What a stack of layers ends in: the dispatcher, or the client's send.
+pub type Inner = Arc<dyn Fn(Call) -> LayerFuture + Send + Sync>;
+
+/// The rest of the stack after the current layer. It owns its parts, so
+/// it can be kept, moved into a task or handed to a tower service.
+#[derive(Clone)]
+pub struct Next {
+    layers: Layers,
+    index: usize,
+    end: Inner,
+}
+
+impl std::fmt::Debug for Next {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Next").field("layers_left", &(self.layers.0.len() - self.index)).finish()
+    }
+}
+
+impl Next {
     /// Run the remaining layers, then the endpoint.
-    pub fn run(self, call: Call) -> LayerFuture<'a> {
-        match self.layers.split_first() {
-            Some((layer, rest)) => {
-                let next = Next { layers: rest, end: self.end };
-                let layer = layer.clone();
+    pub fn run(self, call: Call) -> LayerFuture {
+        match self.layers.0.get(self.index).cloned() {
+            Some(layer) => {
+                let next = Next { index: self.index + 1, ..self };
                 Box::pin(async move { layer.handle(call, next).await })
             }
             None => (self.end)(call),
@@ -110,7 +182,7 @@ impl<'a> Next<'a> {
 #[async_trait]
 pub trait Layer: Send + Sync + 'static {
     /// Handle `call`, usually by passing it to `next`.
-    async fn handle(&self, call: Call, next: Next<'_>) -> Result<Value>;
+    async fn handle(&self, call: Call, next: Next) -> Result<Value>;
 }
 
 /// An ordered stack of layers, cheap to clone.
@@ -142,7 +214,7 @@ impl Layers {
     }
 
     /// Run `call` through the stack into `end`.
-    pub fn run<'a>(&'a self, call: Call, end: Endpoint<'a>) -> LayerFuture<'a> {
-        Next { layers: &self.0, end }.run(call)
+    pub fn run(&self, call: Call, end: Inner) -> LayerFuture {
+        Next { layers: self.clone(), index: 0, end }.run(call)
     }
 }

@@ -188,7 +188,7 @@ impl TraceLayer {
 
 #[async_trait]
 impl Layer for TraceLayer {
-    async fn handle(&self, mut call: Call, next: Next<'_>) -> Result<Value> {
+    async fn handle(&self, mut call: Call, next: Next) -> Result<Value> {
         if call.topic == TRACE_TOPIC {
             return next.run(call).await;
         }
@@ -196,6 +196,7 @@ impl Layer for TraceLayer {
         let span_id = new_span_id();
         enter(&mut call.ctx, &trace_id, &span_id);
         let (topic, method, args) = (call.topic.clone(), call.method.clone(), summarize(&call.args));
+        let after_reply = call.after_reply.clone();
         let (start_ms, started) = (now_ms(), Instant::now());
         let out = next.run(call).await;
         let (service, host) = self.tracer.service();
@@ -214,7 +215,7 @@ impl Layer for TraceLayer {
         };
         // Recorded once the reply is on its way, never before it.
         let tracer = self.tracer.clone();
-        crate::server::after_reply(move || tracer.record(span));
+        after_reply.push(move || tracer.record(span));
         out
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! Nothing here has a task of its own. A consumer takes messages out of its
 //! queues itself; a message for an idle server that serves directly (see
-//! [`Direct`]) is handed to it in the sender's task, and a reply goes
+//! [`InlineServing`]) is handed to it in the sender's task, and a reply goes
 //! straight to the caller's [`ReplySink`]. A call whose method does not wait
 //! is therefore served start to finish without leaving the caller's task.
 
@@ -25,8 +25,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{
-    Acknowledge, Delivery, Destination, Direct, ListenSpec, Listener, Outgoing, QueueStats, ReplyQueue, ReplySink,
-    Source, Transport, TransportOptions, TransportUrl,
+    Acknowledge, Delivery, Destination, InlineServing, ListenSpec, Listener, Outgoing, QueueStats, ReplyQueue,
+    ReplySink, Source, Transport, TransportOptions, TransportUrl,
 };
 use crate::{lock, Result, RpcError};
 
@@ -50,7 +50,7 @@ struct DeadLetter {
 #[derive(Default)]
 struct Waiter {
     wake: Notify,
-    direct: OnceLock<Arc<dyn Direct>>,
+    direct: OnceLock<Arc<dyn InlineServing>>,
 }
 
 #[derive(Default)]
@@ -285,7 +285,7 @@ impl Source for Consumer {
         }
     }
 
-    fn serve_directly(&mut self, direct: Arc<dyn Direct>) {
+    fn serve_inline(&mut self, direct: Arc<dyn InlineServing>) {
         let _ = self.me.direct.set(direct);
     }
 
@@ -454,4 +454,113 @@ impl Transport for MemoryTransport {
     }
 
     async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::transport::{ListenSpec, Queues};
+
+    fn bus(name: &str) -> MemoryTransport {
+        let url = TransportUrl::parse(&format!("memory://{name}")).expect("url");
+        MemoryTransport::new(&url, TransportOptions::new(format!("memory://{name}")))
+    }
+
+    fn spec(topic: &str, server: &str) -> ListenSpec {
+        ListenSpec {
+            exchange: "nova".into(),
+            topic: topic.into(),
+            server: server.into(),
+            prefetch: 8,
+            durable: false,
+            max_deliveries: None,
+            queues: Queues::All,
+        }
+    }
+
+    fn topic(routing_key: &str) -> Destination {
+        Destination::Topic { exchange: "nova".into(), routing_key: routing_key.into() }
+    }
+
+    /// The next message's body, acknowledged.
+    async fn next(listener: &mut Listener) -> String {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the listener is open");
+        let (body, acker) = delivery.into_parts();
+        acker.ack().await;
+        String::from_utf8(body.to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn a_server_message_reaches_that_server_only() {
+        let t = bus("unit-direct");
+        let (mut h1, mut h2) = (t.listen(spec("t", "h1")).await.unwrap(), t.listen(spec("t", "h2")).await.unwrap());
+        t.send(&topic("t.h2"), Outgoing::new("for h2")).await.unwrap();
+        // A sentinel behind it on h1's own queue: h1 would see "for h2" first.
+        t.send(&topic("t.h1"), Outgoing::new("sentinel")).await.unwrap();
+        assert_eq!(next(&mut h2).await, "for h2");
+        assert_eq!(next(&mut h1).await, "sentinel");
+    }
+
+    #[tokio::test]
+    async fn topic_messages_are_shared_between_the_topics_servers() {
+        let t = bus("unit-shared");
+        let (mut h1, mut h2) = (t.listen(spec("t", "h1")).await.unwrap(), t.listen(spec("t", "h2")).await.unwrap());
+        for i in 0..4 {
+            t.send(&topic("t"), Outgoing::new(format!("m{i}"))).await.unwrap();
+        }
+        // Each message is taken once, by one of them (competing consumers).
+        let stats = t.queue_stats(&["t".into()]).await.unwrap();
+        assert_eq!((stats[0].messages, stats[0].consumers), (4, 2));
+        let mut got = vec![next(&mut h1).await, next(&mut h2).await, next(&mut h1).await, next(&mut h2).await];
+        got.sort();
+        assert_eq!(got, ["m0", "m1", "m2", "m3"]);
+        assert_eq!(t.queue_stats(&["t".into()]).await.unwrap()[0].messages, 0);
+    }
+
+    #[tokio::test]
+    async fn fanout_reaches_every_server() {
+        let t = bus("unit-fanout");
+        let (mut h1, mut h2) = (t.listen(spec("t", "h1")).await.unwrap(), t.listen(spec("t", "h2")).await.unwrap());
+        t.send(&Destination::Fanout { topic: "t".into() }, Outgoing::new("all")).await.unwrap();
+        assert_eq!((next(&mut h1).await, next(&mut h2).await), ("all".into(), "all".into()));
+    }
+
+    #[tokio::test]
+    async fn a_message_handed_back_is_delivered_again() {
+        let t = bus("unit-requeue");
+        let mut h1 = t.listen(spec("t", "h1")).await.unwrap();
+        t.send(&topic("t"), Outgoing::new("again")).await.unwrap();
+        let delivery = h1.recv().await.expect("delivered");
+        delivery.into_parts().1.requeue().await;
+        assert_eq!(next(&mut h1).await, "again");
+    }
+
+    #[tokio::test]
+    async fn unroutable_and_gone_destinations_are_errors() {
+        let t = bus("unit-unroutable");
+        let mandatory = Outgoing { mandatory: true, ..Outgoing::new("x") };
+        let e = t.send(&topic("nobody"), mandatory).await.unwrap_err();
+        assert!(matches!(e, RpcError::Unroutable { .. }), "{e:?}");
+        // Without `mandatory` it is dropped, as a broker drops it.
+        t.send(&topic("nobody"), Outgoing::new("x")).await.unwrap();
+        let e = t.send(&Destination::Reply { queue: "reply_gone".into() }, Outgoing::new("x")).await.unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_expired_message_is_not_delivered() {
+        let t = bus("unit-ttl");
+        let mut h1 = t.listen(spec("t", "h1")).await.unwrap();
+        t.send(&topic("t"), Outgoing::new("kept")).await.unwrap();
+        let expired = Outgoing { ttl: Some(Duration::ZERO), ..Outgoing::new("expired") };
+        t.send(&topic("t"), expired).await.unwrap();
+        t.send(&topic("t"), Outgoing::new("sentinel")).await.unwrap();
+        assert_eq!(next(&mut h1).await, "kept");
+        assert_eq!(next(&mut h1).await, "sentinel", "the expired message in between was dropped");
+    }
 }

@@ -173,8 +173,8 @@ pub trait Source: Send {
     /// Stop consuming: nothing new arrives after what was already handed over.
     fn stop(&mut self);
     /// Offer deliveries to `direct` in the sender's task while this
-    /// consumer is idle, where the transport can (see [`Direct`]).
-    fn serve_directly(&mut self, direct: Arc<dyn Direct>) {
+    /// consumer is idle, where the transport can (see [`InlineServing`]).
+    fn serve_inline(&mut self, direct: Arc<dyn InlineServing>) {
         let _ = direct;
     }
     /// Work queues: take nothing more from the broker until resumed.
@@ -187,12 +187,12 @@ pub trait Source: Send {
 
 /// Serves a delivery at once, in the task that sent it.
 ///
-/// A server hands one to its listener ([`Listener::serve_directly`]); the
+/// A server hands one to its listener ([`Listener::serve_inline`]); the
 /// in-process transport then gives a message for an idle server straight to
 /// it instead of queueing it and waking the server's task, so a call whose
 /// method does not wait runs start to finish in the caller's task. Over a
 /// broker there is no sender's task to run in, and this is never used.
-pub trait Direct: Send + Sync {
+pub trait InlineServing: Send + Sync {
     /// Room for one more request now? Then the function that serves it.
     fn reserve(&self) -> Option<Box<dyn FnOnce(Delivery) + Send>>;
 }
@@ -318,9 +318,9 @@ impl Listener {
     }
 
     /// Let the transport hand deliveries to `direct` while this listener is
-    /// idle (see [`Direct`]); those never come out of [`Listener::recv`].
-    pub fn serve_directly(&mut self, direct: Arc<dyn Direct>) {
-        self.source.serve_directly(direct);
+    /// idle (see [`InlineServing`]); those never come out of [`Listener::recv`].
+    pub fn serve_inline(&mut self, direct: Arc<dyn InlineServing>) {
+        self.source.serve_inline(direct);
     }
 
     /// A work queue's listener: take nothing more from the broker until

@@ -29,21 +29,21 @@ pub mod tasks;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use nova_core::{
-    config::OptSpec,
-    db::{Database, DbError},
-    rpc_api, BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo, WorkQueue,
+    config::OptSpec, db::Database, rpc_api, BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo,
+    WorkQueue,
 };
 use nova_rpc::{RequestContext, RpcClient, RpcError, Target};
-use serde::Serialize;
 use tokio::sync::{oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 
 use self::commands::Commands;
 
 pub use self::tasks::TaskLimits;
-pub use self::tasks::{NotifyTarget, TaskInfo, TaskStatus};
 use self::tasks::{RunningTask, TaskStore};
+pub use crate::api::compute::{
+    ComputeApi, ComputeClient, ComputeError, NotifyTarget, RunOutcome, TaskInfo, TaskStatus,
+};
+use crate::api::scheduler::SchedulerClient;
 use crate::outbound::HttpClient;
-use crate::scheduler::SchedulerManagerClient;
 
 /// The registry name of this manager.
 pub const NAME: &str = "nova_services::compute::ComputeManager";
@@ -108,44 +108,6 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { section: "compute", name: "task_timeout", default: "0", help: "Seconds a task may run before its process group is stopped (0: no limit)." },
 ];
 
-/// What a compute refuses, as remote errors.
-#[derive(Debug, thiserror::Error)]
-pub enum ComputeError {
-    /// The command is not in the allow-list.
-    #[error("command {0:?} is not in [compute] allowed_commands")]
-    CommandNotAllowed(String),
-    /// No such task.
-    #[error("task {0} not found")]
-    TaskNotFound(String),
-    /// A task id that cannot be used.
-    #[error("task_id {0:?} must be 1 to 255 characters of letters, digits, '-', '_' or '.'")]
-    BadTaskId(String),
-    /// The database failed.
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
-impl From<ComputeError> for RpcError {
-    fn from(e: ComputeError) -> Self {
-        let class = match &e {
-            ComputeError::CommandNotAllowed(_) => "CommandNotAllowed",
-            ComputeError::TaskNotFound(_) => "TaskNotFound",
-            ComputeError::BadTaskId(_) => "BadTaskId",
-            ComputeError::Db(_) => "DatabaseError",
-        };
-        RpcError::remote(class, "nova_services.compute", e.to_string())
-    }
-}
-
-/// What `run_task` did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RunOutcome {
-    /// Whether a process was started.
-    pub started: bool,
-    /// Why not, when it was not.
-    pub reason: Option<String>,
-}
-
 /// Runs tasks on this host; see the module docs.
 pub struct ComputeManager {
     host: String,
@@ -169,7 +131,7 @@ pub struct ComputeManager {
     limits: TaskLimits,
     store: TaskStore,
     running: Mutex<HashMap<String, Arc<RunningTask>>>,
-    schedulers: SchedulerManagerClient,
+    schedulers: SchedulerClient,
     rpc: RpcClient,
 }
 
@@ -284,7 +246,7 @@ impl ComputeManager {
             limits: TaskLimits::default(),
             store: TaskStore::new(db),
             running: Mutex::default(),
-            schedulers: SchedulerManagerClient::new(rpc.with_target(Target::new("scheduler"))).with_fanout(),
+            schedulers: SchedulerClient::new(rpc.with_target(Target::new("scheduler"))).with_fanout(),
             rpc,
         }
     }
@@ -364,7 +326,7 @@ impl ComputeManager {
 
     /// Whether `task`'s host still answers for it as queued or running.
     async fn runs_elsewhere(&self, task: &TaskInfo) -> bool {
-        let peer = ComputeManagerClient::new(
+        let peer = ComputeClient::new(
             self.rpc.with_target(Target::new("compute").with_server(&task.host)).with_timeout(Duration::from_secs(3)),
         );
         match peer.get_task(&RequestContext::new(), task.task_id.clone()).await {
@@ -498,18 +460,12 @@ fn check_task_id(task_id: &str) -> Result<(), ComputeError> {
     }
 }
 
-#[rpc_api(version = "1.1")]
-impl ComputeManager {
-    /// Run task `task_id` on this host (Nova-style placement, cast to
-    /// `compute.<host>`): the allow-listed command `name` (or `name@version`)
-    /// with `args` appended. It waits here, `queued`, while every slot is
-    /// busy. A task id that exists already is not run again.
-    #[rpc(cast)]
-    pub async fn run_task(
+impl ComputeApi for ComputeManager {
+    async fn run_task(
         self: &Arc<Self>,
         _ctx: RequestContext,
         name: String,
-        #[rpc(default)] args: Vec<String>,
+        args: Vec<String>,
         task_id: String,
         notify: Option<NotifyTarget>,
         callback_url: Option<String>,
@@ -554,16 +510,11 @@ impl ComputeManager {
         })
     }
 
-    /// Run task `task_id` and answer when it ends (the work queue: cast to
-    /// the shared `compute` topic, this is taken by whichever host has a
-    /// free slot, and the slot is held until the task ends). A task id that
-    /// exists already is not run again: its record is returned.
-    #[rpc(cast)]
-    pub async fn submit_task(
+    async fn submit_task(
         self: &Arc<Self>,
         _ctx: RequestContext,
         name: String,
-        #[rpc(default)] args: Vec<String>,
+        args: Vec<String>,
         task_id: String,
         notify: Option<NotifyTarget>,
         callback_url: Option<String>,
@@ -582,16 +533,14 @@ impl ComputeManager {
         Ok(self.clone().run_holding(info, None).await)
     }
 
-    /// The task, with the last 64 KiB of its stdout and stderr.
-    pub async fn get_task(&self, _ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
+    async fn get_task(&self, _ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
         if let Some(t) = self.running.lock().await.get(&task_id) {
             return Ok(t.snapshot());
         }
         self.store.get(&task_id).await?.ok_or(ComputeError::TaskNotFound(task_id))
     }
 
-    /// Wait (up to `timeout` seconds, default 30) until the task ends; returns it.
-    pub async fn wait_task(
+    async fn wait_task(
         &self,
         _ctx: RequestContext,
         task_id: String,
@@ -629,8 +578,7 @@ impl ComputeManager {
         }
     }
 
-    /// Kill a running task, or cancel a queued one; returns it.
-    pub async fn kill_task(&self, _ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
+    async fn kill_task(&self, _ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
         let queued = self.queued.lock().await.remove(&task_id);
         if let Some(cancel) = queued {
             let (killed, saved) = oneshot::channel();
@@ -653,8 +601,7 @@ impl ComputeManager {
         }
     }
 
-    /// Every task this host ran or runs.
-    pub async fn list_tasks(&self, _ctx: RequestContext) -> Result<Vec<TaskInfo>, ComputeError> {
+    async fn list_tasks(&self, _ctx: RequestContext) -> Result<Vec<TaskInfo>, ComputeError> {
         let mut all = self.store.list(Some(&self.host), None).await?;
         let running = self.running.lock().await;
         for t in &mut all {
@@ -665,14 +612,15 @@ impl ComputeManager {
         Ok(all)
     }
 
-    /// Cast this host's free capacity and commands to every scheduler.
-    #[rpc(cast)]
-    pub async fn report_capacity(&self, ctx: RequestContext) -> Result<(), RpcError> {
+    async fn report_capacity(&self, ctx: RequestContext) -> Result<(), RpcError> {
         let free = self.slots.available_permits();
         let commands = self.commands().names();
         self.schedulers.update_host_state(&ctx, self.host.clone(), free, self.max_tasks, commands).await
     }
+}
 
+#[rpc_api(serves = ComputeApi)]
+impl ComputeManager {
     #[periodic_task(spacing = self.capacity_report_interval, run_immediately = true)]
     async fn _report_capacity_periodically(&self, ctx: RequestContext) -> Result<(), RpcError> {
         self.report_capacity(ctx).await

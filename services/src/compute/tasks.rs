@@ -9,9 +9,9 @@ use std::{
     time::Duration,
 };
 
-use chrono::NaiveDateTime;
 use nova_core::db::{Database, DbError, Migration};
-use serde::{Deserialize, Serialize};
+
+pub use crate::api::compute::{NotifyTarget, TaskInfo, TaskStatus};
 use sqlx::Row;
 use tokio::{
     io::{AsyncRead, AsyncReadExt},
@@ -20,153 +20,6 @@ use tokio::{
 
 /// How much of stdout and stderr a task keeps.
 pub const TAIL_BYTES: usize = 64 * 1024;
-
-/// Where a task stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskStatus {
-    /// Accepted, waiting for a free slot.
-    Queued,
-    /// Its process runs.
-    Running,
-    /// Exited with status 0.
-    Succeeded,
-    /// Exited non-zero, could not start, or was lost with its compute.
-    Failed,
-    /// Killed on request.
-    Killed,
-}
-
-impl TaskStatus {
-    /// The status's name, as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Queued => "queued",
-            TaskStatus::Running => "running",
-            TaskStatus::Succeeded => "succeeded",
-            TaskStatus::Failed => "failed",
-            TaskStatus::Killed => "killed",
-        }
-    }
-
-    /// Whether the task has ended (it never runs again under its id).
-    pub fn is_final(self) -> bool {
-        !matches!(self, TaskStatus::Queued | TaskStatus::Running)
-    }
-}
-
-impl std::str::FromStr for TaskStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "queued" => Ok(TaskStatus::Queued),
-            "running" => Ok(TaskStatus::Running),
-            "succeeded" => Ok(TaskStatus::Succeeded),
-            "failed" => Ok(TaskStatus::Failed),
-            "killed" => Ok(TaskStatus::Killed),
-            other => Err(format!("unknown task status {other:?} (queued, running, succeeded, failed, killed)")),
-        }
-    }
-}
-
-/// Where to cast a finished task's result: `method` on `topic` (optionally one server).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyTarget {
-    /// Topic to cast to.
-    pub topic: String,
-    /// Method to cast; it receives `task`.
-    pub method: String,
-    /// One server of the topic, if any.
-    #[serde(default)]
-    pub server: Option<String>,
-}
-
-/// Everything known about a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskInfo {
-    /// The caller's id for it.
-    pub task_id: String,
-    /// The compute host running it (empty while it waits in the shared queue).
-    pub host: String,
-    /// The allow-listed command name (`name@version` once resolved to a version).
-    pub name: String,
-    /// Extra arguments, passed as argv.
-    pub args: Vec<String>,
-    /// The whole argv it started with (the allow-list's entry then, plus `args`).
-    #[serde(default)]
-    pub argv: Vec<String>,
-    /// Where it stands.
-    pub status: TaskStatus,
-    /// Exit code, once exited normally.
-    pub exit_code: Option<i32>,
-    /// When it was accepted (UTC).
-    #[serde(default)]
-    pub submitted_at: Option<NaiveDateTime>,
-    /// Start (UTC).
-    pub started_at: Option<NaiveDateTime>,
-    /// End (UTC).
-    pub finished_at: Option<NaiveDateTime>,
-    /// Last 64 KiB of stdout.
-    pub stdout: String,
-    /// Last 64 KiB of stderr.
-    pub stderr: String,
-    /// Bytes written to stdout in all (`stdout` holds the last of them).
-    #[serde(default)]
-    pub stdout_bytes: u64,
-    /// Bytes written to stderr in all.
-    #[serde(default)]
-    pub stderr_bytes: u64,
-    /// Why it failed to start, or was failed.
-    pub error: Option<String>,
-    /// Where its result is cast.
-    pub notify: Option<NotifyTarget>,
-    /// Where its result is POSTed.
-    pub callback_url: Option<String>,
-    /// Why the callback failed, if it did.
-    pub callback_error: Option<String>,
-    /// The task's process group (its leader's pid) and the leader's start
-    /// time in clock ticks since boot, so a restarted compute can find and
-    /// kill what a crashed one left behind, and nothing else.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process_group: Option<(i32, u64)>,
-}
-
-impl TaskInfo {
-    /// A task accepted now, not started: `queued` on `host` (empty while no
-    /// host has it).
-    pub fn queued(
-        task_id: String,
-        host: String,
-        name: String,
-        args: Vec<String>,
-        notify: Option<NotifyTarget>,
-        callback_url: Option<String>,
-    ) -> Self {
-        Self {
-            task_id,
-            host,
-            name,
-            args,
-            argv: Vec::new(),
-            status: TaskStatus::Queued,
-            exit_code: None,
-            submitted_at: Some(chrono::Utc::now().naive_utc()),
-            started_at: None,
-            finished_at: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_bytes: 0,
-            stderr_bytes: 0,
-            error: None,
-            notify,
-            callback_url,
-            callback_error: None,
-            process_group: None,
-        }
-    }
-}
 
 /// The `compute_tasks` table.
 pub const MIGRATIONS: &[Migration] = &[Migration {

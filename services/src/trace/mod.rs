@@ -64,6 +64,8 @@ pub struct TraceCollector {
     retention: Duration,
     db: Database,
     otlp_endpoint: Option<String>,
+    /// Exports in flight, finished before the service stops.
+    background: nova_core::Background,
 }
 
 impl std::fmt::Debug for TraceCollector {
@@ -77,7 +79,8 @@ pub fn entry() -> ManagerEntry {
     ManagerEntry::new(NAME, |deps: ManagerDeps| async move {
         let max: usize = deps.config.require("trace", "max_traces")?;
         let retention: f64 = deps.config.require("trace", "retention")?;
-        let mut m = TraceCollector::new(deps.db.clone(), max, Duration::from_secs_f64(retention));
+        let mut m = TraceCollector::new(deps.db.clone(), max, Duration::from_secs_f64(retention))
+            .with_background(deps.service.background.clone());
         if let Some(endpoint) = deps.config.get::<String>("trace", "otlp_endpoint")?.filter(|e| !e.is_empty()) {
             m = m.with_otlp(endpoint);
         }
@@ -95,7 +98,20 @@ fn db_error(e: DbError) -> RpcError {
 impl TraceCollector {
     /// A collector over a migrated `db`.
     pub fn new(db: Database, max_traces: usize, retention: Duration) -> Self {
-        Self { recent: Mutex::default(), max_traces: max_traces.max(1), retention, db, otlp_endpoint: None }
+        Self {
+            recent: Mutex::default(),
+            max_traces: max_traces.max(1),
+            retention,
+            db,
+            otlp_endpoint: None,
+            background: nova_core::Background::new(),
+        }
+    }
+
+    /// Track exports in `background` (the service's, so a stop waits for them).
+    pub fn with_background(mut self, background: nova_core::Background) -> Self {
+        self.background = background;
+        self
     }
 
     /// Also forward every batch to the OpenTelemetry collector at `endpoint`.
@@ -147,7 +163,7 @@ impl TraceCollector {
         }
         if let Some(endpoint) = self.otlp_endpoint.clone() {
             let batch = spans.clone();
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 if let Err(e) = otlp::export(&endpoint, &batch).await {
                     tracing::warn!(error = %e, spans = batch.len(), "spans not forwarded to the OpenTelemetry collector");
                 }

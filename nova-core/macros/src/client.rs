@@ -1,0 +1,101 @@
+//! The typed client (Nova's `rpcapi.py`): one method per RPC method, which
+//! serialises its arguments by name and calls or casts.
+
+use proc_macro2::TokenStream as Tokens;
+use quote::quote;
+
+use crate::parse::Method;
+
+/// What the client is written for.
+pub(crate) struct ClientSpec<'a> {
+    pub(crate) ident: &'a syn::Ident,
+    /// The API it calls (a type or trait), for its doc.
+    pub(crate) api: &'a syn::Ident,
+    pub(crate) version: &'a str,
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) methods: &'a [Method],
+}
+
+/// The client struct and its methods.
+pub(crate) fn client(spec: &ClientSpec<'_>) -> Tokens {
+    let p = crate::private();
+    let (ident, version) = (spec.ident, spec.version);
+    let with_namespace = spec.namespace.map(|n| quote!(.with_namespace(#n)));
+    let doc = format!("Typed RPC client for [`{}`], pinned to API version {version}.", spec.api);
+    let methods = spec.methods.iter().map(method);
+    quote! {
+        #[doc = #doc]
+        #[derive(Debug, Clone)]
+        pub struct #ident {
+            client: #p::RpcClient,
+        }
+
+        impl #ident {
+            /// The API version this client sends.
+            pub const VERSION: &'static str = #version;
+
+            /// Wrap an [`RpcClient`](nova_rpc::RpcClient) aimed at the API's topic.
+            pub fn new(client: #p::RpcClient) -> Self {
+                Self { client: client.with_version(#version) #with_namespace }
+            }
+
+            /// The same client, aimed at one server (`topic.host`).
+            pub fn with_server(&self, host: impl ::core::convert::Into<::std::string::String>) -> Self {
+                Self { client: self.client.with_server(host) }
+            }
+
+            /// The same client, to every server of the topic (casts only).
+            pub fn with_fanout(&self) -> Self {
+                Self { client: self.client.with_fanout(true) }
+            }
+
+            /// The same client, capped at `cap` (Nova's `version_cap`).
+            pub fn with_version_cap(&self, cap: #p::Version) -> Self {
+                Self { client: self.client.with_version_cap(cap) }
+            }
+
+            /// Whether `version` may be sent under the cap.
+            pub fn can_send_version(&self, version: &str) -> bool {
+                self.client.can_send_version(version)
+            }
+
+            /// The underlying client.
+            pub fn rpc_client(&self) -> &#p::RpcClient {
+                &self.client
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
+fn method(m: &Method) -> Tokens {
+    let p = crate::private();
+    let name = &m.name;
+    let name_str = name.to_string();
+    let params = m.args.iter().map(|(n, t)| quote!(#n: #t));
+    let inserts = m.args.iter().map(|(n, _)| {
+        let key = n.to_string();
+        quote! {
+            __args.insert(#key.to_owned(), #p::serde_json::to_value(&#n)
+                .map_err(|e| #p::RpcError::Serialization(e.to_string()))?);
+        }
+    });
+    let ok = &m.ok;
+    let doc = &m.doc;
+    let doc_attr = (!doc.is_empty()).then(|| quote!(#[doc = #doc]));
+    let (body, ret) = if m.cast {
+        (quote!(self.client.cast(ctx, #name_str, __args).await), quote!(()))
+    } else {
+        (quote!(self.client.call_as::<#ok>(ctx, #name_str, __args).await), quote!(#ok))
+    };
+    quote! {
+        #doc_attr
+        pub async fn #name(&self, ctx: &#p::RequestContext, #(#params),*) -> ::core::result::Result<#ret, #p::RpcError> {
+            #[allow(unused_mut)]
+            let mut __args = #p::serde_json::Map::new();
+            #(#inserts)*
+            #body
+        }
+    }
+}

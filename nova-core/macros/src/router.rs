@@ -1,0 +1,67 @@
+//! The router: each method registered by name with its argument struct,
+//! its description (argument names and types, doc), and whether it runs
+//! on the blocking pool.
+
+use proc_macro2::TokenStream as Tokens;
+use quote::quote;
+
+use crate::{args, parse::type_name, parse::Method};
+
+/// Statements that add `methods` to a `router` variable, calling them on
+/// `self: &Arc<Self>`.
+pub(crate) fn routes(api: &syn::Ident, methods: &[Method]) -> Vec<Tokens> {
+    methods.iter().map(|m| route(api, m)).collect()
+}
+
+fn route(api: &syn::Ident, m: &Method) -> Tokens {
+    let p = crate::private();
+    let name = &m.name;
+    let name_str = name.to_string();
+    let args_ident = args::ident(api, m);
+    let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+    let ctx_arg = if m.ctx_by_ref { quote!(&ctx) } else { quote!(ctx) };
+    let describe_args = m.args.iter().map(|(n, t)| {
+        let (n, t) = (n.to_string(), type_name(t));
+        quote!((#n, #t))
+    });
+    let doc = &m.doc;
+    let register = if m.is_async {
+        quote! {
+            router = router.method(#name_str, move |ctx: #p::RequestContext, a: #args_ident| {
+                let this = this.clone();
+                async move { this.#name(#ctx_arg, #(a.#names),*).await }
+            });
+        }
+    } else {
+        quote! {
+            router = router.blocking_method(#name_str, move |ctx: #p::RequestContext, a: #args_ident| {
+                this.#name(#ctx_arg, #(a.#names),*)
+            });
+        }
+    };
+    quote! {
+        {
+            let this = ::std::sync::Arc::clone(self);
+            #register
+        }
+        router = router.describe(#name_str, &[#(#describe_args),*], #doc);
+    }
+}
+
+/// The body of a `fn(self: &Arc<Self>) -> Router`: argument structs, then
+/// a router with every method.
+pub(crate) fn router_body(api: &syn::Ident, methods: &[Method], version: &str, namespace: &Tokens) -> Tokens {
+    let p = crate::private();
+    let structs = methods.iter().map(|m| args::args_struct(api, m));
+    let routes = routes(api, methods);
+    quote! {
+        #(#structs)*
+        let mut router = #p::Router::new(#p::version(#version));
+        let namespace: ::core::option::Option<&'static str> = #namespace;
+        if let ::core::option::Option::Some(ns) = namespace {
+            router = router.namespace(ns);
+        }
+        #(#routes)*
+        router
+    }
+}

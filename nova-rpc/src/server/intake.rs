@@ -1,0 +1,170 @@
+//! Taking a request in: refuse what is too large, badly signed or
+//! malformed (telling the caller when its reply address can be read),
+//! drop duplicates, dead-letter what failed too often, and settle
+//! deliveries.
+
+use std::time::Instant;
+
+use super::{reply::send_reply, ServerState};
+use crate::{
+    transport::{Acknowledge, Delivery},
+    wire::{self, Request},
+    RemoteFailure,
+};
+
+/// A request let in, with what settles its delivery (`None`: acknowledged
+/// already, at-most-once).
+pub(super) struct Admitted {
+    pub(super) request: Request,
+    pub(super) acker: Option<Box<dyn Acknowledge>>,
+    pub(super) deadline: Option<Instant>,
+    pub(super) delivery_count: u32,
+}
+
+/// Decode and check a delivery; `None` when it was refused or is a
+/// duplicate (and has been settled).
+pub(super) async fn admit(shared: &ServerState, delivery: Delivery) -> Option<Admitted> {
+    let (deadline, delivery_count) = (delivery.deadline, delivery.delivery_count);
+    let (body, acker) = delivery.into_parts();
+    let request = match check(shared, &body) {
+        Ok(request) => request,
+        Err((failure, reply_to)) => {
+            malformed(&shared.topic);
+            acker.reject().await;
+            if let Some((msg_id, reply_q)) = reply_to {
+                send_reply(shared, &reply_q, &msg_id, Err(failure), deadline).await;
+            }
+            return None;
+        }
+    };
+    // At-most-once records the id on receipt. At-least-once records it only
+    // once the method succeeded, so a failed attempt can be tried again, and
+    // meanwhile holds it as in flight so concurrent copies run once: a copy
+    // that arrives while the original runs (redelivered after a reconnect)
+    // is settled with the original's outcome, so neither is lost.
+    let acker = intake(shared, &request.unique_id, acker)?;
+    // At-least-once: handed back more than `max_deliveries` times (the
+    // broker's x-delivery-count, which RabbitMQ 3.x and 4.x both keep), a
+    // message is dead-lettered unrun.
+    if let Some(max) = shared.max_deliveries.filter(|max| delivery_count > *max) {
+        tracing::warn!(topic = %shared.topic, unique_id = %request.unique_id, attempts = delivery_count, max, "dead-lettering a message that failed too often");
+        settle_in_flight(shared, &request.unique_id, Settle::Reject, acker).await;
+        return None;
+    }
+    // oslo's default is at-most-once: acknowledge before dispatching.
+    let acker = if shared.at_least_once {
+        Some(acker)
+    } else {
+        acker.ack().await;
+        None
+    };
+    Some(Admitted { request, acker, deadline, delivery_count })
+}
+
+/// Who to tell about a refused request: its `msg_id` and `reply_q`.
+type ReplyTo = Option<(String, String)>;
+
+/// The request in `body`, or why it is refused and whom to tell.
+fn check(shared: &ServerState, body: &[u8]) -> Result<Request, (RemoteFailure, ReplyTo)> {
+    let max = shared.transport.options().max_message_size;
+    if body.len() > max {
+        tracing::warn!(topic = %shared.topic, size = body.len(), max, "rejecting message larger than max_message_size");
+        let reply_to = match wire::decode_request(body) {
+            Ok(r) => r.msg_id.zip(r.reply_q),
+            Err(bad) => bad.msg_id.zip(bad.reply_q),
+        };
+        let reason = format!("message of {} bytes is larger than max_message_size ({max})", body.len());
+        return Err((RemoteFailure::new("MessageTooLarge", "nova_rpc.server", reason), reply_to));
+    }
+    let signed_by = match verify_signature(shared, body) {
+        Ok(by) => by,
+        Err(e) => {
+            tracing::warn!(topic = %shared.topic, error = %e, "refusing a request whose signature does not verify");
+            let reply_to = wire::decode_request(body).ok().and_then(|r| r.msg_id.zip(r.reply_q));
+            return Err((RemoteFailure::new(e.class(), "nova_rpc.signing", e.to_string()), reply_to));
+        }
+    };
+    match wire::decode_request(body) {
+        Ok(mut request) => {
+            request.context.signed_by = signed_by;
+            Ok(request)
+        }
+        Err(bad) => {
+            tracing::warn!(topic = %shared.topic, error = %bad, "rejecting malformed message");
+            let reply_to = bad.msg_id.zip(bad.reply_q);
+            Err((RemoteFailure::new("MalformedMessage", "nova_rpc.wire", bad.reason), reply_to))
+        }
+    }
+}
+
+/// How a delivery ends.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Settle {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+/// Take a request in: `None` when it is a duplicate, already settled or
+/// held beside its running original.
+fn intake(shared: &ServerState, id: &str, acker: Box<dyn Acknowledge>) -> Option<Box<dyn Acknowledge>> {
+    if id.is_empty() {
+        return Some(acker);
+    }
+    let mut seen = crate::lock(&shared.seen);
+    if !shared.at_least_once {
+        if seen.insert(id) {
+            return Some(acker);
+        }
+    } else if !seen.contains(id) {
+        match crate::lock(&shared.in_flight).entry(id.to_owned()) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Vec::new());
+                return Some(acker);
+            }
+            std::collections::hash_map::Entry::Occupied(mut running) => {
+                tracing::info!(topic = %shared.topic, unique_id = %id, "a copy of a running message arrived; it ends as the original does");
+                running.get_mut().push(acker);
+                return None;
+            }
+        }
+    }
+    drop(seen);
+    tracing::info!(topic = %shared.topic, unique_id = %id, "dropping duplicate message");
+    let settle = acker.ack();
+    tokio::spawn(settle);
+    None
+}
+
+/// Settle an at-least-once message and every copy held beside it, and
+/// remember its id as done unless it goes back to the queue.
+pub(super) async fn settle_in_flight(shared: &ServerState, id: &str, how: Settle, acker: Box<dyn Acknowledge>) {
+    let mut ackers = vec![acker];
+    if !id.is_empty() {
+        ackers.extend(crate::lock(&shared.in_flight).remove(id).unwrap_or_default());
+        if !matches!(how, Settle::Requeue) {
+            crate::lock(&shared.seen).insert(id);
+        }
+    }
+    // The newest copy is the one a live channel holds (an older one may sit
+    // on a connection that is gone): it carries the verdict, the others are acked.
+    for (i, a) in ackers.into_iter().rev().enumerate() {
+        match how {
+            Settle::Requeue if i == 0 => a.requeue().await,
+            Settle::Reject if i == 0 => a.reject().await,
+            _ => a.ack().await,
+        }
+    }
+}
+
+/// On a signed topic, the key that verified `body`; elsewhere `None`.
+fn verify_signature(shared: &ServerState, body: &[u8]) -> Result<Option<String>, crate::signing::SignatureError> {
+    match &shared.transport.options().signing {
+        Some(s) if s.applies_to(&shared.topic) => s.verify(body).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn malformed(topic: &str) {
+    crate::metrics::metrics().malformed.get_or_create(&crate::metrics::TopicLabels { topic: topic.to_owned() }).inc();
+}

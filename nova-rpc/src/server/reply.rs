@@ -1,0 +1,84 @@
+//! The reply to a call, retried while its queue is briefly missing, and
+//! the call-monitor heartbeats sent while a method runs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::ServerState;
+use crate::{
+    transport::{Destination, Outgoing},
+    wire::{self, Reply},
+    RemoteFailure, Result,
+};
+
+pub(super) fn spawn_heartbeat(
+    shared: &ServerState,
+    reply_q: String,
+    msg_id: String,
+    monitor: f64,
+) -> tokio::task::JoinHandle<()> {
+    let transport = shared.transport.clone();
+    let every = Duration::from_secs_f64((monitor / 2.0).max(0.05));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            let beat = Reply {
+                result: Value::Null,
+                failure: None,
+                ending: false,
+                msg_id: msg_id.clone(),
+                unique_id: wire::new_id(),
+            };
+            let Ok(body) = wire::encode_reply(&beat) else { return };
+            let message = Outgoing { retry: Some(0), ..Outgoing::new(body) };
+            if let Err(e) = transport.send(&Destination::Reply { queue: reply_q.clone() }, message).await {
+                tracing::debug!(error = %e, "call-monitor heartbeat not sent");
+            }
+        }
+    })
+}
+
+pub(super) async fn send_reply(
+    shared: &ServerState,
+    reply_q: &str,
+    msg_id: &str,
+    outcome: Result<Value, RemoteFailure>,
+    deadline: Option<Instant>,
+) {
+    let (result, failure) = match outcome {
+        Ok(v) => (v, None),
+        Err(f) => (Value::Null, Some(f)),
+    };
+    let reply = Reply { result, failure, ending: true, msg_id: msg_id.to_owned(), unique_id: wire::new_id() };
+    let body: bytes::Bytes = match wire::encode_reply(&reply) {
+        Ok(b) => b.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode reply");
+            return;
+        }
+    };
+    let options = shared.transport.options();
+    let give_up = {
+        let missing = Instant::now() + options.rabbit.kombu_missing_consumer_retry_timeout;
+        deadline.map_or(missing, |d| d.min(missing))
+    };
+    let destination = Destination::Reply { queue: reply_q.to_owned() };
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let message = Outgoing { retry: Some(3), deadline: Some(give_up), ..Outgoing::new(body.clone()) };
+        match shared.transport.send(&destination, message).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() + pause < give_up => {
+                tracing::debug!(error = %e, reply_q, "reply not delivered yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reply_q, msg_id, "dropping reply: reply queue unreachable");
+                return;
+            }
+        }
+    }
+}
