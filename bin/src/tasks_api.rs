@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use nova_services::compute::{TaskInfo, TaskStatus};
+use nova_services::api::compute::{TaskInfo, TaskStatus};
 use serde_json::{json, Value};
 
 /// Why a tasks API request failed.

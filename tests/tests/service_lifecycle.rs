@@ -10,7 +10,7 @@ use nova_core::db::{
     Database,
 };
 use nova_rpc::{transport, RequestContext, RpcClient, Target};
-use nova_services::compute::{ComputeClient, TaskStatus};
+use nova_services::api::compute::{ComputeClient, TaskStatus};
 use nova_tests::{eventually, Proc, TempDir, TestDb, TestVhost};
 use serde_json::json;
 

@@ -317,7 +317,7 @@ fn print_json(v: &impl serde::Serialize) {
 }
 
 async fn task(api: &nova_bin::tasks_api::TasksApi, command: TaskCommand) -> Result<(), Failure> {
-    use nova_services::compute::TaskStatus;
+    use nova_services::api::compute::TaskStatus;
     use std::io::Write;
     match command {
         TaskCommand::Submit { name, args, id, callback_url, wait } => {

@@ -26,7 +26,7 @@ use axum::{
     Extension, Json,
 };
 use nova_rpc::{transport::QueueStats, RequestContext, Target};
-use nova_services::compute::{ComputeClient, NotifyTarget, TaskInfo, TaskStatus};
+use nova_services::api::compute::{ComputeClient, NotifyTarget, TaskInfo, TaskStatus};
 use serde::Deserialize;
 
 use super::{ApiError, Caller, Gateway};
