@@ -108,3 +108,26 @@ async fn a_tower_concurrency_limit_counts_every_request() {
     assert_eq!(most.load(Ordering::SeqCst), 1, "the limit let one request run at a time");
     server.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tower_rate_limit_spaces_requests_out() {
+    let t = transport::connect(TransportOptions::new("memory://tower-rate")).await.unwrap();
+    let router = Router::new(Version::new(1, 0))
+        .method("tick", |_ctx: RequestContext, _a: NoArgs| async { Ok::<_, RpcError>("tick") });
+    let one_per_ten_seconds =
+        TowerLayer::new(ServiceBuilder::new().rate_limit(1, Duration::from_secs(10)).service(Dispatch));
+    let server =
+        RpcServer::new(t.clone(), Target::new("rated").with_server("h1"), Dispatcher::new(vec![Arc::new(router)]))
+            .with_layer(Arc::new(one_per_ten_seconds))
+            .start()
+            .await
+            .unwrap();
+    let client = RpcClient::new(t.clone(), Target::new("rated")).with_timeout(Duration::from_secs(120));
+    let started = tokio::time::Instant::now();
+    for _ in 0..3 {
+        client.call(&RequestContext::new(), "tick", json!({})).await.expect("each call is served");
+    }
+    // The second and third wait for the next window each (paused time: no real wait).
+    assert!(started.elapsed() >= Duration::from_secs(20), "served after {:?}", started.elapsed());
+    server.stop(Duration::from_secs(5)).await;
+}
