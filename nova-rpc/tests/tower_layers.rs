@@ -18,8 +18,8 @@ use nova_rpc::{
         tower::{Dispatch, TowerLayer},
         Call, Layer, Next,
     },
-    transport::{self, TransportOptions},
-    RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
+    transport::{self, Transport, TransportOptions},
+    RequestContext, RpcClient, RpcError, RpcServer, RunningServer, Target, Version,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -41,6 +41,16 @@ impl Layer for Arrivals {
     }
 }
 
+/// Serve `router` on `topic.h1` behind `layers` (outermost first).
+async fn serve(t: &Arc<dyn Transport>, topic: &str, router: Router, layers: Vec<Arc<dyn Layer>>) -> RunningServer {
+    let mut server =
+        RpcServer::new(t.clone(), Target::new(topic).with_server("h1"), Dispatcher::new(vec![Arc::new(router)]));
+    for layer in layers {
+        server = server.with_layer(layer);
+    }
+    server.start().await.expect("the server starts")
+}
+
 #[tokio::test]
 async fn a_tower_timeout_cuts_off_a_slow_method() {
     let t = transport::connect(TransportOptions::new("memory://tower-timeout")).await.unwrap();
@@ -50,12 +60,7 @@ async fn a_tower_timeout_cuts_off_a_slow_method() {
         })
         .method("quick", |_ctx: RequestContext, _a: NoArgs| async { Ok::<_, RpcError>("done") });
     let timeout = TowerLayer::new(ServiceBuilder::new().timeout(Duration::from_millis(200)).service(Dispatch));
-    let server =
-        RpcServer::new(t.clone(), Target::new("towered").with_server("h1"), Dispatcher::new(vec![Arc::new(router)]))
-            .with_layer(Arc::new(timeout))
-            .start()
-            .await
-            .unwrap();
+    let server = serve(&t, "towered", router, vec![Arc::new(timeout)]).await;
     let client = RpcClient::new(t.clone(), Target::new("towered")).with_timeout(Duration::from_secs(30));
     let ctx = RequestContext::new();
     let e = client.call(&ctx, "hang", json!({})).await.expect_err("the timeout answers");
@@ -82,13 +87,7 @@ async fn a_tower_concurrency_limit_counts_every_request() {
     });
     let arrivals = Arc::new(Arrivals::default());
     let limit = TowerLayer::new(ServiceBuilder::new().concurrency_limit(1).service(Dispatch));
-    let server =
-        RpcServer::new(t.clone(), Target::new("limited").with_server("h1"), Dispatcher::new(vec![Arc::new(router)]))
-            .with_layer(arrivals.clone())
-            .with_layer(Arc::new(limit))
-            .start()
-            .await
-            .unwrap();
+    let server = serve(&t, "limited", router, vec![arrivals.clone(), Arc::new(limit)]).await;
     let client = RpcClient::new(t.clone(), Target::new("limited")).with_timeout(Duration::from_secs(30));
     let calls: Vec<_> = (0..2)
         .map(|_| {
@@ -116,12 +115,7 @@ async fn a_tower_rate_limit_spaces_requests_out() {
         .method("tick", |_ctx: RequestContext, _a: NoArgs| async { Ok::<_, RpcError>("tick") });
     let one_per_ten_seconds =
         TowerLayer::new(ServiceBuilder::new().rate_limit(1, Duration::from_secs(10)).service(Dispatch));
-    let server =
-        RpcServer::new(t.clone(), Target::new("rated").with_server("h1"), Dispatcher::new(vec![Arc::new(router)]))
-            .with_layer(Arc::new(one_per_ten_seconds))
-            .start()
-            .await
-            .unwrap();
+    let server = serve(&t, "rated", router, vec![Arc::new(one_per_ten_seconds)]).await;
     let client = RpcClient::new(t.clone(), Target::new("rated")).with_timeout(Duration::from_secs(120));
     let started = tokio::time::Instant::now();
     for _ in 0..3 {
