@@ -127,11 +127,28 @@ async fn broker_restart_under_load() {
     assert!(resumed < Duration::from_secs(5), "calls resumed {resumed:?} after the broker came back");
     let (ok, _failed) = caster.await.unwrap();
     assert!(ok.len() > 100, "casts kept flowing: {}", ok.len());
-    eventually("every confirmed cast arrived", Duration::from_secs(15), || async {
+    let missing = || -> Vec<u64> {
         let got = received.lock().unwrap();
-        let missing: Vec<_> = ok.iter().filter(|v| !got.contains(v)).take(5).collect();
-        missing.is_empty().then_some(())
-    })
+        ok.iter().filter(|v| !got.contains(v)).copied().collect()
+    };
+    // On failure: which values, where they sit among the casts, and the log.
+    let explain = || {
+        let gone = missing();
+        let around: Vec<_> = gone.iter().take(5).map(|v| ok.iter().position(|o| o == v)).collect();
+        format!(
+            "{} of {} confirmed casts missing, e.g. {:?} (their places among the confirmed: {around:?}); the log:\n{}",
+            gone.len(),
+            ok.len(),
+            &gone[..gone.len().min(5)],
+            nova_tests::logged()
+        )
+    };
+    nova_tests::eventually_explained(
+        "every confirmed cast arrived",
+        Duration::from_secs(15),
+        || async { missing().is_empty().then_some(()) },
+        explain,
+    )
     .await;
     assert!(
         nova_tests::logged().contains("topology re-declared; consuming again"),
