@@ -577,15 +577,27 @@ enum Settle {
     Reject,
 }
 
+/// How long settling a delivery may hold its request. A settle on a
+/// connection that has just died may never be answered; the broker then
+/// redelivers the message anyway, so waiting longer gains nothing, and an
+/// at-most-once request (acknowledged before it runs) must not be held.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
 impl AmqpAck {
     async fn settle(self, how: Settle) {
-        let done = match how {
-            Settle::Ack => self.0.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => self.0.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
-            Settle::Reject => self.0.reject(BasicRejectOptions { requeue: false }).await,
+        let settling = async {
+            match how {
+                Settle::Ack => self.0.ack(BasicAckOptions::default()).await,
+                Settle::Requeue => self.0.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+                Settle::Reject => self.0.reject(BasicRejectOptions { requeue: false }).await,
+            }
         };
-        if let Err(e) = done {
-            tracing::debug!(error = %e, "settling a delivery failed; the broker will redeliver it");
+        match tokio::time::timeout(SETTLE_LIMIT, settling).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "settling a delivery failed; the broker will redeliver it"),
+            Err(_) => tracing::warn!(
+                "settling a delivery got no answer (its connection is gone?); the broker will redeliver it"
+            ),
         }
     }
 }
