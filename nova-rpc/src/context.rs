@@ -71,24 +71,12 @@ impl RequestContext {
 
     /// Build from a context dictionary (the `_context_` prefix already removed).
     /// A missing `request_id` is generated; unknown keys go to `extra`.
-    pub fn from_map(mut map: Map<String, Value>) -> Self {
-        fn take_str(map: &mut Map<String, Value>, key: &str) -> Option<String> {
-            match map.remove(key) {
-                Some(Value::String(s)) => Some(s),
-                Some(Value::Null) | None => None,
-                Some(other) => Some(other.to_string()),
-            }
+    pub fn from_map(map: Map<String, Value>) -> Self {
+        let mut fields = ContextFields::default();
+        for (k, v) in map {
+            fields.accept(&k, v);
         }
-        let request_id = take_str(&mut map, "request_id").unwrap_or_else(generate_request_id);
-        let user_id = take_str(&mut map, "user_id");
-        let project_id = take_str(&mut map, "project_id");
-        let global_request_id = take_str(&mut map, "global_request_id");
-        let roles = match map.remove("roles") {
-            Some(Value::Array(items)) => items.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-            Some(Value::String(s)) => s.split(',').map(|r| r.trim().to_owned()).collect(),
-            _ => Vec::new(),
-        };
-        Self { request_id, user_id, project_id, roles, global_request_id, extra: map, signed_by: None }
+        fields.build()
     }
 
     /// Visit every context entry as `(key, value)`: `user_id`, `project_id`,
@@ -121,5 +109,60 @@ impl RequestContext {
             map.insert(k.to_owned(), v.clone());
         });
         map
+    }
+}
+
+/// A context read key by key (from a message, or a dictionary): the keys
+/// this type knows, and the others kept in order for `extra`.
+#[derive(Debug, Default)]
+pub(crate) struct ContextFields {
+    request_id: Option<String>,
+    user_id: Option<String>,
+    project_id: Option<String>,
+    global_request_id: Option<String>,
+    roles: Vec<String>,
+    extra: Map<String, Value>,
+}
+
+impl ContextFields {
+    /// Take one entry (the `_context_` prefix already removed); a later
+    /// entry of the same key replaces an earlier one.
+    pub(crate) fn accept(&mut self, key: &str, value: Value) {
+        fn text(v: Value) -> Option<String> {
+            match v {
+                Value::String(s) => Some(s),
+                Value::Null => None,
+                other => Some(other.to_string()),
+            }
+        }
+        match key {
+            "request_id" => self.request_id = text(value),
+            "user_id" => self.user_id = text(value),
+            "project_id" => self.project_id = text(value),
+            "global_request_id" => self.global_request_id = text(value),
+            "roles" => {
+                self.roles = match value {
+                    Value::Array(items) => items.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+                    Value::String(s) => s.split(',').map(|r| r.trim().to_owned()).collect(),
+                    _ => Vec::new(),
+                }
+            }
+            _ => {
+                self.extra.insert(key.to_owned(), value);
+            }
+        }
+    }
+
+    /// The context; a missing `request_id` is generated.
+    pub(crate) fn build(self) -> RequestContext {
+        RequestContext {
+            request_id: self.request_id.unwrap_or_else(generate_request_id),
+            user_id: self.user_id,
+            project_id: self.project_id,
+            roles: self.roles,
+            global_request_id: self.global_request_id,
+            extra: self.extra,
+            signed_by: None,
+        }
     }
 }

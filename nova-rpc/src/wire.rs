@@ -11,7 +11,7 @@
 use std::io;
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{ser::CharEscape, Map, Value};
 
 use crate::{RemoteFailure, RequestContext};
 
@@ -111,7 +111,42 @@ pub fn new_id() -> String {
 }
 
 /// Python `json.dumps` style: `", "` / `": "` separators, ASCII-only output.
-struct PyFormatter;
+///
+/// `enveloped` writes the same JSON as the contents of a JSON string (the
+/// 2.0 envelope's `oslo.message`): every `"` and `\` it would write gains a
+/// backslash as it is written, so the inner message is serialised once,
+/// straight into the envelope's buffer, and never scanned again.
+struct PyFormatter {
+    enveloped: bool,
+}
+
+impl PyFormatter {
+    /// One backslash of the inner JSON, as written.
+    fn backslash(&self) -> &'static [u8] {
+        if self.enveloped {
+            b"\\\\"
+        } else {
+            b"\\"
+        }
+    }
+
+    /// One `"` of the inner JSON, as written.
+    fn quote(&self) -> &'static [u8] {
+        if self.enveloped {
+            b"\\\""
+        } else {
+            b"\""
+        }
+    }
+
+    /// `\uXXXX` for one UTF-16 unit.
+    fn write_unit<W: ?Sized + io::Write>(&self, w: &mut W, unit: u16) -> io::Result<()> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        w.write_all(self.backslash())?;
+        let hex = |shift: u16| HEX[usize::from((unit >> shift) & 0xf)];
+        w.write_all(&[b'u', hex(12), hex(8), hex(4), hex(0)])
+    }
+}
 
 impl serde_json::ser::Formatter for PyFormatter {
     fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
@@ -134,6 +169,30 @@ impl serde_json::ser::Formatter for PyFormatter {
         w.write_all(b": ")
     }
 
+    fn begin_string<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(self.quote())
+    }
+
+    fn end_string<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(self.quote())
+    }
+
+    fn write_char_escape<W: ?Sized + io::Write>(&mut self, w: &mut W, escape: CharEscape) -> io::Result<()> {
+        let letter: &[u8] = match escape {
+            CharEscape::Quote => self.quote(),
+            CharEscape::ReverseSolidus => self.backslash(),
+            CharEscape::Solidus => b"/",
+            CharEscape::Backspace => b"b",
+            CharEscape::FormFeed => b"f",
+            CharEscape::LineFeed => b"n",
+            CharEscape::CarriageReturn => b"r",
+            CharEscape::Tab => b"t",
+            CharEscape::AsciiControl(byte) => return self.write_unit(w, u16::from(byte)),
+        };
+        w.write_all(self.backslash())?;
+        w.write_all(letter)
+    }
+
     fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
         let bytes = fragment.as_bytes();
         if bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
@@ -147,37 +206,50 @@ impl serde_json::ser::Formatter for PyFormatter {
             w.write_all(&bytes[start..i])?;
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
-                write!(w, "\\u{unit:04x}")?;
+                self.write_unit(w, *unit)?;
             }
             start = i + c.len_utf8();
         }
         w.write_all(&bytes[start..])
     }
+
+    fn write_raw_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
+        if !self.enveloped {
+            return w.write_all(fragment.as_bytes());
+        }
+        for piece in fragment.as_bytes().split_inclusive(|b| matches!(b, b'"' | b'\\')) {
+            match piece.split_last() {
+                Some((last @ (b'"' | b'\\'), head)) => {
+                    w.write_all(head)?;
+                    w.write_all(b"\\")?;
+                    w.write_all(&[*last])?;
+                }
+                _ => w.write_all(piece)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Serialise `value` as Python's `json.dumps` would, appending to `out`.
 pub fn to_python_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), crate::RpcError> {
-    let mut ser = serde_json::Serializer::with_formatter(out, PyFormatter);
+    let mut ser = serde_json::Serializer::with_formatter(out, PyFormatter { enveloped: false });
     value.serialize(&mut ser).map_err(|e| crate::RpcError::Serialization(e.to_string()))
 }
 
-/// Wrap an inner message (Python-style JSON, ASCII only) in the 2.0 envelope.
-fn envelope(inner: &[u8]) -> Vec<u8> {
-    const HEAD: &[u8] = br#"{"oslo.version": "2.0", "oslo.message": ""#;
-    let extra = inner.iter().filter(|b| matches!(b, b'"' | b'\\')).count();
-    let mut out = Vec::with_capacity(HEAD.len() + inner.len() + extra + 2);
-    out.extend_from_slice(HEAD);
-    let mut start = 0;
-    for (i, b) in inner.iter().enumerate() {
-        if matches!(b, b'"' | b'\\') {
-            out.extend_from_slice(&inner[start..i]);
-            out.push(b'\\');
-            start = i;
-        }
-    }
-    out.extend_from_slice(&inner[start..]);
-    out.extend_from_slice(b"\"}");
-    out
+/// The 2.0 envelope around an inner message: what comes before and after
+/// the inner JSON, which is written as a JSON string between them.
+const ENVELOPE_HEAD: &[u8] = br#"{"oslo.version": "2.0", "oslo.message": ""#;
+const ENVELOPE_TAIL: &[u8] = b"\"}";
+
+/// `inner`, written as Python's `json.dumps` would, inside the 2.0 envelope.
+fn enveloped<T: Serialize + ?Sized>(inner: &T, capacity: usize) -> Result<Vec<u8>, crate::RpcError> {
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(ENVELOPE_HEAD);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter { enveloped: true });
+    inner.serialize(&mut ser).map_err(|e| crate::RpcError::Serialization(e.to_string()))?;
+    out.extend_from_slice(ENVELOPE_TAIL);
+    Ok(out)
 }
 
 struct RequestBody<'a>(&'a Request);
@@ -201,13 +273,25 @@ impl Serialize for RequestBody<'_> {
             m.serialize_entry("_timeout", &r.monitor_timeout.map(python_number))?;
         }
         m.serialize_entry("_unique_id", &r.unique_id)?;
-        let mut result = Ok(());
-        r.context.for_each_entry(|k, v| {
-            if result.is_ok() {
-                result = m.serialize_entry(&format_args!("_context_{k}"), v);
-            }
-        });
-        result?;
+        // The context's entries in `RequestContext::for_each_entry`'s order,
+        // written from the fields as they are.
+        let c = &r.context;
+        if let Some(u) = &c.user_id {
+            m.serialize_entry("_context_user_id", u)?;
+        }
+        if let Some(p) = &c.project_id {
+            m.serialize_entry("_context_project_id", p)?;
+        }
+        m.serialize_entry("_context_request_id", &c.request_id)?;
+        if let Some(g) = &c.global_request_id {
+            m.serialize_entry("_context_global_request_id", g)?;
+        }
+        if !c.roles.is_empty() {
+            m.serialize_entry("_context_roles", &c.roles)?;
+        }
+        for (k, v) in &c.extra {
+            m.serialize_entry(&format_args!("_context_{k}"), v)?;
+        }
         m.end()
     }
 }
@@ -223,9 +307,7 @@ fn python_number(f: f64) -> Value {
 
 /// Encode a request or cast as an enveloped oslo message.
 pub fn encode_request(request: &Request) -> Result<Vec<u8>, crate::RpcError> {
-    let mut inner = Vec::with_capacity(256);
-    to_python_json(&RequestBody(request), &mut inner)?;
-    Ok(envelope(&inner))
+    enveloped(&RequestBody(request), 512)
 }
 
 /// Encode a reply as an enveloped oslo message.
@@ -246,30 +328,35 @@ pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, crate::RpcError> {
         }
         None => None,
     };
-    let mut inner = Vec::with_capacity(128);
-    to_python_json(
-        &Body {
-            result: &reply.result,
-            failure,
-            ending: reply.ending,
-            _msg_id: &reply.msg_id,
-            _unique_id: &reply.unique_id,
-        },
-        &mut inner,
-    )?;
-    Ok(envelope(&inner))
+    let body = Body {
+        result: &reply.result,
+        failure,
+        ending: reply.ending,
+        _msg_id: &reply.msg_id,
+        _unique_id: &reply.unique_id,
+    };
+    enveloped(&body, 256)
 }
 
 /// Strip the 2.0 envelope (or accept a bare, pre-envelope message) and parse
 /// the inner message as a JSON object.
 pub fn decode_message(body: &[u8]) -> Result<Map<String, Value>, Malformed> {
+    decode::<Map<String, Value>>(body)
+}
+
+/// The inner message of `body`, read into `T`: straight from the
+/// unescaped inner text for the exact envelope, else through the general path.
+fn decode<T: Fields>(body: &[u8]) -> Result<T, Malformed> {
+    if let Some(inner) = exact_envelope(body) {
+        return serde_json::from_str::<Collect<T>>(&inner).map(|c| c.0).map_err(inner_error);
+    }
     let text = std::str::from_utf8(body).map_err(|e| Malformed::new(format!("body is not UTF-8: {e}")))?;
     let outer: Value = serde_json::from_str(text).map_err(|e| Malformed::new(format!("body is not JSON: {e}")))?;
     let Value::Object(mut outer) = outer else {
         return Err(Malformed::new("body is not a JSON object"));
     };
     let Some(version) = outer.get("oslo.version") else {
-        return Ok(outer);
+        return Ok(T::from_map(outer));
     };
     let major = version.as_str().and_then(|v| v.split('.').next()).unwrap_or("");
     if major != "2" {
@@ -280,18 +367,108 @@ pub fn decode_message(body: &[u8]) -> Result<Map<String, Value>, Malformed> {
         Some(_) => return Err(Malformed::new("oslo.message is not a string")),
         None => return Err(Malformed::new("envelope has no oslo.message")),
     };
-    match serde_json::from_str(&inner) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Malformed::new("oslo.message is not a JSON object")),
-        Err(e) => Err(Malformed::new(format!("oslo.message is not JSON: {e}"))),
+    serde_json::from_str::<Collect<T>>(&inner).map(|c| c.0).map_err(inner_error)
+}
+
+fn inner_error(e: serde_json::Error) -> Malformed {
+    match e.classify() {
+        serde_json::error::Category::Data => Malformed::new("oslo.message is not a JSON object"),
+        _ => Malformed::new(format!("oslo.message is not JSON: {e}")),
     }
 }
 
-fn take_opt_string(m: &mut Map<String, Value>, key: &str) -> Result<Option<String>, String> {
-    match m.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("{key} must be a string, not {}", json_type(&other))),
+/// The inner message of a body that is exactly the envelope as oslo and
+/// nova-rs write it (`{"oslo.version": "2.0", "oslo.message": "…"}`), its
+/// only escapes the `\"` and `\\` that quoting ASCII JSON makes, unescaped
+/// without building the outer object; `None` for any other shape, which
+/// the general path then reads.
+fn exact_envelope(body: &[u8]) -> Option<String> {
+    let head = &ENVELOPE_HEAD[..ENVELOPE_HEAD.len() - 1];
+    let quoted = body.strip_prefix(head)?.strip_suffix(b"}")?;
+    let mut rest = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    let mut out = Vec::with_capacity(rest.len());
+    while let Some(i) = rest.iter().position(|&b| b == b'\\' || b == b'"' || b < 0x20) {
+        out.extend_from_slice(&rest[..i]);
+        match (rest[i], rest.get(i + 1)) {
+            (b'\\', Some(&c @ (b'"' | b'\\'))) => out.push(c),
+            _ => return None,
+        }
+        rest = &rest[i + 2..];
+    }
+    out.extend_from_slice(rest);
+    String::from_utf8(out).ok()
+}
+
+/// What a decoder keeps of an inner message, key by key, as it is read.
+trait Fields: Default {
+    fn accept(&mut self, key: &str, value: Value);
+
+    fn from_map(map: Map<String, Value>) -> Self {
+        let mut fields = Self::default();
+        for (k, v) in map {
+            fields.accept(&k, v);
+        }
+        fields
+    }
+}
+
+impl Fields for Map<String, Value> {
+    fn accept(&mut self, key: &str, value: Value) {
+        self.insert(key.to_owned(), value);
+    }
+
+    fn from_map(map: Map<String, Value>) -> Self {
+        map
+    }
+}
+
+/// Reads a JSON object into `T` key by key, never building the object.
+struct Collect<T>(T);
+
+impl<'de, T: Fields> serde::Deserialize<'de> for Collect<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Fields> serde::de::Visitor<'de> for Keys<T> {
+            type Value = Collect<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Collect<T>, A::Error> {
+                let mut fields = T::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    fields.accept(&key, map.next_value()?);
+                }
+                Ok(Collect(fields))
+            }
+        }
+        d.deserialize_map(Keys(std::marker::PhantomData))
+    }
+}
+
+/// An object key, borrowed from the input where it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -307,38 +484,78 @@ pub fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// A string, or nothing (absent or `null`); anything else is refused.
+fn opt_string(key: &str, v: Option<Value>) -> Result<Option<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("{key} must be a string, not {}", json_type(&other))),
+    }
+}
+
+/// A request's keys as read, checked once all are in.
+#[derive(Default)]
+struct RequestFields {
+    method: Option<Value>,
+    args: Option<Value>,
+    namespace: Option<Value>,
+    version: Option<Value>,
+    msg_id: Option<Value>,
+    reply_q: Option<Value>,
+    timeout: Option<Value>,
+    unique_id: Option<Value>,
+    context: crate::context::ContextFields,
+}
+
+impl Fields for RequestFields {
+    fn accept(&mut self, key: &str, value: Value) {
+        let slot = match key {
+            "method" => &mut self.method,
+            "args" => &mut self.args,
+            "namespace" => &mut self.namespace,
+            "version" => &mut self.version,
+            "_msg_id" => &mut self.msg_id,
+            "_reply_q" => &mut self.reply_q,
+            "_timeout" => &mut self.timeout,
+            "_unique_id" => &mut self.unique_id,
+            other => {
+                if let Some(key) = other.strip_prefix("_context_") {
+                    self.context.accept(key, value);
+                }
+                return;
+            }
+        };
+        *slot = Some(value);
+    }
+}
+
 /// Decode a request or cast from a message body.
 pub fn decode_request(body: &[u8]) -> Result<Request, Malformed> {
-    let mut m = decode_message(body)?;
-    let msg_id = m.get("_msg_id").and_then(Value::as_str).map(str::to_owned);
-    let reply_q = m.get("_reply_q").and_then(Value::as_str).map(str::to_owned);
+    let f = decode::<RequestFields>(body)?;
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let (msg_id, reply_q) = (text(f.msg_id), text(f.reply_q));
     let with_address = |reason: String| Malformed { reason, msg_id: msg_id.clone(), reply_q: reply_q.clone() };
-    let method = match m.remove("method") {
+    let method = match f.method {
         Some(Value::String(s)) => s,
         Some(other) => return Err(with_address(format!("method must be a string, not {}", json_type(&other)))),
         None => return Err(with_address("message has no method".into())),
     };
-    let args = match m.remove("args") {
+    let args = match f.args {
         Some(Value::Object(a)) => a,
         None | Some(Value::Null) => Map::new(),
         Some(other) => return Err(with_address(format!("args must be an object, not {}", json_type(&other)))),
     };
-    let namespace = take_opt_string(&mut m, "namespace").map_err(&with_address)?;
-    let version = take_opt_string(&mut m, "version").map_err(&with_address)?;
-    m.remove("_msg_id");
-    m.remove("_reply_q");
-    let monitor_timeout = match m.remove("_timeout") {
+    let namespace = opt_string("namespace", f.namespace).map_err(&with_address)?;
+    let version = opt_string("version", f.version).map_err(&with_address)?;
+    let monitor_timeout = match f.timeout {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => n.as_f64(),
         Some(other) => return Err(with_address(format!("_timeout must be a number, not {}", json_type(&other)))),
     };
-    let unique_id = take_opt_string(&mut m, "_unique_id").map_err(&with_address)?.unwrap_or_default();
-    let mut ctx = Map::new();
-    for (k, v) in m {
-        if let Some(key) = k.strip_prefix("_context_") {
-            ctx.insert(key.to_owned(), v);
-        }
-    }
+    let unique_id = opt_string("_unique_id", f.unique_id).map_err(&with_address)?.unwrap_or_default();
     Ok(Request {
         method,
         args,
@@ -348,38 +565,114 @@ pub fn decode_request(body: &[u8]) -> Result<Request, Malformed> {
         reply_q,
         monitor_timeout,
         unique_id,
-        context: RequestContext::from_map(ctx),
+        context: f.context.build(),
     })
+}
+
+/// A reply's keys as read, checked once all are in.
+#[derive(Default)]
+struct ReplyFields {
+    result: Option<Value>,
+    failure: Option<Value>,
+    ending: Option<Value>,
+    msg_id: Option<Value>,
+    unique_id: Option<Value>,
+}
+
+impl Fields for ReplyFields {
+    fn accept(&mut self, key: &str, value: Value) {
+        let slot = match key {
+            "result" => &mut self.result,
+            "failure" => &mut self.failure,
+            "ending" => &mut self.ending,
+            "_msg_id" => &mut self.msg_id,
+            "_unique_id" => &mut self.unique_id,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
 }
 
 /// Decode a reply from a message body.
 pub fn decode_reply(body: &[u8]) -> Result<Reply, Malformed> {
-    let mut m = decode_message(body)?;
-    let msg_id = take_opt_string(&mut m, "_msg_id")
+    let f = decode::<ReplyFields>(body)?;
+    let msg_id = opt_string("_msg_id", f.msg_id)
         .map_err(Malformed::new)?
         .ok_or_else(|| Malformed::new("reply has no _msg_id"))?;
-    let failure = match m.remove("failure") {
+    let invalid = |e: serde_json::Error| Malformed::new(format!("failure is not a valid failure object: {e}"));
+    let failure = match f.failure {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(
-            serde_json::from_str::<RemoteFailure>(&s)
-                .map_err(|e| Malformed::new(format!("failure is not a valid failure object: {e}")))?,
-        ),
-        Some(obj @ Value::Object(_)) => Some(
-            serde_json::from_value::<RemoteFailure>(obj)
-                .map_err(|e| Malformed::new(format!("failure is not a valid failure object: {e}")))?,
-        ),
+        Some(Value::String(s)) => Some(serde_json::from_str::<RemoteFailure>(&s).map_err(invalid)?),
+        Some(obj @ Value::Object(_)) => Some(serde_json::from_value::<RemoteFailure>(obj).map_err(invalid)?),
         Some(other) => return Err(Malformed::new(format!("failure must be a string, not {}", json_type(&other)))),
     };
-    let ending = match m.remove("ending") {
+    let ending = match f.ending {
         None => true,
         Some(Value::Bool(b)) => b,
         Some(other) => return Err(Malformed::new(format!("ending must be a boolean, not {}", json_type(&other)))),
     };
     Ok(Reply {
-        result: m.remove("result").unwrap_or(Value::Null),
+        result: f.result.unwrap_or(Value::Null),
         failure,
         ending,
         msg_id,
-        unique_id: take_opt_string(&mut m, "_unique_id").map_err(Malformed::new)?.unwrap_or_default(),
+        unique_id: opt_string("_unique_id", f.unique_id).map_err(Malformed::new)?.unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn awkward_request() -> Request {
+        let mut args = Map::new();
+        args.insert("quote\"key\\".into(), Value::from("back\\slash \"quoted\" \n\t\u{1} é 😀 </tag>"));
+        args.insert("nested".into(), serde_json::json!({"list": ["\"", "\\", 1.5, null, true]}));
+        let mut request = Request::cast("method\"name", args);
+        request.context = request.context.with_extra("extra\\key", Value::from("v\"alue"));
+        request
+    }
+
+    #[test]
+    fn the_envelope_is_the_inner_json_quoted_once() {
+        let request = awkward_request();
+        let body = encode_request(&request).unwrap();
+        // What oslo does: the inner message, then json.dumps of it as a string.
+        let mut inner = Vec::new();
+        to_python_json(&RequestBody(&request), &mut inner).unwrap();
+        let inner = String::from_utf8(inner).unwrap();
+        assert!(inner.is_ascii());
+        let quoted = serde_json::to_string(&inner).unwrap();
+        let expected = format!(r#"{{"oslo.version": "2.0", "oslo.message": {quoted}}}"#);
+        assert_eq!(String::from_utf8(body).unwrap(), expected);
+    }
+
+    #[test]
+    fn both_decoding_paths_read_the_same_request() {
+        let request = awkward_request();
+        let body = encode_request(&request).unwrap();
+        assert!(exact_envelope(&body).is_some(), "our own envelope takes the fast path");
+        let fast = decode_request(&body).unwrap();
+        // The same message with the keys the other way round takes the general path.
+        let outer: Map<String, Value> = serde_json::from_slice(&body).unwrap();
+        let reordered = serde_json::json!({"oslo.message": outer["oslo.message"], "oslo.version": "2.0"});
+        let body2 = serde_json::to_vec(&reordered).unwrap();
+        assert!(exact_envelope(&body2).is_none());
+        let general = decode_request(&body2).unwrap();
+        assert_eq!(fast, general);
+        assert_eq!(fast, request);
+    }
+
+    #[test]
+    fn a_body_that_only_looks_like_the_envelope_is_read_in_full() {
+        // An unescaped quote ends the string early: not the exact envelope,
+        // and the general path says what is wrong.
+        let body = br#"{"oslo.version": "2.0", "oslo.message": "{}", "x": "1"}"#;
+        assert!(exact_envelope(body).is_none());
+        assert!(decode_message(body).unwrap().is_empty());
+        let bad = br#"{"oslo.version": "2.0", "oslo.message": "[1]"}"#;
+        assert_eq!(decode_message(bad).unwrap_err().reason, "oslo.message is not a JSON object");
+        let broken = br#"{"oslo.version": "2.0", "oslo.message": "{\"a\": "}"#;
+        assert!(decode_message(broken).unwrap_err().reason.starts_with("oslo.message is not JSON"));
+    }
 }
