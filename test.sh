@@ -103,6 +103,11 @@ autoscale_log="$(mktemp)"
 "${CARGO_TARGET_DIR:-target}/debug/nova-bench" autoscale --smoke >"$autoscale_log" 2>&1 \
     || { tail -n 30 "$autoscale_log" >&2; echo "nova-bench autoscale --smoke failed" >&2; exit 1; }
 rm -f "$autoscale_log"
+say "nova-bench fleet --smoke (fleets of 1 and 2 nova-compute processes; measures nothing)"
+fleet_log="$(mktemp)"
+"${CARGO_TARGET_DIR:-target}/debug/nova-bench" fleet --smoke >"$fleet_log" 2>&1 \
+    || { tail -n 30 "$fleet_log" >&2; echo "nova-bench fleet --smoke failed" >&2; exit 1; }
+rm -f "$fleet_log"
 say "cargo test"
 cargo test --workspace --no-fail-fast
 say "cargo test: OpenTelemetry export (the otel feature)"

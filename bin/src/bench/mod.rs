@@ -6,9 +6,11 @@
 //! so a figure is always printed with its ratio to the ceiling. The runners
 //! here ([`sequential`], [`concurrent`], [`casts`]) know nothing of either
 //! side. [`process`] measures whole service processes: start-up, resident
-//! memory, and how fast added workers drain a backlog.
+//! memory, and how fast added workers drain a backlog; [`fleet`] how what
+//! a service costs grows with the number of services.
 
 pub mod autoscale;
+pub mod fleet;
 pub mod lapin;
 pub mod nova;
 pub mod process;
@@ -53,7 +55,7 @@ pub struct Latency {
     pub per_s: f64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

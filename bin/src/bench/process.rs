@@ -56,7 +56,8 @@ pub struct Child {
 }
 
 impl Child {
-    fn spawn(cmd: &mut Command) -> anyhow::Result<Self> {
+    /// Spawn `cmd`, reading its standard output.
+    pub fn spawn_command(cmd: &mut Command) -> anyhow::Result<Self> {
         let spawned = Instant::now();
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
@@ -87,7 +88,7 @@ impl Child {
         if !options.rabbit.publisher_confirms {
             cmd.arg("--no-confirms");
         }
-        let mut child = Self::spawn(&mut cmd)?;
+        let mut child = Self::spawn_command(&mut cmd)?;
         child.wait_line("READY", Duration::from_secs(30)).await?;
         Ok(child)
     }
@@ -107,8 +108,15 @@ impl Child {
         }
     }
 
-    fn pid(&self) -> u32 {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Send it SIGTERM without waiting (dropping it then waits): a fleet
+    /// is told to stop all at once.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
     }
 }
 
@@ -127,7 +135,7 @@ impl Drop for Child {
             }
             false
         };
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.terminate();
         if !exited(&mut self.child, Duration::from_secs(5)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -179,7 +187,8 @@ pub async fn serve(options: TransportOptions, w: Worker) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+/// `VmRSS` of process `pid`, in MiB.
+pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
@@ -210,7 +219,7 @@ pub async fn startup_and_memory(url: &str, calls: usize, report: &mut Report) ->
         .arg("--state-path")
         .arg(&state)
         .env("RUST_LOG", "warn");
-    let child = Child::spawn(&mut cmd)?;
+    let child = Child::spawn_command(&mut cmd)?;
     let started = loop {
         if ping.call(&RequestContext::default(), "ping", json!({"arg": 1})).await.is_ok() {
             break child.spawned.elapsed();

@@ -7,12 +7,18 @@
 //! nova-bench --smoke                        # seconds, for the test command
 //! nova-bench serve --topic T --host H ...   # a worker process (used by the bench)
 //! nova-bench autoscale --plot autoscale.svg # the producer-consumer demo, fixed vs autoscaled
+//! nova-bench fleet --sizes 1,10,50          # what 1, 10, 50 nova-compute services cost
 //! ```
 
 use std::{sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use nova_bin::bench::{self, lapin::LapinPattern, nova::NovaPattern, process, OneWay, Pattern, Report};
+use nova_bin::bench::{
+    self,
+    lapin::{LapinPattern, Replies},
+    nova::NovaPattern,
+    process, OneWay, Pattern, Report,
+};
 
 /// Measure nova-rs against raw lapin on the same broker.
 #[derive(Parser)]
@@ -96,6 +102,29 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         calls: usize,
     },
+    /// What a fleet of nova-compute services costs the broker and the
+    /// machine: broker memory, connections, channels, queues, resident
+    /// memory per service, calls across the fleet, fanout to all.
+    Fleet {
+        /// The broker (one node; `rabbitmqctl` must reach it from here).
+        #[arg(long = "transport-url", default_value = "rabbit://guest:guest@127.0.0.1:5672/")]
+        transport_url: String,
+        /// Fleet sizes, one after another.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+        sizes: Vec<usize>,
+        /// Pings at 64 outstanding, spread over the fleet, per size.
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+        /// Fanouts timed per size.
+        #[arg(long, default_value_t = 20)]
+        fanouts: usize,
+        /// Sizes 1 and 2 with tiny counts, for the test command: proves it runs.
+        #[arg(long)]
+        smoke: bool,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The producer-consumer demo: one fixed worker, then nova-autoscale.
     Autoscale {
         #[command(flatten)]
@@ -151,8 +180,9 @@ async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -
         )
         .await?,
     );
-    let l: Arc<dyn Pattern> =
-        Arc::new(LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, false).await?);
+    let l: Arc<dyn Pattern> = Arc::new(
+        LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, false, Replies::Queue).await?,
+    );
     for (pattern, suffix) in [(&p, ""), (&l, "_lapin")] {
         r.add(
             group,
@@ -164,6 +194,30 @@ async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -
     }
     p.close().await;
     l.close().await;
+    Ok(())
+}
+
+/// Calls at 64 outstanding with replies on RabbitMQ's direct reply-to
+/// (`rabbit_direct_reply_to`), beside the same through a reply queue, for
+/// nova-rs and raw lapin, one after another in this run.
+async fn direct_replies(url: &str, a: &RunArgs, group: &str, r: &mut Report) -> anyhow::Result<()> {
+    for (replies, key) in [(Replies::Queue, "calls_per_s_c64_replyq"), (Replies::Direct, "calls_per_s_c64_direct")] {
+        let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut options = bench::nova::options(url, &exchange, true);
+        options.rabbit.rabbit_direct_reply_to = replies == Replies::Direct;
+        let nova: Arc<dyn Pattern> = Arc::new(
+            NovaPattern::start(options, "bench", bench::payload(a.payload), 64, a.server_process, false).await?,
+        );
+        let lapin: Arc<dyn Pattern> = Arc::new(
+            LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, true, replies).await?,
+        );
+        for (p, suffix) in [(&nova, ""), (&lapin, "_lapin")] {
+            let per_s = bench::concurrent(p.clone(), 64, a.calls).await;
+            r.add(group, &format!("{key}{suffix}"), per_s?);
+        }
+        nova.close().await;
+        lapin.close().await;
+    }
     Ok(())
 }
 
@@ -192,12 +246,14 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     if group == "memory" {
         return Ok(());
     }
-    let lapin: Arc<dyn Pattern> =
-        Arc::new(LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, true).await?);
+    let lapin: Arc<dyn Pattern> = Arc::new(
+        LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, true, Replies::Queue).await?,
+    );
     let measured = measure(lapin.clone(), a, group, "_lapin", r).await;
     lapin.close().await;
     measured?;
     without_confirms(url, a, group, r).await?;
+    direct_replies(url, a, group, r).await?;
     if !a.no_processes {
         process::startup_and_memory(url, a.rss_calls, r).await?;
         let executor = 4;
@@ -282,6 +338,18 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Callgrind { calls }) => {
             let per_call = callgrind(calls)?;
             println!("instructions per memory:// call: {per_call:.0}");
+            Ok(())
+        }
+        Some(Command::Fleet { transport_url, mut sizes, mut calls, mut fanouts, smoke, json }) => {
+            if smoke {
+                (sizes, calls, fanouts) = (vec![1, 2], 200, 2);
+            }
+            let report = rt.block_on(bench::fleet::run(&transport_url, &sizes, calls, fanouts))?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
             Ok(())
         }
         Some(Command::Autoscale { mut demo, plot, smoke }) => {
