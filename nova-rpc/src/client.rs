@@ -377,8 +377,7 @@ impl RpcClient {
             mandatory: self.mandatory,
             ..Outgoing::new(body)
         };
-        match tokio::time::timeout_at(deadline.into(), router.send(&self.shared.transport, &destination, message)).await
-        {
+        match tokio::time::timeout_at(deadline.into(), self.shared.transport.send(&destination, message)).await {
             Ok(sent) => sent?,
             Err(_) => return Err(timed_out()),
         }
@@ -387,7 +386,6 @@ impl RpcClient {
         // (or its call-monitor timeout passed without a heartbeat).
         loop {
             let Some(reply) = expected.next().await else { return Err(timed_out()) };
-            let reply = reply?;
             if !reply.ending {
                 continue;
             }

@@ -11,10 +11,6 @@
 //! channel closing.
 //!
 //! Deadlines are tokio [`Instant`]s, so tests of them run on paused time.
-//!
-//! With `rabbit_direct_reply_to` the transport gives the router a
-//! [`CallChannel`] instead of a reply queue: calls are sent on it, and when
-//! it is lost every waiting call fails at once.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -30,14 +26,14 @@ use tokio::{
 use crate::{
     dedupe::SeenIds,
     lock,
-    transport::{CallChannel, Destination, LostSink, Outgoing, ReplyQueue, ReplySink, Transport},
+    transport::{ReplyQueue, Transport},
     wire::{self, Reply},
-    Result, RpcError,
+    Result,
 };
 
 /// One waiting call.
 struct Waiter {
-    tx: mpsc::UnboundedSender<Result<Reply>>,
+    tx: mpsc::UnboundedSender<Reply>,
     /// When the call gives up unless a heartbeat moves this on.
     due: Instant,
     /// The call's own timeout: no heartbeat moves `due` past it.
@@ -126,24 +122,9 @@ impl State {
             (false, Some(monitor)) => Some(((Instant::now() + monitor).min(waiter.end), reply.msg_id.clone())),
             _ => None,
         };
-        let _ = waiter.tx.send(Ok(reply));
+        let _ = waiter.tx.send(reply);
         if let Some((due, msg_id)) = moved {
             pending.set_due(&msg_id, due);
-        }
-    }
-
-    /// The channel carrying the replies is gone: every waiting call fails now.
-    fn lose_all(&self) {
-        let mut pending = lock(&self.pending);
-        let lost = std::mem::take(&mut pending.waiters);
-        pending.due.clear();
-        drop(pending);
-        for (msg_id, waiter) in lost {
-            let e = RpcError::Transport(format!(
-                "the connection carrying direct replies was lost; the reply to call {msg_id} cannot arrive \
-                 (rabbit_direct_reply_to)"
-            ));
-            let _ = waiter.tx.send(Err(e));
         }
     }
 }
@@ -153,15 +134,7 @@ pub struct ReplyRouter {
     queue: String,
     state: Arc<State>,
     sweeper: tokio::task::JoinHandle<()>,
-    replies: Replies,
-}
-
-/// Where a router's replies come from.
-enum Replies {
-    /// A reply queue, consumed while held; calls go out through the transport.
-    Queue { _consumer: ReplyQueue },
-    /// A call channel that carries calls out and replies back.
-    Direct(Arc<dyn CallChannel>),
+    _replies: ReplyQueue,
 }
 
 impl std::fmt::Debug for ReplyRouter {
@@ -171,43 +144,15 @@ impl std::fmt::Debug for ReplyRouter {
 }
 
 impl ReplyRouter {
-    /// Declare a new `reply_<uuid>` queue (or, where the transport is set
-    /// to, open a direct-reply call channel) and start routing its replies.
+    /// Declare a new `reply_<uuid>` queue and start routing its replies.
     pub(crate) async fn start(transport: &Arc<dyn Transport>) -> Result<Self> {
+        let queue = transport.reply_queue_name();
         let state =
             Arc::new(State { pending: Mutex::default(), rearm: Notify::new(), seen: Mutex::new(SeenIds::new(1024)) });
         let routed = state.clone();
-        let sink: ReplySink = Arc::new(move |body: bytes::Bytes| routed.route(&body));
-        let told = Arc::downgrade(&state);
-        let lost: LostSink = Arc::new(move || {
-            if let Some(state) = told.upgrade() {
-                state.lose_all();
-            }
-        });
-        let (queue, replies) = match transport.call_channel(sink.clone(), lost).await? {
-            Some(channel) => (channel.reply_to().to_owned(), Replies::Direct(channel)),
-            None => {
-                let queue = transport.reply_queue_name();
-                let replies = transport.listen_replies(&queue, sink).await?;
-                (queue, Replies::Queue { _consumer: replies })
-            }
-        };
+        let replies = transport.listen_replies(&queue, Arc::new(move |body: bytes::Bytes| routed.route(&body))).await?;
         let sweeper = tokio::spawn(sweep(state.clone()));
-        Ok(Self { queue, state, sweeper, replies })
-    }
-
-    /// Send a call whose reply comes back to this router: on its call
-    /// channel when it has one, else through `transport`.
-    pub(crate) async fn send(
-        &self,
-        transport: &Arc<dyn Transport>,
-        destination: &Destination,
-        message: Outgoing,
-    ) -> Result<()> {
-        match &self.replies {
-            Replies::Direct(channel) => channel.send(destination, message).await,
-            Replies::Queue { .. } => transport.send(destination, message).await,
-        }
+        Ok(Self { queue, state, sweeper, _replies: replies })
     }
 
     /// The reply queue's name.
@@ -260,7 +205,7 @@ pub(crate) struct Expected<'a> {
     state: &'a State,
     msg_id: String,
     monitor: Option<Duration>,
-    rx: mpsc::UnboundedReceiver<Result<Reply>>,
+    rx: mpsc::UnboundedReceiver<Reply>,
 }
 
 impl Expected<'_> {
@@ -275,9 +220,8 @@ impl Expected<'_> {
         }
     }
 
-    /// The next reply (a heartbeat or the answer), or why none can come;
-    /// `None` once the call is past its deadline.
-    pub(crate) async fn next(&mut self) -> Option<Result<Reply>> {
+    /// The next reply (a heartbeat or the answer); `None` once the call is past its deadline.
+    pub(crate) async fn next(&mut self) -> Option<Reply> {
         self.rx.recv().await
     }
 }
@@ -339,8 +283,8 @@ mod tests {
         assert_eq!(router.pending(), 2);
         send(&t, &router, &reply("m2", true)).await;
         send(&t, &router, &reply("m1", true)).await;
-        assert_eq!(first.next().await.map(|r| r.unwrap().msg_id), Some("m1".into()));
-        assert_eq!(second.next().await.map(|r| r.unwrap().msg_id), Some("m2".into()));
+        assert_eq!(first.next().await.map(|r| r.msg_id), Some("m1".into()));
+        assert_eq!(second.next().await.map(|r| r.msg_id), Some("m2".into()));
         drop((first, second));
         assert_eq!(router.pending(), 0, "a finished call is forgotten");
     }
@@ -354,25 +298,8 @@ mod tests {
         send(&t, &router, &heartbeat).await;
         // A sentinel behind the copy: the copy would arrive first.
         send(&t, &router, &reply("m1", true)).await;
-        assert!(!call.next().await.expect("the heartbeat").unwrap().ending);
-        assert!(call.next().await.expect("the answer").unwrap().ending, "the copy of the heartbeat was dropped");
-    }
-
-    #[tokio::test]
-    async fn losing_the_reply_channel_fails_every_waiting_call_at_once() {
-        let (_t, router) = router("unit-reply-lost").await;
-        let end = Instant::now() + Duration::from_secs(3600);
-        let (mut first, mut second) = (router.expect("m1".into(), end, None), router.expect("m2".into(), end, None));
-        router.state.lose_all();
-        for call in [&mut first, &mut second] {
-            let e = call.next().await.expect("told, not timed out").unwrap_err();
-            assert!(e.to_string().contains("direct replies was lost"), "{e}");
-        }
-        assert_eq!(router.pending(), 0);
-        // A call made afterwards waits as usual.
-        let mut third = router.expect("m3".into(), end, None);
-        let quiet = tokio::time::timeout(Duration::from_millis(50), third.next()).await;
-        assert!(quiet.is_err(), "a later call is not failed");
+        assert!(!call.next().await.expect("the heartbeat").ending);
+        assert!(call.next().await.expect("the answer").ending, "the copy of the heartbeat was dropped");
     }
 
     #[tokio::test(start_paused = true)]
@@ -396,7 +323,7 @@ mod tests {
         // Heartbeats every 100 ms for 600 ms keep the 200 ms monitor from firing.
         for _ in 0..6 {
             send(&t, &router, &reply("m1", false)).await;
-            assert!(!call.next().await.expect("the call is alive").unwrap().ending);
+            assert!(!call.next().await.expect("the call is alive").ending);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(started.elapsed() >= Duration::from_millis(600));
@@ -408,7 +335,7 @@ mod tests {
         let mut capped = router.expect("m2".into(), short_end, Some(Duration::from_secs(20)));
         capped.sent();
         send(&t, &router, &reply("m2", false)).await;
-        assert!(!capped.next().await.expect("the heartbeat").unwrap().ending);
+        assert!(!capped.next().await.expect("the heartbeat").ending);
         // The heartbeat asked for 20 s more; the call's end still holds.
         let next = tokio::time::timeout(Duration::from_secs(10), capped.next()).await.expect("the end holds");
         assert!(next.is_none());

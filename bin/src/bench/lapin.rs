@@ -9,13 +9,6 @@
 //! plainest lapin can be. Publishing and consuming use separate
 //! connections on both sides, as nova-rs does. One-way sends go to a queue
 //! (or a fanout exchange with two queues) whose consumers count them.
-//!
-//! With [`Replies::Direct`] the client takes its replies from RabbitMQ's
-//! `amq.rabbitmq.reply-to` pseudo-queue instead of a reply queue: it
-//! consumes it without acknowledgements and publishes its requests on that
-//! same channel (RabbitMQ requires both on one channel), and the server
-//! replies to the name the broker put in `reply-to`, without `mandatory`
-//! (the broker returns every mandatory publish to that name).
 
 use std::{
     collections::HashMap,
@@ -41,19 +34,6 @@ use super::Pattern;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>;
 
-/// RabbitMQ's pseudo-queue for direct replies.
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-/// Where the client's replies come back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replies {
-    /// A reply queue of the client's own, replies published `mandatory`.
-    Queue,
-    /// RabbitMQ's direct reply-to: no queue, requests published on the
-    /// channel that consumes the pseudo-queue.
-    Direct,
-}
-
 /// Raw lapin doing what a nova-rs call, cast and fanout do.
 pub struct LapinPattern {
     conns: Vec<Connection>,
@@ -63,7 +43,7 @@ pub struct LapinPattern {
     next_id: AtomicU64,
     received: Arc<AtomicUsize>,
     prefix: String,
-    reply_to: String,
+    reply_queue: String,
     body: Vec<u8>,
     confirms: bool,
 }
@@ -107,13 +87,7 @@ async fn count_consumer(conn: &Connection, name: &str, prefetch: u16, received: 
 
 impl LapinPattern {
     /// Declare the queues and start the server and reply consumers.
-    pub async fn start(
-        url: &str,
-        payload: &serde_json::Value,
-        prefetch: u16,
-        confirms: bool,
-        replies: Replies,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(url: &str, payload: &serde_json::Value, prefetch: u16, confirms: bool) -> anyhow::Result<Self> {
         let connect = || Connection::connect(url, ConnectionProperties::default());
         let (server_in, server_out, client_in, client_out) =
             (connect().await?, connect().await?, connect().await?, connect().await?);
@@ -152,8 +126,7 @@ impl LapinPattern {
                 else {
                     continue;
                 };
-                let options =
-                    BasicPublishOptions { mandatory: confirms && replies == Replies::Queue, ..Default::default() };
+                let options = BasicPublishOptions { mandatory: confirms, ..Default::default() };
                 let p = props().with_correlation_id(id);
                 if let Ok(confirm) = reply_ch.basic_publish("".into(), to, options, &d.data, p).await {
                     tokio::spawn(confirm);
@@ -163,20 +136,20 @@ impl LapinPattern {
 
         // The client's reply router.
         let pending: Pending = Arc::default();
-        let direct = replies == Replies::Direct;
-        let replies_ch = if direct { channel(&client_in, confirms).await? } else { client_in.create_channel().await? };
-        let (from, reply_to) =
-            if direct { (DIRECT_REPLY_TO, DIRECT_REPLY_TO) } else { (reply_queue.as_str(), reply_queue.as_str()) };
-        let consume = BasicConsumeOptions { no_ack: direct, ..Default::default() };
-        let mut incoming = replies_ch.basic_consume(from.into(), "".into(), consume, FieldTable::default()).await?;
+        let replies_ch = client_in.create_channel().await?;
+        let mut replies = replies_ch
+            .basic_consume(
+                reply_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         let routed = pending.clone();
-        let keep = replies_ch.clone();
         tokio::spawn(async move {
-            let _keep = keep;
-            while let Some(Ok(d)) = incoming.next().await {
-                if !direct {
-                    let _ = d.acker.ack(BasicAckOptions::default()).await;
-                }
+            let _keep = replies_ch;
+            while let Some(Ok(d)) = replies.next().await {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
                 let id = d.properties.correlation_id().as_ref().and_then(|c| c.as_str().parse::<u64>().ok());
                 let waiter = id.and_then(|id| routed.lock().unwrap_or_else(|p| p.into_inner()).remove(&id));
                 if let Some(w) = waiter {
@@ -185,14 +158,14 @@ impl LapinPattern {
             }
         });
         Ok(Self {
-            publish: if direct { replies_ch } else { channel(&client_out, confirms).await? },
+            publish: channel(&client_out, confirms).await?,
             admin,
             conns: vec![server_in, server_out, client_in, client_out],
             pending,
             next_id: AtomicU64::new(0),
             received,
             prefix,
-            reply_to: reply_to.to_owned(),
+            reply_queue,
             body: serde_json::to_vec(payload)?,
             confirms,
         })
@@ -216,7 +189,7 @@ impl Pattern for LapinPattern {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        let p = props().with_reply_to(self.reply_to.as_str().into()).with_correlation_id(id.to_string().into());
+        let p = props().with_reply_to(self.reply_queue.as_str().into()).with_correlation_id(id.to_string().into());
         self.publish(&self.prefix, &format!("{}.requests", self.prefix), p).await?;
         rx.await.map_err(|_| anyhow::anyhow!("reply router stopped"))
     }

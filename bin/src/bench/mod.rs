@@ -178,6 +178,27 @@ pub fn cpu_seconds() -> f64 {
     })
 }
 
+/// CPU time the broker's Erlang VM (`beam.smp`, running on this machine)
+/// has used so far, in seconds; `None` when no broker runs here.
+///
+/// Taken around a phase and divided by its calls, it is what one call
+/// costs the broker: on a shared machine, every microsecond of it is taken
+/// from the clients and servers, and on a production broker it is what
+/// the fleet shares.
+pub fn broker_cpu_seconds() -> Option<f64> {
+    // /proc reports CPU in USER_HZ ticks, 100 a second on Linux.
+    const TICKS: f64 = 100.0;
+    let beam = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "beam.smp"))?;
+    let stat = std::fs::read_to_string(beam.path().join("stat")).ok()?;
+    // Fields after the parenthesised command: state is the 3rd field, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+    Some((ticks(14)? + ticks(15)?) / TICKS)
+}
+
 /// The benchmark arguments, `~size` bytes of JSON.
 pub fn payload(size: usize) -> serde_json::Value {
     serde_json::json!({ "data": "x".repeat(size.saturating_sub(11)) })

@@ -13,12 +13,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use nova_bin::bench::{
-    self,
-    lapin::{LapinPattern, Replies},
-    nova::NovaPattern,
-    process, OneWay, Pattern, Report,
-};
+use nova_bin::bench::{self, lapin::LapinPattern, nova::NovaPattern, process, OneWay, Pattern, Report};
 
 /// Measure nova-rs against raw lapin on the same broker.
 #[derive(Parser)]
@@ -152,18 +147,26 @@ async fn measure(p: Arc<dyn Pattern>, a: &RunArgs, group: &str, suffix: &str, r:
     r.add(group, &format!("seq_max_ms{suffix}"), seq.max);
     r.add(group, &format!("seq_calls_per_s{suffix}"), seq.per_s);
     for c in OUTSTANDING {
-        let cpu = bench::cpu_seconds();
+        let (cpu, broker) = (bench::cpu_seconds(), bench::broker_cpu_seconds());
         let per_s = bench::concurrent(p.clone(), c, a.calls).await?;
         let cpu_us = (bench::cpu_seconds() - cpu) * 1e6 / a.calls as f64;
         r.add(group, &format!("calls_per_s_c{c}{suffix}"), per_s);
         if c == 64 {
             r.add(group, &format!("cpu_us_per_call_c64{suffix}"), cpu_us);
+            broker_cpu(broker, a.calls, group, &format!("broker_cpu_us_per_call_c64{suffix}"), r);
         }
     }
     r.add(group, &format!("casts_per_s{suffix}"), bench::casts(p.clone(), OneWay::Cast, 64, a.casts, 1).await?);
     let fanout = bench::casts(p.clone(), OneWay::Fanout, 64, a.casts / 2, 2).await?;
     r.add(group, &format!("fanout_deliveries_per_s{suffix}"), fanout);
     Ok(())
+}
+
+/// The broker's CPU per call since `before` (when the broker runs here).
+fn broker_cpu(before: Option<f64>, calls: usize, group: &str, key: &str, r: &mut Report) {
+    if let (Some(before), Some(now)) = (before, bench::broker_cpu_seconds()) {
+        r.add(group, key, (now - before) * 1e6 / calls as f64);
+    }
 }
 
 /// The figures with publisher confirms off, against plain lapin.
@@ -180,9 +183,8 @@ async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -
         )
         .await?,
     );
-    let l: Arc<dyn Pattern> = Arc::new(
-        LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, false, Replies::Queue).await?,
-    );
+    let l: Arc<dyn Pattern> =
+        Arc::new(LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, false).await?);
     for (pattern, suffix) in [(&p, ""), (&l, "_lapin")] {
         r.add(
             group,
@@ -194,30 +196,6 @@ async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -
     }
     p.close().await;
     l.close().await;
-    Ok(())
-}
-
-/// Calls at 64 outstanding with replies on RabbitMQ's direct reply-to
-/// (`rabbit_direct_reply_to`), beside the same through a reply queue, for
-/// nova-rs and raw lapin, one after another in this run.
-async fn direct_replies(url: &str, a: &RunArgs, group: &str, r: &mut Report) -> anyhow::Result<()> {
-    for (replies, key) in [(Replies::Queue, "calls_per_s_c64_replyq"), (Replies::Direct, "calls_per_s_c64_direct")] {
-        let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut options = bench::nova::options(url, &exchange, true);
-        options.rabbit.rabbit_direct_reply_to = replies == Replies::Direct;
-        let nova: Arc<dyn Pattern> = Arc::new(
-            NovaPattern::start(options, "bench", bench::payload(a.payload), 64, a.server_process, false).await?,
-        );
-        let lapin: Arc<dyn Pattern> = Arc::new(
-            LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, true, replies).await?,
-        );
-        for (p, suffix) in [(&nova, ""), (&lapin, "_lapin")] {
-            let per_s = bench::concurrent(p.clone(), 64, a.calls).await;
-            r.add(group, &format!("{key}{suffix}"), per_s?);
-        }
-        nova.close().await;
-        lapin.close().await;
-    }
     Ok(())
 }
 
@@ -246,14 +224,12 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     if group == "memory" {
         return Ok(());
     }
-    let lapin: Arc<dyn Pattern> = Arc::new(
-        LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, true, Replies::Queue).await?,
-    );
+    let lapin: Arc<dyn Pattern> =
+        Arc::new(LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, true).await?);
     let measured = measure(lapin.clone(), a, group, "_lapin", r).await;
     lapin.close().await;
     measured?;
     without_confirms(url, a, group, r).await?;
-    direct_replies(url, a, group, r).await?;
     if !a.no_processes {
         process::startup_and_memory(url, a.rss_calls, r).await?;
         let executor = 4;

@@ -159,12 +159,6 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
     ),
     opt!(
         "oslo_messaging_rabbit",
-        "rabbit_direct_reply_to",
-        "false",
-        "(nova-rs) Calls take their replies from RabbitMQ's amq.rabbitmq.reply-to pseudo-queue instead of a reply queue: no queue per client, replies never stored. Between nova-rs services only (an oslo.messaging server cannot answer), and calls in flight fail when the client's connection is re-established."
-    ),
-    opt!(
-        "oslo_messaging_rabbit",
         "kombu_reconnect_delay",
         "1.0",
         "Seconds to wait before consuming again a queue whose consumer the broker cancelled."
@@ -363,7 +357,6 @@ impl CoreOptions {
             processname: c.get::<String>(R, "processname")?.unwrap_or_default(),
             enable_cancel_on_failover: c.get_bool(R, "enable_cancel_on_failover")?.unwrap_or(false),
             direct_mandatory_flag: c.get_bool(R, "direct_mandatory_flag")?.unwrap_or(true),
-            rabbit_direct_reply_to: c.get_bool(R, "rabbit_direct_reply_to")?.unwrap_or(false),
             kombu_reconnect_delay: c
                 .parse_with(R, "kombu_reconnect_delay", |v| {
                     seconds(v).and_then(|d| {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::{reply::send_reply, ServerState};
 use crate::{
-    transport::{reply_address, Acknowledge, Delivery},
+    transport::{Acknowledge, Delivery},
     wire::{self, Request},
     RemoteFailure,
 };
@@ -25,9 +25,8 @@ pub(super) struct Admitted {
 /// duplicate (and has been settled).
 pub(super) async fn admit(shared: &ServerState, delivery: Delivery) -> Option<Admitted> {
     let (deadline, delivery_count) = (delivery.deadline, delivery.delivery_count);
-    let property = delivery.reply_to.clone();
     let (body, acker) = delivery.into_parts();
-    let request = match check(shared, &body, property.as_deref()) {
+    let request = match check(shared, &body) {
         Ok(request) => request,
         Err((failure, reply_to)) => {
             malformed(&shared.topic);
@@ -65,20 +64,14 @@ pub(super) async fn admit(shared: &ServerState, delivery: Delivery) -> Option<Ad
 /// Who to tell about a refused request: its `msg_id` and `reply_q`.
 type ReplyTo = Option<(String, String)>;
 
-/// Whom to tell: `msg_id` and the reply address (see [`reply_address`]).
-fn whom_to_tell(msg_id: Option<String>, reply_q: Option<String>, property: Option<&str>) -> ReplyTo {
-    msg_id.zip(reply_address(reply_q, property))
-}
-
-/// The request in `body`, or why it is refused and whom to tell; replies go
-/// where [`reply_address`] says, given the delivery's `reply-to` property.
-fn check(shared: &ServerState, body: &[u8], property: Option<&str>) -> Result<Request, (RemoteFailure, ReplyTo)> {
+/// The request in `body`, or why it is refused and whom to tell.
+fn check(shared: &ServerState, body: &[u8]) -> Result<Request, (RemoteFailure, ReplyTo)> {
     let max = shared.transport.options().max_message_size;
     if body.len() > max {
         tracing::warn!(topic = %shared.topic, size = body.len(), max, "rejecting message larger than max_message_size");
         let reply_to = match wire::decode_request(body) {
-            Ok(r) => whom_to_tell(r.msg_id, r.reply_q, property),
-            Err(bad) => whom_to_tell(bad.msg_id, bad.reply_q, property),
+            Ok(r) => r.msg_id.zip(r.reply_q),
+            Err(bad) => bad.msg_id.zip(bad.reply_q),
         };
         let reason = format!("message of {} bytes is larger than max_message_size ({max})", body.len());
         return Err((RemoteFailure::new("MessageTooLarge", "nova_rpc.server", reason), reply_to));
@@ -87,21 +80,18 @@ fn check(shared: &ServerState, body: &[u8], property: Option<&str>) -> Result<Re
         Ok(by) => by,
         Err(e) => {
             tracing::warn!(topic = %shared.topic, error = %e, "refusing a request whose signature does not verify");
-            let reply_to = wire::decode_request(body).ok().and_then(|r| whom_to_tell(r.msg_id, r.reply_q, property));
+            let reply_to = wire::decode_request(body).ok().and_then(|r| r.msg_id.zip(r.reply_q));
             return Err((RemoteFailure::new(e.class(), "nova_rpc.signing", e.to_string()), reply_to));
         }
     };
     match wire::decode_request(body) {
         Ok(mut request) => {
             request.context.signed_by = signed_by;
-            if request.msg_id.is_some() {
-                request.reply_q = reply_address(request.reply_q.take(), property);
-            }
             Ok(request)
         }
         Err(bad) => {
             tracing::warn!(topic = %shared.topic, error = %bad, "rejecting malformed message");
-            let reply_to = whom_to_tell(bad.msg_id, bad.reply_q, property);
+            let reply_to = bad.msg_id.zip(bad.reply_q);
             Err((RemoteFailure::new("MalformedMessage", "nova_rpc.wire", bad.reason), reply_to))
         }
     }

@@ -133,8 +133,6 @@ pub struct Delivery {
     pub deadline: Option<Instant>,
     /// How often it was delivered before (quorum queues' `x-delivery-count`).
     pub delivery_count: u32,
-    /// The AMQP `reply-to` property: where a direct reply goes (see [`reply_address`]).
-    pub reply_to: Option<String>,
     acker: Box<dyn Acknowledge>,
 }
 
@@ -147,7 +145,7 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// A delivery with its acknowledger.
     pub fn new(body: Bytes, acker: Box<dyn Acknowledge>) -> Self {
-        Self { body, redelivered: false, deadline: None, delivery_count: 0, reply_to: None, acker }
+        Self { body, redelivered: false, deadline: None, delivery_count: 0, acker }
     }
 
     /// Split into body and acknowledger.
@@ -384,48 +382,6 @@ impl Drop for ReplyQueue {
     }
 }
 
-/// What a request's `_reply_q` names when its reply goes to RabbitMQ's
-/// direct reply-to pseudo-queue (`rabbit_direct_reply_to`). The broker
-/// rewrites only the AMQP `reply-to` property into the caller's own
-/// address, so a server replies to that property (see [`Delivery::reply_to`]).
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-/// Where a server sends the reply to a request: `_reply_q`, unless that
-/// names the direct reply-to pseudo-queue, in which case the address the
-/// broker wrote into the delivery's `reply-to` property (`None` when it
-/// carries none, and the request cannot be answered).
-pub fn reply_address(reply_q: Option<String>, reply_to_property: Option<&str>) -> Option<String> {
-    match reply_q {
-        Some(q) if q == DIRECT_REPLY_TO => {
-            let address =
-                reply_to_property.filter(|p| p.starts_with(DIRECT_REPLY_TO) && p.len() > DIRECT_REPLY_TO.len());
-            if address.is_none() {
-                tracing::warn!("a request asks for a direct reply but its delivery carries no reply-to address; it cannot be answered");
-            }
-            address.map(str::to_owned)
-        }
-        other => other,
-    }
-}
-
-/// Tells a client that replies to calls it sent so far can no longer
-/// arrive (the channel that carried them is gone).
-pub type LostSink = Arc<dyn Fn() + Send + Sync>;
-
-/// A channel of a client's own that carries its calls out and their
-/// replies back, without a reply queue (RabbitMQ's direct reply-to: the
-/// broker requires the calls to be published on the channel that consumes
-/// the replies). Dropping the last handle closes it.
-#[async_trait]
-pub trait CallChannel: Send + Sync + std::fmt::Debug {
-    /// What a request's `_reply_q` names.
-    fn reply_to(&self) -> &str;
-
-    /// Publish a call whose reply comes back on this channel; as
-    /// [`Transport::send`] otherwise.
-    async fn send(&self, destination: &Destination, message: Outgoing) -> Result<()>;
-}
-
 /// What a queue holds now: its backlog and who consumes it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
@@ -456,16 +412,6 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// Declare and consume a client's reply queue, handing each reply to
     /// `sink` as it arrives (no task between the transport and the caller).
     async fn listen_replies(&self, queue: &str, sink: ReplySink) -> Result<ReplyQueue>;
-
-    /// A client's own call channel, when the transport is set to take
-    /// replies without a reply queue (`rabbit_direct_reply_to`): replies go
-    /// to `sink` as they arrive, and `lost` is told when replies to calls
-    /// already sent can no longer arrive. `None` (the default): the client
-    /// declares a reply queue with [`Transport::listen_replies`].
-    async fn call_channel(&self, sink: ReplySink, lost: LostSink) -> Result<Option<Arc<dyn CallChannel>>> {
-        let _ = (sink, lost);
-        Ok(None)
-    }
 
     /// A name for a new reply queue: `reply_<uuid>` (the AMQP transport
     /// names it as oslo's queue manager does when `use_queue_manager` is on).

@@ -81,11 +81,6 @@ pub struct RabbitOptions {
     pub enable_cancel_on_failover: bool,
     /// `direct_mandatory_flag`: replies are published `mandatory`.
     pub direct_mandatory_flag: bool,
-    /// `rabbit_direct_reply_to` (nova-rs only): calls take their replies
-    /// from RabbitMQ's `amq.rabbitmq.reply-to` pseudo-queue instead of a
-    /// `reply_<uuid>` queue. Only nova-rs servers can answer such calls; see
-    /// [`DirectCalls`](crate::transport::amqp::DirectCalls).
-    pub rabbit_direct_reply_to: bool,
     /// `kombu_reconnect_delay`: wait before consuming again a queue whose
     /// consumer the broker cancelled (1 s).
     pub kombu_reconnect_delay: Duration,
@@ -148,7 +143,6 @@ impl Default for RabbitOptions {
             processname: String::new(),
             enable_cancel_on_failover: false,
             direct_mandatory_flag: true,
-            rabbit_direct_reply_to: false,
             kombu_reconnect_delay: Duration::from_secs(1),
             kombu_reconnect_splay: Duration::ZERO,
             failover_shuffle: false,

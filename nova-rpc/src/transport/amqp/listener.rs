@@ -553,9 +553,7 @@ impl Task {
             .and_then(|e| e.as_str().parse::<u64>().ok())
             .map(|ms| Instant::now() + Duration::from_millis(ms));
         let delivery_count = header("x-delivery-count").and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
-        let reply_to = d.properties.reply_to().as_ref().map(|r| r.as_str().to_owned());
         let mut delivery = Delivery::new(d.data.into(), Box::new(AmqpAck(d.acker)));
-        delivery.reply_to = reply_to;
         delivery.redelivered = d.redelivered;
         delivery.deadline = deadline;
         delivery.delivery_count = delivery_count;

@@ -7,10 +7,7 @@
 //!   `topic_fanout_<uuid>` queue per server (`x-expires`), or one
 //!   `topic_fanout` stream per topic with `rabbit_stream_fanout`;
 //! * one `reply_<uuid>` queue per client (`x-expires`), replies published to
-//!   the default exchange with `mandatory`; or, with `rabbit_direct_reply_to`,
-//!   no reply queue: a client consumes RabbitMQ's `amq.rabbitmq.reply-to`
-//!   pseudo-queue on a channel of its own and publishes its calls on it
-//!   (between nova-rs peers only: see [`DirectCalls`]).
+//!   the default exchange with `mandatory`.
 //!
 //! Publishing and consuming use separate connections, as oslo does, so a
 //! slow consumer never blocks a publish. Both re-establish themselves
@@ -27,8 +24,8 @@ use async_trait::async_trait;
 
 use self::{connector::Connector, listener::Plan, publisher::Publisher, topology::Topology};
 use super::{
-    CallChannel, Destination, ListenSpec, Listener, LostSink, Outgoing, QueueStats, ReplyQueue, ReplySink, Transport,
-    TransportOptions, TransportUrl, DIRECT_REPLY_TO,
+    Destination, ListenSpec, Listener, Outgoing, QueueStats, ReplyQueue, ReplySink, Transport, TransportOptions,
+    TransportUrl,
 };
 use crate::{Result, RpcError};
 
@@ -67,72 +64,13 @@ impl AmqpTransport {
     }
 }
 
-/// Refuse a message larger than `max` before it reaches the broker.
-fn check_size(message: &Outgoing, max: usize) -> Result<()> {
-    match message.body.len() {
-        size if size > max => Err(RpcError::MessageTooLarge { size, max }),
-        _ => Ok(()),
-    }
-}
-
-/// One client's calls and their direct replies (`rabbit_direct_reply_to`):
-/// a connection and channel of its own, consuming `amq.rabbitmq.reply-to`.
-///
-/// The broker rewrites only the AMQP `reply-to` property of a call into the
-/// caller's address; the body's `_reply_q` still names the pseudo-queue. A
-/// nova-rs server replies to the property; an oslo.messaging server
-/// replies to `_reply_q` and cannot answer, so this is for calls between
-/// nova-rs services only. Replies are never stored: while the channel is
-/// re-established, replies to the calls in flight are lost, and those
-/// calls fail at once instead of waiting out their timeout.
-pub struct DirectCalls {
-    publisher: Publisher,
-    max_message_size: usize,
-    url: String,
-}
-
-impl std::fmt::Debug for DirectCalls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DirectCalls({})", self.url)
-    }
-}
-
-#[async_trait]
-impl CallChannel for DirectCalls {
-    fn reply_to(&self) -> &str {
-        DIRECT_REPLY_TO
-    }
-
-    async fn send(&self, destination: &Destination, message: Outgoing) -> Result<()> {
-        check_size(&message, self.max_message_size)?;
-        self.publisher.publish(destination, &message).await
-    }
-}
-
-impl Drop for DirectCalls {
-    fn drop(&mut self) {
-        self.publisher.close_in_background();
-    }
-}
-
 #[async_trait]
 impl Transport for AmqpTransport {
     async fn send(&self, destination: &Destination, message: Outgoing) -> Result<()> {
-        check_size(&message, self.options.max_message_size)?;
-        self.publisher.publish(destination, &message).await
-    }
-
-    async fn call_channel(&self, sink: ReplySink, lost: LostSink) -> Result<Option<Arc<dyn CallChannel>>> {
-        if !self.options.rabbit.rabbit_direct_reply_to {
-            return Ok(None);
+        if message.body.len() > self.options.max_message_size {
+            return Err(RpcError::MessageTooLarge { size: message.body.len(), max: self.options.max_message_size });
         }
-        let publisher =
-            Publisher::with_direct_replies(self.connector.clone(), self.topology.clone(), sink, lost).await?;
-        Ok(Some(Arc::new(DirectCalls {
-            publisher,
-            max_message_size: self.options.max_message_size,
-            url: self.url.to_string(),
-        })))
+        self.publisher.publish(destination, &message).await
     }
 
     async fn listen(&self, spec: ListenSpec) -> Result<Listener> {

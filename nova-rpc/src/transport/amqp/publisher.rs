@@ -7,33 +7,22 @@
 //! timeout, a cast's budget) even while the broker is blocked by an alarm
 //! or unreachable, and a `basic.nack` is retried after a jittered backoff
 //! rather than in a hot loop.
-//!
-//! A client set to `rabbit_direct_reply_to` gets a publisher of its own
-//! ([`Publisher::with_direct_replies`]) whose channel also consumes the
-//! `amq.rabbitmq.reply-to` pseudo-queue: RabbitMQ requires a call to be
-//! published on the channel that consumes its reply. When that channel is
-//! lost, the replies to calls already sent are lost with it, and the client
-//! is told at once so those calls fail fast.
 
 use std::{
     collections::HashSet,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, RwLock,
-    },
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
 use lapin::{
-    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::FieldTable,
     BasicProperties, Channel, Confirmation, Connection,
 };
 
 use super::{connector::Connector, listener::declare_exchange, topology::Topology};
 use crate::{
-    transport::{Destination, LostSink, Outgoing, ReplySink, DIRECT_REPLY_TO},
+    transport::{Destination, Outgoing},
     Result, RpcError,
 };
 
@@ -41,17 +30,6 @@ struct PubChannel {
     conn: Connection,
     channel: Channel,
     declared: Mutex<HashSet<String>>,
-    /// Direct replies: the client was told this channel's replies are lost
-    /// (or it was closed on purpose), so it is never told twice.
-    reported: AtomicBool,
-}
-
-/// Where a direct-reply publisher's replies go, and whom to tell when the
-/// replies to calls already sent are lost.
-#[derive(Clone)]
-struct DirectReplies {
-    sink: ReplySink,
-    lost: LostSink,
 }
 
 impl PubChannel {
@@ -65,10 +43,7 @@ pub(crate) struct Publisher {
     connector: Arc<Connector>,
     topology: Arc<Topology>,
     current: RwLock<Option<Arc<PubChannel>>>,
-    /// Held while a channel is replaced, and while a lost direct-reply
-    /// channel is reported, so a report never reaches calls sent on its successor.
-    reconnecting: Arc<tokio::sync::Mutex<()>>,
-    direct: Option<DirectReplies>,
+    reconnecting: tokio::sync::Mutex<()>,
 }
 
 /// The properties oslo puts on every message, and the time it was sent
@@ -100,21 +75,7 @@ enum Failure {
 
 impl Publisher {
     pub(crate) fn new(connector: Arc<Connector>, topology: Arc<Topology>) -> Self {
-        Self { connector, topology, current: RwLock::new(None), reconnecting: Arc::default(), direct: None }
-    }
-
-    /// A publisher of one client's calls whose channel also takes their
-    /// replies from the direct reply-to pseudo-queue, handing them to
-    /// `sink`; `lost` is told when that channel goes. Connects at once.
-    pub(crate) async fn with_direct_replies(
-        connector: Arc<Connector>,
-        topology: Arc<Topology>,
-        sink: ReplySink,
-        lost: LostSink,
-    ) -> Result<Self> {
-        let publisher = Self { direct: Some(DirectReplies { sink, lost }), ..Self::new(connector, topology) };
-        publisher.channel(None).await?;
-        Ok(publisher)
+        Self { connector, topology, current: RwLock::new(None), reconnecting: tokio::sync::Mutex::new(()) }
     }
 
     fn current(&self) -> Option<Arc<PubChannel>> {
@@ -129,32 +90,16 @@ impl Publisher {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let old = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if let (Some(old), Some(direct)) = (&old, &self.direct) {
-            report_lost(old, direct);
-        }
-        let purpose = if self.direct.is_some() { "reply" } else { "send" };
-        let conn = self.connector.connect(purpose, retry).await?;
-        if old.is_some() {
+        let had_one = self.current.read().unwrap_or_else(|p| p.into_inner()).is_some();
+        let conn = self.connector.connect("send", retry).await?;
+        if had_one {
             crate::metrics::metrics().reconnects.inc();
         }
         let channel = conn.create_channel().await?;
         if self.connector.options().publisher_confirms {
             channel.confirm_select(ConfirmSelectOptions::default()).await?;
         }
-        let c = Arc::new(PubChannel {
-            conn,
-            channel,
-            declared: Mutex::new(HashSet::new()),
-            reported: AtomicBool::new(false),
-        });
-        if let Some(direct) = &self.direct {
-            // No acknowledgements: RabbitMQ refuses any other way to consume it.
-            let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
-            let consumer =
-                c.channel.basic_consume(DIRECT_REPLY_TO.into(), "".into(), options, FieldTable::default()).await?;
-            tokio::spawn(forward_replies(consumer, c.clone(), direct.clone(), self.reconnecting.clone()));
-        }
+        let c = Arc::new(PubChannel { conn, channel, declared: Mutex::new(HashSet::new()) });
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         Ok(c)
     }
@@ -196,20 +141,7 @@ impl Publisher {
     pub(crate) async fn close(&self) {
         let current = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(c) = current {
-            c.reported.store(true, Ordering::SeqCst);
             let _ = c.conn.close(200, "closing".into()).await;
-        }
-    }
-
-    /// Close the connection from a synchronous drop, in a task of the
-    /// runtime (if there is one).
-    pub(crate) fn close_in_background(&self) {
-        let current = self.current.write().unwrap_or_else(|p| p.into_inner()).take();
-        if let (Some(c), Ok(runtime)) = (current, tokio::runtime::Handle::try_current()) {
-            c.reported.store(true, Ordering::SeqCst);
-            runtime.spawn(async move {
-                let _ = c.conn.close(200, "closing".into()).await;
-            });
         }
     }
 
@@ -294,13 +226,15 @@ impl Publisher {
             }
         }
         let options = BasicPublishOptions { mandatory: route.mandatory || message.mandatory, ..Default::default() };
-        let properties = match self.direct {
-            Some(_) => properties(message).with_reply_to(DIRECT_REPLY_TO.into()),
-            None => properties(message),
-        };
         let confirm = pc
             .channel
-            .basic_publish(route.exchange.as_ref().into(), route.routing_key.into(), options, &message.body, properties)
+            .basic_publish(
+                route.exchange.as_ref().into(),
+                route.routing_key.into(),
+                options,
+                &message.body,
+                properties(message),
+            )
             .await
             .map_err(|e| self.classify(pc, e.into()))?;
         match confirm.await.map_err(|e| self.classify(pc, e.into()))? {
@@ -313,38 +247,6 @@ impl Publisher {
             }
         }
     }
-}
-
-/// Tell a direct-reply client, once, that the replies `pc` carried are lost.
-fn report_lost(pc: &PubChannel, direct: &DirectReplies) {
-    if !pc.reported.swap(true, Ordering::SeqCst) {
-        tracing::warn!("the channel carrying direct replies was lost; calls waiting on it fail now");
-        (direct.lost)();
-    }
-}
-
-/// Hand each direct reply to the client until the channel goes, then tell
-/// it the replies still to come are lost.
-async fn forward_replies(
-    mut consumer: lapin::Consumer,
-    pc: Arc<PubChannel>,
-    direct: DirectReplies,
-    reconnecting: Arc<tokio::sync::Mutex<()>>,
-) {
-    // Whatever the consumer does when its connection dies, a lost
-    // connection is noticed within a second.
-    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            d = consumer.next() => match d {
-                Some(Ok(d)) => (direct.sink)(d.data.into()),
-                _ => break,
-            },
-            _ = watchdog.tick() => if !pc.alive() { break },
-        }
-    }
-    let _replacing = reconnecting.lock().await;
-    report_lost(&pc, &direct);
 }
 
 /// 100 ms doubling to 5 s, each ±50 % so many publishers don't retry in step.

@@ -310,11 +310,7 @@ impl Topology {
     }
 
     /// How a message to `destination` is published. Replies go to the
-    /// default exchange, `mandatory` unless `direct_mandatory_flag` is off
-    /// or the reply goes to a direct reply-to address: RabbitMQ returns
-    /// every `mandatory` publish to one, delivered or not (checked live by
-    /// `tests/tests/rpc_direct_reply_to.rs`), and drops a reply to a caller
-    /// that has gone.
+    /// default exchange, `mandatory` unless `direct_mandatory_flag` is off.
     pub fn publish<'a>(&self, destination: &'a Destination) -> Publish<'a> {
         match destination {
             Destination::Topic { exchange, routing_key } => {
@@ -326,7 +322,7 @@ impl Topology {
             Destination::Reply { queue } => Publish {
                 exchange: Cow::Borrowed(""),
                 routing_key: queue,
-                mandatory: self.options.direct_mandatory_flag && !queue.starts_with(crate::transport::DIRECT_REPLY_TO),
+                mandatory: self.options.direct_mandatory_flag,
             },
         }
     }
