@@ -20,7 +20,7 @@ use crate::{
     layer::{AfterReply, Call, CallKind, Inner, Layer, Layers},
     reply::ReplyRouter,
     transport::{Destination, Outgoing, Transport},
-    wire::{self, Request},
+    wire::{self, RequestRef},
     RequestContext, Result, RpcError, Target, Version,
 };
 
@@ -181,17 +181,25 @@ impl RpcClient {
         }
     }
 
-    fn request(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Request {
-        Request {
-            method: method.to_owned(),
+    /// The request to encode, borrowing the target's parts; a call adds
+    /// its `_msg_id`, reply queue and call-monitor timeout.
+    fn request<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        method: &'a str,
+        args: &'a Map<String, Value>,
+        unique_id: &'a str,
+    ) -> RequestRef<'a> {
+        RequestRef {
+            method,
             args,
-            namespace: self.target.namespace.clone(),
-            version: self.target.version.clone(),
+            namespace: self.target.namespace.as_deref(),
+            version: self.target.version.as_deref(),
             msg_id: None,
             reply_q: None,
             monitor_timeout: None,
-            unique_id: wire::new_id(),
-            context: ctx.clone(),
+            unique_id,
+            context: ctx,
         }
     }
 
@@ -246,13 +254,14 @@ impl RpcClient {
 
     async fn cast_args(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Result<()> {
         self.check_version()?;
-        let request = self.request(ctx, method, args);
+        let unique_id = wire::new_id();
+        let request = self.request(ctx, method, &args, &unique_id);
         let destination = if self.target.fanout {
             Destination::Fanout { topic: self.target.topic.clone() }
         } else {
             Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() }
         };
-        let body = self.sign(wire::encode_request(&request)?)?;
+        let body = self.sign(wire::encode_request_ref(&request)?)?;
         // A cast gives up once its budget (the client's timeout) is spent,
         // even while the broker is blocked by an alarm.
         let budget = self.timeout.unwrap_or(self.shared.transport.options().rpc_response_timeout);
@@ -361,12 +370,14 @@ impl RpcClient {
             Ok(router) => router?,
             Err(_) => return Err(timed_out()),
         };
-        let mut request = self.request(ctx, method, args);
-        let msg_id = wire::new_id();
-        request.msg_id = Some(msg_id.clone());
-        request.reply_q = Some(router.queue().to_owned());
-        request.monitor_timeout = self.call_monitor_timeout.map(|d| d.as_secs_f64());
-        let body = self.sign(wire::encode_request(&request)?)?;
+        let (unique_id, msg_id) = (wire::new_id(), wire::new_id());
+        let request = RequestRef {
+            msg_id: Some(&msg_id),
+            reply_q: Some(router.queue()),
+            monitor_timeout: self.call_monitor_timeout.map(|d| d.as_secs_f64()),
+            ..self.request(ctx, method, &args, &unique_id)
+        };
+        let body = self.sign(wire::encode_request_ref(&request)?)?;
 
         let mut expected = router.expect(msg_id, deadline.into(), self.call_monitor_timeout);
         let destination = Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() };

@@ -2,11 +2,31 @@
 
 use std::collections::{HashSet, VecDeque};
 
+/// An id as kept: the 128 bits of a 32-hex-digit id (what oslo and nova-rs
+/// send, a UUID's hex), so keeping one allocates nothing; any other id as
+/// its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Id {
+    Hex(u128),
+    Text(Box<str>),
+}
+
+impl Id {
+    fn of(id: &str) -> Self {
+        match id.len() {
+            32 if id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) => {
+                u128::from_str_radix(id, 16).map_or_else(|_| Self::Text(id.into()), Self::Hex)
+            }
+            _ => Self::Text(id.into()),
+        }
+    }
+}
+
 /// The last `capacity` ids seen.
 #[derive(Debug)]
 pub struct SeenIds {
-    set: HashSet<String>,
-    order: VecDeque<String>,
+    set: HashSet<Id>,
+    order: VecDeque<Id>,
     capacity: usize,
 }
 
@@ -22,12 +42,13 @@ impl SeenIds {
 
     /// Whether `id` is in the window.
     pub fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
+        self.set.contains(&Id::of(id))
     }
 
     /// Record `id`; `false` when it was already in the window.
     pub fn insert(&mut self, id: &str) -> bool {
-        if self.set.contains(id) {
+        let id = Id::of(id);
+        if self.set.contains(&id) {
             return false;
         }
         if self.order.len() == self.capacity {
@@ -35,8 +56,26 @@ impl SeenIds {
                 self.set.remove(&old);
             }
         }
-        self.set.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
+        self.set.insert(id.clone());
+        self.order.push_back(id);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeenIds;
+
+    #[test]
+    fn the_window_forgets_the_oldest_and_tells_ids_apart_by_their_text() {
+        let mut seen = SeenIds::new(2);
+        let (a, b, c) = ("0123456789abcdef0123456789abcdef", "not-a-uuid", "fedcba9876543210fedcba9876543210");
+        assert!(seen.insert(a) && seen.insert(b));
+        assert!(!seen.insert(a) && !seen.insert(b), "duplicates are refused");
+        // Upper case hex is another text, not the same id.
+        assert!(!seen.contains(&a.to_uppercase()));
+        assert!(seen.insert(c));
+        assert!(!seen.contains(a), "the oldest went");
+        assert!(seen.contains(b) && seen.contains(c));
     }
 }

@@ -195,7 +195,9 @@ impl serde_json::ser::Formatter for PyFormatter {
 
     fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
         let bytes = fragment.as_bytes();
-        if bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
+        // serde_json has escaped the control characters already: only
+        // non-ASCII and DEL are left to write as `\uXXXX`.
+        if fragment.is_ascii() && memchr::memchr(0x7f, bytes).is_none() {
             return w.write_all(bytes);
         }
         let mut start = 0;
@@ -252,27 +254,65 @@ fn enveloped<T: Serialize + ?Sized>(inner: &T, capacity: usize) -> Result<Vec<u8
     Ok(out)
 }
 
-struct RequestBody<'a>(&'a Request);
+/// A request or cast about to be encoded, borrowing its parts (a client
+/// encodes what it holds without copying it into a [`Request`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRef<'a> {
+    /// The method to call.
+    pub method: &'a str,
+    /// Keyword arguments.
+    pub args: &'a Map<String, Value>,
+    /// API namespace.
+    pub namespace: Option<&'a str>,
+    /// Requested API version.
+    pub version: Option<&'a str>,
+    /// `_msg_id` (calls only).
+    pub msg_id: Option<&'a str>,
+    /// `_reply_q` (calls only).
+    pub reply_q: Option<&'a str>,
+    /// `_timeout` (calls only).
+    pub monitor_timeout: Option<f64>,
+    /// `_unique_id`.
+    pub unique_id: &'a str,
+    /// The request context.
+    pub context: &'a RequestContext,
+}
 
-impl Serialize for RequestBody<'_> {
+impl<'a> From<&'a Request> for RequestRef<'a> {
+    fn from(r: &'a Request) -> Self {
+        Self {
+            method: &r.method,
+            args: &r.args,
+            namespace: r.namespace.as_deref(),
+            version: r.version.as_deref(),
+            msg_id: r.msg_id.as_deref(),
+            reply_q: r.reply_q.as_deref(),
+            monitor_timeout: r.monitor_timeout,
+            unique_id: &r.unique_id,
+            context: &r.context,
+        }
+    }
+}
+
+impl Serialize for RequestRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let r = self.0;
+        let r = self;
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry("method", &r.method)?;
-        m.serialize_entry("args", &r.args)?;
-        if let Some(ns) = &r.namespace {
+        m.serialize_entry("method", r.method)?;
+        m.serialize_entry("args", r.args)?;
+        if let Some(ns) = r.namespace {
             m.serialize_entry("namespace", ns)?;
         }
-        if let Some(v) = &r.version {
+        if let Some(v) = r.version {
             m.serialize_entry("version", v)?;
         }
-        if let Some(id) = &r.msg_id {
+        if let Some(id) = r.msg_id {
             m.serialize_entry("_msg_id", id)?;
             m.serialize_entry("_reply_q", &r.reply_q)?;
             m.serialize_entry("_timeout", &r.monitor_timeout.map(python_number))?;
         }
-        m.serialize_entry("_unique_id", &r.unique_id)?;
+        m.serialize_entry("_unique_id", r.unique_id)?;
         // The context's entries in `RequestContext::for_each_entry`'s order,
         // written from the fields as they are.
         let c = &r.context;
@@ -307,7 +347,12 @@ fn python_number(f: f64) -> Value {
 
 /// Encode a request or cast as an enveloped oslo message.
 pub fn encode_request(request: &Request) -> Result<Vec<u8>, crate::RpcError> {
-    enveloped(&RequestBody(request), 512)
+    encode_request_ref(&RequestRef::from(request))
+}
+
+/// Encode a request or cast from borrowed parts; as [`encode_request`].
+pub fn encode_request_ref(request: &RequestRef<'_>) -> Result<Vec<u8>, crate::RpcError> {
+    enveloped(request, 512)
 }
 
 /// Encode a reply as an enveloped oslo message.
@@ -386,8 +431,12 @@ fn exact_envelope(body: &[u8]) -> Option<String> {
     let head = &ENVELOPE_HEAD[..ENVELOPE_HEAD.len() - 1];
     let quoted = body.strip_prefix(head)?.strip_suffix(b"}")?;
     let mut rest = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    // A raw control character is not allowed in a JSON string.
+    if rest.iter().fold(false, |seen, &b| seen | (b < 0x20)) {
+        return None;
+    }
     let mut out = Vec::with_capacity(rest.len());
-    while let Some(i) = rest.iter().position(|&b| b == b'\\' || b == b'"' || b < 0x20) {
+    while let Some(i) = memchr::memchr2(b'\\', b'"', rest) {
         out.extend_from_slice(&rest[..i]);
         match (rest[i], rest.get(i + 1)) {
             (b'\\', Some(&c @ (b'"' | b'\\'))) => out.push(c),
@@ -639,7 +688,7 @@ mod tests {
         let body = encode_request(&request).unwrap();
         // What oslo does: the inner message, then json.dumps of it as a string.
         let mut inner = Vec::new();
-        to_python_json(&RequestBody(&request), &mut inner).unwrap();
+        to_python_json(&RequestRef::from(&request), &mut inner).unwrap();
         let inner = String::from_utf8(inner).unwrap();
         assert!(inner.is_ascii());
         let quoted = serde_json::to_string(&inner).unwrap();

@@ -33,14 +33,19 @@ pub(super) async fn handle(shared: &ServerState, delivery: Delivery, served: Ser
 }
 
 async fn serve(shared: &ServerState, admitted: Admitted, served: Served) {
-    let Admitted { request, acker, deadline, delivery_count } = admitted;
-    let Request { msg_id, reply_q, unique_id, .. } = &request;
-    let (msg_id, reply_q, unique_id) = (msg_id.clone(), reply_q.clone(), unique_id.clone());
+    let Admitted { mut request, acker, deadline, delivery_count } = admitted;
+    // What is needed after the dispatch is taken out of the request, not copied.
+    let (msg_id, reply_q) = (request.msg_id.take(), request.reply_q.take());
+    let unique_id = std::mem::take(&mut request.unique_id);
     let method = request.method.clone();
     let started = Instant::now();
     // Only layers leave work for after the reply.
     let after_reply = if shared.layers.is_empty() { AfterReply::now() } else { AfterReply::deferred() };
-    let outcome = dispatch(shared, request, after_reply.clone()).await;
+    let monitor = match (&msg_id, &reply_q, request.monitor_timeout) {
+        (Some(msg_id), Some(reply_q), Some(t)) if t > 0.0 => Some((msg_id.as_str(), reply_q.as_str(), t)),
+        _ => None,
+    };
+    let outcome = dispatch(shared, request, msg_id.is_some(), monitor, &method, after_reply.clone()).await;
     log_outcome(&outcome, &method, msg_id.is_some(), started);
     let failed_cast = outcome.is_err() && msg_id.is_none();
     if let (Some(msg_id), Some(reply_q)) = (&msg_id, &reply_q) {
@@ -59,15 +64,21 @@ async fn serve(shared: &ServerState, admitted: Admitted, served: Served) {
 /// Run the request through the layers into the dispatcher, sending
 /// call-monitor heartbeats meanwhile when the caller asked for them. A
 /// panicking method is an error, never a dead server.
-async fn dispatch(shared: &ServerState, request: Request, after_reply: AfterReply) -> Result<Value> {
-    let heartbeat = match (&request.msg_id, &request.reply_q, request.monitor_timeout) {
-        (Some(msg_id), Some(reply_q), Some(t)) if t > 0.0 => {
-            Some(spawn_heartbeat(shared, reply_q.clone(), msg_id.clone(), t))
-        }
-        _ => None,
-    };
+///
+/// `monitor`: the call's `msg_id`, reply address and call-monitor timeout,
+/// when it asked for heartbeats.
+async fn dispatch(
+    shared: &ServerState,
+    request: Request,
+    is_call: bool,
+    monitor: Option<(&str, &str, f64)>,
+    method: &str,
+    after_reply: AfterReply,
+) -> Result<Value> {
+    let heartbeat =
+        monitor.map(|(msg_id, reply_q, t)| spawn_heartbeat(shared, reply_q.to_owned(), msg_id.to_owned(), t));
     let call = Call {
-        kind: if request.msg_id.is_some() { CallKind::Call } else { CallKind::Cast },
+        kind: if is_call { CallKind::Call } else { CallKind::Cast },
         ctx: request.context,
         topic: shared.topic.clone(),
         server: Some(shared.server.clone()),
@@ -77,7 +88,6 @@ async fn dispatch(shared: &ServerState, request: Request, after_reply: AfterRepl
         args: request.args,
         after_reply,
     };
-    let method = call.method.clone();
     let running =
         if shared.layers.is_empty() { (shared.end)(call) } else { shared.layers.run(call, shared.end.clone()) };
     let outcome = match std::panic::AssertUnwindSafe(running).catch_unwind().await {

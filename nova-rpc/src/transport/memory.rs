@@ -172,7 +172,8 @@ impl Drop for Nested {
 #[derive(Default)]
 struct Bus {
     queues: HashMap<String, Arc<Queue>>,
-    bindings: HashMap<(String, String), Vec<String>>,
+    /// Exchange → routing key → the queues bound with it.
+    bindings: HashMap<String, HashMap<String, Vec<String>>>,
     fanout: HashMap<String, Vec<String>>,
     replies: HashMap<String, ReplySink>,
 }
@@ -364,7 +365,8 @@ impl Transport for MemoryTransport {
         }
         let names: &[String] = match destination {
             Destination::Topic { exchange, routing_key } => {
-                bus.bindings.get(&(exchange.clone(), routing_key.clone())).map(Vec::as_slice).unwrap_or_default()
+                let bound = bus.bindings.get(exchange.as_str()).and_then(|keys| keys.get(routing_key.as_str()));
+                bound.map(Vec::as_slice).unwrap_or_default()
             }
             Destination::Fanout { topic } => bus.fanout.get(topic).map(Vec::as_slice).unwrap_or_default(),
             Destination::Reply { .. } => unreachable!("handled above"),
@@ -396,7 +398,7 @@ impl Transport for MemoryTransport {
                 let _ = q.dead_letter.set(DeadLetter { max: *max, dead: dead.clone() });
             }
             let mut bus = self.lock();
-            let bound = bus.bindings.entry((spec.exchange.clone(), key.clone())).or_default();
+            let bound = bus.bindings.entry(spec.exchange.clone()).or_default().entry(key.clone()).or_default();
             if !bound.contains(key) {
                 bound.push(key.clone());
             }
