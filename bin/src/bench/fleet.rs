@@ -199,7 +199,7 @@ async fn one_size(url: &str, n: usize, calls: usize, fanouts: usize, report: &mu
         fleet.push(Child::spawn_command(cmd.env("RUST_LOG", "warn"))?);
     }
     for host in &hosts {
-        let ping = ping.with_server(host.as_str()).with_timeout(Duration::from_millis(200));
+        let ping = ping.with_server(host.as_str()).with_timeout(Duration::from_millis(20));
         while ping.call(&RequestContext::default(), "ping", json!({"arg": 0})).await.is_err() {
             anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "{host} never answered ping");
         }

@@ -153,7 +153,9 @@ async fn measure(p: Arc<dyn Pattern>, a: &RunArgs, group: &str, suffix: &str, r:
         r.add(group, &format!("calls_per_s_c{c}{suffix}"), per_s);
         if c == 64 {
             r.add(group, &format!("cpu_us_per_call_c64{suffix}"), cpu_us);
-            broker_cpu(broker, a.calls, group, &format!("broker_cpu_us_per_call_c64{suffix}"), r);
+            if group != "memory" {
+                broker_cpu(broker, a.calls, group, &format!("broker_cpu_us_per_call_c64{suffix}"), r);
+            }
         }
     }
     r.add(group, &format!("casts_per_s{suffix}"), bench::casts(p.clone(), OneWay::Cast, 64, a.casts, 1).await?);
