@@ -393,7 +393,7 @@ impl RpcClient {
             Err(_) => return Err(timed_out()),
         }
         expected.sent();
-        // The router closes the channel once the call is past its deadline
+        // The router closes the inbox once the call is past its deadline
         // (or its call-monitor timeout passed without a heartbeat).
         loop {
             let Some(reply) = expected.next().await else { return Err(timed_out()) };

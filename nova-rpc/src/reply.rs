@@ -8,20 +8,17 @@
 //! until the earliest: a call arms no timer of its own, so a quick call
 //! never wakes the runtime's timer to re-arm it. A call-monitor heartbeat
 //! moves its call's deadline on; a call past its deadline is told by its
-//! channel closing.
+//! inbox closing.
 //!
 //! Deadlines are tokio [`Instant`]s, so tests of them run on paused time.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use tokio::{
-    sync::{mpsc, Notify},
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     dedupe::SeenIds,
@@ -31,15 +28,63 @@ use crate::{
     Result,
 };
 
-/// One waiting call.
+/// Where one call's replies wait for it: what a channel does, with one
+/// small allocation (most calls get exactly one reply). Closed once its
+/// [`Waiter`] is gone.
+struct Inbox {
+    /// The replies not yet taken, and whether more can come.
+    state: Mutex<(VecDeque<Reply>, bool)>,
+    ready: Notify,
+}
+
+impl Inbox {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new((VecDeque::with_capacity(1), false)), ready: Notify::new() })
+    }
+
+    fn push(&self, reply: Reply) {
+        lock(&self.state).0.push_back(reply);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        lock(&self.state).1 = true;
+        self.ready.notify_one();
+    }
+
+    /// The next reply; `None` once closed and empty.
+    async fn next(&self) -> Option<Reply> {
+        loop {
+            {
+                let mut state = lock(&self.state);
+                if let Some(reply) = state.0.pop_front() {
+                    return Some(reply);
+                }
+                if state.1 {
+                    return None;
+                }
+            }
+            // A push or close in between left a permit: no wake-up is lost.
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// One waiting call; dropping it closes its inbox.
 struct Waiter {
-    tx: mpsc::UnboundedSender<Reply>,
+    inbox: Arc<Inbox>,
     /// When the call gives up unless a heartbeat moves this on.
     due: Instant,
     /// The call's own timeout: no heartbeat moves `due` past it.
     end: Instant,
     /// The call-monitor timeout, when the call asked for heartbeats.
     monitor: Option<Duration>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }
 
 #[derive(Default)]
@@ -66,7 +111,7 @@ impl Pending {
         }
     }
 
-    /// Drop every call due by `now` (closing its channel); the next due time.
+    /// Drop every call due by `now` (closing its inbox); the next due time.
     fn expire(&mut self, now: Instant) -> Option<Instant> {
         while let Some((due, msg_id)) = self.due.first().cloned() {
             if due > now {
@@ -122,7 +167,7 @@ impl State {
             (false, Some(monitor)) => Some(((Instant::now() + monitor).min(waiter.end), reply.msg_id.clone())),
             _ => None,
         };
-        let _ = waiter.tx.send(reply);
+        waiter.inbox.push(reply);
         if let Some((due, msg_id)) = moved {
             pending.set_due(&msg_id, due);
         }
@@ -169,12 +214,12 @@ impl ReplyRouter {
     /// timeout, until no heartbeat came for that long once the request
     /// was sent ([`Expected::sent`]).
     pub(crate) fn expect(&self, msg_id: String, end: Instant, monitor: Option<Duration>) -> Expected<'_> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = Inbox::new();
         let mut pending = lock(&self.state.pending);
-        pending.waiters.insert(msg_id.clone(), Waiter { tx, due: end, end, monitor });
+        pending.waiters.insert(msg_id.clone(), Waiter { inbox: inbox.clone(), due: end, end, monitor });
         pending.due.insert((end, msg_id.clone()));
         self.state.arm(&mut pending, end);
-        Expected { state: &self.state, msg_id, monitor, rx }
+        Expected { state: &self.state, msg_id, monitor, inbox }
     }
 }
 
@@ -205,7 +250,7 @@ pub(crate) struct Expected<'a> {
     state: &'a State,
     msg_id: String,
     monitor: Option<Duration>,
-    rx: mpsc::UnboundedReceiver<Reply>,
+    inbox: Arc<Inbox>,
 }
 
 impl Expected<'_> {
@@ -222,7 +267,7 @@ impl Expected<'_> {
 
     /// The next reply (a heartbeat or the answer); `None` once the call is past its deadline.
     pub(crate) async fn next(&mut self) -> Option<Reply> {
-        self.rx.recv().await
+        self.inbox.next().await
     }
 }
 
@@ -263,9 +308,8 @@ mod tests {
         let now = Instant::now();
         let mut pending = Pending::default();
         for (i, id) in ["c", "a", "b"].iter().enumerate() {
-            let (tx, _) = mpsc::unbounded_channel();
             let due = now + Duration::from_secs(3 - i as u64);
-            pending.waiters.insert((*id).to_owned(), Waiter { tx, due, end: due, monitor: None });
+            pending.waiters.insert((*id).to_owned(), Waiter { inbox: Inbox::new(), due, end: due, monitor: None });
             pending.due.insert((due, (*id).to_owned()));
         }
         // Due at +3 (c), +2 (a), +1 (b): at +2, b and a go.
