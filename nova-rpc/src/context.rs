@@ -36,7 +36,10 @@ pub struct RequestContext {
 
 /// A freshly generated OpenStack style request id: `req-<uuid4>`.
 pub fn generate_request_id() -> String {
-    format!("req-{}", uuid::Uuid::new_v4())
+    let mut text = [0u8; 40];
+    text[..4].copy_from_slice(b"req-");
+    crate::wire::random_uuid().hyphenated().encode_lower(&mut text[4..]);
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 impl RequestContext {
@@ -164,5 +167,17 @@ impl ContextFields {
             extra: self.extra,
             signed_by: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_req_and_a_new_uuid4() {
+        let (a, b) = (super::generate_request_id(), super::generate_request_id());
+        assert_ne!(a, b);
+        let uuid = uuid::Uuid::parse_str(a.strip_prefix("req-").expect("the req- prefix")).expect("a UUID");
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_eq!(a, format!("req-{uuid}"), "lower-case and hyphenated, as oslo.context writes it");
     }
 }

@@ -13,12 +13,15 @@ enum Id {
 
 impl Id {
     fn of(id: &str) -> Self {
-        match id.len() {
-            32 if id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) => {
-                u128::from_str_radix(id, 16).map_or_else(|_| Self::Text(id.into()), Self::Hex)
-            }
-            _ => Self::Text(id.into()),
-        }
+        let hex = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        let bits = (id.len() == 32)
+            .then(|| id.bytes().try_fold(0u128, |bits, b| Some(bits << 4 | u128::from(hex(b)?))))
+            .flatten();
+        bits.map_or_else(|| Self::Text(id.into()), Self::Hex)
     }
 }
 

@@ -94,20 +94,26 @@ impl Malformed {
     }
 }
 
-/// A new 32-hex-digit id (a random UUID 4), as oslo makes `_msg_id` and
-/// `_unique_id`.
-///
-/// Each thread draws from its own generator, seeded once from the operating
-/// system: a call needs three ids, and asking the kernel for each was a
-/// measurable share of a `memory://` call.
-pub fn new_id() -> String {
+/// A random UUID 4 from this thread's generator, seeded once from the
+/// operating system: a call needs three ids or more, and asking the kernel
+/// for each was a measurable share of a `memory://` call.
+pub(crate) fn random_uuid() -> uuid::Uuid {
     thread_local! {
         static RNG: std::cell::RefCell<fastrand::Rng> = std::cell::RefCell::new(fastrand::Rng::with_seed(
             u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes")),
         ));
     }
     let bits = RNG.with(|rng| rng.borrow_mut().u128(..));
-    uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid().simple().to_string()
+    uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid()
+}
+
+/// A new 32-hex-digit id (a random UUID 4), as oslo makes `_msg_id` and
+/// `_unique_id`.
+pub fn new_id() -> String {
+    // The 32 lower-case hex digits, as `simple()` writes them, without
+    // going through the formatting machinery.
+    let mut text = [0u8; 32];
+    random_uuid().simple().encode_lower(&mut text).to_owned()
 }
 
 /// Python `json.dumps` style: `", "` / `": "` separators, ASCII-only output.
