@@ -304,7 +304,7 @@ impl Service {
                 }
                 let own: Arc<dyn nova_rpc::dispatcher::Endpoint> =
                     Arc::new(Without { inner: manager.endpoint.clone(), names: w.methods.clone() });
-                (own, Some(layered(server).start().await?))
+                (own, Some(layered(server)))
             }
         };
         let mut server = RpcServer::new(transport.clone(), target, Dispatcher::new(vec![endpoint, base]))
@@ -312,16 +312,27 @@ impl Service {
         if work.is_some() {
             server = server.without_shared_queue();
         }
-        let server = match layered(server).start().await {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(w) = work {
-                    w.stop(options.graceful_shutdown_timeout).await;
-                }
-                return Err(e.into());
+        // The two servers declare different queues: they connect and
+        // declare at the same time, and if either fails the other stops.
+        let work = async {
+            match work {
+                Some(w) => w.start().await.map(Some),
+                None => Ok(None),
             }
         };
-        let servers = Servers { main: server, work };
+        let grace = options.graceful_shutdown_timeout;
+        let servers = match tokio::join!(layered(server).start(), work) {
+            (Ok(main), Ok(work)) => Servers { main, work },
+            (Err(e), Ok(Some(work))) => {
+                work.stop(grace).await;
+                return Err(e.into());
+            }
+            (Ok(main), Err(e)) => {
+                main.stop(grace).await;
+                return Err(e.into());
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
         let (stop, stopped) = watch::channel(false);
         let mut loops = Vec::new();
         if let Err(e) = hooks.post_start_hook(&info).await {

@@ -151,6 +151,15 @@ async fn a_placed_task_at_capacity_waits() {
     host.stop().await;
 }
 
+/// Wait until `consumers` servers consume the shared `compute` work queue.
+async fn work_queue_consumed(t: &Arc<dyn Transport>, consumers: u32) {
+    eventually("the work queue is consumed", Duration::from_secs(30), || async {
+        let stats = t.queue_stats(&["compute".into()]).await.ok()?;
+        stats.first().filter(|q| q.consumers >= consumers).map(|_| ())
+    })
+    .await;
+}
+
 /// At-least-once: a host SIGKILLed mid-task gives the task back; the other
 /// host runs it, and it runs to completion once under its id (the killed
 /// host's process dies with it).
@@ -182,11 +191,10 @@ async fn a_host_killed_mid_task_gives_it_back() {
         (records.list(Some("compute")).await.ok()?.len() == 2).then_some(())
     })
     .await;
-    // The record is written before the servers start: wait for the queue too.
-    eventually("the work queue is declared", Duration::from_secs(30), || async {
-        t.queue_stats(&["compute".into()]).await.ok().filter(|q| !q.is_empty())
-    })
-    .await;
+    // The record is written before the servers start: wait until both
+    // consume the work queue (declared, bound and consumed: a queue that is
+    // declared but not yet bound would refuse the mandatory cast).
+    work_queue_consumed(&t, 2).await;
     let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
     let script = format!("sleep 2; echo done >> {}", marks.display());
     submit.submit_task(&RequestContext::new(), "sh".into(), vec![script], "once".into(), None, None).await.unwrap();
@@ -253,11 +261,9 @@ async fn a_reload_mid_task_changes_new_tasks_only() {
         (records.list(Some("compute")).await.ok()?.len() == 1).then_some(())
     })
     .await;
-    // The record is written before the servers start: wait for the queue too.
-    eventually("the work queue is declared", Duration::from_secs(30), || async {
-        t.queue_stats(&["compute".into()]).await.ok().filter(|q| !q.is_empty())
-    })
-    .await;
+    // The record is written before the servers start: wait until it
+    // consumes the work queue too.
+    work_queue_consumed(&t, 1).await;
     let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
     let ctx = RequestContext::new();
     submit.submit_task(&ctx, "job".into(), vec![], "before".into(), None, None).await.unwrap();
