@@ -57,11 +57,13 @@ async fn workers_follow_the_backlog_and_scale_in_gracefully() {
     let running = tokio::spawn(scaler.run(stopped));
     let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
     let ctx = RequestContext::new();
-    // The queue exists before any worker: the autoscaler declared it.
-    eventually("the autoscaler declared the queue", Duration::from_secs(10), || async {
-        t.queue_stats(&["compute".into()]).await.ok().filter(|s| !s.is_empty())
+    // The queue exists before any worker: the autoscaler declared (and
+    // bound) it before its first look at the backlog.
+    eventually("the autoscaler looked once", Duration::from_secs(10), || async {
+        workers.lock().await.contains_key("compute").then_some(())
     })
     .await;
+    assert!(!t.queue_stats(&["compute".into()]).await.unwrap().is_empty(), "the queue exists");
     assert_eq!(count().await, 0, "min_workers = 0: nothing runs while idle");
 
     // A burst of six: ceil(6 / 2) = 3 workers, from zero.
@@ -112,10 +114,12 @@ async fn the_command_launcher_runs_the_operators_script() {
     let argv = vec![script.display().to_string()];
     let launcher = CommandLauncher::new(argv.clone());
     let scaler = Autoscaler::new(t.clone(), options("work", LauncherKind::Command(argv)), Arc::new(launcher));
+    let workers = scaler.watch_workers();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(scaler.run(stopped));
-    eventually("the queue is declared", Duration::from_secs(10), || async {
-        t.queue_stats(&["work".into()]).await.ok().filter(|s| !s.is_empty())
+    // Declared and bound before the autoscaler's first look.
+    eventually("the autoscaler looked once", Duration::from_secs(10), || async {
+        workers.lock().await.contains_key("work").then_some(())
     })
     .await;
     let client = RpcClient::new(t.clone(), Target::new("work"));
