@@ -36,10 +36,7 @@ pub struct RequestContext {
 
 /// A freshly generated OpenStack style request id: `req-<uuid4>`.
 pub fn generate_request_id() -> String {
-    let mut text = [0u8; 40];
-    text[..4].copy_from_slice(b"req-");
-    crate::wire::random_uuid().hyphenated().encode_lower(&mut text[4..]);
-    String::from_utf8_lossy(&text).into_owned()
+    format!("req-{}", crate::wire::random_uuid())
 }
 
 impl RequestContext {
@@ -84,24 +81,24 @@ impl RequestContext {
 
     /// Visit every context entry as `(key, value)`: `user_id`, `project_id`,
     /// `request_id`, `global_request_id`, `roles`, then the extra keys in
-    /// their order. Unset optional keys are skipped.
-    pub fn for_each_entry(&self, mut f: impl FnMut(&str, &Value)) {
-        let text = |s: &String| Value::String(s.clone());
+    /// their order. Unset optional keys are skipped. The values are
+    /// borrowed: the wire encoder writes them from here without copying.
+    pub fn for_each_entry(&self, mut f: impl FnMut(&str, Entry<'_>)) {
         if let Some(u) = &self.user_id {
-            f("user_id", &text(u));
+            f("user_id", Entry::Text(u));
         }
         if let Some(p) = &self.project_id {
-            f("project_id", &text(p));
+            f("project_id", Entry::Text(p));
         }
-        f("request_id", &text(&self.request_id));
+        f("request_id", Entry::Text(&self.request_id));
         if let Some(g) = &self.global_request_id {
-            f("global_request_id", &text(g));
+            f("global_request_id", Entry::Text(g));
         }
         if !self.roles.is_empty() {
-            f("roles", &Value::Array(self.roles.iter().map(text).collect()));
+            f("roles", Entry::Texts(&self.roles));
         }
         for (k, v) in &self.extra {
-            f(k, v);
+            f(k, Entry::Json(v));
         }
     }
 
@@ -109,9 +106,41 @@ impl RequestContext {
     pub fn to_map(&self) -> Map<String, Value> {
         let mut map = Map::new();
         self.for_each_entry(|k, v| {
-            map.insert(k.to_owned(), v.clone());
+            map.insert(k.to_owned(), v.to_value());
         });
         map
+    }
+}
+
+/// One context entry's value, borrowed from the [`RequestContext`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Entry<'a> {
+    /// A string field.
+    Text(&'a str),
+    /// A list of strings (`roles`).
+    Texts(&'a [String]),
+    /// An extra key's value.
+    Json(&'a Value),
+}
+
+impl Entry<'_> {
+    /// The value as JSON.
+    pub fn to_value(self) -> Value {
+        match self {
+            Entry::Text(s) => Value::from(s),
+            Entry::Texts(items) => Value::from(items.to_vec()),
+            Entry::Json(v) => v.clone(),
+        }
+    }
+}
+
+impl serde::Serialize for Entry<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Entry::Text(t) => t.serialize(s),
+            Entry::Texts(items) => items.serialize(s),
+            Entry::Json(v) => v.serialize(s),
+        }
     }
 }
 

@@ -319,25 +319,13 @@ impl Serialize for RequestRef<'_> {
             m.serialize_entry("_timeout", &r.monitor_timeout.map(python_number))?;
         }
         m.serialize_entry("_unique_id", r.unique_id)?;
-        // The context's entries in `RequestContext::for_each_entry`'s order,
-        // written from the fields as they are.
-        let c = &r.context;
-        if let Some(u) = &c.user_id {
-            m.serialize_entry("_context_user_id", u)?;
-        }
-        if let Some(p) = &c.project_id {
-            m.serialize_entry("_context_project_id", p)?;
-        }
-        m.serialize_entry("_context_request_id", &c.request_id)?;
-        if let Some(g) = &c.global_request_id {
-            m.serialize_entry("_context_global_request_id", g)?;
-        }
-        if !c.roles.is_empty() {
-            m.serialize_entry("_context_roles", &c.roles)?;
-        }
-        for (k, v) in &c.extra {
-            m.serialize_entry(&format_args!("_context_{k}"), v)?;
-        }
+        let mut written = Ok(());
+        r.context.for_each_entry(|k, v| {
+            if written.is_ok() {
+                written = m.serialize_entry(&format_args!("_context_{k}"), &v);
+            }
+        });
+        written?;
         m.end()
     }
 }
