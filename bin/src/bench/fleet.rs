@@ -26,13 +26,12 @@ use std::{
 
 use nova_rpc::{
     dispatcher::{Dispatcher, Router},
-    transport::TransportUrl,
     RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
 };
 use serde_json::{json, Map, Value};
 
 use super::{
-    process::{rss_mib, Child},
+    process::{rss_mib, with_vhost, Child},
     Report,
 };
 
@@ -136,14 +135,6 @@ impl Drop for Vhost {
             eprintln!("nova-bench fleet: {e}");
         }
     }
-}
-
-/// `url` (one broker) with its vhost replaced by `vhost`.
-fn with_vhost(url: &str, vhost: &str) -> anyhow::Result<String> {
-    let u = TransportUrl::parse(url)?;
-    let h = u.hosts.first().ok_or_else(|| anyhow::anyhow!("{url}: no broker host"))?;
-    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
-    Ok(format!("{}://{}:{}@{}:{}/{}", u.scheme, enc(&h.username), enc(&h.password), h.host, h.port, enc(vhost)))
 }
 
 /// Counts `update_host_state` casts by request id: the schedulers' side of

@@ -25,10 +25,21 @@ use super::{nova::bench_api, Report};
 /// The lapin URL (`amqp://…/vhost`) for a nova transport URL's first host.
 pub fn lapin_url(url: &str) -> anyhow::Result<String> {
     let u = TransportUrl::parse(url)?;
-    let h = u.hosts.first().ok_or_else(|| anyhow::anyhow!("{url}: no broker host"))?;
-    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
     let scheme = if u.tls() { "amqps" } else { "amqp" };
-    Ok(format!("{scheme}://{}:{}@{}:{}/{}", enc(&h.username), enc(&h.password), h.host, h.port, enc(&u.vhost)))
+    first_host_url(&u, scheme, &u.vhost)
+}
+
+/// `url` (its first host) with `vhost` instead of its own.
+pub fn with_vhost(url: &str, vhost: &str) -> anyhow::Result<String> {
+    let u = TransportUrl::parse(url)?;
+    first_host_url(&u, &u.scheme, vhost)
+}
+
+/// `scheme://user:password@host:port/vhost` for `u`'s first host.
+fn first_host_url(u: &TransportUrl, scheme: &str, vhost: &str) -> anyhow::Result<String> {
+    let h = u.hosts.first().ok_or_else(|| anyhow::anyhow!("{u}: no broker host"))?;
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    Ok(format!("{scheme}://{}:{}@{}:{}/{}", enc(&h.username), enc(&h.password), h.host, h.port, enc(vhost)))
 }
 
 /// Delete queues and exchanges a benchmark declared.
