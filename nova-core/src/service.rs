@@ -388,8 +388,8 @@ impl nova_rpc::dispatcher::Endpoint for Without {
         &self,
         ctx: nova_rpc::RequestContext,
         method: &str,
-        args: serde_json::Map<String, serde_json::Value>,
-    ) -> nova_rpc::dispatcher::BoxFuture<nova_rpc::Result<serde_json::Value>> {
+        args: nova_rpc::Args,
+    ) -> nova_rpc::dispatcher::BoxFuture<nova_rpc::Result<nova_rpc::Payload>> {
         self.inner.call(ctx, method, args)
     }
 

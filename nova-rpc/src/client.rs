@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde::{de::DeserializeOwned, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
     reply::ReplyRouter,
     transport::{Destination, Outgoing, Transport},
     wire::{self, RequestRef},
-    RequestContext, Result, RpcError, Target, Version,
+    Args, Payload, RequestContext, Result, RpcError, Target, Version,
 };
 
 #[derive(Debug)]
@@ -156,18 +156,7 @@ impl RpcClient {
         Ok(())
     }
 
-    fn args(args: impl Serialize) -> Result<Map<String, Value>> {
-        match serde_json::to_value(args).map_err(|e| RpcError::Serialization(e.to_string()))? {
-            Value::Object(m) => Ok(m),
-            Value::Null => Ok(Map::new()),
-            other => Err(RpcError::Serialization(format!(
-                "arguments must serialize to a JSON object, not {}",
-                wire::json_type(&other)
-            ))),
-        }
-    }
-
-    fn layered(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>, kind: CallKind) -> Call {
+    fn layered(&self, ctx: &RequestContext, method: &str, args: Args, kind: CallKind) -> Call {
         Call {
             ctx: ctx.clone(),
             topic: self.target.topic.clone(),
@@ -187,7 +176,7 @@ impl RpcClient {
         &'a self,
         ctx: &'a RequestContext,
         method: &'a str,
-        args: &'a Map<String, Value>,
+        args: &'a Args,
         unique_id: &'a str,
     ) -> RequestRef<'a> {
         RequestRef {
@@ -240,19 +229,19 @@ impl RpcClient {
     /// # });
     /// ```
     pub async fn cast(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<()> {
-        let args = Self::args(args)?;
+        let args = Args::of(&args)?;
         if self.layers.is_empty() {
             return self.cast_args(ctx, method, args).await;
         }
         let me = self.clone();
         let end: Inner = Arc::new(move |c: Call| {
             let me = me.clone();
-            Box::pin(async move { me.cast_args(&c.ctx, &c.method, c.args).await.map(|()| Value::Null) })
+            Box::pin(async move { me.cast_args(&c.ctx, &c.method, c.args).await.map(|()| Payload::null()) })
         });
         self.layers.run(self.layered(ctx, method, args, CallKind::Cast), end).await.map(|_| ())
     }
 
-    async fn cast_args(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Result<()> {
+    async fn cast_args(&self, ctx: &RequestContext, method: &str, args: Args) -> Result<()> {
         self.check_version()?;
         let unique_id = wire::new_id();
         let request = self.request(ctx, method, &args, &unique_id);
@@ -335,7 +324,14 @@ impl RpcClient {
     /// # });
     /// ```
     pub async fn call(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<Value> {
-        let args = Self::args(args)?;
+        self.call_payload(ctx, method, args).await?.to_value()
+    }
+
+    /// Call a method and keep its result as the JSON text it came as: for
+    /// a caller that passes it on (a gateway answering HTTP, say) without
+    /// reading it. The errors are [`call`](Self::call)'s.
+    pub async fn call_payload(&self, ctx: &RequestContext, method: &str, args: impl Serialize) -> Result<Payload> {
+        let args = Args::of(&args)?;
         if self.layers.is_empty() {
             return self.call_args(ctx, method, args).await;
         }
@@ -347,7 +343,7 @@ impl RpcClient {
         self.layers.run(self.layered(ctx, method, args, CallKind::Call), end).await
     }
 
-    async fn call_args(&self, ctx: &RequestContext, method: &str, args: Map<String, Value>) -> Result<Value> {
+    async fn call_args(&self, ctx: &RequestContext, method: &str, args: Args) -> Result<Payload> {
         if self.target.fanout {
             return Err(RpcError::InvalidTarget {
                 target: self.target.to_string(),
@@ -414,9 +410,8 @@ impl RpcClient {
         method: &str,
         args: impl Serialize,
     ) -> Result<T> {
-        let value = self.call(ctx, method, args).await?;
-        serde_json::from_value(value)
-            .map_err(|e| RpcError::Serialization(format!("unexpected result of {method}: {e}")))
+        let result = self.call_payload(ctx, method, args).await?;
+        result.parse().map_err(|e| RpcError::Serialization(format!("unexpected result of {method}: {e}")))
     }
 
     /// How many calls from this client (and its clones) await a reply.

@@ -10,14 +10,15 @@
 //!
 //! [`Router`] is the ready-made endpoint: methods with typed, serde
 //! deserialised arguments, async by default or `blocking` on tokio's
-//! blocking pool.
+//! blocking pool. The arguments arrive as JSON text ([`Args`]) and are
+//! parsed once, straight into the method's argument type; the result is
+//! serialised once into the text the reply carries ([`Payload`]).
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
 use serde::{de::DeserializeOwned, Serialize};
-use serde_json::{Map, Value};
 
-use crate::{RequestContext, Result, RpcError, Version};
+use crate::{Args, Payload, RequestContext, Result, RpcError, Version};
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -54,7 +55,7 @@ pub trait Endpoint: Send + Sync + 'static {
     /// Whether `method` is callable here.
     fn has_method(&self, method: &str) -> bool;
     /// Call `method`. Only called when [`Endpoint::has_method`] said yes.
-    fn call(&self, ctx: RequestContext, method: &str, args: Map<String, Value>) -> BoxFuture<Result<Value>>;
+    fn call(&self, ctx: RequestContext, method: &str, args: Args) -> BoxFuture<Result<Payload>>;
     /// The methods, for introspection.
     fn methods(&self) -> Vec<MethodInfo>;
 }
@@ -124,8 +125,8 @@ impl Dispatcher {
         namespace: Option<&str>,
         version: Option<&str>,
         method: &str,
-        args: Map<String, Value>,
-    ) -> BoxFuture<Result<Value>> {
+        args: Args,
+    ) -> BoxFuture<Result<Payload>> {
         match self.resolve(namespace, version, method) {
             Ok(endpoint) => endpoint.call(ctx, method, args),
             Err(e) => Box::pin(std::future::ready(Err(e))),
@@ -133,7 +134,7 @@ impl Dispatcher {
     }
 }
 
-type Handler = Arc<dyn Fn(RequestContext, Map<String, Value>) -> BoxFuture<Result<Value>> + Send + Sync>;
+type Handler = Arc<dyn Fn(RequestContext, Args) -> BoxFuture<Result<Payload>> + Send + Sync>;
 
 struct Method {
     handler: Handler,
@@ -171,24 +172,11 @@ impl std::fmt::Debug for Router {
     }
 }
 
-/// Deserialise keyword arguments into `A`, naming the argument on error.
-pub fn parse_args<A: DeserializeOwned>(args: Map<String, Value>) -> Result<A> {
-    serde_path_to_error::deserialize(Value::Object(args)).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let argument = if path == "." {
-            // Missing and unknown fields are reported at the top level;
-            // their name is in serde's message between backquotes.
-            inner.split('`').nth(1).unwrap_or("args").to_owned()
-        } else {
-            path
-        };
-        RpcError::InvalidArgument { argument, reason: inner }
+fn encode_result<T: Serialize>(value: T) -> Result<Payload> {
+    Payload::of(&value).map_err(|e| match e {
+        RpcError::Serialization(why) => RpcError::Serialization(format!("cannot encode result: {why}")),
+        other => other,
     })
-}
-
-fn encode_result<T: Serialize>(value: T) -> Result<Value> {
-    serde_json::to_value(value).map_err(|e| RpcError::Serialization(format!("cannot encode result: {e}")))
 }
 
 impl Router {
@@ -222,7 +210,7 @@ impl Router {
     {
         let f = Arc::new(f);
         let handler: Handler = Arc::new(move |ctx, args| {
-            let parsed = parse_args::<A>(args);
+            let parsed = args.parse::<A>();
             let f = f.clone();
             Box::pin(async move { f(ctx, parsed?).await.map_err(Into::into).and_then(encode_result) })
         });
@@ -240,7 +228,7 @@ impl Router {
     {
         let f = Arc::new(f);
         let handler: Handler = Arc::new(move |ctx, args| {
-            let parsed = parse_args::<A>(args);
+            let parsed = args.parse::<A>();
             let f = f.clone();
             Box::pin(async move {
                 let args = parsed?;
@@ -276,7 +264,7 @@ impl Endpoint for Router {
         self.methods.contains_key(method)
     }
 
-    fn call(&self, ctx: RequestContext, method: &str, args: Map<String, Value>) -> BoxFuture<Result<Value>> {
+    fn call(&self, ctx: RequestContext, method: &str, args: Args) -> BoxFuture<Result<Payload>> {
         match self.methods.get(method) {
             Some(m) => (m.handler)(ctx, args),
             None => {
@@ -296,7 +284,7 @@ mod tests {
     use super::*;
 
     fn dispatcher() -> Dispatcher {
-        let echo = |_: RequestContext, a: Map<String, Value>| async move { Ok::<_, RpcError>(Value::Object(a)) };
+        let echo = |_: RequestContext, a: serde_json::Value| async move { Ok::<_, RpcError>(a) };
         Dispatcher::new(vec![
             Arc::new(Router::new(Version::new(1, 3)).method("echo", echo)),
             Arc::new(Router::new(Version::new(2, 0)).namespace("ns").method("ns_echo", echo)),
@@ -315,25 +303,5 @@ mod tests {
         assert!(matches!(d.resolve(Some("ns"), None, "ns_echo"), Err(RpcError::UnsupportedVersion { .. })));
         assert!(d.resolve(Some("ns"), Some("2.0"), "ns_echo").is_ok());
         assert!(matches!(d.resolve(Some("other"), Some("2.0"), "ns_echo"), Err(RpcError::UnsupportedVersion { .. })));
-    }
-
-    #[test]
-    fn argument_errors_name_the_argument() {
-        #[derive(serde::Deserialize, Debug)]
-        #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
-        struct A {
-            count: u32,
-        }
-        let mut m = Map::new();
-        let e = parse_args::<A>(m.clone()).unwrap_err();
-        assert!(matches!(&e, RpcError::InvalidArgument { argument, .. } if argument == "count"), "{e}");
-        m.insert("count".into(), Value::from("x"));
-        let e = parse_args::<A>(m.clone()).unwrap_err();
-        assert!(matches!(&e, RpcError::InvalidArgument { argument, .. } if argument == "count"), "{e}");
-        m.insert("count".into(), Value::from(1));
-        m.insert("extra".into(), Value::from(1));
-        let e = parse_args::<A>(m).unwrap_err();
-        assert!(matches!(&e, RpcError::InvalidArgument { argument, .. } if argument == "extra"), "{e}");
     }
 }

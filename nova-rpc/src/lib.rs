@@ -41,6 +41,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod layer;
 pub mod metrics;
+pub mod payload;
 pub mod reply;
 pub mod server;
 pub mod signing;
@@ -57,5 +58,6 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub use client::RpcClient;
 pub use context::RequestContext;
 pub use error::{RemoteFailure, Result, RpcError};
+pub use payload::{Args, Payload};
 pub use server::{RpcServer, RunningServer, StopReport};
 pub use target::{Target, Version};

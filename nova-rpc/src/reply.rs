@@ -284,7 +284,7 @@ mod tests {
 
     fn reply(msg_id: &str, ending: bool) -> Reply {
         Reply {
-            result: serde_json::json!(msg_id),
+            result: crate::Payload::of(msg_id).unwrap(),
             failure: None,
             ending,
             msg_id: msg_id.to_owned(),

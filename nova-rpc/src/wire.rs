@@ -13,15 +13,19 @@ use std::io;
 use serde::Serialize;
 use serde_json::{ser::CharEscape, Map, Value};
 
-use crate::{RemoteFailure, RequestContext};
+use crate::{
+    context::Entry,
+    payload::{Args, Payload},
+    RemoteFailure, RequestContext,
+};
 
 /// A request or cast, decoded from (or about to become) an oslo message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// The method to call.
     pub method: String,
-    /// Keyword arguments.
-    pub args: Map<String, Value>,
+    /// Keyword arguments, as the JSON text they arrived as.
+    pub args: Args,
     /// API namespace; absent on the wire when `None`.
     pub namespace: Option<String>,
     /// Requested API version; `None` means `1.0`.
@@ -45,10 +49,10 @@ impl Request {
     /// let cast = nova_rpc::wire::Request::cast("ping", serde_json::Map::new());
     /// assert!(cast.msg_id.is_none() && !cast.unique_id.is_empty());
     /// ```
-    pub fn cast(method: impl Into<String>, args: Map<String, Value>) -> Self {
+    pub fn cast(method: impl Into<String>, args: impl Into<Args>) -> Self {
         Self {
             method: method.into(),
-            args,
+            args: args.into(),
             namespace: None,
             version: None,
             msg_id: None,
@@ -63,8 +67,8 @@ impl Request {
 /// A reply to a call: a result, a failure, or a call-monitor heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
-    /// The return value (`null` for failures and heartbeats).
-    pub result: Value,
+    /// The return value (`null` for failures and heartbeats), as JSON text.
+    pub result: Payload,
     /// The failure, when the method raised.
     pub failure: Option<RemoteFailure>,
     /// `false` for call-monitor heartbeats, `true` on the final reply.
@@ -250,14 +254,140 @@ pub fn to_python_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Re
 const ENVELOPE_HEAD: &[u8] = br#"{"oslo.version": "2.0", "oslo.message": ""#;
 const ENVELOPE_TAIL: &[u8] = b"\"}";
 
-/// `inner`, written as Python's `json.dumps` would, inside the 2.0 envelope.
-fn enveloped<T: Serialize + ?Sized>(inner: &T, capacity: usize) -> Result<Vec<u8>, crate::RpcError> {
-    let mut out = Vec::with_capacity(capacity);
-    out.extend_from_slice(ENVELOPE_HEAD);
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter { enveloped: true });
-    inner.serialize(&mut ser).map_err(|e| crate::RpcError::Serialization(e.to_string()))?;
-    out.extend_from_slice(ENVELOPE_TAIL);
-    Ok(out)
+/// Writes an inner message key by key, Python style, straight into its
+/// buffer. `enveloped`: inside the 2.0 envelope's string, so every `"`
+/// and `\` of the inner JSON is written escaped once more as it goes, and
+/// nothing is scanned or copied afterwards.
+///
+/// Strings that need no escaping (ids, method names, most context values)
+/// are copied as they are; anything else goes through serde_json with
+/// [`PyFormatter`]. Arguments and results are JSON text already
+/// ([`Payload`]): they are copied in, escaped for the envelope.
+struct InnerWriter {
+    out: Vec<u8>,
+    enveloped: bool,
+    first: bool,
+}
+
+/// Whether `s` is written in JSON exactly as it is: printable ASCII
+/// without `"` or `\`. Checked without stopping early, so it vectorises.
+fn is_plain(s: &str) -> bool {
+    !s.bytes().fold(false, |bad, b| bad | !(0x20..0x7f).contains(&b) | (b == b'"') | (b == b'\\'))
+}
+
+impl InnerWriter {
+    fn new(capacity: usize, enveloped: bool) -> Self {
+        let mut out = Vec::with_capacity(capacity);
+        if enveloped {
+            out.extend_from_slice(ENVELOPE_HEAD);
+        }
+        out.push(b'{');
+        Self { out, enveloped, first: true }
+    }
+
+    fn quote(&mut self) {
+        self.out.extend_from_slice(if self.enveloped { b"\\\"" } else { b"\"" });
+    }
+
+    /// The next key: `prefix` then `key`, as one JSON string.
+    fn key(&mut self, prefix: &str, key: &str) -> Result<&mut Self, crate::RpcError> {
+        if !std::mem::take(&mut self.first) {
+            self.out.extend_from_slice(b", ");
+        }
+        if is_plain(key) {
+            self.quote();
+            self.out.extend_from_slice(prefix.as_bytes());
+            self.out.extend_from_slice(key.as_bytes());
+            self.quote();
+        } else {
+            self.value(&format!("{prefix}{key}"))?;
+        }
+        self.out.extend_from_slice(b": ");
+        Ok(self)
+    }
+
+    fn string(&mut self, s: &str) -> Result<(), crate::RpcError> {
+        if !is_plain(s) {
+            return self.value(s);
+        }
+        self.quote();
+        self.out.extend_from_slice(s.as_bytes());
+        self.quote();
+        Ok(())
+    }
+
+    fn opt_string(&mut self, s: Option<&str>) -> Result<(), crate::RpcError> {
+        match s {
+            Some(s) => self.string(s),
+            None => {
+                self.out.extend_from_slice(b"null");
+                Ok(())
+            }
+        }
+    }
+
+    /// JSON text, copied in (escaped for the envelope).
+    fn raw(&mut self, json: &str) {
+        let bytes = json.as_bytes();
+        if !self.enveloped {
+            self.out.extend_from_slice(bytes);
+            return;
+        }
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            // Valid JSON text holds no other control characters outside strings.
+            let escaped: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                _ => continue,
+            };
+            self.out.extend_from_slice(&bytes[start..i]);
+            self.out.extend_from_slice(escaped);
+            start = i + 1;
+        }
+        self.out.extend_from_slice(&bytes[start..]);
+    }
+
+    /// Any value, through serde_json.
+    fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), crate::RpcError> {
+        let mut ser = serde_json::Serializer::with_formatter(&mut self.out, PyFormatter { enveloped: self.enveloped });
+        value.serialize(&mut ser).map_err(|e| crate::RpcError::Serialization(e.to_string()))
+    }
+
+    fn context(&mut self, context: &RequestContext) -> Result<(), crate::RpcError> {
+        let mut written = Ok(());
+        context.for_each_entry(|k, v| {
+            if written.is_ok() {
+                written = self.key("_context_", k).and_then(|w| match v {
+                    Entry::Text(s) => w.string(s),
+                    Entry::Texts(list) => {
+                        w.out.push(b'[');
+                        for (i, s) in list.iter().enumerate() {
+                            if i > 0 {
+                                w.out.extend_from_slice(b", ");
+                            }
+                            w.string(s)?;
+                        }
+                        w.out.push(b']');
+                        Ok(())
+                    }
+                    Entry::Json(v) => w.value(v),
+                });
+            }
+        });
+        written
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        if self.enveloped {
+            self.out.extend_from_slice(ENVELOPE_TAIL);
+        }
+        self.out
+    }
 }
 
 /// A request or cast about to be encoded, borrowing its parts (a client
@@ -267,7 +397,7 @@ pub struct RequestRef<'a> {
     /// The method to call.
     pub method: &'a str,
     /// Keyword arguments.
-    pub args: &'a Map<String, Value>,
+    pub args: &'a Args,
     /// API namespace.
     pub namespace: Option<&'a str>,
     /// Requested API version.
@@ -300,33 +430,27 @@ impl<'a> From<&'a Request> for RequestRef<'a> {
     }
 }
 
-impl Serialize for RequestRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
+impl RequestRef<'_> {
+    /// The inner message, in oslo's key order.
+    fn write(&self, enveloped: bool) -> Result<Vec<u8>, crate::RpcError> {
         let r = self;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("method", r.method)?;
-        m.serialize_entry("args", r.args)?;
+        let mut w = InnerWriter::new(384 + r.args.as_str().len(), enveloped);
+        w.key("", "method")?.string(r.method)?;
+        w.key("", "args")?.raw(r.args.as_str());
         if let Some(ns) = r.namespace {
-            m.serialize_entry("namespace", ns)?;
+            w.key("", "namespace")?.string(ns)?;
         }
         if let Some(v) = r.version {
-            m.serialize_entry("version", v)?;
+            w.key("", "version")?.string(v)?;
         }
         if let Some(id) = r.msg_id {
-            m.serialize_entry("_msg_id", id)?;
-            m.serialize_entry("_reply_q", &r.reply_q)?;
-            m.serialize_entry("_timeout", &r.monitor_timeout.map(python_number))?;
+            w.key("", "_msg_id")?.string(id)?;
+            w.key("", "_reply_q")?.opt_string(r.reply_q)?;
+            w.key("", "_timeout")?.value(&r.monitor_timeout.map(python_number))?;
         }
-        m.serialize_entry("_unique_id", r.unique_id)?;
-        let mut written = Ok(());
-        r.context.for_each_entry(|k, v| {
-            if written.is_ok() {
-                written = m.serialize_entry(&format_args!("_context_{k}"), &v);
-            }
-        });
-        written?;
-        m.end()
+        w.key("", "_unique_id")?.string(r.unique_id)?;
+        w.context(r.context)?;
+        Ok(w.finish())
     }
 }
 
@@ -346,35 +470,26 @@ pub fn encode_request(request: &Request) -> Result<Vec<u8>, crate::RpcError> {
 
 /// Encode a request or cast from borrowed parts; as [`encode_request`].
 pub fn encode_request_ref(request: &RequestRef<'_>) -> Result<Vec<u8>, crate::RpcError> {
-    enveloped(request, 512)
+    request.write(true)
 }
 
 /// Encode a reply as an enveloped oslo message.
 pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, crate::RpcError> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        result: &'a Value,
-        failure: Option<String>,
-        ending: bool,
-        _msg_id: &'a str,
-        _unique_id: &'a str,
-    }
-    let failure = match &reply.failure {
+    let mut w = InnerWriter::new(224 + reply.result.as_str().len(), true);
+    w.key("", "result")?.raw(reply.result.as_str());
+    match &reply.failure {
         Some(f) => {
-            let mut buf = Vec::new();
-            to_python_json(f, &mut buf)?;
-            Some(String::from_utf8(buf).map_err(|e| crate::RpcError::Serialization(e.to_string()))?)
+            let mut failure = Vec::new();
+            to_python_json(f, &mut failure)?;
+            let failure = String::from_utf8(failure).map_err(|e| crate::RpcError::Serialization(e.to_string()))?;
+            w.key("", "failure")?.string(&failure)?;
         }
-        None => None,
-    };
-    let body = Body {
-        result: &reply.result,
-        failure,
-        ending: reply.ending,
-        _msg_id: &reply.msg_id,
-        _unique_id: &reply.unique_id,
-    };
-    enveloped(&body, 256)
+        None => w.key("", "failure")?.out.extend_from_slice(b"null"),
+    }
+    w.key("", "ending")?.out.extend_from_slice(if reply.ending { b"true" } else { b"false" });
+    w.key("", "_msg_id")?.string(&reply.msg_id)?;
+    w.key("", "_unique_id")?.string(&reply.unique_id)?;
+    Ok(w.finish())
 }
 
 /// Strip the 2.0 envelope (or accept a bare, pre-envelope message) and parse
@@ -395,7 +510,8 @@ fn decode<T: Fields>(body: &[u8]) -> Result<T, Malformed> {
         return Err(Malformed::new("body is not a JSON object"));
     };
     let Some(version) = outer.get("oslo.version") else {
-        return Ok(T::from_map(outer));
+        // A bare message, from before the envelope: the body is the message.
+        return serde_json::from_str::<Collect<T>>(text).map(|c| c.0).map_err(inner_error);
     };
     let major = version.as_str().and_then(|v| v.split('.').next()).unwrap_or("");
     if major != "2" {
@@ -442,26 +558,16 @@ fn exact_envelope(body: &[u8]) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// What a decoder keeps of an inner message, key by key, as it is read.
+/// What a decoder keeps of an inner message, key by key, as it is read:
+/// each key's value is read from `map` in the type its field wants.
 trait Fields: Default {
-    fn accept(&mut self, key: &str, value: Value);
-
-    fn from_map(map: Map<String, Value>) -> Self {
-        let mut fields = Self::default();
-        for (k, v) in map {
-            fields.accept(&k, v);
-        }
-        fields
-    }
+    fn accept<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
 }
 
 impl Fields for Map<String, Value> {
-    fn accept(&mut self, key: &str, value: Value) {
-        self.insert(key.to_owned(), value);
-    }
-
-    fn from_map(map: Map<String, Value>) -> Self {
-        map
+    fn accept<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        self.insert(key.to_owned(), map.next_value()?);
+        Ok(())
     }
 }
 
@@ -481,7 +587,7 @@ impl<'de, T: Fields> serde::Deserialize<'de> for Collect<T> {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Collect<T>, A::Error> {
                 let mut fields = T::default();
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    fields.accept(&key, map.next_value()?);
+                    fields.accept(&key, &mut map)?;
                 }
                 Ok(Collect(fields))
             }
@@ -536,11 +642,16 @@ fn opt_string(key: &str, v: Option<Value>) -> Result<Option<String>, String> {
     }
 }
 
+/// JSON text read as it is, for arguments and results.
+fn raw<'de, A: serde::de::MapAccess<'de>>(map: &mut A) -> Result<Option<Payload>, A::Error> {
+    Ok(Some(Payload::from(map.next_value::<Box<serde_json::value::RawValue>>()?)))
+}
+
 /// A request's keys as read, checked once all are in.
 #[derive(Default)]
 struct RequestFields {
     method: Option<Value>,
-    args: Option<Value>,
+    args: Option<Payload>,
     namespace: Option<Value>,
     version: Option<Value>,
     msg_id: Option<Value>,
@@ -551,10 +662,13 @@ struct RequestFields {
 }
 
 impl Fields for RequestFields {
-    fn accept(&mut self, key: &str, value: Value) {
+    fn accept<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
         let slot = match key {
+            "args" => {
+                self.args = raw(map)?;
+                return Ok(());
+            }
             "method" => &mut self.method,
-            "args" => &mut self.args,
             "namespace" => &mut self.namespace,
             "version" => &mut self.version,
             "_msg_id" => &mut self.msg_id,
@@ -562,13 +676,15 @@ impl Fields for RequestFields {
             "_timeout" => &mut self.timeout,
             "_unique_id" => &mut self.unique_id,
             other => {
-                if let Some(key) = other.strip_prefix("_context_") {
-                    self.context.accept(key, value);
+                match other.strip_prefix("_context_") {
+                    Some(key) => self.context.accept(key, map.next_value()?),
+                    None => drop(map.next_value::<serde::de::IgnoredAny>()?),
                 }
-                return;
+                return Ok(());
             }
         };
-        *slot = Some(value);
+        *slot = Some(map.next_value()?);
+        Ok(())
     }
 }
 
@@ -587,9 +703,8 @@ pub fn decode_request(body: &[u8]) -> Result<Request, Malformed> {
         None => return Err(with_address("message has no method".into())),
     };
     let args = match f.args {
-        Some(Value::Object(a)) => a,
-        None | Some(Value::Null) => Map::new(),
-        Some(other) => return Err(with_address(format!("args must be an object, not {}", json_type(&other)))),
+        None => Args::default(),
+        Some(p) => Args::try_from(p).map_err(|kind| with_address(format!("args must be an object, not {kind}")))?,
     };
     let namespace = opt_string("namespace", f.namespace).map_err(&with_address)?;
     let version = opt_string("version", f.version).map_err(&with_address)?;
@@ -615,7 +730,7 @@ pub fn decode_request(body: &[u8]) -> Result<Request, Malformed> {
 /// A reply's keys as read, checked once all are in.
 #[derive(Default)]
 struct ReplyFields {
-    result: Option<Value>,
+    result: Option<Payload>,
     failure: Option<Value>,
     ending: Option<Value>,
     msg_id: Option<Value>,
@@ -623,16 +738,23 @@ struct ReplyFields {
 }
 
 impl Fields for ReplyFields {
-    fn accept(&mut self, key: &str, value: Value) {
+    fn accept<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
         let slot = match key {
-            "result" => &mut self.result,
+            "result" => {
+                self.result = raw(map)?;
+                return Ok(());
+            }
             "failure" => &mut self.failure,
             "ending" => &mut self.ending,
             "_msg_id" => &mut self.msg_id,
             "_unique_id" => &mut self.unique_id,
-            _ => return,
+            _ => {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                return Ok(());
+            }
         };
-        *slot = Some(value);
+        *slot = Some(map.next_value()?);
+        Ok(())
     }
 }
 
@@ -655,7 +777,7 @@ pub fn decode_reply(body: &[u8]) -> Result<Reply, Malformed> {
         Some(other) => return Err(Malformed::new(format!("ending must be a boolean, not {}", json_type(&other)))),
     };
     Ok(Reply {
-        result: f.result.unwrap_or(Value::Null),
+        result: f.result.unwrap_or_else(Payload::null),
         failure,
         ending,
         msg_id,
@@ -681,9 +803,7 @@ mod tests {
         let request = awkward_request();
         let body = encode_request(&request).unwrap();
         // What oslo does: the inner message, then json.dumps of it as a string.
-        let mut inner = Vec::new();
-        to_python_json(&RequestRef::from(&request), &mut inner).unwrap();
-        let inner = String::from_utf8(inner).unwrap();
+        let inner = String::from_utf8(RequestRef::from(&request).write(false).unwrap()).unwrap();
         assert!(inner.is_ascii());
         let quoted = serde_json::to_string(&inner).unwrap();
         let expected = format!(r#"{{"oslo.version": "2.0", "oslo.message": {quoted}}}"#);

@@ -22,7 +22,7 @@ use nova_rpc::{
     RequestContext, RpcClient, RpcError, RpcServer, RunningServer, Target, Version,
 };
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 
@@ -35,7 +35,7 @@ struct Arrivals(AtomicUsize);
 
 #[async_trait]
 impl Layer for Arrivals {
-    async fn handle(&self, call: Call, next: Next) -> Result<Value, RpcError> {
+    async fn handle(&self, call: Call, next: Next) -> Result<nova_rpc::Payload, RpcError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         next.run(call).await
     }

@@ -122,7 +122,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let d = dispatcher();
         let args: Map<String, Value> = args.into_iter().collect();
-        let out = rt.block_on(d.dispatch(RequestContext::new(), namespace.as_deref(), version.as_deref(), &method, args));
+        let out = rt.block_on(d.dispatch(RequestContext::new(), namespace.as_deref(), version.as_deref(), &method, args.into()));
         if method.starts_with('_') {
             prop_assert!(out.is_err(), "private names are never callable");
         }

@@ -356,7 +356,11 @@ struct WaitsForTheReply(Arc<std::sync::atomic::AtomicBool>, Arc<std::sync::atomi
 
 #[async_trait::async_trait]
 impl nova_rpc::layer::Layer for WaitsForTheReply {
-    async fn handle(&self, call: nova_rpc::layer::Call, next: nova_rpc::layer::Next) -> Result<Value, RpcError> {
+    async fn handle(
+        &self,
+        call: nova_rpc::layer::Call,
+        next: nova_rpc::layer::Next,
+    ) -> Result<nova_rpc::Payload, RpcError> {
         let (replied, saw_reply) = (self.0.clone(), self.1.clone());
         call.after_reply.push(move || {
             // Wait off the worker (its queued tasks move on), as a slow hook would.

@@ -50,7 +50,7 @@ impl Root {
             host: host.to_owned(),
             topic: topic.to_owned(),
             method: format!("POST /v1/{}/{topic}/{method}", if call { "call" } else { "cast" }),
-            args: args.as_object().map(summarize).unwrap_or_default(),
+            args: nova_rpc::Args::of(args).map(|a| summarize(&a)).unwrap_or_default(),
             start_ms: now_ms(),
             duration_ms: 0.0,
             outcome: String::new(),

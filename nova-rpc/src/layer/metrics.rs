@@ -4,12 +4,11 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use serde_json::Value;
 
 use super::{Call, Layer, Next};
 use crate::{
     metrics::{metrics, ErrorLabels, MethodLabels},
-    Result, RpcError,
+    Payload, Result, RpcError,
 };
 
 /// Records every request it sees; see the module docs.
@@ -18,7 +17,7 @@ pub struct MetricsLayer;
 
 #[async_trait]
 impl Layer for MetricsLayer {
-    async fn handle(&self, call: Call, next: Next) -> Result<Value> {
+    async fn handle(&self, call: Call, next: Next) -> Result<Payload> {
         let m = metrics();
         let asked = MethodLabels { topic: call.topic.clone(), method: call.method.clone() };
         let in_flight = m.in_flight.get_or_create(&asked).clone();

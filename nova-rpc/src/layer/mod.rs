@@ -1,7 +1,8 @@
 //! Middleware: layers around the dispatcher (server side) and the client.
 //!
 //! A [`Layer`] sees each request as a [`Call`] — context, target, method,
-//! arguments — and decides what happens next: pass it on with
+//! arguments (as JSON text, [`Args`]; [`Args::to_map`] or [`Args::parse`]
+//! read them) — and returns the result as JSON text ([`Payload`]). It decides what happens next: pass it on with
 //! [`Next::run`], change it, refuse it, or time it. Layers stack in the
 //! order they are added, the first added outermost, like tower's
 //! `ServiceBuilder`. [`RpcServer::with_layer`](crate::RpcServer::with_layer)
@@ -27,14 +28,13 @@
 //!
 //! ```
 //! use async_trait::async_trait;
-//! use nova_rpc::{layer::{Call, Layer, Next}, RpcError};
-//! use serde_json::Value;
+//! use nova_rpc::{layer::{Call, Layer, Next}, Payload, RpcError};
 //!
 //! struct RequireRole(&'static str);
 //!
 //! #[async_trait]
 //! impl Layer for RequireRole {
-//!     async fn handle(&self, call: Call, next: Next) -> Result<Value, RpcError> {
+//!     async fn handle(&self, call: Call, next: Next) -> Result<Payload, RpcError> {
 //!         if !call.ctx.roles.iter().any(|r| r == self.0) {
 //!             return Err(RpcError::remote("Forbidden", "auth", format!("{} needs role {}", call.method, self.0)));
 //!         }
@@ -54,10 +54,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use crate::{Args, Payload, RequestContext, Result};
 use async_trait::async_trait;
-use serde_json::{Map, Value};
-
-use crate::{RequestContext, Result};
 
 /// Whether a request expects a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +83,7 @@ pub struct Call {
     /// The method.
     pub method: String,
     /// Its keyword arguments.
-    pub args: Map<String, Value>,
+    pub args: Args,
     /// Call or cast.
     pub kind: CallKind,
     /// What runs once the reply is sent; see [`AfterReply`].
@@ -145,7 +143,7 @@ impl AfterReply {
 }
 
 /// A boxed request future, owning what it uses.
-pub type LayerFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send + 'static>>;
+pub type LayerFuture = Pin<Box<dyn Future<Output = Result<Payload>> + Send + 'static>>;
 
 /// What a stack of layers ends in: the dispatcher, or the client's send.
 pub type Inner = Arc<dyn Fn(Call) -> LayerFuture + Send + Sync>;
@@ -182,7 +180,7 @@ impl Next {
 #[async_trait]
 pub trait Layer: Send + Sync + 'static {
     /// Handle `call`, usually by passing it to `next`.
-    async fn handle(&self, call: Call, next: Next) -> Result<Value>;
+    async fn handle(&self, call: Call, next: Next) -> Result<Payload>;
 }
 
 /// An ordered stack of layers, cheap to clone.

@@ -40,11 +40,10 @@
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use serde_json::Value;
 use tower::{Service, ServiceExt};
 
 use super::{Call, Layer, LayerFuture, Next};
-use crate::{Result, RpcError};
+use crate::{Payload, Result, RpcError};
 
 /// A request on its way through a tower stack: the call and the rest of
 /// the nova stack it continues into.
@@ -61,7 +60,7 @@ pub struct Routed {
 pub struct Dispatch;
 
 impl Service<Routed> for Dispatch {
-    type Response = Value;
+    type Response = Payload;
     type Error = RpcError;
     type Future = LayerFuture;
 
@@ -90,11 +89,11 @@ impl<S> TowerLayer<S> {
 #[async_trait]
 impl<S> Layer for TowerLayer<S>
 where
-    S: Service<Routed, Response = Value> + Send + 'static,
+    S: Service<Routed, Response = Payload> + Send + 'static,
     S::Error: Into<tower::BoxError>,
     S::Future: Send + 'static,
 {
-    async fn handle(&self, call: Call, next: Next) -> Result<Value> {
+    async fn handle(&self, call: Call, next: Next) -> Result<Payload> {
         let response = {
             // Readiness is awaited in turn: a limit makes requests queue here.
             let mut service = self.service.lock().await;

@@ -23,11 +23,11 @@ use std::{
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{Call, Layer, Next};
-use crate::{transport::Transport, RequestContext, Result, RpcClient, Target};
+use crate::{transport::Transport, Args, Payload, RequestContext, Result, RpcClient, Target};
 
 /// The topic collectors serve.
 pub const TRACE_TOPIC: &str = "trace";
@@ -109,12 +109,15 @@ fn mask(value: &Value) -> Value {
 /// The arguments as short JSON: secrets masked, cut at 256 bytes.
 ///
 /// ```
-/// let args = serde_json::json!({"user": "ada", "password": "hunter2"});
-/// let s = nova_rpc::layer::trace::summarize(args.as_object().unwrap());
+/// let args = nova_rpc::Args::of(&serde_json::json!({"user": "ada", "password": "hunter2"})).unwrap();
+/// let s = nova_rpc::layer::trace::summarize(&args);
 /// assert!(s.contains(r#""password":"***""#) && s.contains(r#""user":"ada""#) && !s.contains("hunter2"));
 /// ```
-pub fn summarize(args: &Map<String, Value>) -> String {
-    let mut s = mask(&Value::Object(args.clone())).to_string();
+pub fn summarize(args: &Args) -> String {
+    let mut s = match args.to_map() {
+        Ok(map) => mask(&Value::Object(map)).to_string(),
+        Err(e) => e.to_string(),
+    };
     if s.len() > SUMMARY_MAX {
         let mut cut = SUMMARY_MAX;
         while !s.is_char_boundary(cut) {
@@ -188,7 +191,7 @@ impl TraceLayer {
 
 #[async_trait]
 impl Layer for TraceLayer {
-    async fn handle(&self, mut call: Call, next: Next) -> Result<Value> {
+    async fn handle(&self, mut call: Call, next: Next) -> Result<Payload> {
         if call.topic == TRACE_TOPIC {
             return next.run(call).await;
         }

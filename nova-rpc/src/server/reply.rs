@@ -3,13 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::ServerState;
 use crate::{
     transport::{Destination, Outgoing},
     wire::{self, Reply},
-    RemoteFailure, Result,
+    Payload, RemoteFailure, Result,
 };
 
 pub(super) fn spawn_heartbeat(
@@ -25,7 +23,7 @@ pub(super) fn spawn_heartbeat(
         loop {
             tick.tick().await;
             let beat = Reply {
-                result: Value::Null,
+                result: Payload::null(),
                 failure: None,
                 ending: false,
                 msg_id: msg_id.clone(),
@@ -44,12 +42,12 @@ pub(super) async fn send_reply(
     shared: &ServerState,
     reply_q: &str,
     msg_id: &str,
-    outcome: Result<Value, RemoteFailure>,
+    outcome: Result<Payload, RemoteFailure>,
     deadline: Option<Instant>,
 ) {
     let (result, failure) = match outcome {
         Ok(v) => (v, None),
-        Err(f) => (Value::Null, Some(f)),
+        Err(f) => (Payload::null(), Some(f)),
     };
     let reply = Reply { result, failure, ending: true, msg_id: msg_id.to_owned(), unique_id: wire::new_id() };
     let body: bytes::Bytes = match wire::encode_reply(&reply) {

@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use futures_util::FutureExt;
-use serde_json::Value;
 use tracing::Instrument;
 
 use super::{
@@ -18,7 +17,7 @@ use crate::{
     layer::{AfterReply, Call, CallKind},
     transport::{Acknowledge, Delivery},
     wire::Request,
-    Result, RpcError,
+    Payload, Result, RpcError,
 };
 
 /// Serve one delivery from start to end.
@@ -74,7 +73,7 @@ async fn dispatch(
     monitor: Option<(&str, &str, f64)>,
     method: &str,
     after_reply: AfterReply,
-) -> Result<Value> {
+) -> Result<Payload> {
     let heartbeat =
         monitor.map(|(msg_id, reply_q, t)| spawn_heartbeat(shared, reply_q.to_owned(), msg_id.to_owned(), t));
     let call = Call {
@@ -100,7 +99,7 @@ async fn dispatch(
     outcome
 }
 
-fn log_outcome(outcome: &Result<Value>, method: &str, is_call: bool, started: Instant) {
+fn log_outcome(outcome: &Result<Payload>, method: &str, is_call: bool, started: Instant) {
     match outcome {
         Ok(_) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "served"),
         // The caller gets the error back.
