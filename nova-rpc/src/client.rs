@@ -243,8 +243,8 @@ impl RpcClient {
 
     async fn cast_args(&self, ctx: &RequestContext, method: &str, args: Args) -> Result<()> {
         self.check_version()?;
-        let unique_id = wire::new_id();
-        let request = self.request(ctx, method, &args, &unique_id);
+        let unique_id = wire::NewId::new();
+        let request = self.request(ctx, method, &args, unique_id.as_str());
         let destination = if self.target.fanout {
             Destination::Fanout { topic: self.target.topic.clone() }
         } else {
@@ -366,16 +366,16 @@ impl RpcClient {
             Ok(router) => router?,
             Err(_) => return Err(timed_out()),
         };
-        let (unique_id, msg_id) = (wire::new_id(), wire::new_id());
+        let (unique_id, msg_id) = (wire::NewId::new(), wire::NewId::new());
         let request = RequestRef {
-            msg_id: Some(&msg_id),
+            msg_id: Some(msg_id.as_str()),
             reply_q: Some(router.queue()),
             monitor_timeout: self.call_monitor_timeout.map(|d| d.as_secs_f64()),
-            ..self.request(ctx, method, &args, &unique_id)
+            ..self.request(ctx, method, &args, unique_id.as_str())
         };
         let body = self.sign(wire::encode_request_ref(&request)?)?;
 
-        let mut expected = router.expect(msg_id, deadline.into(), self.call_monitor_timeout);
+        let mut expected = router.expect(msg_id.id(), deadline.into(), self.call_monitor_timeout);
         let destination = Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() };
         let message = Outgoing {
             ttl: Some(timeout),

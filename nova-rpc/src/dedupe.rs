@@ -5,30 +5,49 @@ use std::collections::{HashSet, VecDeque};
 /// An id as kept: the 128 bits of a 32-hex-digit id (what oslo and nova-rs
 /// send, a UUID's hex), so keeping one allocates nothing; any other id as
 /// its text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Id {
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Id {
     Hex(u128),
     Text(Box<str>),
 }
 
 impl Id {
-    fn of(id: &str) -> Self {
-        let hex = |b: u8| match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            _ => None,
-        };
-        let bits = (id.len() == 32)
-            .then(|| id.bytes().try_fold(0u128, |bits, b| Some(bits << 4 | u128::from(hex(b)?))))
-            .flatten();
-        bits.map_or_else(|| Self::Text(id.into()), Self::Hex)
+    pub(crate) fn of(id: &str) -> Self {
+        match id.as_bytes().try_into() {
+            Ok(hex) => Self::hex(hex).unwrap_or_else(|| Self::Text(id.into())),
+            Err(_) => Self::Text(id.into()),
+        }
+    }
+
+    /// 32 lower-case hex digits as their 128 bits; `None` for anything else.
+    fn hex(digits: &[u8; 32]) -> Option<Self> {
+        const fn digit_values() -> [u8; 256] {
+            let mut table = [0xff; 256];
+            let mut i = 0;
+            while i < 16 {
+                table[b"0123456789abcdef"[i] as usize] = i as u8;
+                i += 1;
+            }
+            table
+        }
+        const DIGITS: [u8; 256] = digit_values();
+        // Every digit looked up, no early exit: the loop stays branch-free.
+        let (mut bits, mut bad) = (0u128, 0u8);
+        for &b in digits {
+            let d = DIGITS[usize::from(b)];
+            bad |= d;
+            bits = bits << 4 | u128::from(d & 0xf);
+        }
+        (bad & 0xf0 == 0).then_some(Self::Hex(bits))
     }
 }
 
-/// The last `capacity` ids seen.
+/// The last `capacity` ids seen. The ids come from the network, so the
+/// set's hash is seeded per process (foldhash's quality hasher: a fraction
+/// of SipHash's cost, and no collisions a sender can plan).
 #[derive(Debug)]
 pub struct SeenIds {
-    set: HashSet<Id>,
+    set: HashSet<Id, foldhash::quality::RandomState>,
     order: VecDeque<Id>,
     capacity: usize,
 }
@@ -36,10 +55,11 @@ pub struct SeenIds {
 impl SeenIds {
     /// A window of `capacity` ids.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            set: HashSet::with_capacity(capacity),
-            order: VecDeque::with_capacity(capacity),
-            capacity: capacity.max(1),
+            set: HashSet::with_capacity_and_hasher(capacity + 1, foldhash::quality::RandomState::default()),
+            order: VecDeque::with_capacity(capacity + 1),
+            capacity,
         }
     }
 
@@ -51,16 +71,15 @@ impl SeenIds {
     /// Record `id`; `false` when it was already in the window.
     pub fn insert(&mut self, id: &str) -> bool {
         let id = Id::of(id);
-        if self.set.contains(&id) {
+        if !self.set.insert(id.clone()) {
             return false;
         }
-        if self.order.len() == self.capacity {
+        self.order.push_back(id);
+        if self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
-        self.set.insert(id.clone());
-        self.order.push_back(id);
         true
     }
 }

@@ -21,34 +21,47 @@ use std::{
 use tokio::{sync::Notify, time::Instant};
 
 use crate::{
-    dedupe::SeenIds,
+    dedupe::{Id, SeenIds},
     lock,
     transport::{ReplyQueue, Transport},
     wire::{self, Reply},
     Result,
 };
 
-/// Where one call's replies wait for it: what a channel does, with one
-/// small allocation (most calls get exactly one reply). Closed once its
-/// [`Waiter`] is gone.
+/// Where one call's replies wait for it: what a channel does, in one
+/// allocation (most calls get exactly one reply, which needs no queue).
+/// Closed once its [`Waiter`] is gone.
 struct Inbox {
-    /// The replies not yet taken, and whether more can come.
-    state: Mutex<(VecDeque<Reply>, bool)>,
+    state: Mutex<Replies>,
     ready: Notify,
+}
+
+/// The replies not yet taken, and whether more can come.
+#[derive(Default)]
+struct Replies {
+    first: Option<Reply>,
+    more: VecDeque<Reply>,
+    closed: bool,
 }
 
 impl Inbox {
     fn new() -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new((VecDeque::with_capacity(1), false)), ready: Notify::new() })
+        Arc::new(Self { state: Mutex::default(), ready: Notify::new() })
     }
 
     fn push(&self, reply: Reply) {
-        lock(&self.state).0.push_back(reply);
+        {
+            let mut state = lock(&self.state);
+            match state.first {
+                None if state.more.is_empty() => state.first = Some(reply),
+                _ => state.more.push_back(reply),
+            }
+        }
         self.ready.notify_one();
     }
 
     fn close(&self) {
-        lock(&self.state).1 = true;
+        lock(&self.state).closed = true;
         self.ready.notify_one();
     }
 
@@ -57,10 +70,10 @@ impl Inbox {
         loop {
             {
                 let mut state = lock(&self.state);
-                if let Some(reply) = state.0.pop_front() {
+                if let Some(reply) = state.first.take().or_else(|| state.more.pop_front()) {
                     return Some(reply);
                 }
-                if state.1 {
+                if state.closed {
                     return None;
                 }
             }
@@ -87,27 +100,30 @@ impl Drop for Waiter {
     }
 }
 
+/// The waiting calls, by `_msg_id` (kept as its 128 bits: the ids are
+/// this client's own, so nothing here is allocated per call, and a plain
+/// seeded hash is enough).
 #[derive(Default)]
 struct Pending {
-    waiters: HashMap<String, Waiter>,
+    waiters: HashMap<Id, Waiter, foldhash::fast::RandomState>,
     /// `(due, msg_id)` of every waiter, earliest first.
-    due: BTreeSet<(Instant, String)>,
+    due: BTreeSet<(Instant, Id)>,
     /// When the sweeper wakes next (`None`: it waits to be told).
     armed: Option<Instant>,
 }
 
 impl Pending {
-    fn set_due(&mut self, msg_id: &str, due: Instant) {
+    fn set_due(&mut self, msg_id: &Id, due: Instant) {
         if let Some(w) = self.waiters.get_mut(msg_id) {
             let old = std::mem::replace(&mut w.due, due);
-            self.due.remove(&(old, msg_id.to_owned()));
-            self.due.insert((due, msg_id.to_owned()));
+            self.due.remove(&(old, msg_id.clone()));
+            self.due.insert((due, msg_id.clone()));
         }
     }
 
-    fn remove(&mut self, msg_id: &str) {
+    fn remove(&mut self, msg_id: &Id) {
         if let Some(w) = self.waiters.remove(msg_id) {
-            self.due.remove(&(w.due, msg_id.to_owned()));
+            self.due.remove(&(w.due, msg_id.clone()));
         }
     }
 
@@ -156,20 +172,21 @@ impl State {
             tracing::debug!(msg_id = %reply.msg_id, "dropping duplicate reply");
             return;
         }
+        let id = Id::of(&reply.msg_id);
         let mut pending = lock(&self.pending);
-        let Some(waiter) = pending.waiters.get(&reply.msg_id) else {
+        let Some(waiter) = pending.waiters.get(&id) else {
             drop(pending);
             tracing::debug!(msg_id = %reply.msg_id, "dropping reply nobody waits for (late or unknown)");
             return;
         };
         let moved = match (reply.ending, waiter.monitor) {
             // A call-monitor heartbeat: the server is still working on it.
-            (false, Some(monitor)) => Some(((Instant::now() + monitor).min(waiter.end), reply.msg_id.clone())),
+            (false, Some(monitor)) => Some((Instant::now() + monitor).min(waiter.end)),
             _ => None,
         };
         waiter.inbox.push(reply);
-        if let Some((due, msg_id)) = moved {
-            pending.set_due(&msg_id, due);
+        if let Some(due) = moved {
+            pending.set_due(&id, due);
         }
     }
 }
@@ -213,7 +230,7 @@ impl ReplyRouter {
     /// Wait for replies to `msg_id` until `end`, or, with a call-monitor
     /// timeout, until no heartbeat came for that long once the request
     /// was sent ([`Expected::sent`]).
-    pub(crate) fn expect(&self, msg_id: String, end: Instant, monitor: Option<Duration>) -> Expected<'_> {
+    pub(crate) fn expect(&self, msg_id: Id, end: Instant, monitor: Option<Duration>) -> Expected<'_> {
         let inbox = Inbox::new();
         let mut pending = lock(&self.state.pending);
         pending.waiters.insert(msg_id.clone(), Waiter { inbox: inbox.clone(), due: end, end, monitor });
@@ -248,7 +265,7 @@ async fn sweep(state: Arc<State>) {
 /// The replies to one call; dropping it forgets the call.
 pub(crate) struct Expected<'a> {
     state: &'a State,
-    msg_id: String,
+    msg_id: Id,
     monitor: Option<Duration>,
     inbox: Arc<Inbox>,
 }
@@ -309,12 +326,12 @@ mod tests {
         let mut pending = Pending::default();
         for (i, id) in ["c", "a", "b"].iter().enumerate() {
             let due = now + Duration::from_secs(3 - i as u64);
-            pending.waiters.insert((*id).to_owned(), Waiter { inbox: Inbox::new(), due, end: due, monitor: None });
-            pending.due.insert((due, (*id).to_owned()));
+            pending.waiters.insert(Id::of(id), Waiter { inbox: Inbox::new(), due, end: due, monitor: None });
+            pending.due.insert((due, Id::of(id)));
         }
         // Due at +3 (c), +2 (a), +1 (b): at +2, b and a go.
         assert_eq!(pending.expire(now + Duration::from_secs(2)), Some(now + Duration::from_secs(3)));
-        assert_eq!(pending.waiters.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(pending.waiters.keys().collect::<Vec<_>>(), [&Id::of("c")]);
         assert_eq!(pending.expire(now + Duration::from_secs(3)), None);
         assert!(pending.waiters.is_empty() && pending.due.is_empty());
     }
@@ -323,7 +340,7 @@ mod tests {
     async fn each_reply_reaches_its_own_call() {
         let (t, router) = router("unit-reply-own").await;
         let end = Instant::now() + Duration::from_secs(30);
-        let (mut first, mut second) = (router.expect("m1".into(), end, None), router.expect("m2".into(), end, None));
+        let (mut first, mut second) = (router.expect(Id::of("m1"), end, None), router.expect(Id::of("m2"), end, None));
         assert_eq!(router.pending(), 2);
         send(&t, &router, &reply("m2", true)).await;
         send(&t, &router, &reply("m1", true)).await;
@@ -336,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn a_duplicate_reply_is_dropped() {
         let (t, router) = router("unit-reply-dup").await;
-        let mut call = router.expect("m1".into(), Instant::now() + Duration::from_secs(30), None);
+        let mut call = router.expect(Id::of("m1"), Instant::now() + Duration::from_secs(30), None);
         let heartbeat = reply("m1", false);
         send(&t, &router, &heartbeat).await;
         send(&t, &router, &heartbeat).await;
@@ -350,7 +367,7 @@ mod tests {
     async fn a_call_past_its_deadline_sees_its_channel_close() {
         let (_t, router) = router("unit-reply-deadline").await;
         let started = Instant::now();
-        let mut call = router.expect("m1".into(), started + Duration::from_millis(100), None);
+        let mut call = router.expect(Id::of("m1"), started + Duration::from_millis(100), None);
         let next = tokio::time::timeout(Duration::from_secs(10), call.next()).await.expect("the deadline is kept");
         assert!(next.is_none());
         assert!(started.elapsed() >= Duration::from_millis(100), "not before its deadline");
@@ -362,7 +379,7 @@ mod tests {
         let started = Instant::now();
         let end = started + Duration::from_secs(30);
         let monitor = Duration::from_millis(200);
-        let mut call = router.expect("m1".into(), end, Some(monitor));
+        let mut call = router.expect(Id::of("m1"), end, Some(monitor));
         call.sent();
         // Heartbeats every 100 ms for 600 ms keep the 200 ms monitor from firing.
         for _ in 0..6 {
@@ -376,7 +393,7 @@ mod tests {
         assert!(next.is_none() && Instant::now() < end);
 
         let short_end = Instant::now() + Duration::from_millis(150);
-        let mut capped = router.expect("m2".into(), short_end, Some(Duration::from_secs(20)));
+        let mut capped = router.expect(Id::of("m2"), short_end, Some(Duration::from_secs(20)));
         capped.sent();
         send(&t, &router, &reply("m2", false)).await;
         assert!(!capped.next().await.expect("the heartbeat").ending);

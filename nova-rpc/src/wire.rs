@@ -114,10 +114,35 @@ pub(crate) fn random_uuid() -> uuid::Uuid {
 /// A new 32-hex-digit id (a random UUID 4), as oslo makes `_msg_id` and
 /// `_unique_id`.
 pub fn new_id() -> String {
-    // The 32 lower-case hex digits, as `simple()` writes them, without
-    // going through the formatting machinery.
-    let mut text = [0u8; 32];
-    random_uuid().simple().encode_lower(&mut text).to_owned()
+    NewId::new().as_str().to_owned()
+}
+
+/// A new id kept on the stack, with its 128 bits: what a call needs for
+/// its `_msg_id` and `_unique_id` without allocating either.
+pub(crate) struct NewId {
+    bits: u128,
+    text: [u8; 32],
+}
+
+impl NewId {
+    pub(crate) fn new() -> Self {
+        let uuid = random_uuid();
+        // The 32 lower-case hex digits, as `simple()` writes them, without
+        // going through the formatting machinery.
+        let mut text = [0u8; 32];
+        uuid.simple().encode_lower(&mut text);
+        Self { bits: uuid.as_u128(), text }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.text).unwrap_or_default()
+    }
+
+    /// The id as a set of ids keeps it ([`crate::dedupe::Id::of`] of its text).
+    pub(crate) fn id(&self) -> crate::dedupe::Id {
+        crate::dedupe::Id::Hex(self.bits)
+    }
 }
 
 /// Python `json.dumps` style: `", "` / `": "` separators, ASCII-only output.
@@ -269,10 +294,67 @@ struct InnerWriter {
     first: bool,
 }
 
+/// Eight bytes at a time: whether any of them is one JSON would have to
+/// escape (`"`, `\`, a control character; [`scan::special_or_wide`]: or
+/// one outside printable ASCII). Nonzero when one is. Messages are short
+/// runs between quotes, so a call to `memchr` per escape cost more than
+/// the bytes did.
+mod scan {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const TOPS: u64 = 0x8080_8080_8080_8080;
+
+    /// Lanes equal to `b`.
+    fn equal(v: u64, b: u8) -> u64 {
+        let x = v ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x & TOPS
+    }
+
+    /// Lanes below 0x20 (exact for ASCII lanes; the others are flagged by
+    /// the top bit anyway).
+    fn control(v: u64) -> u64 {
+        v.wrapping_sub(ONES * 0x20) & !v & TOPS
+    }
+
+    pub(super) fn special(v: u64) -> u64 {
+        equal(v, b'"') | equal(v, b'\\') | control(v)
+    }
+
+    pub(super) fn special_or_wide(v: u64) -> u64 {
+        special(v) | (v & TOPS) | equal(v, 0x7f)
+    }
+
+    /// The eight bytes at `at`, when there are eight.
+    pub(super) fn word(bytes: &[u8], at: usize) -> Option<u64> {
+        bytes.get(at..at + 8).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes)
+    }
+
+    /// Where the next special byte from `at` is (`bytes.len()` when there
+    /// is none). The lowest lane a test flags is always a true one (a
+    /// borrow only runs upwards from a true lane), so its index is exact.
+    pub(super) fn next_special(bytes: &[u8], mut at: usize) -> usize {
+        while let Some(v) = word(bytes, at) {
+            let found = special(v);
+            if found != 0 {
+                return at + (found.trailing_zeros() / 8) as usize;
+            }
+            at += 8;
+        }
+        at + bytes[at..].iter().take_while(|&&b| b != b'"' && b != b'\\' && b >= 0x20).count()
+    }
+}
+
 /// Whether `s` is written in JSON exactly as it is: printable ASCII
-/// without `"` or `\`. Checked without stopping early, so it vectorises.
+/// without `"` or `\`.
 fn is_plain(s: &str) -> bool {
-    !s.bytes().fold(false, |bad, b| bad | !(0x20..0x7f).contains(&b) | (b == b'"') | (b == b'\\'))
+    let bytes = s.as_bytes();
+    let mut at = 0;
+    while let Some(v) = scan::word(bytes, at) {
+        if scan::special_or_wide(v) != 0 {
+            return false;
+        }
+        at += 8;
+    }
+    bytes[at..].iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 impl InnerWriter {
@@ -289,19 +371,43 @@ impl InnerWriter {
         self.out.extend_from_slice(if self.enveloped { b"\\\"" } else { b"\"" });
     }
 
+    /// What comes before the next key: `", "` unless it is the first, and its opening quote.
+    fn open_key(&mut self) {
+        let open: &[u8] = match (std::mem::take(&mut self.first), self.enveloped) {
+            (true, true) => b"\\\"",
+            (true, false) => b"\"",
+            (false, true) => b", \\\"",
+            (false, false) => b", \"",
+        };
+        self.out.extend_from_slice(open);
+    }
+
+    /// What comes after a key: its closing quote and `": "`.
+    fn close_key(&mut self) -> &mut Self {
+        self.out.extend_from_slice(if self.enveloped { b"\\\": " } else { b"\": " });
+        self
+    }
+
+    /// The next key, one of the message's own (plain ASCII, written as it is).
+    fn field(&mut self, key: &'static str) -> &mut Self {
+        debug_assert!(is_plain(key));
+        self.open_key();
+        self.out.extend_from_slice(key.as_bytes());
+        self.close_key()
+    }
+
     /// The next key: `prefix` then `key`, as one JSON string.
     fn key(&mut self, prefix: &str, key: &str) -> Result<&mut Self, crate::RpcError> {
+        if is_plain(key) {
+            self.open_key();
+            self.out.extend_from_slice(prefix.as_bytes());
+            self.out.extend_from_slice(key.as_bytes());
+            return Ok(self.close_key());
+        }
         if !std::mem::take(&mut self.first) {
             self.out.extend_from_slice(b", ");
         }
-        if is_plain(key) {
-            self.quote();
-            self.out.extend_from_slice(prefix.as_bytes());
-            self.out.extend_from_slice(key.as_bytes());
-            self.quote();
-        } else {
-            self.value(&format!("{prefix}{key}"))?;
-        }
+        self.value(&format!("{prefix}{key}"))?;
         self.out.extend_from_slice(b": ");
         Ok(self)
     }
@@ -334,7 +440,9 @@ impl InnerWriter {
             return;
         }
         let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
+        loop {
+            let at = scan::next_special(bytes, start);
+            let Some(&b) = bytes.get(at) else { break };
             // Valid JSON text holds no other control characters outside strings.
             let escaped: &[u8] = match b {
                 b'"' => b"\\\"",
@@ -342,11 +450,11 @@ impl InnerWriter {
                 b'\n' => b"\\n",
                 b'\r' => b"\\r",
                 b'\t' => b"\\t",
-                _ => continue,
+                _ => b"",
             };
-            self.out.extend_from_slice(&bytes[start..i]);
+            self.out.extend_from_slice(&bytes[start..at]);
             self.out.extend_from_slice(escaped);
-            start = i + 1;
+            start = at + 1;
         }
         self.out.extend_from_slice(&bytes[start..]);
     }
@@ -435,20 +543,20 @@ impl RequestRef<'_> {
     fn write(&self, enveloped: bool) -> Result<Vec<u8>, crate::RpcError> {
         let r = self;
         let mut w = InnerWriter::new(384 + r.args.as_str().len(), enveloped);
-        w.key("", "method")?.string(r.method)?;
-        w.key("", "args")?.raw(r.args.as_str());
+        w.field("method").string(r.method)?;
+        w.field("args").raw(r.args.as_str());
         if let Some(ns) = r.namespace {
-            w.key("", "namespace")?.string(ns)?;
+            w.field("namespace").string(ns)?;
         }
         if let Some(v) = r.version {
-            w.key("", "version")?.string(v)?;
+            w.field("version").string(v)?;
         }
         if let Some(id) = r.msg_id {
-            w.key("", "_msg_id")?.string(id)?;
-            w.key("", "_reply_q")?.opt_string(r.reply_q)?;
-            w.key("", "_timeout")?.value(&r.monitor_timeout.map(python_number))?;
+            w.field("_msg_id").string(id)?;
+            w.field("_reply_q").opt_string(r.reply_q)?;
+            w.field("_timeout").value(&r.monitor_timeout.map(python_number))?;
         }
-        w.key("", "_unique_id")?.string(r.unique_id)?;
+        w.field("_unique_id").string(r.unique_id)?;
         w.context(r.context)?;
         Ok(w.finish())
     }
@@ -475,21 +583,41 @@ pub fn encode_request_ref(request: &RequestRef<'_>) -> Result<Vec<u8>, crate::Rp
 
 /// Encode a reply as an enveloped oslo message.
 pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, crate::RpcError> {
-    let mut w = InnerWriter::new(224 + reply.result.as_str().len(), true);
-    w.key("", "result")?.raw(reply.result.as_str());
-    match &reply.failure {
-        Some(f) => {
-            let mut failure = Vec::new();
-            to_python_json(f, &mut failure)?;
-            let failure = String::from_utf8(failure).map_err(|e| crate::RpcError::Serialization(e.to_string()))?;
-            w.key("", "failure")?.string(&failure)?;
+    let Reply { result, failure, ending, msg_id, unique_id } = reply;
+    ReplyRef { result, failure: failure.as_ref(), ending: *ending, msg_id, unique_id }.encode()
+}
+
+/// A reply about to be encoded, borrowing its parts (a server encodes
+/// what it holds without copying it into a [`Reply`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplyRef<'a> {
+    pub(crate) result: &'a Payload,
+    pub(crate) failure: Option<&'a RemoteFailure>,
+    pub(crate) ending: bool,
+    pub(crate) msg_id: &'a str,
+    pub(crate) unique_id: &'a str,
+}
+
+impl ReplyRef<'_> {
+    /// The enveloped message, in oslo's key order.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::RpcError> {
+        let reply = self;
+        let mut w = InnerWriter::new(224 + reply.result.as_str().len(), true);
+        w.field("result").raw(reply.result.as_str());
+        match reply.failure {
+            Some(f) => {
+                let mut failure = Vec::new();
+                to_python_json(f, &mut failure)?;
+                let failure = String::from_utf8(failure).map_err(|e| crate::RpcError::Serialization(e.to_string()))?;
+                w.field("failure").string(&failure)?;
+            }
+            None => w.field("failure").out.extend_from_slice(b"null"),
         }
-        None => w.key("", "failure")?.out.extend_from_slice(b"null"),
+        w.field("ending").out.extend_from_slice(if reply.ending { b"true" } else { b"false" });
+        w.field("_msg_id").string(reply.msg_id)?;
+        w.field("_unique_id").string(reply.unique_id)?;
+        Ok(w.finish())
     }
-    w.key("", "ending")?.out.extend_from_slice(if reply.ending { b"true" } else { b"false" });
-    w.key("", "_msg_id")?.string(&reply.msg_id)?;
-    w.key("", "_unique_id")?.string(&reply.unique_id)?;
-    Ok(w.finish())
 }
 
 /// Strip the 2.0 envelope (or accept a bare, pre-envelope message) and parse
@@ -540,21 +668,24 @@ fn inner_error(e: serde_json::Error) -> Malformed {
 fn exact_envelope(body: &[u8]) -> Option<String> {
     let head = &ENVELOPE_HEAD[..ENVELOPE_HEAD.len() - 1];
     let quoted = body.strip_prefix(head)?.strip_suffix(b"}")?;
-    let mut rest = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    // A raw control character is not allowed in a JSON string.
-    if rest.iter().fold(false, |seen, &b| seen | (b < 0x20)) {
-        return None;
-    }
+    let rest = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
     let mut out = Vec::with_capacity(rest.len());
-    while let Some(i) = memchr::memchr2(b'\\', b'"', rest) {
-        out.extend_from_slice(&rest[..i]);
-        match (rest[i], rest.get(i + 1)) {
-            (b'\\', Some(&c @ (b'"' | b'\\'))) => out.push(c),
+    let mut start = 0;
+    loop {
+        let at = scan::next_special(rest, start);
+        match (rest.get(at), rest.get(at + 1)) {
+            (None, _) => break,
+            (Some(b'\\'), Some(&escaped @ (b'"' | b'\\'))) => {
+                out.extend_from_slice(&rest[start..at]);
+                out.push(escaped);
+                start = at + 2;
+            }
+            // An unescaped quote ends the string early; a raw control
+            // character is not allowed in one.
             _ => return None,
         }
-        rest = &rest[i + 2..];
     }
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&rest[start..]);
     String::from_utf8(out).ok()
 }
 
@@ -808,6 +939,44 @@ mod tests {
         let quoted = serde_json::to_string(&inner).unwrap();
         let expected = format!(r#"{{"oslo.version": "2.0", "oslo.message": {quoted}}}"#);
         assert_eq!(String::from_utf8(body).unwrap(), expected);
+    }
+
+    #[test]
+    fn the_scanner_finds_what_a_byte_loop_finds() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let alphabet = b"ab~ \"\\\x01\x1f\x7f\xc3\xa9";
+        for _ in 0..5000 {
+            let len = rng.usize(0..40);
+            let bytes: Vec<u8> = (0..len).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
+            let from = rng.usize(0..=len);
+            let special = |b: &u8| matches!(b, b'"' | b'\\' | 0..=0x1f);
+            let expected = bytes[from..].iter().position(special).map_or(len, |i| from + i);
+            assert_eq!(scan::next_special(&bytes, from), expected, "{bytes:?} from {from}");
+            let text = String::from_utf8_lossy(&bytes);
+            let plain = text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+            assert_eq!(is_plain(&text), plain, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn json_text_with_whitespace_and_escapes_travels_intact() {
+        let result = Payload::from_json("{\n\t\"a\": \"x\\\"y\\\\\",\r \"b\": [1, \"\\u00e9\"]}").unwrap();
+        let reply = Reply { result, failure: None, ending: true, msg_id: new_id(), unique_id: new_id() };
+        let body = encode_reply(&reply).unwrap();
+        let outer: Value = serde_json::from_slice(&body).expect("the envelope is JSON");
+        assert!(outer["oslo.message"].is_string());
+        assert!(exact_envelope(&body).is_none(), "a newline escaped for the envelope takes the general path");
+        let back = decode_reply(&body).unwrap();
+        assert_eq!(back.result.as_str(), reply.result.as_str(), "the text is kept as it was");
+        assert_eq!(back, reply);
+    }
+
+    #[test]
+    fn a_new_id_is_its_bits_in_hex() {
+        let id = NewId::new();
+        assert_eq!(id.as_str().len(), 32);
+        assert_eq!(crate::dedupe::Id::of(id.as_str()), id.id());
+        assert_ne!(NewId::new().as_str(), id.as_str());
     }
 
     #[test]

@@ -97,6 +97,8 @@ struct ServerState {
     layers: Layers,
     /// Where the layers end: the dispatcher.
     end: Inner,
+    /// What serves a request when there are no layers.
+    dispatcher: Dispatcher,
     server: String,
 }
 
@@ -216,13 +218,14 @@ impl RpcServer {
         };
         let mut listener = self.transport.listen(spec).await?;
         let health = listener.health();
-        let dispatcher = self.dispatcher;
+        let dispatcher = self.dispatcher.clone();
         let end: Inner = Arc::new(move |c: Call| {
             dispatcher.dispatch(c.ctx, c.namespace.as_deref(), c.version.as_deref(), &c.method, c.args)
         });
         let shared = Arc::new(ServerState {
             transport: self.transport,
             end,
+            dispatcher: self.dispatcher,
             topic: self.target.topic,
             seen: Mutex::new(SeenIds::new(4096)),
             in_flight: Mutex::default(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::ServerState;
 use crate::{
     transport::{Destination, Outgoing},
-    wire::{self, Reply},
+    wire::{self, ReplyRef},
     Payload, RemoteFailure, Result,
 };
 
@@ -20,16 +20,18 @@ pub(super) fn spawn_heartbeat(
     let every = Duration::from_secs_f64((monitor / 2.0).max(0.05));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let null = Payload::null();
         loop {
             tick.tick().await;
-            let beat = Reply {
-                result: Payload::null(),
+            let unique_id = wire::NewId::new();
+            let beat = ReplyRef {
+                result: &null,
                 failure: None,
                 ending: false,
-                msg_id: msg_id.clone(),
-                unique_id: wire::new_id(),
+                msg_id: &msg_id,
+                unique_id: unique_id.as_str(),
             };
-            let Ok(body) = wire::encode_reply(&beat) else { return };
+            let Ok(body) = beat.encode() else { return };
             let message = Outgoing { retry: Some(0), ..Outgoing::new(body) };
             if let Err(e) = transport.send(&Destination::Reply { queue: reply_q.clone() }, message).await {
                 tracing::debug!(error = %e, "call-monitor heartbeat not sent");
@@ -45,12 +47,17 @@ pub(super) async fn send_reply(
     outcome: Result<Payload, RemoteFailure>,
     deadline: Option<Instant>,
 ) {
-    let (result, failure) = match outcome {
+    let null;
+    let (result, failure) = match &outcome {
         Ok(v) => (v, None),
-        Err(f) => (Payload::null(), Some(f)),
+        Err(f) => {
+            null = Payload::null();
+            (&null, Some(f))
+        }
     };
-    let reply = Reply { result, failure, ending: true, msg_id: msg_id.to_owned(), unique_id: wire::new_id() };
-    let body: bytes::Bytes = match wire::encode_reply(&reply) {
+    let unique_id = wire::NewId::new();
+    let reply = ReplyRef { result, failure, ending: true, msg_id, unique_id: unique_id.as_str() };
+    let body: bytes::Bytes = match reply.encode() {
         Ok(b) => b.into(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode reply");

@@ -36,7 +36,7 @@ async fn serve(shared: &ServerState, admitted: Admitted, served: Served) {
     // What is needed after the dispatch is taken out of the request, not copied.
     let (msg_id, reply_q) = (request.msg_id.take(), request.reply_q.take());
     let unique_id = std::mem::take(&mut request.unique_id);
-    let method = request.method.clone();
+    let method = std::mem::take(&mut request.method);
     let started = Instant::now();
     // Only layers leave work for after the reply.
     let after_reply = if shared.layers.is_empty() { AfterReply::now() } else { AfterReply::deferred() };
@@ -76,19 +76,24 @@ async fn dispatch(
 ) -> Result<Payload> {
     let heartbeat =
         monitor.map(|(msg_id, reply_q, t)| spawn_heartbeat(shared, reply_q.to_owned(), msg_id.to_owned(), t));
-    let call = Call {
-        kind: if is_call { CallKind::Call } else { CallKind::Cast },
-        ctx: request.context,
-        topic: shared.topic.clone(),
-        server: Some(shared.server.clone()),
-        namespace: request.namespace,
-        version: request.version,
-        method: request.method,
-        args: request.args,
-        after_reply,
+    let running = if shared.layers.is_empty() {
+        // Nothing to see the request as a `Call`: straight to the method.
+        let Request { context, namespace, version, args, .. } = request;
+        shared.dispatcher.dispatch(context, namespace.as_deref(), version.as_deref(), method, args)
+    } else {
+        let call = Call {
+            kind: if is_call { CallKind::Call } else { CallKind::Cast },
+            ctx: request.context,
+            topic: shared.topic.clone(),
+            server: Some(shared.server.clone()),
+            namespace: request.namespace,
+            version: request.version,
+            method: method.to_owned(),
+            args: request.args,
+            after_reply,
+        };
+        shared.layers.run(call, shared.end.clone())
     };
-    let running =
-        if shared.layers.is_empty() { (shared.end)(call) } else { shared.layers.run(call, shared.end.clone()) };
     let outcome = match std::panic::AssertUnwindSafe(running).catch_unwind().await {
         Ok(r) => r,
         Err(_) => Err(RpcError::remote("Panic", "nova_rpc.server", format!("method {method} panicked"))),
