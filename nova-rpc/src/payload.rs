@@ -173,20 +173,29 @@ impl Args {
     ///
     /// [`RpcError::InvalidArgument`] naming the argument.
     pub fn parse<A: DeserializeOwned>(&self) -> Result<A> {
+        // Tracking the path costs an allocation per key, so it is paid only
+        // to explain a failure: parsing is deterministic, so the second
+        // attempt fails the same way.
+        serde_json::from_str(self.as_str()).map_err(|_| self.explain::<A>())
+    }
+
+    /// Why the arguments do not parse as `A`, naming the argument.
+    fn explain<A: DeserializeOwned>(&self) -> RpcError {
         let mut de = serde_json::Deserializer::from_str(self.as_str());
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let reason = strip_position(&inner);
-            let argument = if path == "." {
-                // Missing and unknown fields are reported at the top level;
-                // their name is in serde's message between backquotes.
-                reason.split('`').nth(1).unwrap_or("args").to_owned()
-            } else {
-                path
-            };
-            RpcError::InvalidArgument { argument, reason }
-        })
+        let Err(e) = serde_path_to_error::deserialize::<_, A>(&mut de) else {
+            return RpcError::InvalidArgument { argument: "args".into(), reason: "cannot be read".into() };
+        };
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let reason = strip_position(&inner);
+        let argument = if path == "." {
+            // Missing and unknown fields are reported at the top level;
+            // their name is in serde's message between backquotes.
+            reason.split('`').nth(1).unwrap_or("args").to_owned()
+        } else {
+            path
+        };
+        RpcError::InvalidArgument { argument, reason }
     }
 
     /// The arguments as a map.
