@@ -192,8 +192,8 @@ impl RpcClient {
         }
     }
 
-    fn exchange(&self) -> String {
-        self.target.exchange.clone().unwrap_or_else(|| self.shared.transport.options().control_exchange.clone())
+    fn exchange(&self) -> &str {
+        self.target.exchange.as_deref().unwrap_or(&self.shared.transport.options().control_exchange)
     }
 
     /// Send a one-way message; returns once the broker has confirmed it.
@@ -246,9 +246,9 @@ impl RpcClient {
         let unique_id = wire::NewId::new();
         let request = self.request(ctx, method, &args, unique_id.as_str());
         let destination = if self.target.fanout {
-            Destination::Fanout { topic: self.target.topic.clone() }
+            Destination::Fanout { topic: self.target.topic.as_str().into() }
         } else {
-            Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() }
+            Destination::Topic { exchange: self.exchange().into(), routing_key: self.target.routing_key() }
         };
         let body = self.sign(wire::encode_request_ref(&request)?)?;
         // A cast gives up once its budget (the client's timeout) is spent,
@@ -355,7 +355,7 @@ impl RpcClient {
         let started = Instant::now();
         let deadline = started + timeout;
         let timed_out = || RpcError::Timeout {
-            topic: self.target.routing_key(),
+            topic: self.target.routing_key().into_owned(),
             method: method.to_owned(),
             after: started.elapsed(),
         };
@@ -376,7 +376,8 @@ impl RpcClient {
         let body = self.sign(wire::encode_request_ref(&request)?)?;
 
         let mut expected = router.expect(msg_id.id(), deadline.into(), self.call_monitor_timeout);
-        let destination = Destination::Topic { exchange: self.exchange(), routing_key: self.target.routing_key() };
+        let destination =
+            Destination::Topic { exchange: self.exchange().into(), routing_key: self.target.routing_key() };
         let message = Outgoing {
             ttl: Some(timeout),
             retry: self.retry,

@@ -317,7 +317,7 @@ mod tests {
 
     async fn send(t: &Arc<dyn Transport>, router: &ReplyRouter, reply: &Reply) {
         let body = wire::encode_reply(reply).unwrap();
-        t.send(&Destination::Reply { queue: router.queue().to_owned() }, Outgoing::new(body)).await.unwrap();
+        t.send(&Destination::Reply { queue: router.queue().into() }, Outgoing::new(body)).await.unwrap();
     }
 
     #[test]

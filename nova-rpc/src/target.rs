@@ -5,7 +5,7 @@
 //! version of the API being called. Clients send to targets; servers listen
 //! on them.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 /// The default `control_exchange`, as in Nova.
 pub const DEFAULT_EXCHANGE: &str = "nova";
@@ -70,10 +70,10 @@ impl Target {
     }
 
     /// The routing key on the topic exchange: `topic` or `topic.server`.
-    pub fn routing_key(&self) -> String {
+    pub fn routing_key(&self) -> Cow<'_, str> {
         match &self.server {
-            Some(server) => format!("{}.{}", self.topic, server),
-            None => self.topic.clone(),
+            Some(server) => Cow::Owned(format!("{}.{}", self.topic, server)),
+            None => Cow::Borrowed(&self.topic),
         }
     }
 

@@ -82,7 +82,7 @@ async fn duplicates_run_once(kind: Kind) {
         .unwrap();
     let request = Request::cast("count", serde_json::Map::new());
     let body: bytes::Bytes = wire::encode_request(&request).unwrap().into();
-    let dest = Destination::Topic { exchange: bus.exchange.clone(), routing_key: "alo".into() };
+    let dest = Destination::Topic { exchange: bus.exchange.as_str().into(), routing_key: "alo".into() };
     for _ in 0..3 {
         t.send(&dest, Outgoing::new(body.clone())).await.unwrap();
     }

@@ -136,7 +136,7 @@ async fn cast_arrives_once(kind: Kind) {
     // The same message published twice (same _unique_id) is processed once.
     let request = wire::Request::cast("record", json!({"value": "dup"}).as_object().unwrap().clone());
     let body: nova_rpc::transport::Outgoing = Outgoing::new(wire::encode_request(&request).unwrap());
-    let dest = Destination::Topic { exchange: bus.exchange.clone(), routing_key: "demo".into() };
+    let dest = Destination::Topic { exchange: bus.exchange.as_str().into(), routing_key: "demo".into() };
     ct.send(&dest, body.clone()).await.unwrap();
     ct.send(&dest, body).await.unwrap();
     client.cast(&ctx(), "record", json!({"value": "after"})).await.unwrap();
@@ -321,7 +321,7 @@ async fn malformed_messages_do_not_stop_the_server(kind: Kind) {
     let bus = Bus::new(kind);
     let server = start(&bus.transport().await, "demo", "h1", Arc::default(), 8).await;
     let t = bus.transport().await;
-    let dest = Destination::Topic { exchange: bus.exchange.clone(), routing_key: "demo".into() };
+    let dest = Destination::Topic { exchange: bus.exchange.as_str().into(), routing_key: "demo".into() };
     let garbage: Vec<&[u8]> = vec![
         b"\xff\xfe not utf-8",
         b"not json",

@@ -96,7 +96,7 @@ async fn a_signed_topic_serves_only_signed_requests() {
     let request = wire::Request::cast("whoami", serde_json::Map::new());
     let body = signing(&[&k1]).sign(&wire::encode_request(&request).unwrap()).unwrap();
     let tampered = String::from_utf8(body).unwrap().replace("whoami", "whoam1");
-    let dest = Destination::Topic { exchange: exchange.clone(), routing_key: "secure".into() };
+    let dest = Destination::Topic { exchange: exchange.as_str().into(), routing_key: "secure".into() };
     plain_t.send(&dest, Outgoing::new(tampered.into_bytes())).await.unwrap();
     eventually("the tampered cast is refused with one log line", Duration::from_secs(10), || async {
         let refusals = nova_tests::logged().matches("refusing a request whose signature does not verify").count();

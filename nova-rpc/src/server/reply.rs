@@ -33,7 +33,7 @@ pub(super) fn spawn_heartbeat(
             };
             let Ok(body) = beat.encode() else { return };
             let message = Outgoing { retry: Some(0), ..Outgoing::new(body) };
-            if let Err(e) = transport.send(&Destination::Reply { queue: reply_q.clone() }, message).await {
+            if let Err(e) = transport.send(&Destination::Reply { queue: reply_q.as_str().into() }, message).await {
                 tracing::debug!(error = %e, "call-monitor heartbeat not sent");
             }
         }
@@ -69,7 +69,7 @@ pub(super) async fn send_reply(
         let missing = Instant::now() + options.rabbit.kombu_missing_consumer_retry_timeout;
         deadline.map_or(missing, |d| d.min(missing))
     };
-    let destination = Destination::Reply { queue: reply_q.to_owned() };
+    let destination = Destination::Reply { queue: reply_q.into() };
     let mut pause = Duration::from_millis(50);
     loop {
         let message = Outgoing { retry: Some(3), deadline: Some(give_up), ..Outgoing::new(body.clone()) };

@@ -345,7 +345,7 @@ impl Acknowledge for MemoryAck {
 
 #[async_trait]
 impl Transport for MemoryTransport {
-    async fn send(&self, destination: &Destination, message: Outgoing) -> Result<()> {
+    async fn send(&self, destination: &Destination<'_>, message: Outgoing) -> Result<()> {
         if message.body.len() > self.options.max_message_size {
             return Err(RpcError::MessageTooLarge { size: message.body.len(), max: self.options.max_message_size });
         }
@@ -353,7 +353,7 @@ impl Transport for MemoryTransport {
         let bus = self.lock();
         if let Destination::Reply { queue } = destination {
             // Straight to the waiting caller, in this task.
-            let sink = bus.replies.get(queue).cloned();
+            let sink = bus.replies.get(queue.as_ref()).cloned();
             drop(bus);
             return match sink {
                 Some(sink) => {
@@ -365,10 +365,10 @@ impl Transport for MemoryTransport {
         }
         let names: &[String] = match destination {
             Destination::Topic { exchange, routing_key } => {
-                let bound = bus.bindings.get(exchange.as_str()).and_then(|keys| keys.get(routing_key.as_str()));
+                let bound = bus.bindings.get(exchange.as_ref()).and_then(|keys| keys.get(routing_key.as_ref()));
                 bound.map(Vec::as_slice).unwrap_or_default()
             }
-            Destination::Fanout { topic } => bus.fanout.get(topic).map(Vec::as_slice).unwrap_or_default(),
+            Destination::Fanout { topic } => bus.fanout.get(topic.as_ref()).map(Vec::as_slice).unwrap_or_default(),
             Destination::Reply { .. } => unreachable!("handled above"),
         };
         let queues: Vec<Arc<Queue>> = names.iter().filter_map(|n| bus.queues.get(n).cloned()).collect();
@@ -482,7 +482,7 @@ mod tests {
         }
     }
 
-    fn topic(routing_key: &str) -> Destination {
+    fn topic(routing_key: &str) -> Destination<'_> {
         Destination::Topic { exchange: "nova".into(), routing_key: routing_key.into() }
     }
 

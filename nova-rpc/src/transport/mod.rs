@@ -18,7 +18,7 @@ pub mod memory;
 mod options;
 mod url;
 
-use std::{sync::Arc, time::Instant};
+use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,25 +28,26 @@ pub use self::options::{RabbitOptions, TransportOptions};
 pub use self::url::{HostAddress, TransportUrl};
 use crate::Result;
 
-/// Where a message is published.
+/// Where a message is published. The names are borrowed where the sender
+/// holds them (a call builds none of them).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Destination {
+pub enum Destination<'a> {
     /// The topic exchange, routing key `topic` or `topic.server`.
     Topic {
         /// The exchange (`control_exchange` unless the target says otherwise).
-        exchange: String,
+        exchange: Cow<'a, str>,
         /// `topic` or `topic.server`.
-        routing_key: String,
+        routing_key: Cow<'a, str>,
     },
     /// Every server of a topic, through the `topic_fanout` exchange.
     Fanout {
         /// The topic.
-        topic: String,
+        topic: Cow<'a, str>,
     },
     /// A client's reply queue, through the default exchange, `mandatory`.
     Reply {
         /// The `reply_<uuid>` queue.
-        queue: String,
+        queue: Cow<'a, str>,
     },
 }
 
@@ -403,7 +404,7 @@ pub struct QueueStats {
 pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// Publish a message. Returns once the broker has taken responsibility
     /// for it (publisher confirm), or with an error.
-    async fn send(&self, destination: &Destination, message: Outgoing) -> Result<()>;
+    async fn send(&self, destination: &Destination<'_>, message: Outgoing) -> Result<()>;
 
     /// Start consuming a server's queues. Returns once the topology is
     /// declared and the consumers are running.

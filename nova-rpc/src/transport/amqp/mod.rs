@@ -66,7 +66,7 @@ impl AmqpTransport {
 
 #[async_trait]
 impl Transport for AmqpTransport {
-    async fn send(&self, destination: &Destination, message: Outgoing) -> Result<()> {
+    async fn send(&self, destination: &Destination<'_>, message: Outgoing) -> Result<()> {
         if message.body.len() > self.options.max_message_size {
             return Err(RpcError::MessageTooLarge { size: message.body.len(), max: self.options.max_message_size });
         }

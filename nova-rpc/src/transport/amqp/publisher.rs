@@ -148,7 +148,7 @@ impl Publisher {
     /// Publish and wait for the broker's confirm, giving up at the message's
     /// deadline. A lost connection is re-established and the message sent
     /// again, up to `retry` times; a nack is retried after a backoff.
-    pub(crate) async fn publish(&self, destination: &Destination, message: &Outgoing) -> Result<()> {
+    pub(crate) async fn publish(&self, destination: &Destination<'_>, message: &Outgoing) -> Result<()> {
         let attempt = self.publish_with_retries(destination, message);
         let Some(deadline) = message.deadline else { return attempt.await };
         match tokio::time::timeout_at(deadline.into(), attempt).await {
@@ -160,7 +160,7 @@ impl Publisher {
         }
     }
 
-    async fn publish_with_retries(&self, destination: &Destination, message: &Outgoing) -> Result<()> {
+    async fn publish_with_retries(&self, destination: &Destination<'_>, message: &Outgoing) -> Result<()> {
         let (mut lost, mut nacks) = (0u32, 0u32);
         loop {
             let pc = self.channel(message.retry).await?;
@@ -218,7 +218,12 @@ impl Publisher {
         }
     }
 
-    async fn publish_on(&self, pc: &PubChannel, destination: &Destination, message: &Outgoing) -> Result<(), Failure> {
+    async fn publish_on(
+        &self,
+        pc: &PubChannel,
+        destination: &Destination<'_>,
+        message: &Outgoing,
+    ) -> Result<(), Failure> {
         let route = self.topology.publish(destination);
         if !route.exchange.is_empty() && !crate::lock(&pc.declared).contains(route.exchange.as_ref()) {
             if let Some(exchange) = self.topology.exchange_to_declare(destination) {

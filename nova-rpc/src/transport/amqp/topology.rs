@@ -311,7 +311,7 @@ impl Topology {
 
     /// How a message to `destination` is published. Replies go to the
     /// default exchange, `mandatory` unless `direct_mandatory_flag` is off.
-    pub fn publish<'a>(&self, destination: &'a Destination) -> Publish<'a> {
+    pub fn publish<'a>(&self, destination: &'a Destination<'_>) -> Publish<'a> {
         match destination {
             Destination::Topic { exchange, routing_key } => {
                 Publish { exchange: Cow::Borrowed(exchange), routing_key, mandatory: false }
@@ -329,7 +329,7 @@ impl Topology {
 
     /// The exchange a publish to `destination` declares first (once per
     /// connection); `None` for the default exchange.
-    pub fn exchange_to_declare(&self, destination: &Destination) -> Option<Exchange> {
+    pub fn exchange_to_declare(&self, destination: &Destination<'_>) -> Option<Exchange> {
         match destination {
             Destination::Topic { exchange, .. } => Some(self.topic_exchange(exchange)),
             Destination::Fanout { topic } => Some(self.fanout_exchange(topic)),
