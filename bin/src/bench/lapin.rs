@@ -87,7 +87,7 @@ async fn count_consumer(conn: &Connection, name: &str, prefetch: u16, received: 
 
 impl LapinPattern {
     /// Declare the queues and start the server and reply consumers.
-    pub async fn start(url: &str, payload: &serde_json::Value, prefetch: u16, confirms: bool) -> anyhow::Result<Self> {
+    pub async fn start(url: &str, payload: &super::Data, prefetch: u16, confirms: bool) -> anyhow::Result<Self> {
         let connect = || Connection::connect(url, ConnectionProperties::default());
         let (server_in, server_out, client_in, client_out) =
             (connect().await?, connect().await?, connect().await?, connect().await?);

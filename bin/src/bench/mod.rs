@@ -199,7 +199,16 @@ pub fn broker_cpu_seconds() -> Option<f64> {
     Some((ticks(14)? + ticks(15)?) / TICKS)
 }
 
+/// The benchmark's arguments and `echo`'s result: `~size` bytes of JSON,
+/// `{"data": "xxx…"}`, typed as an `#[rpc_api]` method's arguments are.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    /// The bytes.
+    pub data: String,
+}
+
 /// The benchmark arguments, `~size` bytes of JSON.
-pub fn payload(size: usize) -> serde_json::Value {
-    serde_json::json!({ "data": "x".repeat(size.saturating_sub(11)) })
+pub fn payload(size: usize) -> Data {
+    Data { data: "x".repeat(size.saturating_sub(11)) }
 }

@@ -23,7 +23,7 @@ use nova_rpc::{
 use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
-use super::Pattern;
+use super::{Data, Pattern};
 
 /// The bench API of server `host`; `first` runs once, on the first message
 /// of any kind. `work` answers with `host`, so a caller sees who served it.
@@ -42,11 +42,11 @@ pub fn bench_api(
     let (m1, m2, m3) = (mark.clone(), mark.clone(), mark);
     let (c1, c2, c3) = (count.clone(), count.clone(), count);
     let api = Router::new(Version::new(1, 0))
-        .method("echo", move |_ctx: RequestContext, args: Map<String, Value>| {
+        .method("echo", move |_ctx: RequestContext, args: Data| {
             m1();
-            async move { Ok::<_, RpcError>(Value::Object(args)) }
+            async move { Ok::<_, RpcError>(args) }
         })
-        .method("count", move |_ctx: RequestContext, _args: Map<String, Value>| {
+        .method("count", move |_ctx: RequestContext, _args: Data| {
             m2();
             c1.fetch_add(1, Ordering::Relaxed);
             async { Ok::<_, RpcError>(()) }
@@ -78,7 +78,7 @@ pub enum Servers {
 /// nova-rs calls, casts and fanouts against two bench servers on a topic.
 pub struct NovaPattern {
     client: RpcClient,
-    args: Value,
+    args: Data,
     servers: Mutex<Option<Servers>>,
     transport: Arc<dyn Transport>,
     hosts: [&'static str; 2],
@@ -98,7 +98,7 @@ impl NovaPattern {
     pub async fn start(
         options: TransportOptions,
         topic: &str,
-        payload: Value,
+        payload: Data,
         executor: usize,
         separate_process: bool,
         traced: bool,
@@ -139,7 +139,7 @@ impl NovaPattern {
 #[async_trait]
 impl Pattern for NovaPattern {
     async fn call(&self) -> anyhow::Result<()> {
-        self.client.call(&RequestContext::default(), "echo", &self.args).await?;
+        self.client.call_as::<Data>(&RequestContext::default(), "echo", &self.args).await?;
         Ok(())
     }
 
