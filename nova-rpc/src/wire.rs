@@ -793,12 +793,83 @@ pub fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// A value read where a string belongs: the string, or the JSON type it
+/// is instead (a word for the error message). Reading it builds no
+/// [`Value`]: a string is read straight into its `String`, anything else
+/// is skipped.
+enum Text {
+    Str(String),
+    Other(&'static str),
+}
+
+impl Text {
+    /// The string; `None` for anything else.
+    fn into_string(self) -> Option<String> {
+        match self {
+            Text::Str(s) => Some(s),
+            Text::Other(_) => None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> serde::de::Visitor<'de> for Any {
+            type Value = Text;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                Ok(Text::Str(v.to_owned()))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Text, E> {
+                Ok(Text::Str(v))
+            }
+
+            fn visit_unit<E>(self) -> Result<Text, E> {
+                Ok(Text::Other("null"))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Text, E> {
+                Ok(Text::Other("boolean"))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Text, E> {
+                Ok(Text::Other("number"))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Text, E> {
+                Ok(Text::Other("number"))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Text, E> {
+                Ok(Text::Other("number"))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Text::Other("array"))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Text::Other("object"))
+            }
+        }
+        d.deserialize_any(Any)
+    }
+}
+
 /// A string, or nothing (absent or `null`); anything else is refused.
-fn opt_string(key: &str, v: Option<Value>) -> Result<Option<String>, String> {
+fn opt_string(key: &str, v: Option<Text>) -> Result<Option<String>, String> {
     match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(format!("{key} must be a string, not {}", json_type(&other))),
+        None | Some(Text::Other("null")) => Ok(None),
+        Some(Text::Str(s)) => Ok(Some(s)),
+        Some(Text::Other(kind)) => Err(format!("{key} must be a string, not {kind}")),
     }
 }
 
@@ -810,14 +881,14 @@ fn raw<'de, A: serde::de::MapAccess<'de>>(map: &mut A) -> Result<Option<Payload>
 /// A request's keys as read, checked once all are in.
 #[derive(Default)]
 struct RequestFields {
-    method: Option<Value>,
+    method: Option<Text>,
     args: Option<Payload>,
-    namespace: Option<Value>,
-    version: Option<Value>,
-    msg_id: Option<Value>,
-    reply_q: Option<Value>,
+    namespace: Option<Text>,
+    version: Option<Text>,
+    msg_id: Option<Text>,
+    reply_q: Option<Text>,
     timeout: Option<Value>,
-    unique_id: Option<Value>,
+    unique_id: Option<Text>,
     context: crate::context::ContextFields,
 }
 
@@ -828,12 +899,15 @@ impl Fields for RequestFields {
                 self.args = raw(map)?;
                 return Ok(());
             }
+            "_timeout" => {
+                self.timeout = Some(map.next_value()?);
+                return Ok(());
+            }
             "method" => &mut self.method,
             "namespace" => &mut self.namespace,
             "version" => &mut self.version,
             "_msg_id" => &mut self.msg_id,
             "_reply_q" => &mut self.reply_q,
-            "_timeout" => &mut self.timeout,
             "_unique_id" => &mut self.unique_id,
             other => {
                 match other.strip_prefix("_context_") {
@@ -851,15 +925,11 @@ impl Fields for RequestFields {
 /// Decode a request or cast from a message body.
 pub fn decode_request(body: &[u8]) -> Result<Request, Malformed> {
     let f = decode::<RequestFields>(body)?;
-    let text = |v: Option<Value>| match v {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
-    let (msg_id, reply_q) = (text(f.msg_id), text(f.reply_q));
+    let (msg_id, reply_q) = (f.msg_id.and_then(Text::into_string), f.reply_q.and_then(Text::into_string));
     let with_address = |reason: String| Malformed { reason, msg_id: msg_id.clone(), reply_q: reply_q.clone() };
     let method = match f.method {
-        Some(Value::String(s)) => s,
-        Some(other) => return Err(with_address(format!("method must be a string, not {}", json_type(&other)))),
+        Some(Text::Str(s)) => s,
+        Some(Text::Other(kind)) => return Err(with_address(format!("method must be a string, not {kind}"))),
         None => return Err(with_address("message has no method".into())),
     };
     let args = match f.args {
@@ -893,8 +963,8 @@ struct ReplyFields {
     result: Option<Payload>,
     failure: Option<Value>,
     ending: Option<Value>,
-    msg_id: Option<Value>,
-    unique_id: Option<Value>,
+    msg_id: Option<Text>,
+    unique_id: Option<Text>,
 }
 
 impl Fields for ReplyFields {
@@ -904,10 +974,16 @@ impl Fields for ReplyFields {
                 self.result = raw(map)?;
                 return Ok(());
             }
-            "failure" => &mut self.failure,
-            "ending" => &mut self.ending,
             "_msg_id" => &mut self.msg_id,
             "_unique_id" => &mut self.unique_id,
+            "failure" => {
+                self.failure = Some(map.next_value()?);
+                return Ok(());
+            }
+            "ending" => {
+                self.ending = Some(map.next_value()?);
+                return Ok(());
+            }
             _ => {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 return Ok(());
@@ -1033,6 +1109,55 @@ mod tests {
         let general = decode_request(&body2).unwrap();
         assert_eq!(fast, general);
         assert_eq!(fast, request);
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_named_with_the_type_it_has() {
+        let enveloped = |inner: &Value| {
+            let text = serde_json::to_string(inner).unwrap();
+            serde_json::to_vec(&serde_json::json!({"oslo.version": "2.0", "oslo.message": text})).unwrap()
+        };
+        let kinds = [
+            (Value::Null, "null"),
+            (Value::Bool(true), "boolean"),
+            (serde_json::json!(-1), "number"),
+            (serde_json::json!(1.5), "number"),
+            (serde_json::json!([1, [2], {"a": 3}]), "array"),
+            (serde_json::json!({"a": [1, {"b": 2}]}), "object"),
+        ];
+        for (bad, kind) in kinds {
+            let mut request = serde_json::json!({"method": "m", "args": {}, "_msg_id": "id1", "_reply_q": "q1"});
+            request["method"] = bad.clone();
+            let e = decode_request(&enveloped(&request)).unwrap_err();
+            assert_eq!(e.reason, format!("method must be a string, not {kind}"));
+            assert_eq!(
+                (e.msg_id.as_deref(), e.reply_q.as_deref()),
+                (Some("id1"), Some("q1")),
+                "the caller can be told"
+            );
+            for key in ["namespace", "version", "_unique_id"] {
+                let mut request = serde_json::json!({"method": "m", "args": {}});
+                request[key] = bad.clone();
+                match decode_request(&enveloped(&request)) {
+                    // Absent and null are the same.
+                    Ok(r) => assert!(kind == "null" && r.namespace.is_none() && r.version.is_none(), "{key}"),
+                    Err(e) => assert_eq!(e.reason, format!("{key} must be a string, not {kind}")),
+                }
+            }
+            let mut reply = serde_json::json!({"result": 1, "failure": null, "ending": true, "_msg_id": "id1"});
+            reply["_msg_id"] = bad.clone();
+            let e = decode_reply(&enveloped(&reply)).unwrap_err();
+            let expected = if kind == "null" {
+                "reply has no _msg_id".to_owned()
+            } else {
+                format!("_msg_id must be a string, not {kind}")
+            };
+            assert_eq!(e.reason, expected);
+        }
+        // A string with escapes is read in full.
+        let request = serde_json::json!({"method": "m\"é\n", "args": {}, "_msg_id": "a\\b"});
+        let r = decode_request(&enveloped(&request)).unwrap();
+        assert_eq!((r.method.as_str(), r.msg_id.as_deref()), ("m\"é\n", Some("a\\b")));
     }
 
     #[test]

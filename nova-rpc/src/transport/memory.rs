@@ -169,13 +169,17 @@ impl Drop for Nested {
     }
 }
 
+/// A map by name. The names are this process's own, looked up a few times
+/// per message, so they are hashed with foldhash rather than SipHash.
+type Names<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Bus {
-    queues: HashMap<String, Arc<Queue>>,
+    queues: Names<Arc<Queue>>,
     /// Exchange → routing key → the queues bound with it.
-    bindings: HashMap<String, HashMap<String, Vec<String>>>,
-    fanout: HashMap<String, Vec<String>>,
-    replies: HashMap<String, ReplySink>,
+    bindings: Names<Names<Vec<String>>>,
+    fanout: Names<Vec<String>>,
+    replies: Names<ReplySink>,
 }
 
 impl Bus {
