@@ -126,12 +126,9 @@ pub(crate) struct NewId {
 
 impl NewId {
     pub(crate) fn new() -> Self {
-        let uuid = random_uuid();
-        // The 32 lower-case hex digits, as `simple()` writes them, without
-        // going through the formatting machinery.
-        let mut text = [0u8; 32];
-        uuid.simple().encode_lower(&mut text);
-        Self { bits: uuid.as_u128(), text }
+        let bits = random_uuid().as_u128();
+        // The 32 lower-case hex digits, as `simple()` writes them.
+        Self { bits, text: crate::dedupe::hex::encode(bits) }
     }
 
     pub(crate) fn as_str(&self) -> &str {
