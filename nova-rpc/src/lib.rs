@@ -42,6 +42,7 @@ pub mod error;
 pub mod layer;
 pub mod metrics;
 pub mod payload;
+mod pyjson;
 pub mod reply;
 pub mod server;
 pub mod signing;

@@ -8,15 +8,13 @@
 //! re-encode to themselves. Requests carry the context as `_context_*` keys;
 //! replies carry `result`, `failure` (a third level of JSON), `ending`.
 
-use std::io;
-
 use serde::Serialize;
-use serde_json::{ser::CharEscape, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::{
     context::Entry,
     payload::{Args, Payload},
-    RemoteFailure, RequestContext,
+    pyjson, RemoteFailure, RequestContext,
 };
 
 /// A request or cast, decoded from (or about to become) an oslo message.
@@ -142,133 +140,9 @@ impl NewId {
     }
 }
 
-/// Python `json.dumps` style: `", "` / `": "` separators, ASCII-only output.
-///
-/// `enveloped` writes the same JSON as the contents of a JSON string (the
-/// 2.0 envelope's `oslo.message`): every `"` and `\` it would write gains a
-/// backslash as it is written, so the inner message is serialised once,
-/// straight into the envelope's buffer, and never scanned again.
-struct PyFormatter {
-    enveloped: bool,
-}
-
-impl PyFormatter {
-    /// One backslash of the inner JSON, as written.
-    fn backslash(&self) -> &'static [u8] {
-        if self.enveloped {
-            b"\\\\"
-        } else {
-            b"\\"
-        }
-    }
-
-    /// One `"` of the inner JSON, as written.
-    fn quote(&self) -> &'static [u8] {
-        if self.enveloped {
-            b"\\\""
-        } else {
-            b"\""
-        }
-    }
-
-    /// `\uXXXX` for one UTF-16 unit.
-    fn write_unit<W: ?Sized + io::Write>(&self, w: &mut W, unit: u16) -> io::Result<()> {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        w.write_all(self.backslash())?;
-        let hex = |shift: u16| HEX[usize::from((unit >> shift) & 0xf)];
-        w.write_all(&[b'u', hex(12), hex(8), hex(4), hex(0)])
-    }
-}
-
-impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-
-    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-
-    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        w.write_all(b": ")
-    }
-
-    fn begin_string<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        w.write_all(self.quote())
-    }
-
-    fn end_string<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        w.write_all(self.quote())
-    }
-
-    fn write_char_escape<W: ?Sized + io::Write>(&mut self, w: &mut W, escape: CharEscape) -> io::Result<()> {
-        let letter: &[u8] = match escape {
-            CharEscape::Quote => self.quote(),
-            CharEscape::ReverseSolidus => self.backslash(),
-            CharEscape::Solidus => b"/",
-            CharEscape::Backspace => b"b",
-            CharEscape::FormFeed => b"f",
-            CharEscape::LineFeed => b"n",
-            CharEscape::CarriageReturn => b"r",
-            CharEscape::Tab => b"t",
-            CharEscape::AsciiControl(byte) => return self.write_unit(w, u16::from(byte)),
-        };
-        w.write_all(self.backslash())?;
-        w.write_all(letter)
-    }
-
-    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
-        let bytes = fragment.as_bytes();
-        // serde_json has escaped the control characters already: only
-        // non-ASCII and DEL are left to write as `\uXXXX`.
-        if fragment.is_ascii() && memchr::memchr(0x7f, bytes).is_none() {
-            return w.write_all(bytes);
-        }
-        let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            if (' '..'\u{7f}').contains(&c) {
-                continue;
-            }
-            w.write_all(&bytes[start..i])?;
-            let mut units = [0u16; 2];
-            for unit in c.encode_utf16(&mut units) {
-                self.write_unit(w, *unit)?;
-            }
-            start = i + c.len_utf8();
-        }
-        w.write_all(&bytes[start..])
-    }
-
-    fn write_raw_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
-        if !self.enveloped {
-            return w.write_all(fragment.as_bytes());
-        }
-        for piece in fragment.as_bytes().split_inclusive(|b| matches!(b, b'"' | b'\\')) {
-            match piece.split_last() {
-                Some((last @ (b'"' | b'\\'), head)) => {
-                    w.write_all(head)?;
-                    w.write_all(b"\\")?;
-                    w.write_all(&[*last])?;
-                }
-                _ => w.write_all(piece)?,
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Serialise `value` as Python's `json.dumps` would, appending to `out`.
 pub fn to_python_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), crate::RpcError> {
-    let mut ser = serde_json::Serializer::with_formatter(out, PyFormatter { enveloped: false });
-    value.serialize(&mut ser).map_err(|e| crate::RpcError::Serialization(e.to_string()))
+    pyjson::write(value, out, false).map_err(|e| crate::RpcError::Serialization(e.to_string()))
 }
 
 /// The 2.0 envelope around an inner message: what comes before and after
@@ -276,125 +150,16 @@ pub fn to_python_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Re
 const ENVELOPE_HEAD: &[u8] = br#"{"oslo.version": "2.0", "oslo.message": ""#;
 const ENVELOPE_TAIL: &[u8] = b"\"}";
 
-/// Writes an inner message key by key, Python style, straight into its
-/// buffer. `enveloped`: inside the 2.0 envelope's string, so every `"`
-/// and `\` of the inner JSON is written escaped once more as it goes, and
-/// nothing is scanned or copied afterwards.
-///
-/// Strings that need no escaping (ids, method names, most context values)
-/// are copied as they are; anything else goes through serde_json with
-/// [`PyFormatter`]. Arguments and results are JSON text already
-/// ([`Payload`]): they are copied in, escaped for the envelope.
+/// Writes an inner message key by key, Python style ([`pyjson`]), straight
+/// into its buffer. `enveloped`: inside the 2.0 envelope's string, so every
+/// `"` and `\` of the inner JSON is written escaped once more as it goes,
+/// and nothing is scanned or copied afterwards. Arguments and results are
+/// JSON text already ([`Payload`]): they are copied in, escaped for the
+/// envelope.
 struct InnerWriter {
     out: Vec<u8>,
     enveloped: bool,
     first: bool,
-}
-
-/// Eight bytes at a time: whether any of them is one JSON would have to
-/// escape (`"`, `\`, a control character; [`scan::special_or_wide`]: or
-/// one outside printable ASCII). Nonzero when one is. Messages are short
-/// runs between quotes, so a call to `memchr` per escape cost more than
-/// the bytes did.
-mod scan {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const TOPS: u64 = 0x8080_8080_8080_8080;
-
-    /// Lanes equal to `b`.
-    fn equal(v: u64, b: u8) -> u64 {
-        let x = v ^ (ONES * u64::from(b));
-        x.wrapping_sub(ONES) & !x & TOPS
-    }
-
-    /// Lanes below 0x20 (exact for ASCII lanes; the others are flagged by
-    /// the top bit anyway).
-    fn control(v: u64) -> u64 {
-        v.wrapping_sub(ONES * 0x20) & !v & TOPS
-    }
-
-    pub(super) fn special(v: u64) -> u64 {
-        equal(v, b'"') | equal(v, b'\\') | control(v)
-    }
-
-    pub(super) fn special_or_wide(v: u64) -> u64 {
-        special(v) | (v & TOPS) | equal(v, 0x7f)
-    }
-
-    /// The eight bytes at `at`, when there are eight.
-    pub(super) fn word(bytes: &[u8], at: usize) -> Option<u64> {
-        bytes.get(at..at + 8).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes)
-    }
-
-    fn is_special(b: u8) -> bool {
-        b == b'"' || b == b'\\' || b < 0x20
-    }
-
-    /// Copy `bytes` to `out`, handing each special byte to `special` with
-    /// the input from there on; it writes what stands for it and says how
-    /// many bytes it took (`None` gives up). A run that ends inside its
-    /// first eight bytes (the usual case between the quotes of an inner
-    /// message) is copied as a whole word and the length cut back to the
-    /// special byte, so no copy is of a length known only at run time; a
-    /// longer run is scanned a word at a time without writing and copied
-    /// once. The lowest lane a test flags is always a true one (a borrow
-    /// only runs upwards from a true lane), so the cut is exact.
-    pub(super) fn copy_runs(
-        bytes: &[u8],
-        out: &mut Vec<u8>,
-        mut special: impl FnMut(&[u8], &mut Vec<u8>) -> Option<usize>,
-    ) -> Option<()> {
-        let mut at = 0;
-        while let Some(v) = word(bytes, at) {
-            let found = self::special(v);
-            if found != 0 {
-                let run = (found.trailing_zeros() / 8) as usize;
-                let len = out.len();
-                out.extend_from_slice(&v.to_le_bytes());
-                out.truncate(len + run);
-                at += run;
-                at += special(&bytes[at..], out)?;
-                continue;
-            }
-            let (start, mut stopped) = (at, false);
-            at += 8;
-            while let Some(v) = word(bytes, at) {
-                let found = self::special(v);
-                if found != 0 {
-                    at += (found.trailing_zeros() / 8) as usize;
-                    stopped = true;
-                    break;
-                }
-                at += 8;
-            }
-            out.extend_from_slice(&bytes[start..at]);
-            if stopped {
-                at += special(&bytes[at..], out)?;
-            }
-        }
-        while let Some(&b) = bytes.get(at) {
-            if is_special(b) {
-                at += special(&bytes[at..], out)?;
-            } else {
-                out.push(b);
-                at += 1;
-            }
-        }
-        Some(())
-    }
-}
-
-/// Whether `s` is written in JSON exactly as it is: printable ASCII
-/// without `"` or `\`.
-fn is_plain(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    let mut at = 0;
-    while let Some(v) = scan::word(bytes, at) {
-        if scan::special_or_wide(v) != 0 {
-            return false;
-        }
-        at += 8;
-    }
-    bytes[at..].iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 impl InnerWriter {
@@ -407,8 +172,9 @@ impl InnerWriter {
         Self { out, enveloped, first: true }
     }
 
-    fn quote(&mut self) {
-        self.out.extend_from_slice(if self.enveloped { b"\\\"" } else { b"\"" });
+    /// The JSON writer, on this message's buffer.
+    fn json(&mut self) -> pyjson::Writer<'_> {
+        pyjson::Writer { out: &mut self.out, enveloped: self.enveloped }
     }
 
     /// What comes before the next key: `", "` unless it is the first, and its opening quote.
@@ -430,93 +196,60 @@ impl InnerWriter {
 
     /// The next key, one of the message's own (plain ASCII, written as it is).
     fn field(&mut self, key: &'static str) -> &mut Self {
-        debug_assert!(is_plain(key));
         self.open_key();
         self.out.extend_from_slice(key.as_bytes());
         self.close_key()
     }
 
-    /// The next key: `prefix` then `key`, as one JSON string.
-    fn key(&mut self, prefix: &str, key: &str) -> Result<&mut Self, crate::RpcError> {
-        if is_plain(key) {
-            self.open_key();
-            self.out.extend_from_slice(prefix.as_bytes());
-            self.out.extend_from_slice(key.as_bytes());
-            return Ok(self.close_key());
-        }
-        if !std::mem::take(&mut self.first) {
-            self.out.extend_from_slice(b", ");
-        }
-        self.value(&format!("{prefix}{key}"))?;
-        self.out.extend_from_slice(b": ");
-        Ok(self)
+    /// The next key: `prefix` (plain ASCII) then `key`, as one JSON string.
+    fn key(&mut self, prefix: &'static str, key: &str) -> &mut Self {
+        self.open_key();
+        self.out.extend_from_slice(prefix.as_bytes());
+        self.json().contents(key);
+        self.close_key()
     }
 
-    fn string(&mut self, s: &str) -> Result<(), crate::RpcError> {
-        if !is_plain(s) {
-            return self.value(s);
-        }
-        self.quote();
-        self.out.extend_from_slice(s.as_bytes());
-        self.quote();
-        Ok(())
+    fn string(&mut self, s: &str) {
+        self.json().string(s);
     }
 
-    fn opt_string(&mut self, s: Option<&str>) -> Result<(), crate::RpcError> {
+    fn opt_string(&mut self, s: Option<&str>) {
         match s {
             Some(s) => self.string(s),
-            None => {
-                self.out.extend_from_slice(b"null");
-                Ok(())
-            }
+            None => self.out.extend_from_slice(b"null"),
         }
     }
 
     /// JSON text, copied in (escaped for the envelope).
     fn raw(&mut self, json: &str) {
-        if !self.enveloped {
-            self.out.extend_from_slice(json.as_bytes());
-            return;
-        }
-        scan::copy_runs(json.as_bytes(), &mut self.out, |rest, out| {
-            // Valid JSON text holds no other control characters outside strings.
-            let letter = match rest.first() {
-                Some(b'\n') => b'n',
-                Some(b'\r') => b'r',
-                Some(b'\t') => b't',
-                Some(&b) => b,
-                None => return Some(1),
-            };
-            out.extend_from_slice(&[b'\\', letter]);
-            Some(1)
-        });
+        self.json().raw(json);
     }
 
-    /// Any value, through serde_json.
+    /// Any value.
     fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), crate::RpcError> {
-        let mut ser = serde_json::Serializer::with_formatter(&mut self.out, PyFormatter { enveloped: self.enveloped });
-        value.serialize(&mut ser).map_err(|e| crate::RpcError::Serialization(e.to_string()))
+        pyjson::write(value, &mut self.out, self.enveloped).map_err(|e| crate::RpcError::Serialization(e.to_string()))
     }
 
     fn context(&mut self, context: &RequestContext) -> Result<(), crate::RpcError> {
         let mut written = Ok(());
         context.for_each_entry(|k, v| {
-            if written.is_ok() {
-                written = self.key("_context_", k).and_then(|w| match v {
-                    Entry::Text(s) => w.string(s),
-                    Entry::Texts(list) => {
-                        w.out.push(b'[');
-                        for (i, s) in list.iter().enumerate() {
-                            if i > 0 {
-                                w.out.extend_from_slice(b", ");
-                            }
-                            w.string(s)?;
+            if written.is_err() {
+                return;
+            }
+            let w = self.key("_context_", k);
+            match v {
+                Entry::Text(s) => w.string(s),
+                Entry::Texts(list) => {
+                    w.out.push(b'[');
+                    for (i, s) in list.iter().enumerate() {
+                        if i > 0 {
+                            w.out.extend_from_slice(b", ");
                         }
-                        w.out.push(b']');
-                        Ok(())
+                        w.string(s);
                     }
-                    Entry::Json(v) => w.value(v),
-                });
+                    w.out.push(b']');
+                }
+                Entry::Json(v) => written = w.value(v),
             }
         });
         written
@@ -576,20 +309,20 @@ impl RequestRef<'_> {
     fn write(&self, enveloped: bool) -> Result<Vec<u8>, crate::RpcError> {
         let r = self;
         let mut w = InnerWriter::new(384 + r.args.as_str().len(), enveloped);
-        w.field("method").string(r.method)?;
+        w.field("method").string(r.method);
         w.field("args").raw(r.args.as_str());
         if let Some(ns) = r.namespace {
-            w.field("namespace").string(ns)?;
+            w.field("namespace").string(ns);
         }
         if let Some(v) = r.version {
-            w.field("version").string(v)?;
+            w.field("version").string(v);
         }
         if let Some(id) = r.msg_id {
-            w.field("_msg_id").string(id)?;
-            w.field("_reply_q").opt_string(r.reply_q)?;
+            w.field("_msg_id").string(id);
+            w.field("_reply_q").opt_string(r.reply_q);
             w.field("_timeout").value(&r.monitor_timeout.map(python_number))?;
         }
-        w.field("_unique_id").string(r.unique_id)?;
+        w.field("_unique_id").string(r.unique_id);
         w.context(r.context)?;
         Ok(w.finish())
     }
@@ -642,13 +375,13 @@ impl ReplyRef<'_> {
                 let mut failure = Vec::new();
                 to_python_json(f, &mut failure)?;
                 let failure = String::from_utf8(failure).map_err(|e| crate::RpcError::Serialization(e.to_string()))?;
-                w.field("failure").string(&failure)?;
+                w.field("failure").string(&failure);
             }
             None => w.field("failure").out.extend_from_slice(b"null"),
         }
         w.field("ending").out.extend_from_slice(if reply.ending { b"true" } else { b"false" });
-        w.field("_msg_id").string(reply.msg_id)?;
-        w.field("_unique_id").string(reply.unique_id)?;
+        w.field("_msg_id").string(reply.msg_id);
+        w.field("_unique_id").string(reply.unique_id);
         Ok(w.finish())
     }
 }
@@ -703,7 +436,7 @@ fn exact_envelope(body: &[u8]) -> Option<String> {
     let quoted = body.strip_prefix(head)?.strip_suffix(b"}")?;
     let rest = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
     let mut out = Vec::with_capacity(rest.len() + 8);
-    scan::copy_runs(rest, &mut out, |from, out| match from {
+    pyjson::scan::copy_runs::<false>(rest, &mut out, |from, out| match from {
         [b'\\', escaped @ (b'"' | b'\\'), ..] => {
             out.push(*escaped);
             Some(2)
@@ -1041,34 +774,6 @@ mod tests {
         let quoted = serde_json::to_string(&inner).unwrap();
         let expected = format!(r#"{{"oslo.version": "2.0", "oslo.message": {quoted}}}"#);
         assert_eq!(String::from_utf8(body).unwrap(), expected);
-    }
-
-    #[test]
-    fn copying_by_words_gives_what_a_byte_loop_gives() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        let alphabet = b"ab~ \"\\\x01\x1f\x7f\xc3\xa9";
-        for _ in 0..5000 {
-            let len = rng.usize(0..80);
-            // Sometimes dense with special bytes, sometimes long runs without.
-            let sparse = rng.usize(1..=30);
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| if rng.usize(..sparse) == 0 { alphabet[rng.usize(..alphabet.len())] } else { b'a' })
-                .collect();
-            let from = rng.usize(0..=len);
-            // Each special byte doubled, the rest copied: what a byte loop gives.
-            let special = |b: &u8| matches!(b, b'"' | b'\\' | 0..=0x1f);
-            let expected: Vec<u8> =
-                bytes[from..].iter().flat_map(|b| if special(b) { vec![*b, *b] } else { vec![*b] }).collect();
-            let mut out = Vec::new();
-            scan::copy_runs(&bytes[from..], &mut out, |rest, out| {
-                out.extend_from_slice(&[rest[0], rest[0]]);
-                Some(1)
-            });
-            assert_eq!(out, expected, "{bytes:?} from {from}");
-            let text = String::from_utf8_lossy(&bytes);
-            let plain = text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-            assert_eq!(is_plain(&text), plain, "{text:?}");
-        }
     }
 
     #[test]
