@@ -21,20 +21,33 @@ pub(super) struct Admitted {
     pub(super) delivery_count: u32,
 }
 
-/// Decode and check a delivery; `None` when it was refused or is a
-/// duplicate (and has been settled).
-pub(super) async fn admit(shared: &ServerState, delivery: Delivery) -> Option<Admitted> {
+/// What becomes of a delivery. Decided without waiting for anything; what
+/// is left to wait for is handed back, so the future of a request that is
+/// served makes no room for the (boxed) futures of one that is not.
+pub(super) struct Admission<'a> {
+    /// The request to serve, if it is served.
+    pub(super) admitted: Option<Admitted>,
+    /// What to wait for first: acknowledging (at-most-once, before the
+    /// method runs), or settling one that is not served.
+    pub(super) waiting: Option<BoxFuture<'a>>,
+}
+
+impl<'a> Admission<'a> {
+    fn settled(waiting: Option<BoxFuture<'a>>) -> Self {
+        Self { admitted: None, waiting }
+    }
+}
+
+type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Decode and check a delivery.
+pub(super) fn admit(shared: &ServerState, delivery: Delivery) -> Admission<'_> {
     let (deadline, delivery_count) = (delivery.deadline, delivery.delivery_count);
     let (body, acker) = delivery.into_parts();
     let request = match check(shared, &body) {
         Ok(request) => request,
         Err((failure, reply_to)) => {
-            malformed(&shared.topic);
-            acker.reject().await;
-            if let Some((msg_id, reply_q)) = reply_to {
-                send_reply(shared, &reply_q, &msg_id, Err(failure), deadline).await;
-            }
-            return None;
+            return Admission::settled(Some(Box::pin(refuse(shared, acker, failure, reply_to, deadline))));
         }
     };
     // At-most-once records the id on receipt. At-least-once records it only
@@ -42,23 +55,36 @@ pub(super) async fn admit(shared: &ServerState, delivery: Delivery) -> Option<Ad
     // meanwhile holds it as in flight so concurrent copies run once: a copy
     // that arrives while the original runs (redelivered after a reconnect)
     // is settled with the original's outcome, so neither is lost.
-    let acker = intake(shared, &request.unique_id, acker)?;
+    let Some(acker) = intake(shared, &request.unique_id, acker) else { return Admission::settled(None) };
     // At-least-once: handed back more than `max_deliveries` times (the
     // broker's x-delivery-count, which RabbitMQ 3.x and 4.x both keep), a
     // message is dead-lettered unrun.
     if let Some(max) = shared.max_deliveries.filter(|max| delivery_count > *max) {
         tracing::warn!(topic = %shared.topic, unique_id = %request.unique_id, attempts = delivery_count, max, "dead-lettering a message that failed too often");
-        settle_in_flight(shared, &request.unique_id, Settle::Reject, acker).await;
-        return None;
+        let unique_id = request.unique_id;
+        return Admission::settled(Some(Box::pin(async move {
+            settle_in_flight(shared, &unique_id, Settle::Reject, acker).await;
+        })));
     }
     // oslo's default is at-most-once: acknowledge before dispatching.
-    let acker = if shared.at_least_once {
-        Some(acker)
-    } else {
-        acker.ack().await;
-        None
-    };
-    Some(Admitted { request, acker, deadline, delivery_count })
+    let (acker, waiting) = if shared.at_least_once { (Some(acker), None) } else { (None, Some(acker.ack())) };
+    Admission { admitted: Some(Admitted { request, acker, deadline, delivery_count }), waiting }
+}
+
+/// Reject a refused request, and tell the caller why when its reply
+/// address could be read.
+async fn refuse(
+    shared: &ServerState,
+    acker: Box<dyn Acknowledge>,
+    failure: RemoteFailure,
+    reply_to: ReplyTo,
+    deadline: Option<Instant>,
+) {
+    malformed(&shared.topic);
+    acker.reject().await;
+    if let Some((msg_id, reply_q)) = reply_to {
+        send_reply(shared, &reply_q, &msg_id, Err(failure), deadline).await;
+    }
 }
 
 /// Who to tell about a refused request: its `msg_id` and `reply_q`.

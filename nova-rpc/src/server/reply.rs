@@ -40,15 +40,40 @@ pub(super) fn spawn_heartbeat(
     })
 }
 
-pub(super) async fn send_reply(
-    shared: &ServerState,
-    reply_q: &str,
-    msg_id: &str,
+/// Send the reply to a call, retrying while its queue is briefly missing.
+///
+/// The reply is encoded before anything is awaited, so the future holds
+/// only the encoded body; the retries, with their timer, are a future of
+/// their own, made only when the first attempt fails. Every request's
+/// future holds this one, so its size counts on each call.
+pub(super) fn send_reply<'a>(
+    shared: &'a ServerState,
+    reply_q: &'a str,
+    msg_id: &'a str,
     outcome: Result<Payload, RemoteFailure>,
     deadline: Option<Instant>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    let body = encode_reply(msg_id, &outcome);
+    drop(outcome);
+    async move {
+        let Some(body) = body else { return };
+        let options = shared.transport.options();
+        let give_up = {
+            let missing = Instant::now() + options.rabbit.kombu_missing_consumer_retry_timeout;
+            deadline.map_or(missing, |d| d.min(missing))
+        };
+        let destination = Destination::Reply { queue: reply_q.into() };
+        let message = Outgoing { retry: Some(3), deadline: Some(give_up), ..Outgoing::new(body.clone()) };
+        if let Err(e) = shared.transport.send(&destination, message).await {
+            Box::pin(retry_reply(shared, reply_q, msg_id, body, give_up, e)).await;
+        }
+    }
+}
+
+/// The reply's body; `None` (logged) when it cannot be encoded.
+fn encode_reply(msg_id: &str, outcome: &Result<Payload, RemoteFailure>) -> Option<bytes::Bytes> {
     let null;
-    let (result, failure) = match &outcome {
+    let (result, failure) = match outcome {
         Ok(v) => (v, None),
         Err(f) => {
             null = Payload::null();
@@ -57,33 +82,39 @@ pub(super) async fn send_reply(
     };
     let unique_id = wire::NewId::new();
     let reply = ReplyRef { result, failure, ending: true, msg_id, unique_id: unique_id.as_str() };
-    let body: bytes::Bytes = match reply.encode() {
-        Ok(b) => b.into(),
+    match reply.encode() {
+        Ok(b) => Some(b.into()),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode reply");
-            return;
+            None
         }
-    };
-    let options = shared.transport.options();
-    let give_up = {
-        let missing = Instant::now() + options.rabbit.kombu_missing_consumer_retry_timeout;
-        deadline.map_or(missing, |d| d.min(missing))
-    };
+    }
+}
+
+/// Send `body` again, backing off, until `give_up`; `failed` is why the
+/// first attempt did not go.
+async fn retry_reply(
+    shared: &ServerState,
+    reply_q: &str,
+    msg_id: &str,
+    body: bytes::Bytes,
+    give_up: Instant,
+    mut failed: crate::RpcError,
+) {
     let destination = Destination::Reply { queue: reply_q.into() };
     let mut pause = Duration::from_millis(50);
     loop {
+        if Instant::now() + pause >= give_up {
+            tracing::warn!(error = %failed, reply_q, msg_id, "dropping reply: reply queue unreachable");
+            return;
+        }
+        tracing::debug!(error = %failed, reply_q, "reply not delivered yet; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
         let message = Outgoing { retry: Some(3), deadline: Some(give_up), ..Outgoing::new(body.clone()) };
         match shared.transport.send(&destination, message).await {
             Ok(()) => return,
-            Err(e) if Instant::now() + pause < give_up => {
-                tracing::debug!(error = %e, reply_q, "reply not delivered yet; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, reply_q, msg_id, "dropping reply: reply queue unreachable");
-                return;
-            }
+            Err(e) => failed = e,
         }
     }
 }

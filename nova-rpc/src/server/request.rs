@@ -2,19 +2,19 @@
 //! dispatcher (with call-monitor heartbeats while it runs), reply, run the
 //! work the layers left for after the reply, and settle the delivery.
 
-use std::time::Instant;
+use std::{future::Future, time::Instant};
 
 use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::{
-    intake::{admit, settle_in_flight, Admitted, Settle},
+    intake::{admit, settle_in_flight, Admission, Admitted, Settle},
     reply::{send_reply, spawn_heartbeat},
     serving::Served,
     ServerState,
 };
 use crate::{
-    layer::{AfterReply, Call, CallKind},
+    layer::{AfterReply, Call, CallKind, LayerFuture},
     transport::{Acknowledge, Delivery},
     wire::Request,
     Payload, Result, RpcError,
@@ -22,16 +22,37 @@ use crate::{
 
 /// Serve one delivery from start to end.
 pub(super) async fn handle(shared: &ServerState, delivery: Delivery, served: Served) {
-    let Some(admitted) = admit(shared, delivery).await else { return };
-    let request = &admitted.request;
-    // A root span: a request served in its caller's task is not part of the
-    // caller's. `error.class` is recorded when the method fails.
-    let span = tracing::info_span!(parent: None, "rpc", request_id = %request.context.request_id, topic = %shared.topic,
-        method = %request.method, error.class = tracing::field::Empty);
-    serve(shared, admitted, served).instrument(span).await;
+    // Scoped, so the admitted request takes no room in the future while
+    // it is served (a binding's storage lasts to the end of its block,
+    // even once it is moved out).
+    let serving = {
+        let Some(admitted) = take_in(shared, delivery).await else { return };
+        let request = &admitted.request;
+        // A root span: a request served in its caller's task is not part of
+        // the caller's. `error.class` is recorded when the method fails.
+        let span = tracing::info_span!(parent: None, "rpc", request_id = %request.context.request_id, topic = %shared.topic,
+            method = %request.method, error.class = tracing::field::Empty);
+        // The method starts inside the span too.
+        span.in_scope(|| serve(shared, admitted, served)).instrument(span)
+    };
+    serving.await;
 }
 
-async fn serve(shared: &ServerState, admitted: Admitted, served: Served) {
+/// The delivery admitted (acknowledged first when at-most-once); `None`
+/// when it is not to be served, once it is settled.
+async fn take_in(shared: &ServerState, delivery: Delivery) -> Option<Admitted> {
+    let Admission { admitted, waiting } = admit(shared, delivery);
+    if let Some(waiting) = waiting {
+        waiting.await;
+    }
+    admitted
+}
+
+/// Serve an admitted request. The request is handed to the method before
+/// anything is awaited, so the future holds what the reply and the
+/// settling need, not the request: every request's future is allocated
+/// once per call, and its size counts.
+fn serve(shared: &ServerState, admitted: Admitted, served: Served) -> impl Future<Output = ()> + Send + '_ {
     let Admitted { mut request, acker, deadline, delivery_count } = admitted;
     // What is needed after the dispatch is taken out of the request, not copied.
     let (msg_id, reply_q) = (request.msg_id.take(), request.reply_q.take());
@@ -40,68 +61,64 @@ async fn serve(shared: &ServerState, admitted: Admitted, served: Served) {
     let started = Instant::now();
     // Only layers leave work for after the reply.
     let after_reply = if shared.layers.is_empty() { AfterReply::now() } else { AfterReply::deferred() };
-    let monitor = match (&msg_id, &reply_q, request.monitor_timeout) {
-        (Some(msg_id), Some(reply_q), Some(t)) if t > 0.0 => Some((msg_id.as_str(), reply_q.as_str(), t)),
+    let heartbeat = match (&msg_id, &reply_q, request.monitor_timeout) {
+        (Some(msg_id), Some(reply_q), Some(t)) if t > 0.0 => {
+            Some(spawn_heartbeat(shared, reply_q.clone(), msg_id.clone(), t))
+        }
         _ => None,
     };
-    let outcome = dispatch(shared, request, msg_id.is_some(), monitor, &method, after_reply.clone()).await;
-    log_outcome(&outcome, &method, msg_id.is_some(), started);
-    let failed_cast = outcome.is_err() && msg_id.is_none();
-    if let (Some(msg_id), Some(reply_q)) = (&msg_id, &reply_q) {
-        send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline).await;
-    }
-    if served == Served::InCallersTask && after_reply.is_pending() {
-        // The caller's task has its reply: let it go on first.
-        tokio::task::yield_now().await;
-    }
-    after_reply.run();
-    if let Some(acker) = acker {
-        settle(shared, &unique_id, failed_cast, delivery_count, acker).await;
+    let running = dispatch(shared, request, msg_id.is_some(), &method, after_reply.clone());
+    async move {
+        // A panicking method is an error, never a dead server.
+        let outcome = match std::panic::AssertUnwindSafe(running).catch_unwind().await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::remote("Panic", "nova_rpc.server", format!("method {method} panicked"))),
+        };
+        if let Some(h) = heartbeat {
+            h.abort();
+        }
+        log_outcome(&outcome, &method, msg_id.is_some(), started);
+        let failed_cast = outcome.is_err() && msg_id.is_none();
+        if let (Some(msg_id), Some(reply_q)) = (&msg_id, &reply_q) {
+            send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline).await;
+        }
+        if served == Served::InCallersTask && after_reply.is_pending() {
+            // The caller's task has its reply: let it go on first.
+            tokio::task::yield_now().await;
+        }
+        after_reply.run();
+        if let Some(acker) = acker {
+            settle(shared, &unique_id, failed_cast, delivery_count, acker).await;
+        }
     }
 }
 
-/// Run the request through the layers into the dispatcher, sending
-/// call-monitor heartbeats meanwhile when the caller asked for them. A
-/// panicking method is an error, never a dead server.
-///
-/// `monitor`: the call's `msg_id`, reply address and call-monitor timeout,
-/// when it asked for heartbeats.
-async fn dispatch(
+/// The request on its way through the layers into the dispatcher (the
+/// call-monitor heartbeats, if asked for, are already running).
+fn dispatch(
     shared: &ServerState,
     request: Request,
     is_call: bool,
-    monitor: Option<(&str, &str, f64)>,
     method: &str,
     after_reply: AfterReply,
-) -> Result<Payload> {
-    let heartbeat =
-        monitor.map(|(msg_id, reply_q, t)| spawn_heartbeat(shared, reply_q.to_owned(), msg_id.to_owned(), t));
-    let running = if shared.layers.is_empty() {
+) -> LayerFuture {
+    if shared.layers.is_empty() {
         // Nothing to see the request as a `Call`: straight to the method.
         let Request { context, namespace, version, args, .. } = request;
-        shared.dispatcher.dispatch(context, namespace.as_deref(), version.as_deref(), method, args)
-    } else {
-        let call = Call {
-            kind: if is_call { CallKind::Call } else { CallKind::Cast },
-            ctx: request.context,
-            topic: shared.topic.clone(),
-            server: Some(shared.server.clone()),
-            namespace: request.namespace,
-            version: request.version,
-            method: method.to_owned(),
-            args: request.args,
-            after_reply,
-        };
-        shared.layers.run(call, shared.end.clone())
-    };
-    let outcome = match std::panic::AssertUnwindSafe(running).catch_unwind().await {
-        Ok(r) => r,
-        Err(_) => Err(RpcError::remote("Panic", "nova_rpc.server", format!("method {method} panicked"))),
-    };
-    if let Some(h) = heartbeat {
-        h.abort();
+        return shared.dispatcher.dispatch(context, namespace.as_deref(), version.as_deref(), method, args);
     }
-    outcome
+    let call = Call {
+        kind: if is_call { CallKind::Call } else { CallKind::Cast },
+        ctx: request.context,
+        topic: shared.topic.clone(),
+        server: Some(shared.server.clone()),
+        namespace: request.namespace,
+        version: request.version,
+        method: method.to_owned(),
+        args: request.args,
+        after_reply,
+    };
+    shared.layers.run(call, shared.end.clone())
 }
 
 fn log_outcome(outcome: &Result<Payload>, method: &str, is_call: bool, started: Instant) {
