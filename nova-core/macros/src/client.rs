@@ -1,5 +1,6 @@
 //! The typed client (Nova's `rpcapi.py`): one method per RPC method, which
-//! serialises its arguments by name and calls or casts.
+//! serialises its arguments by name, straight from its parameters, and
+//! calls or casts.
 
 use proc_macro2::TokenStream as Tokens;
 use quote::quote;
@@ -74,13 +75,11 @@ fn method(m: &Method) -> Tokens {
     let name = &m.name;
     let name_str = name.to_string();
     let params = m.args.iter().map(|(n, t)| quote!(#n: #t));
-    let inserts = m.args.iter().map(|(n, _)| {
-        let key = n.to_string();
-        quote! {
-            __args.insert(#key.to_owned(), #p::serde_json::to_value(&#n)
-                .map_err(|e| #p::RpcError::Serialization(e.to_string()))?);
-        }
-    });
+    // The arguments are written by name, in order, straight from the
+    // parameters: a struct of references, serialised once (no map of
+    // JSON values built in between).
+    let fields = m.args.iter().map(|(n, t)| quote!(#n: &'__a #t));
+    let inits = m.args.iter().map(|(n, _)| quote!(#n: &#n));
     let ok = &m.ok;
     let doc = &m.doc;
     let doc_attr = (!doc.is_empty()).then(|| quote!(#[doc = #doc]));
@@ -92,9 +91,14 @@ fn method(m: &Method) -> Tokens {
     quote! {
         #doc_attr
         pub async fn #name(&self, ctx: &#p::RequestContext, #(#params),*) -> ::core::result::Result<#ret, #p::RpcError> {
-            #[allow(unused_mut)]
-            let mut __args = #p::serde_json::Map::new();
-            #(#inserts)*
+            #[derive(#p::serde::Serialize)]
+            #[serde(crate = "::nova_core::__private::serde")]
+            struct __Args<'__a> {
+                #(#fields,)*
+                #[serde(skip)]
+                __lifetime: ::core::marker::PhantomData<&'__a ()>,
+            }
+            let __args = __Args { #(#inits,)* __lifetime: ::core::marker::PhantomData };
             #body
         }
     }
