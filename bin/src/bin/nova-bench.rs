@@ -90,12 +90,18 @@ enum Command {
     MemoryCalls {
         #[arg(long, default_value_t = 1000)]
         calls: usize,
+        /// Bytes of JSON arguments (and so of result).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
     },
     /// Instructions per memory:// call, counted by valgrind's callgrind:
     /// two runs of `memory-calls`, the difference over the difference in calls.
     Callgrind {
         #[arg(long, default_value_t = 2000)]
         calls: usize,
+        /// Bytes of JSON arguments (and so of result).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
     },
     /// What a fleet of nova-compute services costs the broker and the
     /// machine: broker memory, connections, channels, queues, resident
@@ -240,11 +246,12 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     Ok(())
 }
 
-/// `calls` sequential calls through nova-rs on `memory://`.
-async fn memory_calls(calls: usize) -> anyhow::Result<()> {
+/// `calls` sequential calls through nova-rs on `memory://`, with `payload`
+/// bytes of arguments.
+async fn memory_calls(calls: usize, payload: usize) -> anyhow::Result<()> {
     let options = bench::nova::options("memory://callgrind", "callgrind", true);
     let p: Arc<dyn Pattern> =
-        Arc::new(NovaPattern::start(options, "bench", bench::payload(100), 64, false, false).await?);
+        Arc::new(NovaPattern::start(options, "bench", bench::payload(payload), 64, false, false).await?);
     for _ in 0..calls {
         p.call().await?;
     }
@@ -252,12 +259,12 @@ async fn memory_calls(calls: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Instructions callgrind counts for `memory-calls --calls n`.
-fn instructions(n: usize) -> anyhow::Result<u64> {
+/// Instructions callgrind counts for `memory-calls --calls n --payload p`.
+fn instructions(n: usize, payload: usize) -> anyhow::Result<u64> {
     let out = std::process::Command::new("valgrind")
         .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(std::env::current_exe()?)
-        .args(["memory-calls", "--calls", &n.to_string()])
+        .args(["memory-calls", "--calls", &n.to_string(), "--payload", &payload.to_string()])
         .env("RUST_LOG", "off")
         .output()
         .map_err(|e| anyhow::anyhow!("valgrind is needed (apt-get install valgrind): {e}"))?;
@@ -271,9 +278,9 @@ fn instructions(n: usize) -> anyhow::Result<u64> {
 }
 
 /// Instructions per call: two runs, `calls` apart, so start-up cancels out.
-fn callgrind(calls: usize) -> anyhow::Result<f64> {
-    let few = instructions(100)?;
-    let many = instructions(100 + calls)?;
+fn callgrind(calls: usize, payload: usize) -> anyhow::Result<f64> {
+    let few = instructions(100, payload)?;
+    let many = instructions(100 + calls, payload)?;
     Ok(many.saturating_sub(few) as f64 / calls as f64)
 }
 
@@ -309,12 +316,12 @@ fn main() -> anyhow::Result<()> {
             let worker = process::Worker { topic, host, executor, work_ms, at_least_once };
             rt.block_on(process::serve(options, worker))
         }
-        Some(Command::MemoryCalls { calls }) => {
+        Some(Command::MemoryCalls { calls, payload }) => {
             let one = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            one.block_on(memory_calls(calls))
+            one.block_on(memory_calls(calls, payload))
         }
-        Some(Command::Callgrind { calls }) => {
-            let per_call = callgrind(calls)?;
+        Some(Command::Callgrind { calls, payload }) => {
+            let per_call = callgrind(calls, payload)?;
             println!("instructions per memory:// call: {per_call:.0}");
             Ok(())
         }
