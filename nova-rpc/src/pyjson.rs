@@ -157,6 +157,13 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A value that cannot be written is a serialisation error of the call.
+impl From<Error> for crate::RpcError {
+    fn from(e: Error) -> Self {
+        crate::RpcError::Serialization(e.0)
+    }
+}
+
 impl ser::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
         Self(msg.to_string())
@@ -589,7 +596,7 @@ impl Scalar<'_, '_> {
     /// A number or boolean as a key: quoted.
     fn quoted(self, write: impl FnOnce(&mut Writer<'_>)) -> Result<(), Error> {
         if self.raw {
-            return Err(Error("a raw value must be JSON text".into()));
+            return Err(self.refuse());
         }
         self.w.quote();
         write(self.w);

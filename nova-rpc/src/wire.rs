@@ -142,7 +142,7 @@ impl NewId {
 
 /// Serialise `value` as Python's `json.dumps` would, appending to `out`.
 pub fn to_python_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), crate::RpcError> {
-    pyjson::write(value, out, false).map_err(|e| crate::RpcError::Serialization(e.to_string()))
+    Ok(pyjson::write(value, out, false)?)
 }
 
 /// The 2.0 envelope around an inner message: what comes before and after
@@ -227,7 +227,7 @@ impl InnerWriter {
 
     /// Any value.
     fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), crate::RpcError> {
-        pyjson::write(value, &mut self.out, self.enveloped).map_err(|e| crate::RpcError::Serialization(e.to_string()))
+        Ok(pyjson::write(value, &mut self.out, self.enveloped)?)
     }
 
     fn context(&mut self, context: &RequestContext) -> Result<(), crate::RpcError> {
