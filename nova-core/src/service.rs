@@ -15,7 +15,7 @@ use nova_rpc::{
     dispatcher::Dispatcher,
     layer::{
         metrics::MetricsLayer,
-        trace::{TraceLayer, Tracer},
+        trace::{Sampler, TraceLayer, Tracer},
         Layer, Layers,
     },
     transport::Transport,
@@ -70,6 +70,8 @@ pub struct ServiceOptions {
     pub executor_thread_pool_size: usize,
     /// Record request traces (`trace_enabled`, on).
     pub trace: bool,
+    /// Which requests are traced (`[trace] sample_ratio`, `always_slower_than`).
+    pub trace_sampler: Sampler,
     /// Record per-method metrics (`metrics_enabled`, on).
     pub metrics: bool,
 }
@@ -85,6 +87,7 @@ impl Default for ServiceOptions {
             service_down_time: Duration::from_secs(60),
             executor_thread_pool_size: 64,
             trace: true,
+            trace_sampler: Sampler::default(),
             metrics: true,
         }
     }
@@ -101,6 +104,7 @@ impl From<&CoreOptions> for ServiceOptions {
             service_down_time: o.service_down_time,
             executor_thread_pool_size: o.executor_thread_pool_size,
             trace: o.trace_enabled,
+            trace_sampler: o.trace_sampler,
             metrics: o.metrics_enabled,
         }
     }
@@ -280,7 +284,8 @@ impl Service {
                 server = server.with_layer(Arc::new(MetricsLayer));
             }
             if options.trace {
-                let tracer = Tracer::new(transport.clone(), &info.binary, &info.host);
+                let tracer =
+                    Tracer::new(transport.clone(), &info.binary, &info.host).with_sampler(options.trace_sampler);
                 server = server.with_layer(Arc::new(TraceLayer::new(tracer)));
             }
             for layer in layers.iter() {

@@ -73,7 +73,7 @@ impl TestBus {
     pub async fn new() -> Self {
         let name = format!("test-{}", uuid::Uuid::new_v4().simple());
         let dir = std::env::temp_dir().join(format!("nova-{name}"));
-        let url = format!("sqlite://{}", dir.join("nova.sqlite").display());
+        let url = format!("sqlite:///{}", dir.join("nova.sqlite").display());
         let db = Database::connect(&url).await.expect("test database");
         db.migrate(crate::db::services::MIGRATIONS).await.expect("migrations");
         let mut options = TransportOptions::new(format!("memory://{name}"));

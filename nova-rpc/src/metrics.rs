@@ -165,6 +165,14 @@ pub fn metrics() -> &'static Metrics {
     })
 }
 
+/// Register a family that another module or crate counts (named without
+/// the `nova_` prefix, which every family gets), so each part of nova-rs
+/// keeps its own metrics beside the code that counts them and they all
+/// appear in [`render`].
+pub fn register(name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+    crate::lock(&metrics().registry).register(name, help, metric);
+}
+
 /// Set the queue gauges to `stats`; queues no longer listed disappear.
 pub fn record_queues(stats: &[crate::transport::QueueStats]) {
     let m = metrics();

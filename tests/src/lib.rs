@@ -234,7 +234,7 @@ impl TestDb {
     /// A new SQLite file.
     pub fn sqlite() -> Self {
         let dir = TempDir::new("db");
-        Self { url: format!("sqlite://{}", dir.path().join("nova.sqlite").display()), pg_name: None, _dir: Some(dir) }
+        Self { url: format!("sqlite:///{}", dir.path().join("nova.sqlite").display()), pg_name: None, _dir: Some(dir) }
     }
 
     /// Either kind, by name (`"postgresql"` or `"sqlite"`).

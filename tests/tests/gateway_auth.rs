@@ -66,7 +66,7 @@ async fn in_process() -> InProcess {
     let calls = Arc::new(AtomicUsize::new(0));
     let server = RpcServer::new(t.clone(), Target::new("echo").with_server("e1"), whoami(calls.clone()));
     std::mem::forget(server.start().await.unwrap());
-    let db = Database::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+    let db = Database::connect(&format!("sqlite:///{}", dir.path().join("db.sqlite").display())).await.unwrap();
     db.migrate(MIGRATIONS).await.unwrap();
     let port = free_port();
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -228,7 +228,7 @@ async fn console_shows_hostile_names_as_text_and_runs_none() {
         ("h2');window.__pwned=3;('", "nova-y"),
     ];
     let db =
-        nova_core::db::Database::connect(&format!("sqlite://{}", all.dir.path().join("state/nova.sqlite").display()))
+        nova_core::db::Database::connect(&format!("sqlite:///{}", all.dir.path().join("state/nova.sqlite").display()))
             .await
             .unwrap();
     let records = nova_core::db::services::ServiceRecords::new(db);

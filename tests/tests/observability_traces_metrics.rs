@@ -13,12 +13,12 @@ use nova_rpc::{
     dispatcher::{Dispatcher, Router},
     layer::{
         metrics::MetricsLayer,
-        trace::{Span, TraceLayer, Tracer, TRACE_ID, TRACE_PARENT, TRACE_TOPIC},
+        trace::{Sampler, Span, TraceLayer, Tracer, TRACE_ID, TRACE_PARENT, TRACE_TOPIC},
     },
     transport::{self, TransportOptions},
     RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
 };
-use nova_services::trace::TraceCollector;
+use nova_services::trace::{Limits, TraceCollector};
 use nova_tests::{eventually, free_port, http, interop::PyPeer, unique, Proc, TempDir, TestDb, TestVhost};
 use serde_json::{json, Value};
 
@@ -75,9 +75,10 @@ async fn a_request_is_one_trace_of_three_hops_on_memory() {
     let dir = TempDir::new("trace");
     let port = free_port();
     let state = dir.path().join("state");
-    let _all = Proc::spawn(
+    let _all = Proc::spawn_env(
         "nova-all",
         &["--listen", &format!("127.0.0.1:{port}"), "--state-path", state.to_str().unwrap()],
+        &[("NOVA_TRACE__SAMPLE_RATIO", "1")],
         dir.path(),
     );
     eventually("nova-all serves", Duration::from_secs(30), || async {
@@ -120,7 +121,8 @@ async fn a_request_is_one_trace_of_three_hops_across_processes_on_rabbitmq() {
         "nova.conf",
         &format!(
             "[DEFAULT]\ntransport_url = {}\ncontrol_exchange = {exchange}\nreport_interval = 0.5\nperiodic_fuzzy_delay = 0\n\
-             state_path = {}\n[database]\nconnection = {}\n[compute]\ncapacity_report_interval = 0.3\n[api]\nlisten = 127.0.0.1:{port}\n",
+             state_path = {}\n[database]\nconnection = {}\n[compute]\ncapacity_report_interval = 0.3\n[api]\nlisten = 127.0.0.1:{port}\n\
+             [trace]\nsample_ratio = 1\n",
             vhost.url(),
             dir.path().display(),
             db.url
@@ -175,11 +177,11 @@ async fn a_python_hop_in_the_middle_keeps_the_trace() {
     let db = TestDb::sqlite();
     let database = nova_core::db::Database::connect(&db.url).await.unwrap();
     database.migrate(nova_services::trace::MIGRATIONS).await.unwrap();
-    let collector = TraceCollector::new(database, 100, Duration::from_secs(3600));
+    let collector = TraceCollector::new(database, Limits::default());
     let collector = Service::create(t.clone(), ManagerHandle::new(Arc::new(collector))).topic(TRACE_TOPIC).host("c1");
     let collector = collector.start().await.unwrap();
     let server = RpcServer::new(t.clone(), Target::new("rust-end").with_server("r1"), echo_api())
-        .with_layer(Arc::new(TraceLayer::new(Tracer::new(t.clone(), "rust-end", "r1"))))
+        .with_layer(Arc::new(TraceLayer::new(Tracer::new(t.clone(), "rust-end", "r1").with_sampler(Sampler::always()))))
         .start()
         .await
         .unwrap();
@@ -300,7 +302,9 @@ async fn a_service_serves_metrics_and_changes_its_log_level_at_run_time() {
 async fn no_collector_never_fails_or_holds_up_a_call() {
     let bus = TestBus::new().await;
     let server = RpcServer::new(bus.transport(), Target::new("untraced").with_server("u1"), echo_api())
-        .with_layer(Arc::new(TraceLayer::new(Tracer::new(bus.transport(), "svc", "u1"))))
+        .with_layer(Arc::new(TraceLayer::new(
+            Tracer::new(bus.transport(), "svc", "u1").with_sampler(Sampler::always()),
+        )))
         .start()
         .await
         .unwrap();
@@ -319,11 +323,13 @@ async fn spans_reach_an_opentelemetry_collector_as_otlp() {
     let (port, bodies) = nova_core::testing::http_receiver();
     let bus = TestBus::new().await;
     bus.database().migrate(nova_services::trace::MIGRATIONS).await.unwrap();
-    let collector = TraceCollector::new(bus.database().clone(), 100, Duration::from_secs(3600))
-        .with_otlp(format!("http://127.0.0.1:{port}"));
+    let collector =
+        TraceCollector::new(bus.database().clone(), Limits::default()).with_otlp(format!("http://127.0.0.1:{port}"));
     bus.serve(TRACE_TOPIC, "c1", Arc::new(collector)).await;
     let server = RpcServer::new(bus.transport(), Target::new("otel").with_server("o1"), echo_api())
-        .with_layer(Arc::new(TraceLayer::new(Tracer::new(bus.transport(), "nova-otel", "o1"))))
+        .with_layer(Arc::new(TraceLayer::new(
+            Tracer::new(bus.transport(), "nova-otel", "o1").with_sampler(Sampler::always()),
+        )))
         .start()
         .await
         .unwrap();

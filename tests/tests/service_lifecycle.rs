@@ -214,7 +214,7 @@ async fn sighup_rereads_the_config_and_applies_the_log_level() {
 async fn racing_first_connects_to_a_new_sqlite_file() {
     for round in 0..20 {
         let dir = TempDir::new("sqlite-race");
-        let url = format!("sqlite://{}", dir.path().join("nova.sqlite").display());
+        let url = format!("sqlite:///{}", dir.path().join("nova.sqlite").display());
         let connects: Vec<_> = (0..12)
             .map(|_| {
                 let url = url.clone();

@@ -7,7 +7,9 @@
 //! here ([`sequential`], [`concurrent`], [`casts`]) know nothing of either
 //! side. [`process`] measures whole service processes: start-up, resident
 //! memory, and how fast added workers drain a backlog; [`fleet`] how what
-//! a service costs grows with the number of services.
+//! a service costs grows with the number of services; [`soak`] what grows
+//! over a long run of requests through `nova-all`, with tracing off,
+//! sampled and always on.
 
 pub mod autoscale;
 pub mod fleet;
@@ -15,6 +17,7 @@ pub mod lapin;
 pub mod nova;
 pub mod process;
 mod report;
+pub mod soak;
 
 use std::{
     sync::Arc,

@@ -16,7 +16,7 @@ use std::{
 use async_trait::async_trait;
 use nova_rpc::{
     dispatcher::{Dispatcher, Router},
-    layer::trace::{TraceLayer, Tracer},
+    layer::trace::{Sampler, TraceLayer, Tracer},
     transport::{self, Transport, TransportOptions, TransportUrl},
     RequestContext, RpcClient, RpcError, RpcServer, RunningServer, Target, Version,
 };
@@ -101,7 +101,7 @@ impl NovaPattern {
         payload: Data,
         executor: usize,
         separate_process: bool,
-        traced: bool,
+        traced: Option<Sampler>,
     ) -> anyhow::Result<Self> {
         let transport = transport::connect(options.clone()).await?;
         let hosts = ["s1", "s2"];
@@ -118,8 +118,8 @@ impl NovaPattern {
                 let api = bench_api(host, count.clone(), Duration::ZERO, Arc::new(|| {}));
                 let mut server = RpcServer::new(transport.clone(), Target::new(topic).with_server(host), api)
                     .with_executor_size(executor);
-                if traced {
-                    let tracer = Tracer::new(transport.clone(), "nova-bench", host);
+                if let Some(sampler) = traced {
+                    let tracer = Tracer::new(transport.clone(), "nova-bench", host).with_sampler(sampler);
                     server = server.with_layer(Arc::new(TraceLayer::new(tracer)));
                 }
                 running.push(server.start().await?);

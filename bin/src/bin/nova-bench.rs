@@ -8,12 +8,14 @@
 //! nova-bench serve --topic T --host H ...   # a worker process (used by the bench)
 //! nova-bench autoscale --plot autoscale.svg # the producer-consumer demo, fixed vs autoscaled
 //! nova-bench fleet --sizes 1,10,50          # what 1, 10, 50 nova-compute services cost
+//! nova-bench soak --requests 1000000 --plot soak.svg  # what grows in nova-all, tracing off/sampled/on
 //! ```
 
 use std::{sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use nova_bin::bench::{self, lapin::LapinPattern, nova::NovaPattern, process, OneWay, Pattern, Report};
+use nova_rpc::layer::trace::Sampler;
 
 /// Measure nova-rs against raw lapin on the same broker.
 #[derive(Parser)]
@@ -103,6 +105,23 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         payload: usize,
     },
+    /// Requests through a fresh `nova-all`'s gateway with tracing off,
+    /// sampled at the default ratio, and always on: resident memory,
+    /// database size and throughput every tenth of the run.
+    Soak {
+        /// Requests per setting.
+        #[arg(long, default_value_t = 1_000_000)]
+        requests: usize,
+        /// HTTP clients at once, each on a keep-alive connection.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Also draw the readings as an SVG.
+        #[arg(long, value_name = "FILE")]
+        plot: Option<std::path::PathBuf>,
+        /// A few hundred requests, for the test command: proves the soak runs, measures nothing.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// What a fleet of nova-compute services costs the broker and the
     /// machine: broker memory, connections, channels, queues, resident
     /// memory per service, calls across the fleet, fanout to all.
@@ -187,7 +206,7 @@ async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -
             bench::payload(a.payload),
             64,
             a.server_process,
-            false,
+            None,
         )
         .await?,
     );
@@ -213,22 +232,26 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let options = bench::nova::options(url, &exchange, true);
     let nova: Arc<dyn Pattern> = Arc::new(
-        NovaPattern::start(options.clone(), "bench", bench::payload(a.payload), 64, a.server_process, false).await?,
+        NovaPattern::start(options.clone(), "bench", bench::payload(a.payload), 64, a.server_process, None).await?,
     );
     let measured = measure(nova.clone(), a, group, "", r).await;
     nova.close().await;
     measured?;
-    // The same servers with the trace layer on (no collector: the spans'
-    // cost to the caller and server, not the collector's).
-    let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let traced_options = bench::nova::options(url, &exchange, true);
-    let traced: Arc<dyn Pattern> =
-        Arc::new(NovaPattern::start(traced_options, "bench", bench::payload(a.payload), 64, false, true).await?);
-    let seq = bench::sequential(traced.clone(), a.seq / 10 + 1, a.seq).await;
-    let c64 = bench::concurrent(traced.clone(), 64, a.calls).await;
-    traced.close().await;
-    r.add(group, "seq_p50_ms_traced", seq?.p50);
-    r.add(group, "calls_per_s_c64_traced", c64?);
+    // The same servers with the trace layer on, at the default sampling
+    // and tracing every call (no collector: the spans' cost to the caller
+    // and server, not the collector's).
+    for (sampler, suffix) in [(Sampler::default(), "_traced"), (Sampler::always(), "_traced_all")] {
+        let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let traced_options = bench::nova::options(url, &exchange, true);
+        let traced: Arc<dyn Pattern> = Arc::new(
+            NovaPattern::start(traced_options, "bench", bench::payload(a.payload), 64, false, Some(sampler)).await?,
+        );
+        let seq = bench::sequential(traced.clone(), a.seq / 10 + 1, a.seq).await;
+        let c64 = bench::concurrent(traced.clone(), 64, a.calls).await;
+        traced.close().await;
+        r.add(group, &format!("seq_p50_ms{suffix}"), seq?.p50);
+        r.add(group, &format!("calls_per_s_c64{suffix}"), c64?);
+    }
     if group == "memory" {
         return Ok(());
     }
@@ -251,7 +274,7 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
 async fn memory_calls(calls: usize, payload: usize) -> anyhow::Result<()> {
     let options = bench::nova::options("memory://callgrind", "callgrind", true);
     let p: Arc<dyn Pattern> =
-        Arc::new(NovaPattern::start(options, "bench", bench::payload(payload), 64, false, false).await?);
+        Arc::new(NovaPattern::start(options, "bench", bench::payload(payload), 64, false, None).await?);
     for _ in 0..calls {
         p.call().await?;
     }
@@ -323,6 +346,21 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Callgrind { calls, payload }) => {
             let per_call = callgrind(calls, payload)?;
             println!("instructions per memory:// call: {per_call:.0}");
+            Ok(())
+        }
+        Some(Command::Soak { mut requests, mut concurrency, plot, smoke }) => {
+            if smoke {
+                (requests, concurrency) = (300, 4);
+            }
+            let mut outcomes = Vec::new();
+            for setting in bench::soak::Setting::ALL {
+                outcomes.push(rt.block_on(bench::soak::soak(setting, requests, concurrency))?);
+            }
+            print!("{}", bench::soak::table(&outcomes));
+            if let Some(file) = plot {
+                bench::soak::plot(&outcomes, &file)?;
+                println!("plot: {}", file.display());
+            }
             Ok(())
         }
         Some(Command::Fleet { transport_url, mut sizes, mut calls, mut fanouts, smoke, json }) => {

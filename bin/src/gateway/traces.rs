@@ -20,16 +20,19 @@ use serde_json::{json, Value};
 
 use super::{console, ApiError, Caller, Gateway};
 
-/// The gateway's own span of one HTTP request, recorded when it finishes.
+/// The gateway's own span of one HTTP request, recorded when it finishes
+/// if the request is sampled, failed or was slow.
 pub(super) struct Root {
     tracer: Tracer,
     span: Span,
+    sampled: bool,
     started: Instant,
 }
 
 impl Root {
-    /// Start the trace of a request (named by its request id) and mark
-    /// `ctx` so the services it reaches record themselves as children.
+    /// Start the trace of a request (named by its request id), decide
+    /// whether it is sampled, and mark `ctx` so the services it reaches
+    /// record themselves as children, or not at all.
     pub(super) fn enter(
         tracer: Option<&Tracer>,
         ctx: &mut RequestContext,
@@ -40,7 +43,8 @@ impl Root {
     ) -> Option<Self> {
         let tracer = tracer?.clone();
         let span_id = new_span_id();
-        enter(ctx, &ctx.request_id.clone(), &span_id);
+        let sampled = tracer.sampler().sample();
+        enter(ctx, &ctx.request_id.clone(), &span_id, sampled);
         let (service, host) = tracer.service();
         let span = Span {
             trace_id: ctx.request_id.clone(),
@@ -55,12 +59,17 @@ impl Root {
             duration_ms: 0.0,
             outcome: String::new(),
         };
-        Some(Self { tracer, span, started: Instant::now() })
+        Some(Self { tracer, span, sampled, started: Instant::now() })
     }
 
-    /// Record the span with its outcome (`Err(class)` on failure).
+    /// Record the span with its outcome (`Err(class)` on failure), if the
+    /// sampler keeps it.
     pub(super) fn finish(mut self, outcome: Result<(), &str>) {
-        self.span.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let took = self.started.elapsed();
+        if !self.tracer.sampler().keeps(self.sampled, outcome.is_err(), took) {
+            return;
+        }
+        self.span.duration_ms = took.as_secs_f64() * 1e3;
         self.span.outcome = outcome.map_or_else(str::to_owned, |()| "ok".to_owned());
         self.tracer.record(self.span);
     }
@@ -74,19 +83,42 @@ impl Gateway {
     }
 }
 
+/// How deep the tree of a trace is nested in JSON; deeper spans hang at
+/// this depth. The collector caps depth itself (`[trace] max_depth`); this
+/// keeps the gateway safe from spans recorded before that cap.
+const MAX_TREE_DEPTH: usize = 50;
+
 /// Spans as a nested tree: each node has its span's fields and `children`.
+/// Built without recursion, and nested at most [`MAX_TREE_DEPTH`] deep, so
+/// no trace can exhaust the stack of the code that builds, writes or drops it.
 fn tree(spans: &[Span]) -> Vec<Value> {
-    fn level(items: &[(usize, &Span)], next: &mut usize, depth: usize) -> Vec<Value> {
-        let mut nodes = Vec::new();
-        while let Some((d, span)) = items.get(*next).copied().filter(|(d, _)| *d == depth) {
-            *next += 1;
-            let mut node = serde_json::to_value(span).unwrap_or_default();
-            node["children"] = Value::Array(level(items, next, d + 1));
-            nodes.push(node);
+    // `open[d]` holds the node at depth d whose children are still coming.
+    let mut open: Vec<Value> = Vec::new();
+    let close = |open: &mut Vec<Value>, to: usize| {
+        while open.len() > to {
+            let done = open.pop().unwrap_or_default();
+            if let Some(children) = open.last_mut().and_then(|p| p["children"].as_array_mut()) {
+                children.push(done);
+            }
         }
-        nodes
+    };
+    // A virtual root holds the top level.
+    open.push(json!({ "children": [] }));
+    for (depth, span) in walk(spans) {
+        let depth = depth.min(MAX_TREE_DEPTH);
+        close(&mut open, depth + 1);
+        let mut node = serde_json::to_value(span).unwrap_or_default();
+        node["children"] = json!([]);
+        open.push(node);
     }
-    level(&walk(spans), &mut 0, 0)
+    close(&mut open, 1);
+    match open.pop() {
+        Some(Value::Object(mut root)) => match root.remove("children") {
+            Some(Value::Array(top)) => top,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 /// The spans of `request_id` (or why they could not be read), if `caller`
@@ -107,7 +139,9 @@ pub(super) async fn api(
     };
     match spans {
         Ok(spans) if spans.is_empty() => {
-            let msg = format!("no trace {request_id} (yet: spans arrive within a second)");
+            let msg = format!(
+                "no trace {request_id}: it was not sampled ([trace] sample_ratio), or its spans have not arrived yet (they do within a second)"
+            );
             ApiError::new(StatusCode::NOT_FOUND, "TraceNotFound", msg).into_response()
         }
         Ok(spans) => Json(json!({ "trace_id": request_id, "spans": &spans, "tree": tree(&spans) })).into_response(),
@@ -173,4 +207,74 @@ pub(super) async fn metrics(axum::extract::State(gw): axum::extract::State<super
         Err(e) => tracing::debug!(error = ?e, "cannot read the queues for /metrics"),
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], nova_rpc::metrics::render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: usize) -> Vec<Span> {
+        (0..n)
+            .map(|i| Span {
+                trace_id: "deep".into(),
+                span_id: format!("{i:016x}"),
+                parent_id: (i > 0).then(|| format!("{:016x}", i - 1)),
+                service: "s".into(),
+                host: "h".into(),
+                topic: "t".into(),
+                method: "m".into(),
+                args: "{}".into(),
+                start_ms: i as f64,
+                duration_ms: 1.0,
+                outcome: "ok".into(),
+            })
+            .collect()
+    }
+
+    /// Once, a chain this deep overflowed the stack of the gateway (and
+    /// killed every service in its process) when its tree was built.
+    #[test]
+    fn a_chain_of_20000_spans_makes_a_tree_nested_at_most_the_cap() {
+        let spans = chain(20_000);
+        let tree = tree(&spans);
+        let text = serde_json::to_string(&tree).unwrap();
+        let mut node = &tree[0];
+        let mut depth = 0;
+        while let Some(child) = node["children"].get(0) {
+            node = child;
+            depth += 1;
+        }
+        assert_eq!(depth, MAX_TREE_DEPTH, "nested down to the cap");
+        assert_eq!(node["span_id"], format!("{:016x}", MAX_TREE_DEPTH));
+        let at_cap = tree_level(&tree, MAX_TREE_DEPTH - 1);
+        assert_eq!(at_cap.len(), 20_000 - MAX_TREE_DEPTH, "deeper spans hang at the cap, in order");
+        // A client's JSON parser (serde_json's default limit is 128) reads it.
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, Value::Array(tree));
+    }
+
+    /// The children of the first node at `depth`.
+    fn tree_level(tree: &[Value], depth: usize) -> Vec<Value> {
+        let mut node = &tree[0];
+        for _ in 0..depth {
+            node = &node["children"][0];
+        }
+        node["children"].as_array().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_tree_keeps_siblings_and_order() {
+        let mut spans = chain(3);
+        spans.push(Span {
+            span_id: "b".into(),
+            parent_id: Some(format!("{:016x}", 0)),
+            start_ms: 5.0,
+            ..spans[0].clone()
+        });
+        let tree = tree(&spans);
+        assert_eq!(tree.len(), 1);
+        let kids: Vec<&Value> = tree[0]["children"].as_array().unwrap().iter().map(|c| &c["span_id"]).collect();
+        assert_eq!(kids, [&json!(format!("{:016x}", 1)), &json!("b")]);
+        assert_eq!(tree[0]["children"][0]["children"][0]["span_id"], format!("{:016x}", 2));
+    }
 }

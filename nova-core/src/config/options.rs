@@ -45,6 +45,18 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
         "true",
         "Record request traces (spans cast to the trace topic, off the hot path)."
     ),
+    opt!(
+        "trace",
+        "sample_ratio",
+        "0.01",
+        "Share of requests traced (0 to 1), decided where a request enters and kept at every hop; failed and slow hops are traced whatever it says."
+    ),
+    opt!(
+        "trace",
+        "always_slower_than",
+        "1.0",
+        "Seconds: a hop that takes at least this long is traced even when its request is not sampled."
+    ),
     opt!("DEFAULT", "metrics_enabled", "true", "Count requests, errors, in-flight and latency per topic and method."),
     opt!("DEFAULT", "metrics_listen", "", "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9100)."),
     opt!(
@@ -272,6 +284,8 @@ pub struct CoreOptions {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `trace_enabled`.
     pub trace_enabled: bool,
+    /// `[trace] sample_ratio` and `[trace] always_slower_than`.
+    pub trace_sampler: nova_rpc::layer::trace::Sampler,
     /// `metrics_enabled`.
     pub metrics_enabled: bool,
 }
@@ -322,7 +336,8 @@ impl CoreOptions {
         let state_path: PathBuf = c.require(D, "state_path")?;
         let database_connection = match c.get::<String>("database", "connection")? {
             Some(url) => url,
-            None => format!("sqlite://{}", state_path.join("nova.sqlite").display()),
+            // SQLAlchemy's rule: three slashes and a relative path, or four and an absolute one.
+            None => format!("sqlite:///{}", state_path.join("nova.sqlite").display()),
         };
         let transport_url: String = c.require(D, "transport_url")?;
         c.parse_with(D, "transport_url", |v| {
@@ -423,6 +438,14 @@ impl CoreOptions {
             log_json: c.get_bool(D, "log_json")?.unwrap_or(false),
             metrics_listen: c.get(D, "metrics_listen")?,
             trace_enabled: c.get_bool(D, "trace_enabled")?.unwrap_or(true),
+            trace_sampler: nova_rpc::layer::trace::Sampler::new(
+                c.parse_with("trace", "sample_ratio", |v| match v.parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                    _ => Err("expected a number from 0 to 1".to_owned()),
+                })?
+                .unwrap_or(nova_rpc::layer::trace::DEFAULT_SAMPLE_RATIO),
+                secs("trace", "always_slower_than")?,
+            ),
             metrics_enabled: c.get_bool(D, "metrics_enabled")?.unwrap_or(true),
         })
     }
