@@ -108,6 +108,11 @@ fleet_log="$(mktemp)"
 "${CARGO_TARGET_DIR:-target}/debug/nova-bench" fleet --smoke >"$fleet_log" 2>&1 \
     || { tail -n 30 "$fleet_log" >&2; echo "nova-bench fleet --smoke failed" >&2; exit 1; }
 rm -f "$fleet_log"
+say "nova-bench soak --smoke (nova-all with tracing off, sampled and on; measures nothing)"
+soak_log="$(mktemp)"
+"${CARGO_TARGET_DIR:-target}/debug/nova-bench" soak --smoke >"$soak_log" 2>&1 \
+    || { tail -n 30 "$soak_log" >&2; echo "nova-bench soak --smoke failed" >&2; exit 1; }
+rm -f "$soak_log"
 say "cargo test"
 cargo test --workspace --no-fail-fast
 say "cargo test: OpenTelemetry export (the otel feature)"

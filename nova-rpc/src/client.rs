@@ -263,14 +263,26 @@ impl RpcClient {
         self.shared.transport.send(&destination, message).await
     }
 
-    /// Sign `body` when the target's topic is signed ([`crate::signing`]).
+    /// Sign `body` when the target's topic is signed ([`crate::signing`]),
+    /// bound to where it goes.
     fn sign(&self, body: Vec<u8>) -> Result<Vec<u8>> {
         match &self.shared.transport.options().signing {
             Some(s) if s.applies_to(&self.target.topic) => {
-                s.sign(&body).map_err(|e| RpcError::Serialization(e.to_string()))
+                let to = crate::signing::Binding {
+                    exchange: self.exchange(),
+                    topic: &self.target.topic,
+                    server: if self.target.fanout { None } else { self.target.server.as_deref() },
+                    fanout: self.target.fanout,
+                };
+                s.sign(&body, &to).map_err(|e| RpcError::Serialization(e.to_string()))
             }
             _ => Ok(body),
         }
+    }
+
+    /// Whether this client's calls are signed, so their replies must be.
+    fn signed(&self) -> bool {
+        self.shared.transport.options().signing.as_ref().is_some_and(|s| s.applies_to(&self.target.topic))
     }
 
     /// Call a method and wait for its result.
@@ -375,7 +387,7 @@ impl RpcClient {
         };
         let body = self.sign(wire::encode_request_ref(&request)?)?;
 
-        let mut expected = router.expect(msg_id.id(), deadline.into(), self.call_monitor_timeout);
+        let mut expected = router.expect(msg_id.id(), deadline.into(), self.call_monitor_timeout, self.signed());
         let destination =
             Destination::Topic { exchange: self.exchange().into(), routing_key: self.target.routing_key() };
         let message = Outgoing {

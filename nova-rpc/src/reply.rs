@@ -92,6 +92,8 @@ struct Waiter {
     end: Instant,
     /// The call-monitor timeout, when the call asked for heartbeats.
     monitor: Option<Duration>,
+    /// Whether its replies must be signed (the call was).
+    signed: bool,
 }
 
 impl Drop for Waiter {
@@ -142,6 +144,10 @@ impl Pending {
 }
 
 struct State {
+    /// The reply queue (what a signed reply is bound to).
+    queue: String,
+    /// The keys that verify signed replies.
+    signing: Option<Arc<crate::signing::Signing>>,
     pending: Mutex<Pending>,
     /// Wakes the sweeper when a call is due before it would wake.
     rearm: Notify,
@@ -179,6 +185,25 @@ impl State {
             tracing::debug!(msg_id = %reply.msg_id, "dropping reply nobody waits for (late or unknown)");
             return;
         };
+        // A server that refuses the signature cannot sign its refusal: such a
+        // failure is taken unsigned (forging one only fails the call).
+        let refusal = reply.ending
+            && reply.failure.as_ref().is_some_and(|f| {
+                f.module == "nova_rpc.signing"
+                    && ["SignatureRequired", "BadSignature", "ReplayedRequest"].contains(&f.class.as_str())
+            });
+        let reply = if waiter.signed && !refusal {
+            match self.verified(body, &reply.msg_id) {
+                Ok(reply) => reply,
+                Err(why) => {
+                    drop(pending);
+                    tracing::warn!(msg_id = %reply.msg_id, error = %why, "dropping a reply to a signed call that does not verify");
+                    return;
+                }
+            }
+        } else {
+            reply
+        };
         let moved = match (reply.ending, waiter.monitor) {
             // A call-monitor heartbeat: the server is still working on it.
             (false, Some(monitor)) => Some((Instant::now() + monitor).min(waiter.end)),
@@ -188,6 +213,20 @@ impl State {
         if let Some(due) = moved {
             pending.set_due(&id, due);
         }
+    }
+}
+
+impl State {
+    /// The reply in `body` as its signature vouches for it, if it is signed
+    /// for this queue and answers `msg_id`.
+    fn verified(&self, body: &[u8], msg_id: &str) -> std::result::Result<Reply, String> {
+        let signing = self.signing.as_ref().ok_or("no signing keys here")?;
+        let v = signing.verify(body, &[crate::signing::Binding::reply(&self.queue)]).map_err(|e| e.to_string())?;
+        let reply = wire::decode_reply_message(&v.message).map_err(|e| e.to_string())?;
+        if reply.msg_id != msg_id {
+            return Err(format!("the signed reply answers {}", reply.msg_id));
+        }
+        Ok(reply)
     }
 }
 
@@ -209,8 +248,13 @@ impl ReplyRouter {
     /// Declare a new `reply_<uuid>` queue and start routing its replies.
     pub(crate) async fn start(transport: &Arc<dyn Transport>) -> Result<Self> {
         let queue = transport.reply_queue_name();
-        let state =
-            Arc::new(State { pending: Mutex::default(), rearm: Notify::new(), seen: Mutex::new(SeenIds::new(1024)) });
+        let state = Arc::new(State {
+            queue: queue.clone(),
+            signing: transport.options().signing.clone(),
+            pending: Mutex::default(),
+            rearm: Notify::new(),
+            seen: Mutex::new(SeenIds::new(1024)),
+        });
         let routed = state.clone();
         let replies = transport.listen_replies(&queue, Arc::new(move |body: bytes::Bytes| routed.route(&body))).await?;
         let sweeper = tokio::spawn(sweep(state.clone()));
@@ -230,10 +274,11 @@ impl ReplyRouter {
     /// Wait for replies to `msg_id` until `end`, or, with a call-monitor
     /// timeout, until no heartbeat came for that long once the request
     /// was sent ([`Expected::sent`]).
-    pub(crate) fn expect(&self, msg_id: Id, end: Instant, monitor: Option<Duration>) -> Expected<'_> {
+    /// A `signed` call takes only replies signed for this queue.
+    pub(crate) fn expect(&self, msg_id: Id, end: Instant, monitor: Option<Duration>, signed: bool) -> Expected<'_> {
         let inbox = Inbox::new();
         let mut pending = lock(&self.state.pending);
-        pending.waiters.insert(msg_id.clone(), Waiter { inbox: inbox.clone(), due: end, end, monitor });
+        pending.waiters.insert(msg_id.clone(), Waiter { inbox: inbox.clone(), due: end, end, monitor, signed });
         pending.due.insert((end, msg_id.clone()));
         self.state.arm(&mut pending, end);
         Expected { state: &self.state, msg_id, monitor, inbox }
@@ -326,7 +371,9 @@ mod tests {
         let mut pending = Pending::default();
         for (i, id) in ["c", "a", "b"].iter().enumerate() {
             let due = now + Duration::from_secs(3 - i as u64);
-            pending.waiters.insert(Id::of(id), Waiter { inbox: Inbox::new(), due, end: due, monitor: None });
+            pending
+                .waiters
+                .insert(Id::of(id), Waiter { inbox: Inbox::new(), due, end: due, monitor: None, signed: false });
             pending.due.insert((due, Id::of(id)));
         }
         // Due at +3 (c), +2 (a), +1 (b): at +2, b and a go.
@@ -340,7 +387,8 @@ mod tests {
     async fn each_reply_reaches_its_own_call() {
         let (t, router) = router("unit-reply-own").await;
         let end = Instant::now() + Duration::from_secs(30);
-        let (mut first, mut second) = (router.expect(Id::of("m1"), end, None), router.expect(Id::of("m2"), end, None));
+        let (mut first, mut second) =
+            (router.expect(Id::of("m1"), end, None, false), router.expect(Id::of("m2"), end, None, false));
         assert_eq!(router.pending(), 2);
         send(&t, &router, &reply("m2", true)).await;
         send(&t, &router, &reply("m1", true)).await;
@@ -353,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_duplicate_reply_is_dropped() {
         let (t, router) = router("unit-reply-dup").await;
-        let mut call = router.expect(Id::of("m1"), Instant::now() + Duration::from_secs(30), None);
+        let mut call = router.expect(Id::of("m1"), Instant::now() + Duration::from_secs(30), None, false);
         let heartbeat = reply("m1", false);
         send(&t, &router, &heartbeat).await;
         send(&t, &router, &heartbeat).await;
@@ -367,7 +415,7 @@ mod tests {
     async fn a_call_past_its_deadline_sees_its_channel_close() {
         let (_t, router) = router("unit-reply-deadline").await;
         let started = Instant::now();
-        let mut call = router.expect(Id::of("m1"), started + Duration::from_millis(100), None);
+        let mut call = router.expect(Id::of("m1"), started + Duration::from_millis(100), None, false);
         let next = tokio::time::timeout(Duration::from_secs(10), call.next()).await.expect("the deadline is kept");
         assert!(next.is_none());
         assert!(started.elapsed() >= Duration::from_millis(100), "not before its deadline");
@@ -379,7 +427,7 @@ mod tests {
         let started = Instant::now();
         let end = started + Duration::from_secs(30);
         let monitor = Duration::from_millis(200);
-        let mut call = router.expect(Id::of("m1"), end, Some(monitor));
+        let mut call = router.expect(Id::of("m1"), end, Some(monitor), false);
         call.sent();
         // Heartbeats every 100 ms for 600 ms keep the 200 ms monitor from firing.
         for _ in 0..6 {
@@ -393,7 +441,7 @@ mod tests {
         assert!(next.is_none() && Instant::now() < end);
 
         let short_end = Instant::now() + Duration::from_millis(150);
-        let mut capped = router.expect(Id::of("m2"), short_end, Some(Duration::from_secs(20)));
+        let mut capped = router.expect(Id::of("m2"), short_end, Some(Duration::from_secs(20)), false);
         capped.sent();
         send(&t, &router, &reply("m2", false)).await;
         assert!(!capped.next().await.expect("the heartbeat").ending);

@@ -96,17 +96,32 @@ impl Malformed {
     }
 }
 
-/// A random UUID 4 from this thread's generator, seeded once from the
-/// operating system: a call needs three ids or more, and asking the kernel
-/// for each was a measurable share of a `memory://` call.
+/// A random UUID 4 from the operating system's generator: ids that matter
+/// (`_msg_id`, `_unique_id`, reply queues, request ids) must not be
+/// predictable, so they come from `getrandom`, read 4 KiB at a time per
+/// thread (one system call for 256 ids; each byte is used once), not from
+/// a seeded generator whose state an observer could recover.
 pub(crate) fn random_uuid() -> uuid::Uuid {
+    const POOL: usize = 4096;
     thread_local! {
-        static RNG: std::cell::RefCell<fastrand::Rng> = std::cell::RefCell::new(fastrand::Rng::with_seed(
-            u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes")),
-        ));
+        static BYTES: std::cell::RefCell<(Box<[u8; POOL]>, usize)> = std::cell::RefCell::new((Box::new([0; POOL]), POOL));
     }
-    let bits = RNG.with(|rng| rng.borrow_mut().u128(..));
-    uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid()
+    let mut id = [0u8; 16];
+    BYTES.with(|pool| {
+        let (bytes, used) = &mut *pool.borrow_mut();
+        if *used + id.len() > POOL {
+            if let Err(e) = getrandom::fill(&mut bytes[..]) {
+                // Linux's getrandom(2) does not fail once booted; should it,
+                // an id from a seeded generator beats no call at all.
+                tracing::error!(error = %e, "the operating system's random generator failed");
+                bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+            }
+            *used = 0;
+        }
+        id.copy_from_slice(&bytes[*used..*used + 16]);
+        *used += 16;
+    });
+    uuid::Builder::from_random_bytes(id).into_uuid()
 }
 
 /// A new 32-hex-digit id (a random UUID 4), as oslo makes `_msg_id` and
@@ -654,7 +669,16 @@ impl Fields for RequestFields {
 
 /// Decode a request or cast from a message body.
 pub fn decode_request(body: &[u8]) -> Result<Request, Malformed> {
-    let f = decode::<RequestFields>(body)?;
+    request_of(decode::<RequestFields>(body)?)
+}
+
+/// Decode a request or cast from the inner message text itself (the
+/// `oslo.message` a signature vouched for; see [`crate::signing`]).
+pub fn decode_request_message(message: &str) -> Result<Request, Malformed> {
+    request_of(serde_json::from_str::<Collect<RequestFields>>(message).map(|c| c.0).map_err(inner_error)?)
+}
+
+fn request_of(f: RequestFields) -> Result<Request, Malformed> {
     let (msg_id, reply_q) = (f.msg_id.and_then(Text::into_string), f.reply_q.and_then(Text::into_string));
     let with_address = |reason: String| Malformed { reason, msg_id: msg_id.clone(), reply_q: reply_q.clone() };
     let method = match f.method {
@@ -726,7 +750,16 @@ impl Fields for ReplyFields {
 
 /// Decode a reply from a message body.
 pub fn decode_reply(body: &[u8]) -> Result<Reply, Malformed> {
-    let f = decode::<ReplyFields>(body)?;
+    reply_of(decode::<ReplyFields>(body)?)
+}
+
+/// Decode a reply from the inner message text itself (what a signature
+/// vouched for).
+pub fn decode_reply_message(message: &str) -> Result<Reply, Malformed> {
+    reply_of(serde_json::from_str::<Collect<ReplyFields>>(message).map(|c| c.0).map_err(inner_error)?)
+}
+
+fn reply_of(f: ReplyFields) -> Result<Reply, Malformed> {
     let msg_id = opt_string("_msg_id", f.msg_id)
         .map_err(Malformed::new)?
         .ok_or_else(|| Malformed::new("reply has no _msg_id"))?;

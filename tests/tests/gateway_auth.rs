@@ -3,7 +3,9 @@
 //! policy per `topic.method` answers 403; a foreign `Host`, a cross-origin
 //! page or a non-JSON post never reaches a service; `noauth` stays on
 //! loopback; and 300 slowloris sockets neither starve a real request nor
-//! stay open.
+//! stay open. A rule cannot be sidestepped by naming a server inside the
+//! topic (`echo.e1`), and the base API's admin methods are admin-only
+//! unless the policy says otherwise.
 
 use std::{
     net::SocketAddr,
@@ -61,6 +63,11 @@ struct InProcess {
 
 /// A gateway with token auth and a policy, in front of an `echo` service on memory://.
 async fn in_process() -> InProcess {
+    in_process_with(r#"{"default": "role:admin", "api:services": "@"}"#).await
+}
+
+/// The same with the policy document `policy`.
+async fn in_process_with(policy: &str) -> InProcess {
     let dir = TempDir::new("gw-auth");
     let t = transport::connect(TransportOptions::new(format!("memory://{}", unique("gw")))).await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -76,7 +83,7 @@ async fn in_process() -> InProcess {
             &dir,
             &[("admin-token", "alice", &["admin"]), ("reader-token", "bob", &["reader"])],
         )),
-        policy_file: Some(dir.write("policy.json", r#"{"default": "role:admin", "api:services": "@"}"#)),
+        policy_file: Some(dir.write("policy.json", policy)),
         ..ApiOptions::noauth(listen)
     };
     let auth = Auth::load(options).unwrap();
@@ -250,4 +257,30 @@ async fn slowloris_sockets_starve_nothing_and_are_closed() {
     .await
     .unwrap();
     assert_eq!(closed, 300, "every slow socket was closed by the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_holds_whatever_the_path_names() {
+    let gw = in_process_with(r#"{"echo.whoami": "role:admin", "default": "@"}"#).await;
+    let reader = vec![("X-Auth-Token", "reader-token".to_owned())];
+    let admin = vec![("X-Auth-Token", "admin-token".to_owned())];
+    assert_eq!(request(gw.port, "POST", "/v1/call/echo/whoami", reader.clone()).await.0, 403);
+    assert_eq!(request(gw.port, "POST", "/v1/call/echo/e1/whoami", reader.clone()).await.0, 403);
+    // Once, `echo.e1` was checked as topic `echo.e1` (the permissive
+    // default) and still reached host e1's queue.
+    for path in
+        ["/v1/call/echo.e1/whoami", "/v1/cast/echo.e1/whoami", "/v1/call/echo/whoami.x", "/v1/call/echo/e%201/whoami"]
+    {
+        let (status, body) = request(gw.port, "POST", path, reader.clone()).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("InvalidTarget"), "{path}: {body}");
+    }
+    let (status, body) = request(gw.port, "POST", "/v1/call/echo/whoami?namespace=a%2Fb", admin.clone()).await;
+    assert!(status == 400 && body.contains("namespace"), "{status} {body}");
+    assert_eq!(gw.calls.load(Ordering::SeqCst), 0, "nothing reached the service");
+    assert_eq!(request(gw.port, "POST", "/v1/call/echo/e1/whoami", admin.clone()).await.0, 200);
+    // set_log_level is admin-only by default, even where the default rule lets anyone in.
+    let (status, body) =
+        request(gw.port, "POST", "/v1/call/echo/set_log_level?namespace=baseapi&version=1.1", reader).await;
+    assert!(status == 403 && body.contains("echo.set_log_level"), "{status} {body}");
 }

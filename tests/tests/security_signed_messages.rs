@@ -1,8 +1,10 @@
 //! Signed messages on the bus (opt-in per topic, nova-rs peers only): a
 //! signed topic serves signed requests and refuses unsigned, tampered and
 //! wrong-key ones with a clear remote error; unsigned topics stay
-//! byte-compatible with Python oslo clients; and the base API's admin
-//! method can require a role that only a signed request can carry.
+//! byte-compatible with Python oslo clients; a captured signature vouches
+//! for nothing but its own message, target and moment, and is accepted
+//! once; and the base API's admin method can require a role that only a
+//! signed request can carry.
 
 use std::{
     path::PathBuf,
@@ -16,7 +18,7 @@ use std::{
 use nova_core::{rpc_api, Manager, ManagerHandle, Service};
 use nova_rpc::{
     dispatcher::{Dispatcher, Router},
-    signing::Signing,
+    signing::{Binding, Signing},
     transport::{self, Destination, Outgoing, Transport, TransportOptions},
     wire, RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
 };
@@ -94,12 +96,17 @@ async fn a_signed_topic_serves_only_signed_requests() {
 
     // A signed cast whose message was changed on the way: refused, logged once.
     let request = wire::Request::cast("whoami", serde_json::Map::new());
-    let body = signing(&[&k1]).sign(&wire::encode_request(&request).unwrap()).unwrap();
+    let to = Binding { exchange: &exchange, topic: "secure", server: None, fanout: false };
+    let body = signing(&[&k1]).sign(&wire::encode_request(&request).unwrap(), &to).unwrap();
     let tampered = String::from_utf8(body).unwrap().replace("whoami", "whoam1");
     let dest = Destination::Topic { exchange: exchange.as_str().into(), routing_key: "secure".into() };
     plain_t.send(&dest, Outgoing::new(tampered.into_bytes())).await.unwrap();
     eventually("the tampered cast is refused with one log line", Duration::from_secs(10), || async {
-        let refusals = nova_tests::logged().matches("refusing a request whose signature does not verify").count();
+        let log = nova_tests::logged();
+        let refusals = log
+            .lines()
+            .filter(|l| l.contains("topic=secure") && l.contains("refusing a request whose signature does not verify"))
+            .count();
         (refusals == 4).then_some(())
     })
     .await;
@@ -160,4 +167,76 @@ async fn set_log_level_needs_a_signed_request_with_the_admin_role() {
         Err(other) => panic!("{other:?}"),
     }
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_signature_vouches_for_nothing_else() {
+    nova_tests::log_capture();
+    let vhost = TestVhost::new();
+    let dir = TempDir::new("forgery");
+    let (url, exchange) = (vhost.url(), unique("nova"));
+    let k1 = key(&dir, "k1", "a-secret-of-more-than-16-bytes");
+    let signing = || Signing::load(&[&k1], vec!["guarded".into()]).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server_t = transport_with(&url, &exchange, Some(signing())).await;
+    let server =
+        RpcServer::new(server_t, Target::new("guarded").with_server("g1"), api(calls.clone())).start().await.unwrap();
+    let raw = transport_with(&url, &exchange, None).await;
+    let publish = |routing_key: &'static str, body: Vec<u8>| {
+        let (raw, exchange) = (raw.clone(), exchange.clone());
+        async move {
+            let dest = Destination::Topic { exchange: exchange.as_str().into(), routing_key: routing_key.into() };
+            raw.send(&dest, Outgoing::new(body)).await.unwrap();
+        }
+    };
+    let refused_since = |before: usize, n: usize| async move {
+        eventually(&format!("{n} more refusals"), Duration::from_secs(10), || async {
+            let now = nova_tests::logged()
+                .lines()
+                .filter(|l| l.contains("topic=guarded") && l.contains("refusing a"))
+                .count();
+            (now >= before + n).then_some(now)
+        })
+        .await
+    };
+    let logged_refusals =
+        || nova_tests::logged().lines().filter(|l| l.contains("topic=guarded") && l.contains("refusing a")).count();
+    // A genuine signed cast, as captured on the vhost.
+    let to = Binding { exchange: &exchange, topic: "guarded", server: None, fanout: false };
+    let cast = wire::Request::cast("whoami", serde_json::Map::new());
+    let genuine = signing().sign(&wire::encode_request(&cast).unwrap(), &to).unwrap();
+    publish("guarded", genuine.clone()).await;
+    eventually("the genuine cast runs", Duration::from_secs(10), || async {
+        (calls.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let before = logged_refusals();
+    // Once, dropping oslo.version made the outer object the message: the
+    // signature verified the inner text while the outer fields were served.
+    let mut outer: serde_json::Map<String, Value> = serde_json::from_slice(&genuine).unwrap();
+    outer.remove("oslo.version");
+    outer.insert("method".into(), json!("whoami"));
+    outer.insert("args".into(), json!({}));
+    outer.insert("_context_roles".into(), json!(["admin"]));
+    outer.insert("_unique_id".into(), json!("0123456789abcdef0123456789abcdef"));
+    publish("guarded", serde_json::to_vec(&outer).unwrap()).await;
+    // The same signed bytes again: a replay.
+    publish("guarded", genuine.clone()).await;
+    // Signed for the topic, sent to one server's queue: still the topic's
+    // message, but the replay cache knows it.
+    publish("guarded.g1", genuine.clone()).await;
+    // Signed for another server, sent to this one.
+    let other = Binding { server: Some("g2"), ..to.clone() };
+    let cast = wire::Request::cast("whoami", serde_json::Map::new());
+    publish("guarded.g1", signing().sign(&wire::encode_request(&cast).unwrap(), &other).unwrap()).await;
+    refused_since(before, 4).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "nothing but the genuine cast ran");
+    let log = nova_tests::logged();
+    assert!(log.contains("replays are refused"), "the replay is named: {log}");
+    // A signed call gets a signed reply, which its caller checks.
+    let client_t = transport_with(&url, &exchange, Some(signing())).await;
+    let reply =
+        RpcClient::new(client_t, Target::new("guarded")).call(&RequestContext::new(), "whoami", json!({})).await;
+    assert_eq!(reply.unwrap(), json!({"signed_by": "k1"}));
+    server.stop(Duration::from_secs(5)).await;
 }

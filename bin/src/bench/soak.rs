@@ -8,8 +8,9 @@
 //! pings (`POST /v1/call/compute/ping`, base API 1.1) until `requests` are
 //! answered. Every tenth of the run the bench reads the process's resident
 //! memory (`VmRSS`), the size of its state directory (the SQLite database
-//! and its write-ahead log), and the requests per second since the last
-//! reading. The first tenth is the warm-up: growth is measured from its end.
+//! and its write-ahead log), the requests per second since the last
+//! reading, and the backlog of the `trace` queue (spans waiting for the
+//! collector). The first tenth is the warm-up: growth is measured from its end.
 
 use std::{
     path::{Path, PathBuf},
@@ -67,6 +68,9 @@ pub struct Sample {
     pub db_mib: f64,
     /// Requests per second since the previous reading.
     pub per_s: f64,
+    /// Messages waiting in the `trace` queue (spans on their way to the
+    /// collector), as `GET /v1/queues` reports it.
+    pub trace_backlog: u64,
 }
 
 /// The readings of one setting.
@@ -136,6 +140,17 @@ impl NovaAll {
         anyhow::bail!("nova-all did not start within 60 s")
     }
 
+    /// The backlog of the `trace` queue.
+    async fn trace_backlog(&self, http: &reqwest::Client) -> anyhow::Result<u64> {
+        let body = http.get(self.url("/v1/queues")).send().await?.bytes().await?;
+        let queues: serde_json::Value = serde_json::from_slice(&body)?;
+        Ok(queues
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["queue"] == "trace"))
+            .and_then(|q| q["messages"].as_u64())
+            .unwrap_or(0))
+    }
+
     fn state_mib(&self) -> f64 {
         fn size(p: &Path) -> u64 {
             match std::fs::read_dir(p) {
@@ -189,7 +204,8 @@ pub async fn soak(setting: Setting, requests: usize, concurrency: usize) -> anyh
         }
         let now = done.load(Ordering::Relaxed);
         let per_s = (now - last_done) as f64 / last_at.elapsed().as_secs_f64().max(1e-9);
-        samples.push(Sample { done: now, rss_mib: rss_mib(pid)?, db_mib: nova.state_mib(), per_s });
+        let trace_backlog = nova.trace_backlog(&http).await?;
+        samples.push(Sample { done: now, rss_mib: rss_mib(pid)?, db_mib: nova.state_mib(), per_s, trace_backlog });
         (last_done, last_at) = (now, Instant::now());
     }
     while let Some(joined) = clients.join_next().await {
@@ -202,25 +218,26 @@ pub async fn soak(setting: Setting, requests: usize, concurrency: usize) -> anyh
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from("| requests |");
     for o in outcomes {
-        out.push_str(&format!(" {}: RSS MiB | DB MiB | req/s |", o.setting.name()));
+        out.push_str(&format!(" {}: RSS MiB | DB MiB | req/s | trace backlog |", o.setting.name()));
     }
     out.push_str("\n| ---: |");
-    out.push_str(&" ---: | ---: | ---: |".repeat(outcomes.len()));
+    out.push_str(&" ---: | ---: | ---: | ---: |".repeat(outcomes.len()));
     out.push('\n');
     for row in 0..outcomes.iter().map(|o| o.samples.len()).max().unwrap_or(0) {
         let done = outcomes.iter().find_map(|o| o.samples.get(row)).map_or(0, |s| s.done);
         out.push_str(&format!("| {done} |"));
         for o in outcomes {
             match o.samples.get(row) {
-                Some(s) => out.push_str(&format!(" {:.1} | {:.2} | {:.0} |", s.rss_mib, s.db_mib, s.per_s)),
-                None => out.push_str(" | | |"),
+                Some(s) => out
+                    .push_str(&format!(" {:.1} | {:.2} | {:.0} | {} |", s.rss_mib, s.db_mib, s.per_s, s.trace_backlog)),
+                None => out.push_str(" | | | |"),
             }
         }
         out.push('\n');
     }
     out.push_str("| RSS growth after warm-up |");
     for o in outcomes {
-        out.push_str(&format!(" {:+.1} MiB | | |", o.growth_mib()));
+        out.push_str(&format!(" {:+.1} MiB | | | |", o.growth_mib()));
     }
     out.push('\n');
     out

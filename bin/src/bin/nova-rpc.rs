@@ -58,6 +58,10 @@ enum Command {
         /// Seconds to wait for the reply.
         #[arg(long)]
         timeout: Option<f64>,
+        /// Trace this call at every hop, whatever `[trace] sample_ratio`
+        /// says; its request id goes to standard error, for `nova-rpc trace`.
+        #[arg(long)]
+        trace: bool,
     },
     /// Cast METHOD (no reply).
     Cast {
@@ -220,8 +224,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let t = setup.transport.clone();
     let ctx = RequestContext::new();
     let outcome = match cli.command {
-        Command::Call { to, method, args, timeout } => {
+        Command::Call { to, method, args, timeout, trace } => {
             let args = parse_args(&args)?;
+            let mut ctx = ctx.clone();
+            if trace {
+                // The CLI is where this request enters: it decides, and every hop follows.
+                let id = ctx.request_id.clone();
+                trace::enter(&mut ctx, &id, &trace::new_span_id(), true);
+                eprintln!("request id: {id}");
+            }
             let mut c = client(t.clone(), &to);
             if let Some(s) = timeout {
                 c = c.with_timeout(Duration::from_secs_f64(s.max(0.001)));

@@ -204,6 +204,14 @@ pub struct Caller {
     pub roles: Vec<String>,
 }
 
+impl Caller {
+    /// Whoever reaches a gateway without authentication (on loopback, or
+    /// with `--insecure`): an admin, as Nova's `noauth2` makes its caller.
+    pub fn noauth() -> Self {
+        Self { roles: vec!["admin".into()], ..Self::default() }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct TokenFile {
     tokens: Vec<TokenEntry>,
@@ -268,16 +276,29 @@ impl Rule {
     }
 }
 
+/// The methods every service serves that change the service itself (the
+/// base API's log level): their targets default to the `admin_api` rule,
+/// as Nova's policy defaults do, unless a rule names the target itself.
+pub const ADMIN_METHODS: &[&str] = &["set_log_level"];
+
+/// The rule of `admin_api` unless the policy file sets one.
+pub const ADMIN_API_RULE: &str = "role:admin";
+
 /// Rules per target, and a default; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Policy {
     rules: HashMap<String, Rule>,
     default: Rule,
+    admin_api: Rule,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self { rules: HashMap::new(), default: Rule(vec![vec![Check::Always]]) }
+        Self {
+            rules: HashMap::new(),
+            default: Rule(vec![vec![Check::Always]]),
+            admin_api: Rule(vec![vec![Check::Role("admin".into())]]),
+        }
     }
 }
 
@@ -291,6 +312,8 @@ impl Policy {
             let rule = Rule::parse(&rule).map_err(|e| format!("{target}: {e}"))?;
             if target == "default" {
                 policy.default = rule;
+            } else if target == "admin_api" {
+                policy.admin_api = rule;
             } else {
                 policy.rules.insert(target, rule);
             }
@@ -298,9 +321,12 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Whether `caller` may reach `target`.
+    /// Whether `caller` may reach `target`: its own rule, else `admin_api`
+    /// for an [`ADMIN_METHODS`] target, else `default`.
     pub fn allows(&self, target: &str, caller: &Caller) -> bool {
-        self.rules.get(target).unwrap_or(&self.default).allows(caller)
+        let admin = target.rsplit_once('.').is_some_and(|(_, method)| ADMIN_METHODS.contains(&method));
+        let fallback = if admin { &self.admin_api } else { &self.default };
+        self.rules.get(target).unwrap_or(fallback).allows(caller)
     }
 }
 
@@ -436,7 +462,7 @@ pub async fn guard(State(auth): State<Auth>, mut request: Request, next: Next) -
             }
         }
     } else {
-        Caller::default()
+        Caller::noauth()
     };
     request.extensions_mut().insert(caller);
     next.run(request).await
@@ -468,6 +494,19 @@ mod tests {
         assert!(p.allows("scheduler.anything", &caller(&["admin"])));
         assert!(!p.allows("scheduler.anything", &caller(&["member"])));
         assert!(Policy::parse(r#"{"x.y": "rol:admin"}"#).unwrap_err().contains("x.y"));
+    }
+
+    #[test]
+    fn admin_methods_default_to_admin_api() {
+        let open = Policy::default();
+        assert!(open.allows("compute.ping", &caller(&["reader"])));
+        assert!(!open.allows("compute.set_log_level", &caller(&["reader"])));
+        assert!(open.allows("compute.set_log_level", &caller(&["admin"])));
+        assert!(open.allows("compute.set_log_level", &Caller::noauth()), "noauth callers are admins");
+        let p = Policy::parse(r#"{"admin_api": "role:operator", "trace.set_log_level": "@"}"#).unwrap();
+        assert!(p.allows("compute.set_log_level", &caller(&["operator"])));
+        assert!(!p.allows("compute.set_log_level", &caller(&["admin"])));
+        assert!(p.allows("trace.set_log_level", &caller(&[])), "a rule naming the target wins");
     }
 
     #[test]

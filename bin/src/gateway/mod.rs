@@ -88,7 +88,9 @@ impl Gateway {
     pub fn from_bootstrap(b: &nova_core::Bootstrap, auth: Auth) -> Self {
         let gw = Self::new(b.transport.clone(), ServiceRecords::new(b.db.clone()), b.options.service_down_time, auth);
         if b.options.trace_enabled {
-            gw.with_tracer(Tracer::new(b.transport.clone(), "nova-gateway", &b.options.host))
+            gw.with_tracer(
+                Tracer::new(b.transport.clone(), "nova-gateway", &b.options.host).with_sampler(b.options.trace_sampler),
+            )
         } else {
             gw
         }
@@ -375,9 +377,49 @@ type Invoked = (State<Gateway>, Extension<Caller>, HeaderMap, MaybeQuery, Bytes)
 
 async fn route(parts: Invoked, topic: String, server: Option<String>, method: String, call: bool) -> Response {
     let (State(gw), Extension(caller), headers, q, body) = parts;
-    match query(q) {
-        Ok(q) => invoke(&gw, &caller, &headers, Address { topic, server, method, call }, q, body).await,
+    let to = Address { topic, server, method, call };
+    match query(q).and_then(|q| to.check(q.namespace.as_deref()).map(|()| q).map_err(IntoResponse::into_response)) {
+        Ok(q) => invoke(&gw, &caller, &headers, to, q, body).await,
         Err(r) => r,
+    }
+}
+
+/// Whether `name` is made of `[A-Za-z0-9_-]` (and `.` where `dotted`),
+/// 1 to 255 of them: what oslo's topics, hosts and namespaces are.
+fn plain_name(name: &str, dotted: bool) -> bool {
+    (1..=255).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (dotted && b == b'.'))
+}
+
+impl Address {
+    /// Refuse names that would reach another queue than the one the policy
+    /// is asked about: a topic is one routing-key segment (`compute.h1`
+    /// would be host h1's queue, checked as topic `compute.h1`), a method
+    /// an identifier.
+    fn check(&self, namespace: Option<&str>) -> Result<(), ApiError> {
+        let bad = |what: &str, name: &str, rule: &str| {
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidTarget",
+                format!("{what} {name:?} is not valid: {rule}"),
+            ))
+        };
+        if !plain_name(&self.topic, false) {
+            return bad("topic", &self.topic, "1 to 255 of A-Z a-z 0-9 _ - (no dots: name a server in the path)");
+        }
+        if let Some(server) = self.server.as_deref().filter(|s| !plain_name(s, true)) {
+            return bad("server", server, "1 to 255 of A-Z a-z 0-9 _ - .");
+        }
+        let identifier = self.method.len() <= 255
+            && self.method.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && self.method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !identifier {
+            return bad("method", &self.method, "an identifier (A-Z a-z 0-9 _, not starting with a digit)");
+        }
+        if let Some(ns) = namespace.filter(|ns| !plain_name(ns, true)) {
+            return bad("namespace", ns, "1 to 255 of A-Z a-z 0-9 _ - .");
+        }
+        Ok(())
     }
 }
 

@@ -240,6 +240,18 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
     ),
     opt!(
         "rpc",
+        "signing_max_skew",
+        "60",
+        "Seconds a signed request's timestamp may be from this clock; accepted ids are remembered for twice that."
+    ),
+    opt!(
+        "rpc",
+        "signing_replay_file",
+        "",
+        "Where accepted signed requests' ids are kept across restarts (default: signed-request-ids under state_path)."
+    ),
+    opt!(
+        "rpc",
         "admin_role",
         "",
         "Role a signed request must carry for the base API's admin methods (set_log_level); empty: open, as in oslo."
@@ -296,8 +308,12 @@ fn list(c: &Config, section: &str, name: &str) -> Result<Vec<String>, ConfigErro
     Ok(raw.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect())
 }
 
-/// `[rpc]`: signed topics and their keys, and the base API's admin role.
-fn signing(c: &Config) -> Result<Option<std::sync::Arc<nova_rpc::signing::Signing>>, ConfigError> {
+/// `[rpc]`: signed topics and their keys, the replay window and file, and
+/// the base API's admin role.
+fn signing(
+    c: &Config,
+    state_path: &std::path::Path,
+) -> Result<Option<std::sync::Arc<nova_rpc::signing::Signing>>, ConfigError> {
     let keys = list(c, "rpc", "signing_keys")?;
     let admin_role = c.get::<String>("rpc", "admin_role")?.filter(|r| !r.is_empty());
     if keys.is_empty() {
@@ -306,9 +322,16 @@ fn signing(c: &Config) -> Result<Option<std::sync::Arc<nova_rpc::signing::Signin
         }
         return Ok(None);
     }
+    let replay_file = match c.get::<PathBuf>("rpc", "signing_replay_file")? {
+        Some(f) if !f.as_os_str().is_empty() => f,
+        _ => state_path.join("signed-request-ids"),
+    };
     let signing = nova_rpc::signing::Signing::load(&keys, list(c, "rpc", "signed_topics")?)
-        .map_err(|e| c.invalid("rpc", "signing_keys", e))?
-        .with_admin_role(admin_role);
+        .map_err(|e| c.invalid("rpc", "signing_keys", e.to_string()))?
+        .with_admin_role(admin_role)
+        .with_max_skew(c.parse_with("rpc", "signing_max_skew", seconds)?.unwrap_or(nova_rpc::signing::DEFAULT_MAX_SKEW))
+        .with_replay_file(replay_file)
+        .map_err(|e| c.invalid("rpc", "signing_replay_file", e.to_string()))?;
     Ok(Some(std::sync::Arc::new(signing)))
 }
 
@@ -415,7 +438,7 @@ impl CoreOptions {
         transport.rpc_response_timeout = secs(D, "rpc_response_timeout")?;
         transport.max_message_size = c.require(D, "max_message_size")?;
         transport.rabbit = rabbit;
-        transport.signing = signing(c)?;
+        transport.signing = signing(c, &state_path)?;
         let executor_thread_pool_size = c
             .parse_with(D, "executor_thread_pool_size", |v| match v.parse::<usize>() {
                 Ok(n) if (1..=65535).contains(&n) => Ok(n),

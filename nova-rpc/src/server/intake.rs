@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use super::{reply::send_reply, ServerState};
+use crate::signing::Binding;
 use crate::{
     transport::{Acknowledge, Delivery},
     wire::{self, Request},
@@ -83,7 +84,7 @@ async fn refuse(
     malformed(&shared.topic);
     acker.reject().await;
     if let Some((msg_id, reply_q)) = reply_to {
-        send_reply(shared, &reply_q, &msg_id, Err(failure), deadline).await;
+        send_reply(shared, &reply_q, &msg_id, Err(failure), deadline, false).await;
     }
 }
 
@@ -102,24 +103,47 @@ fn check(shared: &ServerState, body: &[u8]) -> Result<Request, (RemoteFailure, R
         let reason = format!("message of {} bytes is larger than max_message_size ({max})", body.len());
         return Err((RemoteFailure::new("MessageTooLarge", "nova_rpc.server", reason), reply_to));
     }
-    let signed_by = match verify_signature(shared, body) {
-        Ok(by) => by,
+    let verified = match verify_signature(shared, body) {
+        Ok(verified) => verified,
         Err(e) => {
             tracing::warn!(topic = %shared.topic, error = %e, "refusing a request whose signature does not verify");
             let reply_to = wire::decode_request(body).ok().and_then(|r| r.msg_id.zip(r.reply_q));
             return Err((RemoteFailure::new(e.class(), "nova_rpc.signing", e.to_string()), reply_to));
         }
     };
-    match wire::decode_request(body) {
-        Ok(mut request) => {
-            request.context.signed_by = signed_by;
-            Ok(request)
-        }
+    // On a signed topic only what the signature vouches for is served.
+    let decoded = match &verified {
+        None => wire::decode_request(body),
+        Some(v) => wire::decode_request_message(&v.message),
+    };
+    let mut request = match decoded {
+        Ok(request) => request,
         Err(bad) => {
             tracing::warn!(topic = %shared.topic, error = %bad, "rejecting malformed message");
             let reply_to = bad.msg_id.zip(bad.reply_q);
-            Err((RemoteFailure::new("MalformedMessage", "nova_rpc.wire", bad.reason), reply_to))
+            return Err((RemoteFailure::new("MalformedMessage", "nova_rpc.wire", bad.reason), reply_to));
         }
+    };
+    if let Some(v) = verified {
+        if let Err(e) = remember_signed(shared, &request, v.timestamp_ms) {
+            tracing::warn!(topic = %shared.topic, error = %e, "refusing a signed request");
+            let reply_to = request.msg_id.take().zip(request.reply_q.take());
+            return Err((RemoteFailure::new(e.class(), "nova_rpc.signing", e.to_string()), reply_to));
+        }
+        request.context.signed_by = Some(v.key_id);
+    }
+    Ok(request)
+}
+
+/// A signed request's `_unique_id`, accepted once ([`crate::signing::Signing::remember`]).
+fn remember_signed(
+    shared: &ServerState,
+    request: &wire::Request,
+    timestamp_ms: i64,
+) -> Result<(), crate::signing::SignatureError> {
+    match &shared.transport.options().signing {
+        Some(s) => s.remember(&format!("{}.{}", shared.topic, shared.server), &request.unique_id, timestamp_ms),
+        None => Ok(()),
     }
 }
 
@@ -183,10 +207,16 @@ pub(super) async fn settle_in_flight(shared: &ServerState, id: &str, how: Settle
     }
 }
 
-/// On a signed topic, the key that verified `body`; elsewhere `None`.
-fn verify_signature(shared: &ServerState, body: &[u8]) -> Result<Option<String>, crate::signing::SignatureError> {
+/// On a signed topic, what `body`'s signature vouches for (sent to this
+/// server's topic, its own queue or the topic's fanout); elsewhere `None`.
+fn verify_signature(
+    shared: &ServerState,
+    body: &[u8],
+) -> Result<Option<crate::signing::Verified>, crate::signing::SignatureError> {
     match &shared.transport.options().signing {
-        Some(s) if s.applies_to(&shared.topic) => s.verify(body).map(Some),
+        Some(s) if s.applies_to(&shared.topic) => {
+            s.verify(body, &Binding::served(&shared.exchange, &shared.topic, &shared.server)).map(Some)
+        }
         _ => Ok(None),
     }
 }

@@ -86,6 +86,8 @@ pub struct RpcServer {
 /// What every request of a server reads.
 struct ServerState {
     transport: Arc<dyn Transport>,
+    /// The exchange the topic is bound in (what a signature is bound to).
+    exchange: String,
     topic: String,
     seen: Mutex<SeenIds>,
     /// At-least-once: the ids running now, each with the acknowledgers of
@@ -208,7 +210,7 @@ impl RpcServer {
         let exchange =
             self.target.exchange.clone().unwrap_or_else(|| self.transport.options().control_exchange.clone());
         let spec = ListenSpec {
-            exchange,
+            exchange: exchange.clone(),
             topic: self.target.topic.clone(),
             server: server.clone(),
             prefetch: self.executor_size as u16,
@@ -224,6 +226,7 @@ impl RpcServer {
         });
         let shared = Arc::new(ServerState {
             transport: self.transport,
+            exchange,
             end,
             dispatcher: self.dispatcher,
             topic: self.target.topic,

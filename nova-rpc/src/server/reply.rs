@@ -15,6 +15,7 @@ pub(super) fn spawn_heartbeat(
     reply_q: String,
     msg_id: String,
     monitor: f64,
+    signed: bool,
 ) -> tokio::task::JoinHandle<()> {
     let transport = shared.transport.clone();
     let every = Duration::from_secs_f64((monitor / 2.0).max(0.05));
@@ -32,6 +33,7 @@ pub(super) fn spawn_heartbeat(
                 unique_id: unique_id.as_str(),
             };
             let Ok(body) = beat.encode() else { return };
+            let Some(body) = sign_reply(&*transport, &reply_q, body, signed) else { return };
             let message = Outgoing { retry: Some(0), ..Outgoing::new(body) };
             if let Err(e) = transport.send(&Destination::Reply { queue: reply_q.as_str().into() }, message).await {
                 tracing::debug!(error = %e, "call-monitor heartbeat not sent");
@@ -52,8 +54,9 @@ pub(super) fn send_reply<'a>(
     msg_id: &'a str,
     outcome: Result<Payload, RemoteFailure>,
     deadline: Option<Instant>,
+    signed: bool,
 ) -> impl std::future::Future<Output = ()> + Send + 'a {
-    let body = encode_reply(msg_id, &outcome);
+    let body = encode_reply(msg_id, &outcome).and_then(|b| sign_reply(&*shared.transport, reply_q, b, signed));
     drop(outcome);
     async move {
         let Some(body) = body else { return };
@@ -71,7 +74,7 @@ pub(super) fn send_reply<'a>(
 }
 
 /// The reply's body; `None` (logged) when it cannot be encoded.
-fn encode_reply(msg_id: &str, outcome: &Result<Payload, RemoteFailure>) -> Option<bytes::Bytes> {
+fn encode_reply(msg_id: &str, outcome: &Result<Payload, RemoteFailure>) -> Option<Vec<u8>> {
     let null;
     let (result, failure) = match outcome {
         Ok(v) => (v, None),
@@ -83,9 +86,30 @@ fn encode_reply(msg_id: &str, outcome: &Result<Payload, RemoteFailure>) -> Optio
     let unique_id = wire::NewId::new();
     let reply = ReplyRef { result, failure, ending: true, msg_id, unique_id: unique_id.as_str() };
     match reply.encode() {
-        Ok(b) => Some(b.into()),
+        Ok(b) => Some(b),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode reply");
+            None
+        }
+    }
+}
+
+/// The reply `body`, signed for `reply_q` when the request was signed
+/// ([`crate::signing`]); `None` (logged) when it cannot be.
+fn sign_reply(
+    transport: &dyn crate::transport::Transport,
+    reply_q: &str,
+    body: Vec<u8>,
+    signed: bool,
+) -> Option<bytes::Bytes> {
+    let signing = match &transport.options().signing {
+        Some(s) if signed => s,
+        _ => return Some(body.into()),
+    };
+    match signing.sign(&body, &crate::signing::Binding::reply(reply_q)) {
+        Ok(b) => Some(b.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot sign reply");
             None
         }
     }

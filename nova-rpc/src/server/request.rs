@@ -59,11 +59,13 @@ fn serve(shared: &ServerState, admitted: Admitted, served: Served) -> impl Futur
     let unique_id = std::mem::take(&mut request.unique_id);
     let method = std::mem::take(&mut request.method);
     let started = Instant::now();
+    // A signed request's replies are signed too.
+    let signed = request.context.signed_by.is_some();
     // Only layers leave work for after the reply.
     let after_reply = if shared.layers.is_empty() { AfterReply::now() } else { AfterReply::deferred() };
     let heartbeat = match (&msg_id, &reply_q, request.monitor_timeout) {
         (Some(msg_id), Some(reply_q), Some(t)) if t > 0.0 => {
-            Some(spawn_heartbeat(shared, reply_q.clone(), msg_id.clone(), t))
+            Some(spawn_heartbeat(shared, reply_q.clone(), msg_id.clone(), t, signed))
         }
         _ => None,
     };
@@ -80,7 +82,7 @@ fn serve(shared: &ServerState, admitted: Admitted, served: Served) -> impl Futur
         log_outcome(&outcome, &method, msg_id.is_some(), started);
         let failed_cast = outcome.is_err() && msg_id.is_none();
         if let (Some(msg_id), Some(reply_q)) = (&msg_id, &reply_q) {
-            send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline).await;
+            send_reply(shared, reply_q, msg_id, outcome.map_err(|e| e.to_failure()), deadline, signed).await;
         }
         if served == Served::InCallersTask && after_reply.is_pending() {
             // The caller's task has its reply: let it go on first.

@@ -16,7 +16,9 @@
 //!   backlog growing here;
 //! * a periodic task deletes spans older than `[trace] retention` and, past
 //!   `[trace] max_db_mb`, the oldest spans, in batches of
-//!   [`DELETE_BATCH`] rows so that no statement holds the database long.
+//!   [`DELETE_BATCH`] rows so that no statement holds the database long;
+//!   every eighth of `max_db_mb` written also starts a cut by size in the
+//!   background, so a burst does not overshoot until the next run.
 //!
 //! `get_trace(trace_id)` answers from memory, else from the database. With
 //! `[trace] otlp_endpoint` set, every batch is also forwarded to an
@@ -28,7 +30,10 @@ mod store;
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
     time::Duration,
 };
 
@@ -214,8 +219,12 @@ pub struct TraceCollector {
     limits: Limits,
     db: Database,
     otlp_endpoint: Option<String>,
-    /// Exports in flight, finished before the service stops.
+    /// Exports and deletions in flight, finished before the service stops.
     background: nova_core::Background,
+    /// Bytes written since the size was last checked.
+    written: AtomicU64,
+    /// Whether a deletion by size is running.
+    shrinking: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for TraceCollector {
@@ -260,7 +269,41 @@ fn well_formed(s: &Span) -> bool {
 impl TraceCollector {
     /// A collector over a migrated `db`, keeping what `limits` allow.
     pub fn new(db: Database, limits: Limits) -> Self {
-        Self { recent: Mutex::default(), limits, db, otlp_endpoint: None, background: nova_core::Background::new() }
+        Self {
+            recent: Mutex::default(),
+            limits,
+            db,
+            otlp_endpoint: None,
+            background: nova_core::Background::new(),
+            written: AtomicU64::new(0),
+            shrinking: Arc::default(),
+        }
+    }
+
+    /// After every eighth of `max_db_mb` written, cut the database back to
+    /// its size in the background, so a burst cannot overshoot the limit
+    /// until the next periodic run; one cut at a time.
+    fn shrink_when_grown(&self, spans: &[Span]) {
+        let Some(max) = self.limits.max_db_bytes else { return };
+        let bytes: u64 = spans.iter().map(|s| (s.args.len() + s.method.len() + 200) as u64).sum();
+        if self.written.fetch_add(bytes, Ordering::Relaxed) + bytes < max / 8 {
+            return;
+        }
+        if self.shrinking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.written.store(0, Ordering::Relaxed);
+        let (db, shrinking) = (self.db.clone(), self.shrinking.clone());
+        self.background.spawn(async move {
+            match store::shrink_to(&db, max).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(deleted, "deleted the oldest trace spans: the database reached max_db_mb")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete old trace spans"),
+            }
+            shrinking.store(false, Ordering::Release);
+        });
     }
 
     /// Track exports in `background` (the service's, so a stop waits for them).
@@ -330,6 +373,7 @@ impl TraceCollector {
             count_dropped("database", kept.len());
             return Err(db_error(e));
         }
+        self.shrink_when_grown(&kept);
         Ok(Recorded { kept: kept.len(), dropped: total - kept.len() })
     }
 
