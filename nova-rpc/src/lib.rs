@@ -40,6 +40,7 @@ pub mod dedupe;
 pub mod dispatcher;
 pub mod error;
 pub mod layer;
+pub mod mask;
 pub mod metrics;
 pub mod payload;
 mod pyjson;

@@ -7,14 +7,23 @@
 //!
 //! * the scheme is `http` or `https`, and the URL holds no control
 //!   characters (no header can be smuggled in);
-//! * every address the host resolves to is public: loopback, private,
-//!   link-local (cloud metadata at 169.254.169.254 included), shared and
-//!   unspecified addresses are refused, unless the host is listed in
-//!   `[compute] callback_allowed_hosts`. The check runs in the resolver
-//!   reqwest connects with, so the address checked is the address used.
+//! * every address the host resolves to is a global one: every block of
+//!   IANA's IPv4 and IPv6 special-purpose address registries that is not
+//!   globally reachable is refused ([`is_internal`]: loopback, private,
+//!   link-local with cloud metadata at 169.254.169.254, shared, benchmarking,
+//!   documentation, NAT64, 6to4, Teredo, site-local, IPv4-compatible…),
+//!   unless the host is listed in `[compute] callback_allowed_hosts`. The
+//!   check runs in the resolver reqwest connects with, so the address
+//!   checked is the address used;
+//! * no proxy is taken from the environment (`HTTP_PROXY` and the like
+//!   would send the request where the guard never sees the address): only
+//!   `[compute] callback_proxy`, which the operator then trusts to refuse
+//!   internal destinations itself.
 //!
 //! A POST is retried, with jittered backoff, only when trying again can
-//! help: a connection error or a 5xx. A 4xx or a refused destination is final.
+//! help: a connection error or a 5xx. A 4xx or a refused destination is
+//! final. What went wrong is said as "refused" or "failed", with the URL's
+//! secrets masked, and never with the status a private endpoint answered.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -25,33 +34,68 @@ use std::{
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// Whether `ip` is somewhere a caller-chosen URL must not reach.
+/// IPv4 blocks of IANA's special-purpose address registry that are not
+/// globally reachable, as `(network, prefix length)`.
+const SPECIAL_V4: &[([u8; 4], u8)] = &[
+    ([0, 0, 0, 0], 8),       // "this network"
+    ([10, 0, 0, 0], 8),      // private
+    ([100, 64, 0, 0], 10),   // shared address space (carrier NAT)
+    ([127, 0, 0, 0], 8),     // loopback
+    ([169, 254, 0, 0], 16),  // link-local, cloud metadata
+    ([172, 16, 0, 0], 12),   // private
+    ([192, 0, 0, 0], 24),    // IETF protocol assignments
+    ([192, 0, 2, 0], 24),    // documentation
+    ([192, 31, 196, 0], 24), // AS112
+    ([192, 52, 193, 0], 24), // AMT
+    ([192, 88, 99, 0], 24),  // 6to4 relay anycast
+    ([192, 168, 0, 0], 16),  // private
+    ([192, 175, 48, 0], 24), // direct delegation AS112
+    ([198, 18, 0, 0], 15),   // benchmarking
+    ([198, 51, 100, 0], 24), // documentation
+    ([203, 0, 113, 0], 24),  // documentation
+    ([224, 0, 0, 0], 4),     // multicast
+    ([240, 0, 0, 0], 4),     // reserved, and the limited broadcast
+];
+
+/// IPv6 blocks of IANA's special-purpose address registry that are not
+/// globally reachable (or carry an IPv4 address that may not be).
+const SPECIAL_V6: &[([u16; 8], u8)] = &[
+    ([0, 0, 0, 0, 0, 0, 0, 0], 96),      // unspecified, loopback, IPv4-compatible (deprecated)
+    ([0, 0, 0, 0, 0, 0xffff, 0, 0], 96), // IPv4-mapped (checked as IPv4 before this)
+    ([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96), // NAT64
+    ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), // local-use NAT64
+    ([0x100, 0, 0, 0, 0, 0, 0, 0], 64),  // discard-only
+    ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23), // IETF protocol assignments (Teredo included)
+    ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
+    ([0x2002, 0, 0, 0, 0, 0, 0, 0], 16), // 6to4
+    ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), // documentation
+    ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16), // segment routing
+    ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),  // unique local
+    ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), // link-local
+    ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), // site-local (deprecated)
+    ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),  // multicast
+];
+
+/// Whether the top `prefix` bits of `a` and `b` agree.
+fn same_prefix(a: u128, b: u128, prefix: u8, width: u32) -> bool {
+    let prefix = u32::from(prefix);
+    prefix == 0 || (a ^ b) >> (width - prefix) == 0
+}
+
+/// Whether `ip` is somewhere a caller-chosen URL must not reach: any block
+/// of IANA's special-purpose registries that is not globally reachable.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space (carrier NAT)
-                || (a == 192 && b == 0) // IETF protocol assignments
-                || a >= 240 // reserved
+            let bits = u128::from(u32::from(v4));
+            SPECIAL_V4.iter().any(|(net, len)| same_prefix(bits, u128::from(u32::from_be_bytes(*net)), *len, 32))
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
+            let bits = u128::from(v6);
+            SPECIAL_V6.iter().any(|(net, len)| same_prefix(bits, u128::from(std::net::Ipv6Addr::from(*net)), *len, 128))
         }
     }
 }
@@ -131,6 +175,8 @@ pub struct HttpClient {
 
 fn builder(extra_ca: Option<&Path>) -> Result<reqwest::ClientBuilder, String> {
     let mut b = reqwest::Client::builder()
+        // Never a proxy from the environment: see the module docs.
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -148,8 +194,21 @@ impl HttpClient {
     /// unless their host is in `allowed_hosts`; `extra_ca` is trusted
     /// beside the system's roots.
     pub fn guarded(allowed_hosts: &[String], extra_ca: Option<&Path>) -> Result<Self, String> {
+        Self::guarded_via(allowed_hosts, extra_ca, None)
+    }
+
+    /// The same, sending through `proxy` (`[compute] callback_proxy`) when
+    /// given: the proxy resolves names, so it must refuse internal
+    /// destinations itself; literal internal addresses are still refused here.
+    pub fn guarded_via(allowed_hosts: &[String], extra_ca: Option<&Path>, proxy: Option<&str>) -> Result<Self, String> {
         let guard = Arc::new(Guard { allowed: allowed_hosts.to_vec() });
-        let client = builder(extra_ca)?.dns_resolver(guard.clone()).build().map_err(|e| e.to_string())?;
+        let mut b = builder(extra_ca)?.dns_resolver(guard.clone());
+        if let Some(proxy) = proxy {
+            let proxy = reqwest::Proxy::all(proxy)
+                .map_err(|e| format!("callback_proxy {}: {e}", nova_rpc::mask::mask_password(proxy)))?;
+            b = b.proxy(proxy);
+        }
+        let client = b.build().map_err(|e| e.to_string())?;
         Ok(Self { client, guard: Some(guard) })
     }
 
@@ -184,14 +243,26 @@ impl HttpClient {
         let sent = self.client.post(url).header("content-type", "application/json").body(body).send().await;
         match sent {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(Failure {
-                reason: format!("HTTP status {}", r.status().as_u16()),
-                retry: r.status().is_server_error(),
-            }),
+            Ok(r) => {
+                // A private endpoint's answer is not for the caller to read.
+                let private = r.remote_addr().is_none_or(|a| is_internal(a.ip()));
+                let reason = if private {
+                    "failed: the endpoint did not accept it".to_owned()
+                } else {
+                    format!("failed: HTTP status {}", r.status().as_u16())
+                };
+                Err(Failure { reason, retry: r.status().is_server_error() })
+            }
             Err(e) => {
                 // A refused destination is final; a connection that failed may work next time.
                 let refused = refused(&e);
-                let reason = if refused { format!("refused: {}", error_chain(&e)) } else { error_chain(&e) };
+                let reason = if refused {
+                    format!("refused: {}", refusal(&e))
+                } else if e.is_timeout() {
+                    "failed: timed out".to_owned()
+                } else {
+                    "failed: cannot connect".to_owned()
+                };
                 Err(Failure { reason, retry: !refused && (e.is_connect() || e.is_timeout() || e.is_request()) })
             }
         }
@@ -207,33 +278,34 @@ impl HttpClient {
         attempts: u32,
         first_pause: Duration,
     ) -> Result<(), String> {
-        let parsed = self.check(url).map_err(|e| format!("POST to {url} refused: {e}"))?;
+        let shown = nova_rpc::mask::mask_password(url);
+        let parsed = self.check(url).map_err(|e| format!("POST to {shown} refused: {e}"))?;
         let mut pause = first_pause;
         for attempt in 1..=attempts.max(1) {
             match self.post_once(parsed.clone(), body.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(f) if f.retry && attempt < attempts => {
-                    tracing::warn!(url, attempt, error = %f.reason, "HTTP POST failed; retrying");
+                    tracing::warn!(url = %shown, attempt, error = %f.reason, "HTTP POST failed; retrying");
                     tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
                     pause *= 2;
                 }
-                Err(f) => return Err(format!("POST to {url} failed after {attempt} attempt(s): {}", f.reason)),
+                Err(f) => return Err(format!("POST to {shown} after {attempt} attempt(s): {}", f.reason)),
             }
         }
-        Err(format!("POST to {url} was not tried"))
+        Err(format!("POST to {shown} was not tried"))
     }
 }
 
-/// An error with its causes, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// The guard's own words for a refusal, without what reqwest wraps them in.
+fn refusal(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<Refused>() {
+            return r.0.clone();
+        }
+        cause = c.source();
     }
-    out
+    e.to_string()
 }
 
 #[cfg(test)]
@@ -254,10 +326,20 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "64:ff9b::7f00:1",
+            "fec0::1",
+            "2002:7f00:1::",
+            "::7f00:1",
+            "2001::1",
+            "2001:db8::1",
+            "255.255.255.255",
+            "192.0.0.8",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "198.20.0.1", "2a00:1450::1", "8.8.8.8"] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }

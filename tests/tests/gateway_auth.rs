@@ -279,6 +279,9 @@ async fn a_rule_holds_whatever_the_path_names() {
     assert!(status == 400 && body.contains("namespace"), "{status} {body}");
     assert_eq!(gw.calls.load(Ordering::SeqCst), 0, "nothing reached the service");
     assert_eq!(request(gw.port, "POST", "/v1/call/echo/e1/whoami", admin.clone()).await.0, 200);
+    // Spans are recorded by services only, whoever asks.
+    let (status, body) = request(gw.port, "POST", "/v1/cast/trace/record_spans", admin.clone()).await;
+    assert!(status == 403 && body.contains("services only"), "{status} {body}");
     // set_log_level is admin-only by default, even where the default rule lets anyone in.
     let (status, body) =
         request(gw.port, "POST", "/v1/call/echo/set_log_level?namespace=baseapi&version=1.1", reader).await;

@@ -319,6 +319,11 @@ async fn invoke(
     let Address { topic, server, method, call } = to;
     let id = request_id(headers);
     let outcome = async {
+        if topic == nova_rpc::layer::trace::TRACE_TOPIC && method == "record_spans" {
+            // Spans come from services' tracers, never from HTTP clients,
+            // who could otherwise write into anyone's trace.
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden", "trace.record_spans is for services only"));
+        }
         gw.authorize(&format!("{topic}.{method}"), caller)?;
         let args = parse_body(&body)?;
         let topic_name = topic.clone();

@@ -200,35 +200,19 @@ impl Sampler {
     }
 }
 
-const SECRET_KEYS: [&str; 3] = ["password", "token", "secret"];
 const SUMMARY_MAX: usize = 256;
 
-fn mask(value: &Value) -> Value {
-    match value {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let lower = k.to_ascii_lowercase();
-                    let v = if SECRET_KEYS.iter().any(|s| lower.contains(s)) { Value::from("***") } else { mask(v) };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(mask).collect()),
-        other => other.clone(),
-    }
-}
-
-/// The arguments as short JSON: secrets masked, cut at 256 bytes.
+/// The arguments as short JSON: secrets masked ([`crate::mask`]), cut at 256 bytes.
 ///
 /// ```
-/// let args = nova_rpc::Args::of(&serde_json::json!({"user": "ada", "password": "hunter2"})).unwrap();
-/// let s = nova_rpc::layer::trace::summarize(&args);
+/// let args = serde_json::json!({"user": "ada", "password": "hunter2", "args": ["--token=t0p", "x"]});
+/// let s = nova_rpc::layer::trace::summarize(&nova_rpc::Args::of(&args).unwrap());
 /// assert!(s.contains(r#""password":"***""#) && s.contains(r#""user":"ada""#) && !s.contains("hunter2"));
+/// assert!(s.contains("--token=***") && !s.contains("t0p"));
 /// ```
 pub fn summarize(args: &Args) -> String {
     let mut s = match args.to_map() {
-        Ok(map) => mask(&Value::Object(map)).to_string(),
+        Ok(map) => crate::mask::mask_value(&Value::Object(map)).to_string(),
         Err(e) => e.to_string(),
     };
     if s.len() > SUMMARY_MAX {

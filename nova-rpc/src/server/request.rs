@@ -127,9 +127,13 @@ fn log_outcome(outcome: &Result<Payload>, method: &str, is_call: bool, started: 
     match outcome {
         Ok(_) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "served"),
         // The caller gets the error back.
-        Err(e) if is_call => tracing::info!(error = %e, class = e.class(), "method failed"),
+        Err(e) if is_call => {
+            tracing::info!(error = %crate::mask::mask_password(&e.to_string()), class = e.class(), "method failed")
+        }
         // Nobody else will ever see this one.
-        Err(e) => tracing::warn!(method, class = e.class(), error = %e, "cast failed"),
+        Err(e) => {
+            tracing::warn!(method, class = e.class(), error = %crate::mask::mask_password(&e.to_string()), "cast failed")
+        }
     }
     if let Err(e) = outcome {
         tracing::Span::current().record("error.class", e.class());

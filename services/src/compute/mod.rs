@@ -89,6 +89,12 @@ pub const OPTIONS: &[OptSpec] = &[
     },
     OptSpec {
         section: "compute",
+        name: "callback_proxy",
+        default: "",
+        help: "Send callbacks through this HTTP proxy (http://host:port), trusted to refuse internal destinations itself; proxy variables of the environment are never used.",
+    },
+    OptSpec {
+        section: "compute",
         name: "callback_ca_file",
         default: "",
         help: "A CA bundle (PEM) trusted for https:// callbacks beside the system's roots.",
@@ -180,6 +186,7 @@ impl ComputeManager {
             .collect();
         let callback_ca =
             c.get::<String>("compute", "callback_ca_file")?.filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+        let callback_proxy = c.get::<String>("compute", "callback_proxy")?.filter(|p| !p.is_empty());
         let limits = TaskLimits {
             env: TaskLimits::env_from(&c.get::<String>("compute", "task_env")?.unwrap_or_default()),
             kill_grace: seconds("task_kill_grace")?,
@@ -196,7 +203,11 @@ impl ComputeManager {
         )
         .with_task_limits(limits)
         .with_at_least_once(at_least_once)
-        .with_callbacks(HttpClient::guarded(&allowed_hosts, callback_ca.as_deref())?))
+        .with_callbacks(HttpClient::guarded_via(
+            &allowed_hosts,
+            callback_ca.as_deref(),
+            callback_proxy.as_deref(),
+        )?))
     }
 
     /// Submitted tasks acknowledged when they end, and dead-lettered after
@@ -370,6 +381,7 @@ impl ComputeManager {
             let body = serde_json::to_vec(&info).unwrap_or_default();
             let posted = self.callbacks.post_json(&url, body, self.callback_attempts, Duration::from_millis(500)).await;
             if let Err(e) = posted {
+                let e = nova_rpc::mask::mask_password(&e);
                 tracing::warn!(task_id = %info.task_id, error = %e, "the task's callback failed");
                 info.callback_error = Some(e);
                 if let Err(e) = self.store.update(info).await {

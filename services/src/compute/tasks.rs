@@ -285,7 +285,9 @@ pub fn spawn(mut info: TaskInfo, argv: &[String], limits: &TaskLimits) -> Result
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or("the task exited at once")?;
     info.process_group = start_time(pgid).map(|t| (pgid, t));
-    info.argv = argv.iter().chain(&info.args).cloned().collect();
+    // The record shows what ran, with its secrets masked.
+    let shown: Vec<String> = argv.iter().chain(&info.args).cloned().collect();
+    info.argv = nova_rpc::mask::mask_arg_strings(&shown);
     info.status = TaskStatus::Running;
     info.started_at = Some(chrono::Utc::now().naive_utc());
     let (stdout, stderr) = (Arc::new(Mutex::new(Tail::default())), Arc::new(Mutex::new(Tail::default())));
