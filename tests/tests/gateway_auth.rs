@@ -287,3 +287,71 @@ async fn a_rule_holds_whatever_the_path_names() {
         request(gw.port, "POST", "/v1/call/echo/set_log_level?namespace=baseapi&version=1.1", reader).await;
     assert!(status == 403 && body.contains("echo.set_log_level"), "{status} {body}");
 }
+
+/// Send `raw` from `source` (a loopback address of its own) and read the
+/// answer until the server closes or `wait` passes.
+async fn raw_request(source: &str, port: u16, raw: String, wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    // Nothing listening (yet), or the connection closed at once: no answer.
+    let Ok(mut stream) = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await else {
+        return String::new();
+    };
+    if stream.write_all(raw.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bodies_and_greedy_clients_starve_nothing() {
+    let dir = TempDir::new("gw-trickle");
+    let tokens = token_file(&dir, &[("good", "alice", &["admin"])]);
+    let conf = format!(
+        "[api]\nauth_strategy = token\ntoken_file = {}\nmax_connections = 64\nmax_connections_per_client = 16\nbody_read_timeout = 2\n",
+        tokens.display()
+    );
+    let (_all, port) = nova_all(&dir, &conf, &[]);
+    let services = format!(
+        "GET /v1/services HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Auth-Token: good\r\nConnection: close\r\n\r\n"
+    );
+    eventually("nova-all serves", Duration::from_secs(30), || async {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            raw_request("127.0.0.2", port, services.clone(), Duration::from_secs(2)),
+        );
+        r.await.ok().filter(|a| a.starts_with("HTTP/1.1 200")).map(drop)
+    })
+    .await;
+    // 100 authenticated POSTs from one address whose bodies never come.
+    let trickle = format!(
+        "POST /v1/call/compute/ping HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Auth-Token: good\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"arg\""
+    );
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        slow.spawn(raw_request("127.0.0.1", port, trickle.clone(), Duration::from_secs(30)));
+    }
+    // Someone else gets in at once, and a wrong token is refused before its body.
+    let started = Instant::now();
+    let answer = raw_request("127.0.0.2", port, services.clone(), Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(2), "a normal request waited {:?}", started.elapsed());
+    let unauthenticated = trickle.replace("X-Auth-Token: good", "X-Auth-Token: wrong");
+    let answer = raw_request("127.0.0.3", port, unauthenticated, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "authenticated before the body is read: {answer}");
+    // Each trickler is answered 408 after body_read_timeout, or was closed at once past its share.
+    let (mut timed_out, mut closed) = (0, 0);
+    while let Some(answer) = slow.join_next().await {
+        match answer.unwrap() {
+            a if a.starts_with("HTTP/1.1 408") => timed_out += 1,
+            a if a.is_empty() => closed += 1,
+            other => panic!("a trickling request got {other}"),
+        }
+    }
+    assert_eq!(timed_out + closed, 100);
+    assert!((16..=100).contains(&timed_out), "{timed_out} got 408, {closed} were closed");
+    assert!(closed >= 100 - 64, "at most the gateway's connections were held: {closed} closed");
+}

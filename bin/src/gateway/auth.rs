@@ -72,7 +72,13 @@ pub const API_OPTIONS: &[OptSpec] = &[
     ),
     api_opt!("request_timeout", "120", "Seconds a request may take, body included, before it gets 408."),
     api_opt!("header_read_timeout", "10", "Seconds a client has to send its request headers (slowloris guard)."),
+    api_opt!("body_read_timeout", "10", "Seconds a client has to send a request's body once its headers are in (slow bodies get 408)."),
     api_opt!("max_connections", "512", "Connections served at once; more wait to be accepted."),
+    api_opt!(
+        "max_connections_per_client",
+        "64",
+        "Connections one client address may hold at once; more are closed as they arrive."
+    ),
     api_opt!(
         "rabbit_management_url",
         "",
@@ -97,8 +103,12 @@ pub struct ApiOptions {
     pub request_timeout: Duration,
     /// Longest wait for request headers.
     pub header_read_timeout: Duration,
+    /// Longest wait for a request's body, once its headers are in.
+    pub body_read_timeout: Duration,
     /// Connections at once.
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_client: usize,
     /// RabbitMQ's management API, for the age of queues' oldest messages.
     pub rabbit_management_url: Option<String>,
 }
@@ -150,7 +160,9 @@ impl ApiOptions {
                 .collect(),
             request_timeout: secs("request_timeout")?,
             header_read_timeout: secs("header_read_timeout")?,
+            body_read_timeout: secs("body_read_timeout")?,
             max_connections: c.require::<usize>("api", "max_connections")?.max(1),
+            max_connections_per_client: c.require::<usize>("api", "max_connections_per_client")?.max(1),
             rabbit_management_url: c.get::<String>("api", "rabbit_management_url")?.filter(|u| !u.is_empty()),
         })
     }
@@ -176,7 +188,9 @@ impl ApiOptions {
             allowed_hosts: Vec::new(),
             request_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             max_connections: 512,
+            max_connections_per_client: 64,
             rabbit_management_url: None,
         }
     }

@@ -32,7 +32,7 @@ pub mod history;
 pub mod tasks;
 mod traces;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     body::Bytes,
@@ -128,6 +128,8 @@ impl Gateway {
             .route("/v1/metrics/history", get(metrics_history))
             .route("/tasks", get(console::tasks_page))
             .layer(DefaultBodyLimit::max(MAX_BODY))
+            // Inside the guard: a body is read only once the caller is known.
+            .layer(axum::middleware::from_fn_with_state(self.auth.options().body_read_timeout, read_body))
             .layer(guard)
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
             .layer(axum::middleware::map_response(json_errors))
@@ -514,10 +516,70 @@ async fn describe(
     with_request_id(r, &id)
 }
 
+/// Read a request's body within `within` of its headers (a client that
+/// trickles it gets 408 and loses the connection), at most [`MAX_BODY`]
+/// bytes (413), before any handler runs.
+async fn read_body(
+    State(within): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TooLarge",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )
+        .into_response(),
+        Err(_) => {
+            let message = format!("the request body did not arrive within {} s", within.as_secs_f64());
+            let mut refused = ApiError::new(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", message).into_response();
+            refused.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+            refused
+        }
+    }
+}
+
+/// Connections per client address, each counted while it is open.
+#[derive(Default)]
+struct Clients(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// One open connection of a client; dropping it frees its place.
+struct ClientSlot(Arc<Clients>, std::net::IpAddr);
+
+impl Clients {
+    /// A place for one more connection of `ip`, unless it holds `max` already.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        (*n < max).then(|| {
+            *n += 1;
+            ClientSlot(self.clone(), ip)
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Serve the gateway until `shutdown` resolves, then let the requests in
 /// flight finish. Each connection has `[api] header_read_timeout` to send
-/// its headers (hyper closes it otherwise), at most `[api] max_connections`
-/// are served at once, and every request ends within `[api] request_timeout`.
+/// its headers (hyper closes it otherwise) and, once the caller is
+/// authenticated, `[api] body_read_timeout` for its body; at most `[api]
+/// max_connections` are served at once, at most `[api]
+/// max_connections_per_client` from one address, and every request ends
+/// within `[api] request_timeout`.
 pub async fn serve(
     gateway: Gateway,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -529,6 +591,7 @@ pub async fn serve(
     gateway.history.run();
     let app = gateway.router();
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let clients = Arc::new(Clients::default());
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -536,15 +599,21 @@ pub async fn serve(
             p = permits.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot accept an HTTP connection");
                     continue;
                 }
             },
             () = &mut shutdown => break,
+        };
+        // One client cannot take every connection: past its share, a new
+        // connection is closed at once (its permit goes back).
+        let Some(client) = clients.admit(peer.ip(), options.max_connections_per_client) else {
+            tracing::debug!(client = %peer.ip(), "closing a connection past max_connections_per_client");
+            continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let mut stop = stopped.clone();
@@ -563,7 +632,7 @@ pub async fn serve(
                     let _ = conn.await;
                 }
             }
-            drop(permit);
+            drop((client, permit));
         });
     }
     stopping.send_replace(true);

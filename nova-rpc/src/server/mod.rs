@@ -33,6 +33,8 @@ mod reply;
 mod request;
 mod serving;
 
+pub use serving::{deadline, release_slot};
+
 use std::{
     sync::{Arc, Mutex},
     time::Duration,

@@ -2,15 +2,54 @@
 //! work queue's), and serving in the sender's task ([`InlineServer`]).
 
 use std::{
+    cell::Cell,
     future::Future,
     sync::Arc,
     task::{Context, Waker},
+    time::Instant,
 };
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::{request::handle, ServerState, StopReport};
 use crate::transport::{Delivery, InlineServing, Listener};
+
+tokio::task_local! {
+    /// The slot and deadline of the request this task serves.
+    static REQUEST: RequestSlot;
+}
+
+/// What a request holds while it runs: its slot of the server's
+/// `executor_thread_pool_size`, and when its caller stops waiting.
+struct RequestSlot {
+    slot: Cell<Option<OwnedSemaphorePermit>>,
+    deadline: Cell<Option<Instant>>,
+}
+
+/// Give back the request slot the calling method holds, so that a long
+/// wait (for a task to end, say) does not keep other requests out: the
+/// server takes another request at once. Whether there was a slot to give
+/// back (`false` outside a request, in a work queue's request, or the
+/// second time).
+///
+/// The method goes on running, and its reply is sent as usual; a server
+/// that stops does not wait for it. A method that gives its slot back
+/// should bound how many do (a semaphore of its own): nothing else does.
+pub fn release_slot() -> bool {
+    REQUEST.try_with(|r| r.slot.take().is_some()).unwrap_or(false)
+}
+
+/// When the caller of the request being served stops waiting for its reply
+/// (its call timeout, sent as the message's TTL), if it said: a method
+/// that waits should wait no longer.
+pub fn deadline() -> Option<Instant> {
+    REQUEST.try_with(|r| r.deadline.get()).ok().flatten()
+}
+
+/// Record the deadline of the request this task serves.
+pub(super) fn set_deadline(deadline: Option<Instant>) {
+    let _ = REQUEST.try_with(|r| r.deadline.set(deadline));
+}
 
 pub(super) async fn serve(
     shared: Arc<ServerState>,
@@ -102,10 +141,11 @@ pub(super) async fn serve_work(
 /// on in a task of its own. The first poll has no one to wake; the task's
 /// first poll registers its wake-ups again, as every future must.
 fn run_request(shared: Arc<ServerState>, delivery: Delivery, slot: OwnedSemaphorePermit, served: Served) {
-    let mut request = Box::pin(async move {
-        handle(&shared, delivery, served).await;
-        drop(slot);
-    });
+    // The slot lives in the request's task-local state, so its method may
+    // give it back while it waits ([`release_slot`]); otherwise it is
+    // freed with the request.
+    let held = RequestSlot { slot: Cell::new(Some(slot)), deadline: Cell::new(None) };
+    let mut request = Box::pin(REQUEST.scope(held, async move { handle(&shared, delivery, served).await }));
     if request.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
         tokio::spawn(request);
     }

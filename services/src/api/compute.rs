@@ -46,7 +46,9 @@ pub trait ComputeApi {
     /// The task, with the last 64 KiB of its stdout and stderr.
     async fn get_task(&self, ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError>;
 
-    /// Wait (up to `timeout` seconds, default 30) until the task ends; returns it.
+    /// Wait (up to `timeout` seconds, default 30, and no longer than the
+    /// caller waits for the answer) until the task ends; returns it. A wait
+    /// holds none of the host's request slots.
     async fn wait_task(
         &self,
         ctx: RequestContext,
@@ -224,6 +226,9 @@ pub enum ComputeError {
     /// A task id that cannot be used.
     #[error("task_id {0:?} must be 1 to 255 characters of letters, digits, '-', '_' or '.'")]
     BadTaskId(String),
+    /// Too many `wait_task`s wait on this host already.
+    #[error("{0} waits are waiting on this host already; try again later")]
+    TooManyWaiters(usize),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -235,6 +240,7 @@ impl From<ComputeError> for RpcError {
             ComputeError::CommandNotAllowed(_) => "CommandNotAllowed",
             ComputeError::TaskNotFound(_) => "TaskNotFound",
             ComputeError::BadTaskId(_) => "BadTaskId",
+            ComputeError::TooManyWaiters(_) => "TooManyWaiters",
             ComputeError::Db(_) => "DatabaseError",
         };
         RpcError::remote(class, "nova_services.compute", e.to_string())

@@ -114,6 +114,10 @@ pub const OPTIONS: &[OptSpec] = &[
     OptSpec { section: "compute", name: "task_timeout", default: "0", help: "Seconds a task may run before its process group is stopped (0: no limit)." },
 ];
 
+/// `wait_task`s one host lets wait at once. A wait holds no request slot
+/// (see `wait_task`), so this, not `executor_thread_pool_size`, bounds them.
+pub const MAX_WAITERS: usize = 1024;
+
 /// Runs tasks on this host; see the module docs.
 pub struct ComputeManager {
     host: String,
@@ -137,6 +141,9 @@ pub struct ComputeManager {
     limits: TaskLimits,
     store: TaskStore,
     running: Mutex<HashMap<String, Arc<RunningTask>>>,
+    /// `wait_task`s waiting without a request slot; past [`MAX_WAITERS`]
+    /// a wait is refused rather than starve the host's other requests.
+    waiters: Arc<Semaphore>,
     schedulers: SchedulerClient,
     rpc: RpcClient,
 }
@@ -222,6 +229,11 @@ impl ComputeManager {
         WorkQueue { slots: self.slots.clone(), methods: vec!["submit_task".into()], max_deliveries: self.at_least_once }
     }
 
+    /// `wait_task`s waiting now.
+    pub fn waiting(&self) -> usize {
+        MAX_WAITERS - self.waiters.available_permits()
+    }
+
     /// Replace the allow-list (SIGHUP): running tasks keep their argv.
     pub fn set_commands(&self, commands: Commands) {
         *self.allowed.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(commands);
@@ -257,6 +269,7 @@ impl ComputeManager {
             limits: TaskLimits::default(),
             store: TaskStore::new(db),
             running: Mutex::default(),
+            waiters: Arc::new(Semaphore::new(MAX_WAITERS)),
             schedulers: SchedulerClient::new(rpc.with_target(Target::new("scheduler"))).with_fanout(),
             rpc,
         }
@@ -558,7 +571,21 @@ impl ComputeApi for ComputeManager {
         task_id: String,
         timeout: Option<f64>,
     ) -> Result<TaskInfo, ComputeError> {
-        let wait = Duration::from_secs_f64(timeout.unwrap_or(30.0).clamp(0.0, 3600.0));
+        // A wait gives its request slot back: waits must never keep pings,
+        // kills and placed tasks out. They are bounded by their own count.
+        let _waiter =
+            self.waiters.clone().try_acquire_owned().map_err(|_| ComputeError::TooManyWaiters(MAX_WAITERS))?;
+        nova_rpc::server::release_slot();
+        // No longer than asked, and short of when the caller stops waiting,
+        // so that it hears "still running" rather than a timeout.
+        let asked = Duration::from_secs_f64(timeout.unwrap_or(30.0).clamp(0.0, 3600.0));
+        let wait = match nova_rpc::server::deadline() {
+            Some(caller) => {
+                let left = caller.saturating_duration_since(std::time::Instant::now());
+                asked.min(left - (left / 10).min(Duration::from_secs(1)))
+            }
+            None => asked,
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before looking, so a start in between is not missed.
