@@ -384,7 +384,37 @@ async fn self_casting_method_runs_every_round(kind: Kind) {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// Publishes that nobody takes, sent `mandatory` beside ordinary calls on
+/// one transport: once, a broker's return was handed to whichever publish
+/// a multiple confirm completed first, and an ordinary call failed as
+/// unroutable.
+async fn unroutable_returns_fail_only_their_own_publish(kind: Kind) {
+    let bus = Bus::new(kind);
+    let t = bus.transport().await;
+    let server = start(&t, "demo", "h1", Arc::default(), 64).await;
+    let calls = RpcClient::new(t.clone(), Target::new("demo").with_version("1.0"));
+    let lost = RpcClient::new(t.clone(), Target::new("nobody-listens")).with_mandatory(true);
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let (calls, lost) = (calls.clone(), lost.clone());
+        running.spawn(async move {
+            for j in 0..50 {
+                let r = calls.call(&ctx(), "echo", json!({"value": i * 100 + j})).await;
+                assert_eq!(r.unwrap(), json!({"echoed": i * 100 + j}), "an ordinary call failed");
+                if let Err(e) = lost.cast(&ctx(), "anything", json!({})).await {
+                    assert!(matches!(e, RpcError::Unroutable { .. }), "{e:?}");
+                }
+            }
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        done.unwrap();
+    }
+    server.stop(Duration::from_secs(5)).await;
+}
+
 transport_suite!(
+    unroutable_returns_fail_only_their_own_publish,
     call_roundtrip_and_context,
     self_casting_method_runs_every_round,
     cast_arrives_once,

@@ -280,10 +280,7 @@ impl Tracer {
     pub fn with_capacity(transport: Arc<dyn Transport>, service: &str, host: &str, capacity: usize) -> Self {
         let (spans, rx) = mpsc::channel(capacity.max(1));
         let counts = Arc::new(Counts::default());
-        let client = RpcClient::new(transport, Target::new(TRACE_TOPIC))
-            .with_retry(Some(0))
-            .with_mandatory(true)
-            .with_timeout(SHIP_TIMEOUT);
+        let client = RpcClient::new(transport, Target::new(TRACE_TOPIC)).with_retry(Some(0)).with_timeout(SHIP_TIMEOUT);
         tokio::spawn(ship(client, rx, counts.clone()));
         Self { spans, service: service.to_owned(), host: host.to_owned(), sampler: Sampler::default(), counts }
     }

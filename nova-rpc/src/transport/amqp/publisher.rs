@@ -244,6 +244,15 @@ impl Publisher {
             .map_err(|e| self.classify(pc, e.into()))?;
         match confirm.await.map_err(|e| self.classify(pc, e.into()))? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            // lapin hands a `basic.return` to the next confirmation it
+            // completes, which under a multiple ack may be another
+            // publish's: only a return of this message's own route is its.
+            Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r))
+                if !returned_from(&r, &route.exchange, route.routing_key) =>
+            {
+                tracing::debug!(?destination, returned_to = %r.delivery.routing_key, "a return of another message");
+                Ok(())
+            }
             Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
                 Err(Failure::Refused(RpcError::Unroutable { destination: format!("{destination:?}") }))
             }
@@ -252,6 +261,11 @@ impl Publisher {
             }
         }
     }
+}
+
+/// Whether `returned` is a message sent to `exchange` with `routing_key`.
+fn returned_from(returned: &lapin::message::BasicReturnMessage, exchange: &str, routing_key: &str) -> bool {
+    returned.delivery.exchange.as_str() == exchange && returned.delivery.routing_key.as_str() == routing_key
 }
 
 /// 100 ms doubling to 5 s, each ±50 % so many publishers don't retry in step.
