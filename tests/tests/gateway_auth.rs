@@ -355,3 +355,66 @@ async fn trickling_bodies_and_greedy_clients_starve_nothing() {
     assert!((16..=100).contains(&timed_out), "{timed_out} got 408, {closed} were closed");
     assert!(closed >= 100 - 64, "at most the gateway's connections were held: {closed} closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_sees_and_kills_only_its_own_tasks() {
+    let dir = TempDir::new("gw-tenancy");
+    let entry = |token: &str, user: &str, project: &str, roles: &[&str]| json!({"sha256": sha256(token), "user_id": user, "project_id": project, "roles": roles});
+    let tokens = dir.write(
+        "tokens.json",
+        &json!({"tokens": [
+            entry("alice-token", "alice", "p1", &["member"]),
+            entry("bob-token", "bob", "p2", &["member"]),
+            entry("root-token", "root", "ops", &["admin"]),
+        ]})
+        .to_string(),
+    );
+    let conf = format!("[api]\nauth_strategy = token\ntoken_file = {}\n", tokens.display());
+    let (_all, port) = nova_all(&dir, &conf, &["--host", "h1"]);
+    let as_ = |token: &str| vec![("X-Auth-Token", token.to_owned())];
+    let send = |method: &'static str, path: String, token: &str, body: Value| {
+        let headers = as_(token);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                std::panic::catch_unwind(|| http(method, port, &path, &headers, body.to_string().as_bytes()))
+                    .map_or((0, String::new()), |(status, _, body)| (status, body))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    eventually("nova-all serves", Duration::from_secs(30), || async {
+        let (status, body) = send("GET", "/v1/services".into(), "root-token", json!({})).await;
+        (status == 200 && body.matches("\"up\"").count() == 3).then_some(())
+    })
+    .await;
+    for (token, id) in [("alice-token", "a1"), ("bob-token", "b1")] {
+        let task = json!({"name": "echo", "args": [id], "task_id": id});
+        let (status, body) = send("POST", "/v1/tasks".into(), token, task).await;
+        assert_eq!(status, 202, "{body}");
+        assert!(body.contains(&format!("\"project_id\":\"{}\"", if id == "a1" { "p1" } else { "p2" })), "{body}");
+    }
+    let ids = |body: &str| -> Vec<String> {
+        let tasks: Vec<Value> = serde_json::from_str(body).unwrap_or_default();
+        tasks.iter().filter_map(|t| t["task_id"].as_str().map(str::to_owned)).collect()
+    };
+    let (_, mine) = send("GET", "/v1/tasks".into(), "alice-token", json!({})).await;
+    assert_eq!(ids(&mine), ["a1"], "{mine}");
+    for (method, path) in [("GET", "/v1/tasks/b1"), ("GET", "/v1/tasks/b1/stdout"), ("DELETE", "/v1/tasks/b1")] {
+        let (status, body) = send(method, path.into(), "alice-token", json!({})).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    // Straight at the compute host, through the generic call route: the same answer.
+    let (status, body) =
+        send("POST", "/v1/call/compute/h1/get_task".into(), "alice-token", json!({"task_id": "b1"})).await;
+    assert!(status == 404 || body.contains("TaskNotFound"), "{status} {body}");
+    let (_, listed) = send("POST", "/v1/call/compute/h1/list_tasks".into(), "alice-token", json!({})).await;
+    assert!(!listed.contains("\"b1\""), "{listed}");
+    // An admin sees every project's.
+    let (_, all) = send("GET", "/v1/tasks".into(), "root-token", json!({})).await;
+    let mut all = ids(&all);
+    all.sort();
+    assert_eq!(all, ["a1", "b1"]);
+    assert_eq!(send("GET", "/v1/tasks/b1".into(), "root-token", json!({})).await.0, 200);
+}

@@ -213,13 +213,19 @@ pub(super) async fn tasks_page(
     if let Err(e) = gw.authorize("compute.list_tasks", &caller) {
         return e.into_response();
     }
+    let ctx = RequestContext {
+        user_id: caller.user_id.clone(),
+        project_id: caller.project_id.clone(),
+        roles: caller.roles.clone(),
+        ..RequestContext::new()
+    };
     let (mut tasks, trouble) = match gw.tasks.list(None, None).await {
         Ok(t) => (t, None),
         Err(e) => (Vec::new(), Some(format!("cannot read tasks: {e}"))),
     };
+    tasks.retain(|t| t.visible_to(&ctx));
     tasks.reverse();
     tasks.truncate(200);
-    let ctx = RequestContext::new();
     let chosen = match q.get("id") {
         Some(id) => Some(gw.task(&ctx, id).await.map_err(|e| e.message)),
         None => None,

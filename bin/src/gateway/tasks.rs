@@ -15,6 +15,11 @@
 //! takes it. The gateway finds a task's host from its record. Policy
 //! targets are the compute methods: `compute.submit_task`,
 //! `compute.list_tasks`, `compute.get_task`, `compute.kill_task`.
+//!
+//! A task belongs to the project (and user) that submitted it. A caller
+//! lists, reads, follows and kills its own project's tasks only; another
+//! project's task is answered 404, as Nova answers for another project's
+//! server. Callers with the `admin` role see every project's tasks.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -81,7 +86,8 @@ impl Gateway {
         if !valid_id(id) {
             return Err(not_found(id));
         }
-        let record = self.tasks.get(id).await.map_err(db_error)?.ok_or_else(|| not_found(id))?;
+        let record =
+            self.tasks.get(id).await.map_err(db_error)?.filter(|t| t.visible_to(ctx)).ok_or_else(|| not_found(id))?;
         if record.status.is_final() || record.host.is_empty() {
             return Ok(record);
         }
@@ -105,9 +111,13 @@ impl Gateway {
             s.args.clone(),
             s.notify.clone(),
             s.callback_url.clone(),
-        );
+        )
+        .owned_by(ctx);
         if !self.tasks.insert(&info).await.map_err(db_error)? {
-            return self.tasks.get(&id).await.map_err(db_error)?.ok_or_else(|| not_found(&id));
+            // The id is taken: its task, if it is the caller's to see.
+            let existing = self.tasks.get(&id).await.map_err(db_error)?.filter(|t| t.visible_to(ctx));
+            return existing
+                .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "TaskExists", format!("task {id} exists already")));
         }
         let queue = ComputeClient::new(self.client.with_target(Target::new(TASK_TOPIC)));
         if let Err(e) = queue.submit_task(ctx, s.name, s.args, id.clone(), s.notify, s.callback_url).await {
@@ -204,6 +214,7 @@ pub(super) struct ListQuery {
 pub(super) async fn list(
     State(gw): State<Gateway>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<TaskInfo>>, ApiError> {
     gw.authorize(&format!("{TASK_TOPIC}.list_tasks"), &caller)?;
@@ -213,7 +224,10 @@ pub(super) async fn list(
         None => None,
     };
     let host = q.host.as_deref().filter(|h| !h.is_empty());
-    Ok(Json(gw.tasks.list(host, status).await.map_err(db_error)?))
+    let ctx = ctx_of(&caller, &headers);
+    let mut tasks = gw.tasks.list(host, status).await.map_err(db_error)?;
+    tasks.retain(|t| t.visible_to(&ctx));
+    Ok(Json(tasks))
 }
 
 pub(super) async fn show(

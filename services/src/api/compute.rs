@@ -177,9 +177,43 @@ pub struct TaskInfo {
     /// kill what a crashed one left behind, and nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_group: Option<(i32, u64)>,
+    /// The project that submitted it (the caller's, from its context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// The user that submitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
+/// The role that sees and kills every project's tasks, as Nova's admins see
+/// every project's servers.
+pub const ADMIN_ROLE: &str = "admin";
+
 impl TaskInfo {
+    /// The same task, owned by the project and user of `ctx`.
+    pub fn owned_by(mut self, ctx: &RequestContext) -> Self {
+        self.project_id = ctx.project_id.clone();
+        self.user_id = ctx.user_id.clone();
+        self
+    }
+
+    /// Whether `ctx` may see and kill this task: an admin, or a caller of
+    /// the project that submitted it (a caller with no project, such as a
+    /// service of the deployment, sees the tasks no project owns).
+    ///
+    /// ```
+    /// use nova_rpc::RequestContext;
+    /// use nova_services::api::compute::TaskInfo;
+    /// let p1 = RequestContext::new().with_user("ada", "p1");
+    /// let task = TaskInfo::queued("t".into(), "h".into(), "echo".into(), vec![], None, None).owned_by(&p1);
+    /// assert!(task.visible_to(&p1));
+    /// assert!(!task.visible_to(&RequestContext::new().with_user("bob", "p2")));
+    /// assert!(task.visible_to(&RequestContext::new().with_user("root", "p2").with_roles(["admin"])));
+    /// ```
+    pub fn visible_to(&self, ctx: &RequestContext) -> bool {
+        ctx.has_role(ADMIN_ROLE) || self.project_id == ctx.project_id
+    }
+
     /// A task accepted now, not started: `queued` on `host` (empty while no
     /// host has it).
     pub fn queued(
@@ -210,6 +244,8 @@ impl TaskInfo {
             callback_url,
             callback_error: None,
             process_group: None,
+            project_id: None,
+            user_id: None,
         }
     }
 }

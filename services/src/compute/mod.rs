@@ -229,6 +229,22 @@ impl ComputeManager {
         WorkQueue { slots: self.slots.clone(), methods: vec!["submit_task".into()], max_deliveries: self.at_least_once }
     }
 
+    /// The task as it stands (live while it runs), if it exists and `ctx`
+    /// may see it: another project's task is answered as not found, as
+    /// Nova answers for another project's server.
+    async fn find(&self, ctx: &RequestContext, task_id: &str) -> Result<Option<TaskInfo>, ComputeError> {
+        Ok(self.lookup(task_id).await?.filter(|t| t.visible_to(ctx)))
+    }
+
+    /// The task as it stands, whoever owns it.
+    async fn lookup(&self, task_id: &str) -> Result<Option<TaskInfo>, ComputeError> {
+        let running = self.running.lock().await.get(task_id).map(|t| t.snapshot());
+        match running {
+            Some(t) => Ok(Some(t)),
+            None => Ok(self.store.get(task_id).await?),
+        }
+    }
+
     /// `wait_task`s waiting now.
     pub fn waiting(&self) -> usize {
         MAX_WAITERS - self.waiters.available_permits()
@@ -488,7 +504,7 @@ fn check_task_id(task_id: &str) -> Result<(), ComputeError> {
 impl ComputeApi for ComputeManager {
     async fn run_task(
         self: &Arc<Self>,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         name: String,
         args: Vec<String>,
         task_id: String,
@@ -500,7 +516,8 @@ impl ComputeApi for ComputeManager {
         if self.commands().resolve(&name).is_none() {
             return Err(ComputeError::CommandNotAllowed(name));
         }
-        let info = TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url);
+        let info =
+            TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url).owned_by(&ctx);
         // Held until the task is either started or registered as queued, so
         // a kill never finds it in neither place.
         let mut queued = self.queued.lock().await;
@@ -537,7 +554,7 @@ impl ComputeApi for ComputeManager {
 
     async fn submit_task(
         self: &Arc<Self>,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         name: String,
         args: Vec<String>,
         task_id: String,
@@ -546,7 +563,8 @@ impl ComputeApi for ComputeManager {
     ) -> Result<TaskInfo, ComputeError> {
         let arriving = Arriving::new(self, &task_id);
         check_task_id(&task_id)?;
-        let info = TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url);
+        let info =
+            TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url).owned_by(&ctx);
         let queued_here = self.queued.lock().await.contains_key(&task_id);
         let claimed = self.claim(&info, queued_here).await?;
         drop(arriving);
@@ -558,19 +576,20 @@ impl ComputeApi for ComputeManager {
         Ok(self.clone().run_holding(info, None).await)
     }
 
-    async fn get_task(&self, _ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
-        if let Some(t) = self.running.lock().await.get(&task_id) {
-            return Ok(t.snapshot());
-        }
-        self.store.get(&task_id).await?.ok_or(ComputeError::TaskNotFound(task_id))
+    async fn get_task(&self, ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
+        self.find(&ctx, &task_id).await?.ok_or(ComputeError::TaskNotFound(task_id))
     }
 
     async fn wait_task(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         task_id: String,
         timeout: Option<f64>,
     ) -> Result<TaskInfo, ComputeError> {
+        // Another project's task is as good as absent.
+        if self.lookup(&task_id).await?.is_some_and(|t| !t.visible_to(&ctx)) {
+            return Err(ComputeError::TaskNotFound(task_id));
+        }
         // A wait gives its request slot back: waits must never keep pings,
         // kills and placed tasks out. They are bounded by their own count.
         let _waiter =
@@ -617,7 +636,10 @@ impl ComputeApi for ComputeManager {
         }
     }
 
-    async fn kill_task(&self, _ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
+    async fn kill_task(&self, ctx: RequestContext, task_id: String) -> Result<TaskInfo, ComputeError> {
+        if self.find(&ctx, &task_id).await?.is_none() {
+            return Err(ComputeError::TaskNotFound(task_id));
+        }
         let queued = self.queued.lock().await.remove(&task_id);
         if let Some(cancel) = queued {
             let (killed, saved) = oneshot::channel();
@@ -640,8 +662,9 @@ impl ComputeApi for ComputeManager {
         }
     }
 
-    async fn list_tasks(&self, _ctx: RequestContext) -> Result<Vec<TaskInfo>, ComputeError> {
+    async fn list_tasks(&self, ctx: RequestContext) -> Result<Vec<TaskInfo>, ComputeError> {
         let mut all = self.store.list(Some(&self.host), None).await?;
+        all.retain(|t| t.visible_to(&ctx));
         let running = self.running.lock().await;
         for t in &mut all {
             if let Some(r) = running.get(&t.task_id) {
