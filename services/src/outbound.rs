@@ -256,13 +256,8 @@ impl HttpClient {
             Err(e) => {
                 // A refused destination is final; a connection that failed may work next time.
                 let refused = refused(&e);
-                let reason = if refused {
-                    format!("refused: {}", refusal(&e))
-                } else if e.is_timeout() {
-                    "failed: timed out".to_owned()
-                } else {
-                    "failed: cannot connect".to_owned()
-                };
+                let reason =
+                    if refused { format!("refused: {}", refusal(&e)) } else { format!("failed: {}", error_chain(&e)) };
                 Err(Failure { reason, retry: !refused && (e.is_connect() || e.is_timeout() || e.is_request()) })
             }
         }
@@ -294,6 +289,19 @@ impl HttpClient {
         }
         Err(format!("POST to {shown} was not tried"))
     }
+}
+
+/// An error with its causes, as one line (a connection's failure: what
+/// the caller may read, never an answer of the endpoint).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The guard's own words for a refusal, without what reqwest wraps them in.

@@ -63,6 +63,7 @@ fn limits(grace: u64, timeout: Option<u64>) -> TaskLimits {
         env: TaskLimits::env_from("PATH, NOVA_TASK_VISIBLE=yes"),
         kill_grace: Duration::from_secs(grace),
         timeout: timeout.map(Duration::from_secs),
+        ..TaskLimits::default()
     }
 }
 

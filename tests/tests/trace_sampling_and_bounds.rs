@@ -226,7 +226,8 @@ async fn a_tracer_holds_at_most_its_cap_and_counts_what_it_drops() {
     let nobody = TestBus::new().await;
     let tracer = Tracer::new(nobody.transport(), "svc", "h1");
     tracer.record(span("t", "lost".into(), None, 0.0));
-    eventually("a batch nobody takes is dropped", Duration::from_secs(10), || async {
+    // Nobody answers: the batch is dropped once its call times out.
+    eventually("a batch nobody takes is dropped", nova_rpc::layer::trace::SHIP_TIMEOUT * 3, || async {
         (tracer.dropped() == 1 && tracer.held() == 0).then_some(())
     })
     .await;

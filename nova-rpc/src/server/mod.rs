@@ -33,7 +33,7 @@ mod reply;
 mod request;
 mod serving;
 
-pub use serving::{deadline, release_slot};
+pub use serving::{deadline, release_slot, MAX_WAITING};
 
 use std::{
     sync::{Arc, Mutex},
@@ -104,6 +104,8 @@ struct ServerState {
     /// What serves a request when there are no layers.
     dispatcher: Dispatcher,
     server: String,
+    /// Requests waiting without a slot ([`release_slot`]).
+    waiting: Arc<Semaphore>,
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::stop`].
@@ -238,6 +240,7 @@ impl RpcServer {
             max_deliveries: self.max_deliveries,
             layers: self.layers,
             server,
+            waiting: Arc::new(Semaphore::new(serving::MAX_WAITING as usize)),
         });
         let (stop, stopped) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(self.executor_size));

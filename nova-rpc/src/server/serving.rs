@@ -24,7 +24,14 @@ tokio::task_local! {
 struct RequestSlot {
     slot: Cell<Option<OwnedSemaphorePermit>>,
     deadline: Cell<Option<Instant>>,
+    /// The server's count of requests that gave their slot back, which a
+    /// stop waits for too, and this request's place in it once it did.
+    waiting: Arc<Semaphore>,
+    waiter: Cell<Option<OwnedSemaphorePermit>>,
 }
+
+/// Requests of one server that may wait without a slot at once.
+pub const MAX_WAITING: u32 = 1 << 16;
 
 /// Give back the request slot the calling method holds, so that a long
 /// wait (for a task to end, say) does not keep other requests out: the
@@ -33,10 +40,26 @@ struct RequestSlot {
 /// second time).
 ///
 /// The method goes on running, and its reply is sent as usual; a server
-/// that stops does not wait for it. A method that gives its slot back
-/// should bound how many do (a semaphore of its own): nothing else does.
+/// that stops waits for it as for the others (up to its graceful timeout).
+/// A method that gives its slot back should bound how many do (a semaphore
+/// of its own); past [`MAX_WAITING`] per server the slot is kept.
 pub fn release_slot() -> bool {
-    REQUEST.try_with(|r| r.slot.take().is_some()).unwrap_or(false)
+    REQUEST
+        .try_with(|r| {
+            let Some(slot) = r.slot.take() else { return false };
+            match r.waiting.clone().try_acquire_owned() {
+                Ok(waiter) => {
+                    r.waiter.set(Some(waiter));
+                    drop(slot);
+                    true
+                }
+                Err(_) => {
+                    r.slot.set(Some(slot));
+                    false
+                }
+            }
+        })
+        .unwrap_or(false)
 }
 
 /// When the caller of the request being served stops waiting for its reply
@@ -74,14 +97,16 @@ pub(super) async fn serve(
         };
         run_request(shared.clone(), delivery, slot, Served::InLoop);
     }
-    wind_down(listener, &slots, limit).await
+    wind_down(listener, &slots, limit, &shared.waiting).await
 }
 
 /// Hand back what was not taken, then wait for the requests running
 /// (each holds one of `running`) to finish.
-async fn wind_down(mut listener: Listener, running: &Semaphore, limit: usize) -> StopReport {
+async fn wind_down(mut listener: Listener, running: &Semaphore, limit: usize, waiting: &Semaphore) -> StopReport {
     let requeued = listener.stop_and_requeue().await;
     let busy = running.acquire_many(limit as u32).await.map(|p| p.forget());
+    // And the requests that gave their slots back to wait.
+    let _ = waiting.acquire_many(MAX_WAITING).await.map(|p| p.forget());
     drop(listener);
     StopReport { abandoned: usize::from(busy.is_err()), requeued }
 }
@@ -133,7 +158,7 @@ pub(super) async fn serve_work(
             drop((slot, tracked));
         });
     }
-    wind_down(listener, &running, limit).await
+    wind_down(listener, &running, limit, &shared.waiting).await
 }
 
 /// Start a request: it is served right here when its method returns
@@ -144,7 +169,12 @@ fn run_request(shared: Arc<ServerState>, delivery: Delivery, slot: OwnedSemaphor
     // The slot lives in the request's task-local state, so its method may
     // give it back while it waits ([`release_slot`]); otherwise it is
     // freed with the request.
-    let held = RequestSlot { slot: Cell::new(Some(slot)), deadline: Cell::new(None) };
+    let held = RequestSlot {
+        slot: Cell::new(Some(slot)),
+        deadline: Cell::new(None),
+        waiting: shared.waiting.clone(),
+        waiter: Cell::new(None),
+    };
     let mut request = Box::pin(REQUEST.scope(held, async move { handle(&shared, delivery, served).await }));
     if request.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
         tokio::spawn(request);

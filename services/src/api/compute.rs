@@ -262,6 +262,9 @@ pub enum ComputeError {
     /// A task id that cannot be used.
     #[error("task_id {0:?} must be 1 to 255 characters of letters, digits, '-', '_' or '.'")]
     BadTaskId(String),
+    /// The arguments break the command's rule (`[compute] command_args`).
+    #[error("{0}")]
+    ArgumentsNotAllowed(String),
     /// Too many `wait_task`s wait on this host already.
     #[error("{0} waits are waiting on this host already; try again later")]
     TooManyWaiters(usize),
@@ -277,6 +280,7 @@ impl From<ComputeError> for RpcError {
             ComputeError::TaskNotFound(_) => "TaskNotFound",
             ComputeError::BadTaskId(_) => "BadTaskId",
             ComputeError::TooManyWaiters(_) => "TooManyWaiters",
+            ComputeError::ArgumentsNotAllowed(_) => "ArgumentsNotAllowed",
             ComputeError::Db(_) => "DatabaseError",
         };
         RpcError::remote(class, "nova_services.compute", e.to_string())

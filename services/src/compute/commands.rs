@@ -4,14 +4,94 @@
 //! a task asking for `transcode@1` gets that version, and a bare
 //! `transcode` gets the highest one. The list is reloaded on SIGHUP; a
 //! running task keeps the argv it started with.
+//!
+//! What a caller may append to a command's argv is the command's argument
+//! rule (`[compute] command_args`, entries `name: rule` separated by `;`),
+//! as oslo.rootwrap's filters decide per command:
+//!
+//! * `any`: any arguments (the rule of a command no entry names);
+//! * `none`: no arguments at all;
+//! * `regex PATTERN`: each argument must match PATTERN whole;
+//! * a leading `--` puts `--` between the command's own argv and the
+//!   caller's arguments, so none of them is read as an option.
+//!
+//! ```text
+//! command_args = cat: none; transcode: -- regex [A-Za-z0-9_./-]+; echo: any
+//! ```
 
 use std::collections::BTreeMap;
+
+/// What a caller may append to a command; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub enum ArgRule {
+    /// Anything.
+    #[default]
+    Any,
+    /// Nothing.
+    None,
+    /// Each argument matches this, whole.
+    Matching(regex::Regex),
+}
+
+impl PartialEq for ArgRule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ArgRule::Any, ArgRule::Any) | (ArgRule::None, ArgRule::None) => true,
+            (ArgRule::Matching(a), ArgRule::Matching(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ArgRule {}
+
+/// A command's argument rule, and whether `--` goes before the arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rule {
+    args: ArgRule,
+    separator: bool,
+}
+
+impl Rule {
+    /// Parse `[--] none | any | regex PATTERN`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (separator, rest) = match text.strip_prefix("--") {
+            Some(rest) => (true, rest.trim_start()),
+            None => (false, text),
+        };
+        let args = match rest.split_once(char::is_whitespace).map_or((rest, ""), |(a, b)| (a, b.trim())) {
+            ("any", "") => ArgRule::Any,
+            ("none", "") => ArgRule::None,
+            ("regex", pattern) if !pattern.is_empty() => ArgRule::Matching(
+                regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("bad pattern {pattern:?}: {e}"))?,
+            ),
+            _ => return Err(format!("{text:?} is not [--] none, any or regex PATTERN")),
+        };
+        Ok(Self { args, separator })
+    }
+
+    /// Check `args` against the rule; why not, naming the argument.
+    fn check(&self, args: &[String]) -> Result<(), String> {
+        match &self.args {
+            ArgRule::Any => Ok(()),
+            ArgRule::None if args.is_empty() => Ok(()),
+            ArgRule::None => Err("takes no arguments".into()),
+            ArgRule::Matching(re) => match args.iter().position(|a| !re.is_match(a)) {
+                None => Ok(()),
+                Some(i) => Err(format!("argument {} does not match {}", i + 1, re.as_str())),
+            },
+        }
+    }
+}
 
 /// A parsed allow-list; see the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Commands {
     /// `name` → version (0 when unversioned) → argv.
     by_name: BTreeMap<String, BTreeMap<u32, Vec<String>>>,
+    /// `name` → its argument rule (the same for every version).
+    rules: BTreeMap<String, Rule>,
 }
 
 impl Commands {
@@ -30,7 +110,42 @@ impl Commands {
             }
             by_name.entry(name.to_owned()).or_default().insert(version.unwrap_or(0), argv);
         }
-        Ok(Self { by_name })
+        Ok(Self { by_name, rules: BTreeMap::new() })
+    }
+
+    /// The same list with argument rules (`[compute] command_args`: `name:
+    /// rule` entries separated by `;`); a rule for a command not in the
+    /// list, or one that does not parse, is an error naming it.
+    pub fn with_arg_rules(mut self, spec: &str) -> Result<Self, String> {
+        for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, rule) =
+                entry.split_once(':').ok_or_else(|| format!("[compute] command_args: {entry:?} is not name: rule"))?;
+            let name = name.trim();
+            if !self.by_name.contains_key(name) {
+                return Err(format!("[compute] command_args: {name} is not in allowed_commands"));
+            }
+            let rule = Rule::parse(rule).map_err(|e| format!("[compute] command_args: {name}: {e}"))?;
+            self.rules.insert(name.to_owned(), rule);
+        }
+        Ok(self)
+    }
+
+    /// The resolved name and the whole argv to run for `requested` with the
+    /// caller's `args`: the command's own argv, `--` if its rule says so,
+    /// then `args`. `Err` says why: not allowed, or the arguments break
+    /// the command's rule.
+    pub fn command_line(&self, requested: &str, args: &[String]) -> Result<(String, Vec<String>), CommandRefused> {
+        let (resolved, argv) =
+            self.resolve(requested).ok_or_else(|| CommandRefused::NotAllowed(requested.to_owned()))?;
+        let name = split(requested).map_or(requested, |(n, _)| n);
+        let rule = self.rules.get(name).cloned().unwrap_or_default();
+        rule.check(args).map_err(|why| CommandRefused::Arguments { command: resolved.clone(), why })?;
+        let mut line = argv.to_vec();
+        if rule.separator {
+            line.push("--".into());
+        }
+        line.extend(args.iter().cloned());
+        Ok((resolved, line))
     }
 
     /// The argv for `requested` (`name` or `name@version`), with the name
@@ -65,7 +180,32 @@ impl From<std::collections::HashMap<String, Vec<String>>> for Commands {
             let (name, version) = split(&entry).unwrap_or((&entry, None));
             by_name.entry(name.to_owned()).or_default().insert(version.unwrap_or(0), argv);
         }
-        Self { by_name }
+        Self { by_name, rules: BTreeMap::new() }
+    }
+}
+
+/// Why a command line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandRefused {
+    /// The command is not in the allow-list.
+    #[error("command {0:?} is not in [compute] allowed_commands")]
+    NotAllowed(String),
+    /// The arguments break the command's rule.
+    #[error("command {command} {why} ([compute] command_args)")]
+    Arguments {
+        /// The command.
+        command: String,
+        /// Which rule, which argument.
+        why: String,
+    },
+}
+
+impl From<CommandRefused> for crate::api::compute::ComputeError {
+    fn from(refused: CommandRefused) -> Self {
+        match refused {
+            CommandRefused::NotAllowed(name) => Self::CommandNotAllowed(name),
+            arguments => Self::ArgumentsNotAllowed(arguments.to_string()),
+        }
     }
 }
 
@@ -99,6 +239,26 @@ mod tests {
         assert!(c.resolve("transcode@x").is_none());
         assert!(c.resolve("rm").is_none());
         assert_eq!(c.names(), ["transcode", "transcode@1", "transcode@2", "true"]);
+    }
+
+    #[test]
+    fn arguments_follow_each_commands_rule() {
+        let c = list(&[("cat", "/bin/cat /safe.txt"), ("transcode@1", "/bin/echo t"), ("echo", "/bin/echo")])
+            .with_arg_rules("cat: none; transcode: -- regex [a-z0-9_.]+")
+            .unwrap();
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(c.command_line("cat", &args(&[])).is_ok());
+        let refused = c.command_line("cat", &args(&["/etc/hostname"])).unwrap_err();
+        assert!(refused.to_string().contains("takes no arguments"), "{refused}");
+        let (_, line) = c.command_line("transcode", &args(&["in.mp4"])).unwrap();
+        assert_eq!(line, args(&["/bin/echo", "t", "--", "in.mp4"]));
+        let refused = c.command_line("transcode@1", &args(&["ok", "--output=/etc/x"])).unwrap_err();
+        assert!(refused.to_string().contains("argument 2"), "{refused}");
+        assert_eq!(c.command_line("echo", &args(&["-n", "x"])).unwrap().1, args(&["/bin/echo", "-n", "x"]));
+        assert!(matches!(c.command_line("rm", &[]), Err(CommandRefused::NotAllowed(_))));
+        for bad in ["rm: none", "cat: maybe", "cat: regex (", "cat"] {
+            assert!(list(&[("cat", "/bin/cat")]).with_arg_rules(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

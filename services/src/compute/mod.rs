@@ -112,7 +112,32 @@ pub const OPTIONS: &[OptSpec] = &[
         help: "Seconds between SIGTERM and SIGKILL when a task's process group is stopped.",
     },
     OptSpec { section: "compute", name: "task_timeout", default: "0", help: "Seconds a task may run before its process group is stopped (0: no limit)." },
+    OptSpec {
+        section: "compute",
+        name: "command_args",
+        default: "",
+        help: "What callers may append to each command, 'name: rule' entries separated by ';': any (the default), none, or regex PATTERN (each argument matches whole); a leading -- puts -- before the arguments.",
+    },
+    OptSpec {
+        section: "compute",
+        name: "task_user",
+        default: "",
+        help: "Run tasks as this user (name or uid), with its group and no other (needs util-linux's setpriv); empty: the service's own user.",
+    },
+    OptSpec {
+        section: "compute",
+        name: "task_rlimits",
+        default: "",
+        help: "Resource limits of every task, name=value comma separated, as prlimit names them: cpu (s), as, fsize, data, stack, rss, memlock (bytes), nofile, nproc, core.",
+    },
 ];
+
+/// `[compute] allowed_commands` with `[compute] command_args`.
+fn allow_list(c: &nova_core::config::Config) -> Result<Commands, String> {
+    let entries = c.get_dict("compute", "allowed_commands").map_err(|e| e.to_string())?.unwrap_or_default();
+    let rules = c.get::<String>("compute", "command_args").map_err(|e| e.to_string())?.unwrap_or_default();
+    Commands::parse(entries)?.with_arg_rules(&rules)
+}
 
 /// `wait_task`s one host lets wait at once. A wait holds no request slot
 /// (see `wait_task`), so this, not `executor_thread_pool_size`, bounds them.
@@ -170,7 +195,7 @@ impl ComputeManager {
     /// Build from the service's configuration, database and transport.
     pub fn from_deps(deps: &ManagerDeps) -> Result<Self, BoxError> {
         let c = &deps.config;
-        let commands = Commands::parse(c.get_dict("compute", "allowed_commands")?.unwrap_or_default())?;
+        let commands = allow_list(c)?;
         let at_least_once = match c.require::<String>("compute", "task_delivery")?.as_str() {
             "at_most_once" => None,
             "at_least_once" => Some(c.require::<u32>("compute", "task_max_deliveries")?),
@@ -198,6 +223,8 @@ impl ComputeManager {
             env: TaskLimits::env_from(&c.get::<String>("compute", "task_env")?.unwrap_or_default()),
             kill_grace: seconds("task_kill_grace")?,
             timeout: Some(seconds("task_timeout")?).filter(|t| !t.is_zero()),
+            user: TaskLimits::user_from(&c.get::<String>("compute", "task_user")?.unwrap_or_default())?,
+            rlimits: TaskLimits::rlimits_from(&c.get::<String>("compute", "task_rlimits")?.unwrap_or_default())?,
         };
         Ok(Self::new(
             &deps.service.host,
@@ -307,17 +334,20 @@ impl ComputeManager {
     /// read now, so a task runs the argv of the list it starts under.
     async fn start(&self, mut info: TaskInfo) -> Result<Result<Arc<RunningTask>, TaskInfo>, ComputeError> {
         let commands = self.commands();
-        let Some((resolved, argv)) = commands.resolve(&info.name) else {
-            info.status = TaskStatus::Failed;
-            info.error = Some(ComputeError::CommandNotAllowed(info.name.clone()).to_string());
-            info.finished_at = Some(chrono::Utc::now().naive_utc());
-            self.store.update(&info).await?;
-            self.started.notify_waiters();
-            return Ok(Err(info));
+        let (resolved, line) = match commands.command_line(&info.name, &info.args) {
+            Ok(found) => found,
+            Err(refused) => {
+                info.status = TaskStatus::Failed;
+                info.error = Some(ComputeError::from(refused).to_string());
+                info.finished_at = Some(chrono::Utc::now().naive_utc());
+                self.store.update(&info).await?;
+                self.started.notify_waiters();
+                return Ok(Err(info));
+            }
         };
         info.name = resolved;
         let mut running = self.running.lock().await;
-        match tasks::spawn(info.clone(), argv, &self.limits) {
+        match tasks::spawn(info.clone(), &line, &self.limits) {
             Ok(task) => {
                 self.store.update(&task.info).await?;
                 running.insert(info.task_id.clone(), task.clone());
@@ -513,11 +543,24 @@ impl ComputeApi for ComputeManager {
     ) -> Result<RunOutcome, ComputeError> {
         let _arriving = Arriving::new(self, &task_id);
         check_task_id(&task_id)?;
-        if self.commands().resolve(&name).is_none() {
-            return Err(ComputeError::CommandNotAllowed(name));
-        }
-        let info =
+        let checked = self.commands().command_line(&name, &args);
+        let mut info =
             TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url).owned_by(&ctx);
+        match checked {
+            Ok(_) => {}
+            Err(refused @ commands::CommandRefused::Arguments { .. }) => {
+                // The task is recorded as refused, so a caller that cast it
+                // (the scheduler places tasks by cast) reads why.
+                let refused = ComputeError::from(refused);
+                info.status = TaskStatus::Failed;
+                info.error = Some(refused.to_string());
+                info.finished_at = Some(chrono::Utc::now().naive_utc());
+                self.store.insert(&info).await?;
+                self.started.notify_waiters();
+                return Err(refused);
+            }
+            Err(not_allowed) => return Err(not_allowed.into()),
+        }
         // Held until the task is either started or registered as queued, so
         // a kill never finds it in neither place.
         let mut queued = self.queued.lock().await;
@@ -720,10 +763,7 @@ impl Manager for ComputeManager {
     /// SIGHUP: the new `[compute] allowed_commands` apply to tasks that
     /// start from now on; running tasks keep the argv they started with.
     async fn reload(&self, config: &nova_core::config::Config) {
-        let parsed = config
-            .get_dict("compute", "allowed_commands")
-            .map_err(|e| e.to_string())
-            .and_then(|d| Commands::parse(d.unwrap_or_default()));
+        let parsed = allow_list(config);
         match parsed {
             Ok(commands) => {
                 tracing::info!(commands = ?commands.names(), "allowed_commands reloaded");

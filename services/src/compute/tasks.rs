@@ -172,8 +172,9 @@ async fn drain(mut from: impl AsyncRead + Unpin, into: Arc<Mutex<Tail>>) {
     }
 }
 
-/// How tasks run: the environment they start with, how long they may
-/// take, and how long a stopped task gets between SIGTERM and SIGKILL.
+/// How tasks run: the environment they start with, the user they run as,
+/// the resource limits they run under, how long they may take, and how
+/// long a stopped task gets between SIGTERM and SIGKILL.
 #[derive(Debug, Clone)]
 pub struct TaskLimits {
     /// The whole environment of a task (nothing of the service's own is inherited).
@@ -182,15 +183,68 @@ pub struct TaskLimits {
     pub kill_grace: Duration,
     /// Longest run; `None`: no limit.
     pub timeout: Option<Duration>,
+    /// Run as this user (uid, gid) with no supplementary groups
+    /// (`[compute] task_user`); `None`: as the service's own user.
+    pub user: Option<(u32, u32)>,
+    /// Resource limits, as `prlimit` names them (`cpu`, `as`, `fsize`,
+    /// `nofile`, `nproc`, …) with their values (`[compute] task_rlimits`).
+    pub rlimits: Vec<(String, u64)>,
 }
 
 impl Default for TaskLimits {
     fn default() -> Self {
-        Self { env: Self::env_from("PATH"), kill_grace: Duration::from_secs(10), timeout: None }
+        Self {
+            env: Self::env_from("PATH"),
+            kill_grace: Duration::from_secs(10),
+            timeout: None,
+            user: None,
+            rlimits: Vec::new(),
+        }
     }
 }
 
+/// The resource limits `[compute] task_rlimits` may set (`prlimit`'s names).
+pub const RLIMITS: &[&str] = &["as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "rss", "stack"];
+
 impl TaskLimits {
+    /// `[compute] task_user`: a user name or uid, resolved now.
+    pub fn user_from(spec: &str) -> Result<Option<(u32, u32)>, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Ok(None);
+        }
+        let user = match spec.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(spec),
+        };
+        match user {
+            Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
+            Ok(None) => Err(format!("[compute] task_user: no user {spec:?}")),
+            Err(e) => Err(format!("[compute] task_user: {spec}: {e}")),
+        }
+    }
+
+    /// `[compute] task_rlimits`: `name=value` pairs, comma separated.
+    pub fn rlimits_from(spec: &str) -> Result<Vec<(String, u64)>, String> {
+        spec.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (name, value) =
+                    e.split_once('=').ok_or_else(|| format!("[compute] task_rlimits: {e:?} is not name=value"))?;
+                let name = name.trim().to_ascii_lowercase();
+                if !RLIMITS.contains(&name.as_str()) {
+                    return Err(format!("[compute] task_rlimits: {name} is not one of {}", RLIMITS.join(", ")));
+                }
+                let value = value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("[compute] task_rlimits: {name}: {value:?} is not a number"))?;
+                Ok((name, value))
+            })
+            .collect()
+    }
+
     /// `[compute] task_env`: comma-separated names taken from the service's
     /// environment, or `NAME=value` pairs.
     pub fn env_from(spec: &str) -> Vec<(String, String)> {
@@ -251,29 +305,52 @@ enum End {
 
 /// util-linux's `setpriv`, through which tasks start where it is installed.
 const SETPRIV: &str = "/usr/bin/setpriv";
+/// util-linux's `prlimit`, through which tasks start under resource limits,
+/// as oslo.concurrency's `prlimit` option runs them.
+const PRLIMIT: &str = "/usr/bin/prlimit";
 
-/// Start `argv` + `info.args` as a process — argv, never a shell — in a
-/// process group of its own with only `limits.env` for environment, and
-/// supervise it. Returns the running task, or the reason it could not start.
-pub fn spawn(mut info: TaskInfo, argv: &[String], limits: &TaskLimits) -> Result<Arc<RunningTask>, String> {
-    let (program, fixed) = argv.split_first().ok_or_else(|| format!("command {} has an empty argv", info.name))?;
+/// The program and arguments that start `line` under `limits`: through
+/// `setpriv` (the parent-death signal, and the task's user) and `prlimit`
+/// (its resource limits) where they are needed and installed.
+fn wrapped(line: &[String], limits: &TaskLimits) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
     // The task dies with its compute (a SIGKILLed compute leaves no task
-    // running that nobody watches, and whose work another host redoes):
-    // util-linux's setpriv sets the parent-death signal, then runs the task.
+    // running that nobody watches, and whose work another host redoes).
+    if Path::new(SETPRIV).exists() {
+        out.extend([SETPRIV, "--pdeathsig", "KILL"].map(String::from));
+        if let Some((uid, gid)) = limits.user {
+            out.extend([format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".into()]);
+        }
+        out.push("--".into());
+    } else if limits.user.is_some() {
+        return Err(format!("[compute] task_user needs {SETPRIV} (util-linux)"));
+    }
+    if !limits.rlimits.is_empty() {
+        if !Path::new(PRLIMIT).exists() {
+            return Err(format!("[compute] task_rlimits needs {PRLIMIT} (util-linux)"));
+        }
+        out.push(PRLIMIT.into());
+        out.extend(limits.rlimits.iter().map(|(name, value)| format!("--{name}={value}")));
+        out.push("--".into());
+    }
+    out.extend(line.iter().cloned());
+    Ok(out)
+}
+
+/// Start `line` (the command's argv and the caller's arguments, checked
+/// against the command's rule) as a process — argv, never a shell — in a
+/// process group of its own with only `limits.env` for environment, as
+/// `limits.user` under `limits.rlimits`, and supervise it. Returns the
+/// running task, or the reason it could not start.
+pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result<Arc<RunningTask>, String> {
+    let program = line.first().ok_or_else(|| format!("command {} has an empty argv", info.name))?;
     if program.contains('/') && !Path::new(program).is_file() {
         return Err(format!("cannot start {program}: no such file"));
     }
-    let mut command = match Path::new(SETPRIV).exists() {
-        true => {
-            let mut c = tokio::process::Command::new(SETPRIV);
-            c.args(["--pdeathsig", "KILL", "--", program]);
-            c
-        }
-        false => tokio::process::Command::new(program),
-    };
+    let full = wrapped(line, limits)?;
+    let mut command = tokio::process::Command::new(&full[0]);
     let mut child = command
-        .args(fixed)
-        .args(&info.args)
+        .args(&full[1..])
         .env_clear()
         .envs(limits.env.iter().map(|(k, v)| (k, v)))
         .process_group(0)
@@ -286,8 +363,7 @@ pub fn spawn(mut info: TaskInfo, argv: &[String], limits: &TaskLimits) -> Result
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or("the task exited at once")?;
     info.process_group = start_time(pgid).map(|t| (pgid, t));
     // The record shows what ran, with its secrets masked.
-    let shown: Vec<String> = argv.iter().chain(&info.args).cloned().collect();
-    info.argv = nova_rpc::mask::mask_arg_strings(&shown);
+    info.argv = nova_rpc::mask::mask_arg_strings(line);
     info.status = TaskStatus::Running;
     info.started_at = Some(chrono::Utc::now().naive_utc());
     let (stdout, stderr) = (Arc::new(Mutex::new(Tail::default())), Arc::new(Mutex::new(Tail::default())));
