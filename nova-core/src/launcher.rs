@@ -89,7 +89,7 @@ impl std::fmt::Debug for Bootstrap {
 
 /// Load the configuration for `args` (defaults < files < env < flags).
 pub fn load_config(args: &CommonArgs, specs: &[OptSpec]) -> Result<Config, ConfigError> {
-    Config::load(specs, &args.config_file, args.config_dir.as_deref(), &args.overrides())
+    Config::load(specs, &args.config_file, args.config_dir.as_deref(), &args.overrides()?)
 }
 
 /// What a client-only program (a CLI, a script's helper) needs: its

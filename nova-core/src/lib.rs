@@ -10,6 +10,7 @@
 pub mod background;
 pub mod baseapi;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod launcher;
 pub mod logging;

@@ -292,7 +292,17 @@ impl Signing {
         }
         let compacted: String = kept.iter().map(|(id, ts)| format!("{ts} {id}\n")).collect();
         let fresh = path.with_extension("new");
-        std::fs::write(&fresh, compacted).map_err(fail)?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&fresh)
+                .map_err(fail)?;
+            f.write_all(compacted.as_bytes()).map_err(fail)?;
+        }
         std::fs::rename(&fresh, &path).map_err(fail)?;
         let file = std::fs::OpenOptions::new().append(true).create(true).open(&path).map_err(fail)?;
         {

@@ -95,3 +95,26 @@ async fn tasks_run_as_their_user_under_their_limits() {
     assert!(TaskLimits::user_from("no-such-user-here").is_err());
     bus.stop().await;
 }
+
+/// Whether process `pid` is gone (or only a zombie nobody reaped).
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)) == Some("Z"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_leaves_its_tasks_group_is_killed_too() {
+    let bus = TestBus::new().await;
+    let commands = Commands::parse(vec![("sh".into(), "/bin/sh -c".into())]).unwrap();
+    let c = compute(&bus, commands, TaskLimits::default()).await;
+    // A grandchild in a session of its own (out of the task's group), whose
+    // parent exits with the task: compute adopts it, and kills it.
+    let t = run(&c, "sh", &["setsid sleep 300 & echo $!"], "escape").await;
+    assert_eq!(t.status, TaskStatus::Succeeded, "{t:?}");
+    let pid: i32 = t.stdout.trim().parse().unwrap_or_else(|e| panic!("{e}: {t:?}"));
+    nova_core::testing::eventually("the escaped grandchild is killed", std::time::Duration::from_secs(30), || async {
+        gone(pid).then_some(())
+    })
+    .await;
+    bus.stop().await;
+}

@@ -193,7 +193,10 @@ async fn tokens_are_reread_on_sighup_and_noauth_stays_on_loopback() {
     .await;
     assert_eq!(services("second").await.0, 401);
     let (status, page) = request(port, "GET", "/", vec![]).await;
-    assert!(status == 401 && page.contains(r#"<form id="login">"#), "the console asks for a token: {status} {page}");
+    assert!(
+        status == 401 && page.contains(r#"<form id="login" method="post""#),
+        "the console asks for a token: {status} {page}"
+    );
     token_file(&dir, &[("second", "bob", &["admin"])]);
     all.signal("HUP");
     eventually("the new token works after SIGHUP", Duration::from_secs(30), || async {
@@ -424,4 +427,56 @@ async fn a_project_sees_and_kills_only_its_own_tasks() {
     all.sort();
     assert_eq!(all, ["a1", "b1"]);
     assert_eq!(send("GET", "/v1/tasks/b1".into(), "root-token", json!({})).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_with_a_cookie_and_never_a_url() {
+    let dir = TempDir::new("gw-console");
+    let tokens = token_file(&dir, &[("console-token", "alice", &["admin"])]);
+    let conf = format!("[api]\nauth_strategy = token\ntoken_file = {}\n", tokens.display());
+    let (_all, port) = nova_all(&dir, &conf, &[]);
+    eventually("nova-all serves its files", Duration::from_secs(30), || async {
+        (request(port, "GET", "/console.js", vec![]).await.0 == 200).then_some(())
+    })
+    .await;
+    // The console's files need no token; no answer may be framed or sniffed.
+    let (status, headers, _) = http("GET", port, "/console.css", &[], b"");
+    assert_eq!(status, 200);
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    assert_eq!((header("x-frame-options"), header("x-content-type-options")), ("DENY".into(), "nosniff".into()));
+    let sign_in = |token: &str, tls: bool| {
+        let mut headers = vec![];
+        if tls {
+            headers.push(("X-Forwarded-Proto", "https"));
+        }
+        http("POST", port, "/login", &headers, json!({ "token": token }).to_string().as_bytes())
+    };
+    assert_eq!(sign_in("not-a-token", false).0, 401);
+    let (status, headers, _) = sign_in("console-token", false);
+    let cookie = headers.iter().find(|(k, _)| k == "set-cookie").map(|(_, v)| v.clone()).unwrap_or_default();
+    assert_eq!(status, 204);
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+    let (_, headers, _) = sign_in("console-token", true);
+    assert!(headers.iter().any(|(k, v)| k == "set-cookie" && v.contains("; Secure")), "Secure behind TLS: {headers:?}");
+    // In a browser: the sign-in page runs its script, its form posts, the
+    // cookie opens the pages and stays out of the page's reach.
+    let url = format!("http://127.0.0.1:{port}/");
+    let script = r#"(async () => {
+        const form = document.getElementById('login');
+        const ready = !!form && form.dataset.ready === '1' && form.method === 'post';
+        const r = await fetch('/login', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                         body: JSON.stringify({token: 'console-token'})});
+        const page = await fetch('/');
+        return JSON.stringify({ready, login: r.status, page: page.status,
+                               readable: document.cookie.includes('nova_token'), url: location.href});
+    })()"#;
+    let out = tokio::task::spawn_blocking(move || nova_tests::browser(&url, script, "console-sign-in")).await.unwrap();
+    let seen: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(seen["ready"], true, "the sign-in script ran: {seen}");
+    assert_eq!((seen["login"].as_u64(), seen["page"].as_u64()), (Some(204), Some(200)), "{seen}");
+    assert_eq!(seen["readable"], false, "the cookie is HttpOnly: {seen}");
+    assert!(!seen["url"].as_str().unwrap_or_default().contains("token"), "{seen}");
 }

@@ -168,3 +168,43 @@ async fn service_records_over_postgres_verify_full() {
     let refused = Database::connect(&url(&other.path().join("ca.pem"))).await;
     assert!(refused.is_err(), "a certificate the CA did not sign is refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_come_from_files_and_state_is_private() {
+    let vhost = TestVhost::new();
+    let dir = TempDir::new("secret-files");
+    let url_file = dir.write("transport-url", &format!("{}\n", vhost.url()));
+    let exchange = unique("nova");
+    let state = dir.path().join("state").join("deeper");
+    let args = [
+        "--transport-url-file",
+        url_file.to_str().unwrap(),
+        "--control-exchange",
+        &exchange,
+        "--host",
+        "s1",
+        "--state-path",
+        state.to_str().unwrap(),
+    ];
+    let compute = Proc::spawn("nova-compute", &args, dir.path());
+    let t = nova_rpc::transport::connect(TransportOptions::new(vhost.url()).with_control_exchange(exchange.clone()))
+        .await
+        .unwrap();
+    let base = RpcClient::new(t, Target::new("compute").with_namespace("baseapi").with_version("1.1"))
+        .with_timeout(Duration::from_secs(3));
+    eventually("nova-compute serves with the URL from its file", Duration::from_secs(30), || async {
+        base.call(&RequestContext::new(), "ping", json!({"arg": 1})).await.ok()
+    })
+    .await;
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", compute.pid())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(!cmdline.contains("guest:guest@"), "the broker's credentials show in the process list: {cmdline}");
+    // The state is the service's own: 0700 directories, a 0600 database.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "{}", state.display());
+    assert_eq!(mode(&state.join("nova.sqlite")), 0o600);
+    let mut missing = Proc::spawn("nova-compute", &["--transport-url-file", "/nonexistent/url"], dir.path());
+    assert!(!missing.wait_exit(Duration::from_secs(30)).expect("it exits").success());
+    assert!(missing.output().contains("/nonexistent/url"), "{}", missing.output());
+}

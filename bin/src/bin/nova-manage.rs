@@ -30,6 +30,15 @@ enum Top {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The gateway's policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the default policy (Markdown): every target, its default rule, what it guards.
+    Reference,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +90,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ConfigCommand::Sample => print!("{}", nova_core::config::Config::sample(&specs)),
                 ConfigCommand::Reference => print!("{}", nova_core::config::Config::reference(&specs)),
             }
+            return Ok(());
+        }
+        Top::Policy(PolicyCommand::Reference) => {
+            print!("{}", nova_bin::gateway::Policy::reference());
             return Ok(());
         }
         Top::Service(cmd) => cmd,

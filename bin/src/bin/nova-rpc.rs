@@ -126,9 +126,13 @@ struct ApiArgs {
     /// The gateway (default: http:// + [api] listen).
     #[arg(long, env = "NOVA_API", value_name = "URL")]
     api: Option<String>,
-    /// Sent as X-Auth-Token.
+    /// Sent as X-Auth-Token. It shows in the process list: prefer
+    /// NOVA_AUTH_TOKEN or --token-file.
     #[arg(long, env = "NOVA_AUTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the token from this file.
+    #[arg(long = "token-file", value_name = "PATH", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -322,7 +326,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 fn tasks_api(config: &nova_core::config::Config, api: ApiArgs) -> Result<nova_bin::tasks_api::TasksApi, Failure> {
     let listen = config.raw("api", "listen").unwrap_or("127.0.0.1:8774").to_owned();
     let base = api.api.unwrap_or_else(|| format!("http://{listen}"));
-    Ok(nova_bin::tasks_api::TasksApi::new(&base, api.token)?)
+    let token = match api.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| Failure::Usage(format!("--token-file {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        None => api.token,
+    };
+    Ok(nova_bin::tasks_api::TasksApi::new(&base, token)?)
 }
 
 fn print_json(v: &impl serde::Serialize) {

@@ -11,9 +11,12 @@
 //! Values reach the script only through `data-*` attributes, the script and
 //! style are files of their own (`/console.js`, `/console.css`), and every
 //! page is sent with a Content-Security-Policy that runs no inline script.
-//! Under `auth_strategy = token` the console asks for a token once and
-//! sends it as `X-Auth-Token`, and it reaches the pages as a
-//! `SameSite=Strict` cookie.
+//! Under `auth_strategy = token` the console asks for a token once: its
+//! script posts it to `/login`, which answers with an `HttpOnly;
+//! SameSite=Strict` cookie for the pages (`Secure` behind TLS), and keeps
+//! it for the session to send as `X-Auth-Token` to the API. The token is
+//! never put in a URL (the form posts, with or without the script), and
+//! the console's own files need no token.
 
 use std::collections::BTreeSet;
 
@@ -64,6 +67,39 @@ pub(super) fn document(title: &str, body: Markup) -> Response {
         .into_response()
 }
 
+/// `POST /login` `{"token"}`: 204 with the pages' cookie for a known
+/// token, 401 otherwise.
+pub(super) async fn sign_in(
+    State(gw): State<Gateway>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct SignIn {
+        token: String,
+    }
+    let token = match serde_json::from_slice::<SignIn>(&body) {
+        Ok(s) => s.token,
+        Err(e) => {
+            return super::ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", format!("the body: {e}"))
+                .into_response()
+        }
+    };
+    if !gw.auth.knows(&token) {
+        return super::ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "not a token of this gateway")
+            .into_response();
+    }
+    // Behind a TLS proxy the cookie goes over TLS only.
+    let tls = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    let value = percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC);
+    let cookie = format!("nova_token={value}; Path=/; HttpOnly; SameSite=Strict{}", if tls { "; Secure" } else { "" });
+    let mut answer = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&cookie) {
+        answer.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    answer
+}
+
 /// The page a browser without a valid token gets (401).
 pub(super) fn login() -> Response {
     let mut page = document(
@@ -71,7 +107,7 @@ pub(super) fn login() -> Response {
         html! {
             h1 { "nova-rs console" }
             p { "This gateway needs a token." }
-            form #login {
+            form #login method="post" action="/login" {
                 label { "token" } input name="token" type="password" autocomplete="off" required;
                 button type="submit" { "Sign in" }
             }
@@ -427,11 +463,17 @@ document.addEventListener('DOMContentLoaded', () => {
     location.href = '/traces/' + encodeURIComponent(find.rid.value);
   });
   const login = document.getElementById('login');
-  if (login) login.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    sessionStorage.setItem('nova_token', login.token.value);
-    document.cookie = 'nova_token=' + encodeURIComponent(login.token.value) + '; path=/; SameSite=Strict';
-    location.reload();
-  });
+  if (login) {
+    login.dataset.ready = '1';
+    login.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const token = login.token.value;
+      const r = await fetch('/login', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                      body: JSON.stringify({token})});
+      if (r.status !== 204) { login.token.value = ''; return; }
+      sessionStorage.setItem('nova_token', token);
+      location.replace('/');
+    });
+  }
 });
 "#;

@@ -32,7 +32,7 @@ pub mod history;
 pub mod tasks;
 mod traces;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Bytes,
@@ -111,6 +111,7 @@ impl Gateway {
             .route("/", get(console::page))
             .route("/console.js", get(console::script))
             .route("/console.css", get(console::style))
+            .route("/login", post(console::sign_in))
             .route("/v1/services", get(services))
             .route("/v1/services/{topic}/describe", get(describe))
             .route("/v1/call/{topic}/{method}", post(call_topic))
@@ -208,7 +209,11 @@ impl From<RpcError> for ApiError {
 /// Every error answer is `{"error": {"class", "message"}}`, also those made
 /// by axum's extractors and tower-http (a bad path, a timeout, a body over
 /// the limit), which come as plain text or empty.
-async fn json_errors(response: Response) -> Response {
+async fn json_errors(mut response: Response) -> Response {
+    // Never framed by another page, never sniffed into another type.
+    let headers = response.headers_mut();
+    headers.insert(axum::http::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     let status = response.status();
     // JSON already, or a page of the console's (its sign-in page is a 401).
     let formed = response
@@ -542,37 +547,6 @@ async fn read_body(
     }
 }
 
-/// Connections per client address, each counted while it is open.
-#[derive(Default)]
-struct Clients(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
-
-/// One open connection of a client; dropping it frees its place.
-struct ClientSlot(Arc<Clients>, std::net::IpAddr);
-
-impl Clients {
-    /// A place for one more connection of `ip`, unless it holds `max` already.
-    fn admit(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_default();
-        (*n < max).then(|| {
-            *n += 1;
-            ClientSlot(self.clone(), ip)
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// Serve the gateway until `shutdown` resolves, then let the requests in
 /// flight finish. Each connection has `[api] header_read_timeout` to send
 /// its headers (hyper closes it otherwise) and, once the caller is
@@ -591,7 +565,7 @@ pub async fn serve(
     gateway.history.run();
     let app = gateway.router();
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
-    let clients = Arc::new(Clients::default());
+    let clients = nova_core::connections::PerClient::new(options.max_connections_per_client);
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -611,7 +585,7 @@ pub async fn serve(
         };
         // One client cannot take every connection: past its share, a new
         // connection is closed at once (its permit goes back).
-        let Some(client) = clients.admit(peer.ip(), options.max_connections_per_client) else {
+        let Some(client) = clients.admit(peer.ip()) else {
             tracing::debug!(client = %peer.ip(), "closing a connection past max_connections_per_client");
             continue;
         };

@@ -105,9 +105,17 @@ impl Database {
         let doing = format!("connecting to {}", mask(url));
         if sqlite {
             let path = std::path::Path::new(&target);
+            // State is the service's own: directories it creates are 0700,
+            // and the database file (its log and shared memory take its
+            // mode) is 0600.
+            let io = |e| DbError::Sql { doing: doing.clone(), source: sqlx::Error::Io(e) };
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| DbError::Sql { doing: doing.clone(), source: sqlx::Error::Io(e) })?;
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+            }
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(io)?;
             }
             let options = sqlx::sqlite::SqliteConnectOptions::new()
                 .filename(path)

@@ -420,13 +420,30 @@ impl ComputeManager {
             tracing::error!(error = %e, task_id = %info.task_id, "cannot save the finished task");
         }
         self.running.lock().await.remove(&info.task_id);
+        self.kill_adopted().await;
         self.deliver_result(&mut info).await;
         info
     }
 
+    /// Kill what tasks left behind outside their groups, now handed to
+    /// this process (see [`tasks::become_subreaper`]).
+    async fn kill_adopted(&self) {
+        let leaders: Vec<i32> =
+            self.running.lock().await.values().filter_map(|t| t.info.process_group.map(|(pgid, _)| pgid)).collect();
+        let killed = tokio::task::spawn_blocking(move || tasks::kill_adopted(&leaders)).await.unwrap_or(0);
+        if killed > 0 {
+            tracing::warn!(killed, "killed processes a task left behind outside its group");
+        }
+    }
+
     /// Cast the finished task to its `notify` target and POST it to its `callback_url`.
     async fn deliver_result(&self, info: &mut TaskInfo) {
-        if let Some(n) = &info.notify {
+        // A signed topic trusts its callers' keys: compute does not lend
+        // its key to whoever submitted a task.
+        let signed = |topic: &str| self.rpc.transport().options().signing.as_ref().is_some_and(|s| s.applies_to(topic));
+        if let Some(n) = info.notify.as_ref().filter(|n| signed(&n.topic)) {
+            tracing::warn!(task_id = %info.task_id, topic = %n.topic, "not notifying a signed topic on a submitter's behalf");
+        } else if let Some(n) = &info.notify {
             let mut target = Target::new(&n.topic);
             if let Some(s) = &n.server {
                 target = target.with_server(s);
@@ -728,6 +745,8 @@ impl ComputeApi for ComputeManager {
 impl ComputeManager {
     #[periodic_task(spacing = self.capacity_report_interval, run_immediately = true)]
     async fn _report_capacity_periodically(&self, ctx: RequestContext) -> Result<(), RpcError> {
+        // Orphans whose parent lived on after their task ended are found here.
+        self.kill_adopted().await;
         self.report_capacity(ctx).await
     }
 }
@@ -737,6 +756,8 @@ impl Manager for ComputeManager {
     /// Tasks that were running when this host's previous process died are
     /// failed now, and what is left of their process groups is killed.
     async fn init_host(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
+        // What a task's processes leave behind comes back here, to be killed.
+        tasks::become_subreaper();
         let mut lost = self.store.list(Some(&self.host), Some(TaskStatus::Running)).await?;
         lost.extend(self.store.list(Some(&self.host), Some(TaskStatus::Queued)).await?);
         for mut t in lost {

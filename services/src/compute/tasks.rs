@@ -303,6 +303,52 @@ enum End {
     TimedOut,
 }
 
+/// The variable every task (and so everything it starts) carries: its id,
+/// by which compute knows a task's processes that escaped its group.
+pub const TASK_MARK: &str = "NOVA_TASK_ID";
+
+/// Make this process the subreaper of everything it starts, so a task's
+/// process that leaves its group (`setsid`) and outlives its parent is
+/// handed to compute rather than to init ([`kill_adopted`] then ends it).
+/// Linux only; elsewhere, or when refused, a warning says what is lost.
+pub fn become_subreaper() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper: a task's process that leaves its group may outlive it");
+    }
+}
+
+/// Kill and reap the processes this process adopted from tasks: its
+/// children that carry [`TASK_MARK`] but lead no running task's group
+/// (`running` lists the leaders). How many it killed.
+pub fn kill_adopted(running: &[i32]) -> usize {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut killed = 0;
+    for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        if running.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The parent's pid is the second field after the command, which is in parentheses.
+        let parent = stat.rfind(')').and_then(|i| stat[i + 2..].split_whitespace().nth(1));
+        if parent != Some(me.as_str()) {
+            continue;
+        }
+        let marked = std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var.starts_with(TASK_MARK.as_bytes())));
+        if !marked {
+            continue;
+        }
+        let target = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
+            // Reap this one only: tokio waits for the children it started itself.
+            let _ = nix::sys::wait::waitpid(target, None);
+            killed += 1;
+        }
+    }
+    killed
+}
+
 /// util-linux's `setpriv`, through which tasks start where it is installed.
 const SETPRIV: &str = "/usr/bin/setpriv";
 /// util-linux's `prlimit`, through which tasks start under resource limits,
@@ -353,6 +399,7 @@ pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result
         .args(&full[1..])
         .env_clear()
         .envs(limits.env.iter().map(|(k, v)| (k, v)))
+        .env(TASK_MARK, &info.task_id)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
