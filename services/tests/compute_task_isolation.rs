@@ -118,3 +118,25 @@ async fn a_process_that_leaves_its_tasks_group_is_killed_too() {
     .await;
     bus.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_s_cgroup_ends_every_process_it_started() {
+    let cgroups = nova_services::compute::cgroup::TaskCgroups::detect()
+        .expect("cgroup v2 must be mounted and writable here (this test runs as root)");
+    let bus = TestBus::new().await;
+    let commands = Commands::parse(vec![("sh".into(), "/bin/sh -c".into())]).unwrap();
+    let limits = TaskLimits { cgroups: Some(Arc::new(cgroups)), ..TaskLimits::default() };
+    let c = compute(&bus, commands, limits).await;
+    // Out of the group, out of the session, and with nothing of the task's
+    // environment: only the cgroup still knows it is the task's.
+    let t = run(&c, "sh", &["grep -c nova-tasks /proc/self/cgroup; env -i setsid sleep 301 & echo $!"], "cg").await;
+    assert_eq!(t.status, TaskStatus::Succeeded, "{t:?}");
+    let mut lines = t.stdout.lines();
+    assert_eq!(lines.next(), Some("1"), "the task ran in its cgroup: {t:?}");
+    let pid: i32 = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("{t:?}"));
+    nova_core::testing::eventually("the escaped process is killed", std::time::Duration::from_secs(30), || async {
+        gone(pid).then_some(())
+    })
+    .await;
+    bus.stop().await;
+}

@@ -23,6 +23,7 @@
 //! `callback_url`. Tasks live in the database, so a restarted compute still
 //! answers for them, and marks the ones that were running as failed.
 
+pub mod cgroup;
 pub mod commands;
 pub mod tasks;
 
@@ -117,6 +118,12 @@ pub const OPTIONS: &[OptSpec] = &[
         name: "command_args",
         default: "",
         help: "What callers may append to each command, 'name: rule' entries separated by ';': any (the default), none, or regex PATTERN (each argument matches whole); a leading -- puts -- before the arguments.",
+    },
+    OptSpec {
+        section: "compute",
+        name: "task_cgroups",
+        default: "auto",
+        help: "auto: run each task in a cgroup of its own where cgroup v2 lets this process (ending a task then ends every process it started); off: process groups and the subreaper only.",
     },
     OptSpec {
         section: "compute",
@@ -225,6 +232,11 @@ impl ComputeManager {
             timeout: Some(seconds("task_timeout")?).filter(|t| !t.is_zero()),
             user: TaskLimits::user_from(&c.get::<String>("compute", "task_user")?.unwrap_or_default())?,
             rlimits: TaskLimits::rlimits_from(&c.get::<String>("compute", "task_rlimits")?.unwrap_or_default())?,
+            cgroups: match c.get::<String>("compute", "task_cgroups")?.as_deref().unwrap_or("auto") {
+                "off" => None,
+                "auto" => cgroup::TaskCgroups::detect().map(Arc::new),
+                other => return Err(format!("[compute] task_cgroups: {other:?} is not auto or off").into()),
+            },
         };
         Ok(Self::new(
             &deps.service.host,
@@ -428,9 +440,7 @@ impl ComputeManager {
     /// Kill what tasks left behind outside their groups, now handed to
     /// this process (see [`tasks::become_subreaper`]).
     async fn kill_adopted(&self) {
-        let leaders: Vec<i32> =
-            self.running.lock().await.values().filter_map(|t| t.info.process_group.map(|(pgid, _)| pgid)).collect();
-        let killed = tokio::task::spawn_blocking(move || tasks::kill_adopted(&leaders)).await.unwrap_or(0);
+        let killed = tokio::task::spawn_blocking(tasks::kill_adopted).await.unwrap_or(0);
         if killed > 0 {
             tracing::warn!(killed, "killed processes a task left behind outside its group");
         }

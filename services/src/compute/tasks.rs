@@ -189,6 +189,9 @@ pub struct TaskLimits {
     /// Resource limits, as `prlimit` names them (`cpu`, `as`, `fsize`,
     /// `nofile`, `nproc`, …) with their values (`[compute] task_rlimits`).
     pub rlimits: Vec<(String, u64)>,
+    /// Where each task gets a cgroup of its own (`[compute] task_cgroups`);
+    /// `None`: process groups and the subreaper only.
+    pub cgroups: Option<Arc<super::cgroup::TaskCgroups>>,
 }
 
 impl Default for TaskLimits {
@@ -199,6 +202,7 @@ impl Default for TaskLimits {
             timeout: None,
             user: None,
             rlimits: Vec::new(),
+            cgroups: None,
         }
     }
 }
@@ -317,10 +321,21 @@ pub fn become_subreaper() {
     }
 }
 
+/// The first process of every task this process runs, whichever manager
+/// started it: its own children that are not orphans it adopted.
+static LEADERS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn leaders() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
+    LEADERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Kill and reap the processes this process adopted from tasks: its
-/// children that carry [`TASK_MARK`] but lead no running task's group
-/// (`running` lists the leaders). How many it killed.
-pub fn kill_adopted(running: &[i32]) -> usize {
+/// children that carry [`TASK_MARK`] but are no task's first process (of
+/// any manager in this process). How many it killed.
+pub fn kill_adopted() -> usize {
+    // Held throughout, so no task starts between the scan and the kill.
+    let running = leaders();
     let me = std::process::id().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
     let mut killed = 0;
@@ -393,8 +408,18 @@ pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result
     if program.contains('/') && !Path::new(program).is_file() {
         return Err(format!("cannot start {program}: no such file"));
     }
-    let full = wrapped(line, limits)?;
+    let mut full = wrapped(line, limits)?;
+    let cgroup = match &limits.cgroups {
+        Some(cgroups) => {
+            let dir = cgroups.create(&info.task_id).map_err(|e| format!("cannot make the task's cgroup: {e}"))?;
+            full = super::cgroup::TaskCgroups::wrap(&dir, full);
+            Some(dir)
+        }
+        None => None,
+    };
     let mut command = tokio::process::Command::new(&full[0]);
+    // Registered before anyone can look for adopted processes.
+    let mut registry = leaders();
     let mut child = command
         .args(&full[1..])
         .env_clear()
@@ -408,6 +433,8 @@ pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or("the task exited at once")?;
+    registry.insert(pgid);
+    drop(registry);
     info.process_group = start_time(pgid).map(|t| (pgid, t));
     // The record shows what ran, with its secrets masked.
     info.argv = nova_rpc::mask::mask_arg_strings(line);
@@ -447,6 +474,7 @@ pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result
             stop_group(pgid, grace, child.wait()).await;
         }
         let status = child.wait().await;
+        leaders().remove(&pgid);
         {
             // The leader is gone; whatever it left in its group (a background
             // child holding stdout, say) is stopped, so the task ends.
@@ -461,6 +489,10 @@ pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result
             {
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut outputs).await;
             }
+        }
+        // Whatever the task started is ended with it, wherever it went.
+        if let Some(dir) = &cgroup {
+            super::cgroup::TaskCgroups::end(dir, pgid).await;
         }
         // Only a process that left the group can still hold the pipes.
         for r in &readers {
