@@ -164,6 +164,12 @@ pub struct TaskInfo {
     /// Bytes written to stderr in all.
     #[serde(default)]
     pub stderr_bytes: u64,
+    /// Whether stdout wrote more than the 64 KiB kept (`stdout` is its end).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdout_truncated: bool,
+    /// Whether stderr wrote more than the 64 KiB kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_truncated: bool,
     /// Why it failed to start, or was failed.
     pub error: Option<String>,
     /// Where its result is cast.
@@ -239,6 +245,8 @@ impl TaskInfo {
             stderr: String::new(),
             stdout_bytes: 0,
             stderr_bytes: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
             error: None,
             notify,
             callback_url,

@@ -124,6 +124,11 @@ impl Tail {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0).into_owned()
     }
+
+    /// Whether more was written than is kept.
+    fn truncated(&self) -> bool {
+        self.1 > self.0.len() as u64
+    }
 }
 
 /// A task whose process runs.
@@ -157,9 +162,9 @@ impl RunningTask {
 
 fn fill_output(info: &mut TaskInfo, stdout: &Mutex<Tail>, stderr: &Mutex<Tail>) {
     let out = stdout.lock().unwrap_or_else(|p| p.into_inner());
-    (info.stdout, info.stdout_bytes) = (out.text(), out.1);
+    (info.stdout, info.stdout_bytes, info.stdout_truncated) = (out.text(), out.1, out.truncated());
     let err = stderr.lock().unwrap_or_else(|p| p.into_inner());
-    (info.stderr, info.stderr_bytes) = (err.text(), err.1);
+    (info.stderr, info.stderr_bytes, info.stderr_truncated) = (err.text(), err.1, err.truncated());
 }
 
 async fn drain(mut from: impl AsyncRead + Unpin, into: Arc<Mutex<Tail>>) {
