@@ -94,7 +94,7 @@ async fn tasks_run_as_their_user_under_their_limits() {
     let t = run(&c, "sh", &["head -c 100000 /dev/zero | tr '\\0' x"], "loud").await;
     assert_eq!((t.stdout.len(), t.stdout_bytes, t.stdout_truncated), (64 * 1024, 100_000, true), "{}", t.stdout_bytes);
     assert!(!t.stderr_truncated);
-    let e = TaskLimits::rlimits_from("rss=1, bogus=2").unwrap_err();
+    let e = TaskLimits::rlimits_from("rss=1, bogus=2").unwrap_err().to_string();
     assert!(e.contains("bogus"), "{e}");
     assert!(TaskLimits::user_from("no-such-user-here").is_err());
     bus.stop().await;

@@ -159,15 +159,13 @@ async fn failed_and_slow_hops_are_kept_whatever_the_sampling() {
     hops.stop().await;
 }
 
-/// A collector that takes no batch until told to; `entered` says a batch came.
-fn stuck_collector(entered: Arc<AtomicBool>, release: Arc<AtomicBool>) -> Dispatcher {
+/// A collector that takes no batch until `release` says so; `entered` says a batch came.
+fn stuck_collector(entered: Arc<AtomicBool>, release: tokio::sync::watch::Receiver<bool>) -> Dispatcher {
     let r = Router::new(Version::new(1, 0)).method("record_spans", move |_ctx: RequestContext, _v: Value| {
-        let (entered, release) = (entered.clone(), release.clone());
+        let (entered, mut release) = (entered.clone(), release.clone());
         async move {
             entered.store(true, Ordering::SeqCst);
-            while !release.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let _ = release.wait_for(|r| *r).await;
             Ok::<_, RpcError>(Value::Null)
         }
     });
@@ -193,8 +191,9 @@ fn span(trace_id: &str, span_id: String, parent_id: Option<String>, start_ms: f6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tracer_holds_at_most_its_cap_and_counts_what_it_drops() {
     let bus = TestBus::new().await;
-    let (entered, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let stuck = stuck_collector(entered.clone(), release.clone());
+    let entered = Arc::new(AtomicBool::new(false));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let stuck = stuck_collector(entered.clone(), released);
     let collector =
         RpcServer::new(bus.transport(), Target::new(TRACE_TOPIC).with_server("c1"), stuck).start().await.unwrap();
     let tracer = Tracer::with_capacity(bus.transport(), "svc", "h1", 16);
@@ -215,7 +214,7 @@ async fn a_tracer_holds_at_most_its_cap_and_counts_what_it_drops() {
     assert_eq!(tracer.held(), 17, "one span in flight and a full queue");
     assert_eq!(tracer.dropped(), 1000 - 16);
     assert!(nova_rpc::metrics::render().contains("nova_trace_spans_dropped_total{stage=\"queue\"}"));
-    release.store(true, Ordering::SeqCst);
+    release.send_replace(true);
     eventually("everything held is shipped", Duration::from_secs(10), || async {
         (tracer.held() == 0 && tracer.shipped() == 17).then_some(())
     })

@@ -52,9 +52,28 @@ pub struct Rule {
     separator: bool,
 }
 
+/// Why `[compute] command_args` cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgRulesError {
+    /// An entry is not `name: rule`.
+    #[error("[compute] command_args: {0:?} is not name: rule")]
+    NotAnEntry(String),
+    /// A rule names a command the allow-list does not have.
+    #[error("[compute] command_args: {0} is not in allowed_commands")]
+    UnknownCommand(String),
+    /// A rule does not parse.
+    #[error("[compute] command_args: {command}: {why}")]
+    BadRule {
+        /// The command.
+        command: String,
+        /// What is wrong with its rule.
+        why: String,
+    },
+}
+
 impl Rule {
-    /// Parse `[--] none | any | regex PATTERN`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Parse `[--] none | any | regex PATTERN`; `Err` says what is wrong.
+    fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (separator, rest) = match text.strip_prefix("--") {
             Some(rest) => (true, rest.trim_start()),
@@ -116,15 +135,14 @@ impl Commands {
     /// The same list with argument rules (`[compute] command_args`: `name:
     /// rule` entries separated by `;`); a rule for a command not in the
     /// list, or one that does not parse, is an error naming it.
-    pub fn with_arg_rules(mut self, spec: &str) -> Result<Self, String> {
+    pub fn with_arg_rules(mut self, spec: &str) -> Result<Self, ArgRulesError> {
         for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-            let (name, rule) =
-                entry.split_once(':').ok_or_else(|| format!("[compute] command_args: {entry:?} is not name: rule"))?;
+            let (name, rule) = entry.split_once(':').ok_or_else(|| ArgRulesError::NotAnEntry(entry.to_owned()))?;
             let name = name.trim();
             if !self.by_name.contains_key(name) {
-                return Err(format!("[compute] command_args: {name} is not in allowed_commands"));
+                return Err(ArgRulesError::UnknownCommand(name.to_owned()));
             }
-            let rule = Rule::parse(rule).map_err(|e| format!("[compute] command_args: {name}: {e}"))?;
+            let rule = Rule::parse(rule).map_err(|why| ArgRulesError::BadRule { command: name.to_owned(), why })?;
             self.rules.insert(name.to_owned(), rule);
         }
         Ok(self)

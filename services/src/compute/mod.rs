@@ -143,7 +143,7 @@ pub const OPTIONS: &[OptSpec] = &[
 fn allow_list(c: &nova_core::config::Config) -> Result<Commands, String> {
     let entries = c.get_dict("compute", "allowed_commands").map_err(|e| e.to_string())?.unwrap_or_default();
     let rules = c.get::<String>("compute", "command_args").map_err(|e| e.to_string())?.unwrap_or_default();
-    Commands::parse(entries)?.with_arg_rules(&rules)
+    Commands::parse(entries)?.with_arg_rules(&rules).map_err(|e| e.to_string())
 }
 
 /// `wait_task`s one host lets wait at once. A wait holds no request slot

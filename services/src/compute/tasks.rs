@@ -215,9 +215,30 @@ impl Default for TaskLimits {
 /// The resource limits `[compute] task_rlimits` may set (`prlimit`'s names).
 pub const RLIMITS: &[&str] = &["as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "rss", "stack"];
 
+/// Why `[compute] task_user` or `[compute] task_rlimits` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskLimitsError {
+    /// The user does not exist, or cannot be looked up.
+    #[error("[compute] task_user: {user}: {why}")]
+    User {
+        /// The name or uid given.
+        user: String,
+        /// Why it cannot be used.
+        why: String,
+    },
+    /// An entry of `task_rlimits` is wrong.
+    #[error("[compute] task_rlimits: {entry:?}: {why}")]
+    Rlimit {
+        /// The entry.
+        entry: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
 impl TaskLimits {
     /// `[compute] task_user`: a user name or uid, resolved now.
-    pub fn user_from(spec: &str) -> Result<Option<(u32, u32)>, String> {
+    pub fn user_from(spec: &str) -> Result<Option<(u32, u32)>, TaskLimitsError> {
         let spec = spec.trim();
         if spec.is_empty() {
             return Ok(None);
@@ -228,27 +249,24 @@ impl TaskLimits {
         };
         match user {
             Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
-            Ok(None) => Err(format!("[compute] task_user: no user {spec:?}")),
-            Err(e) => Err(format!("[compute] task_user: {spec}: {e}")),
+            Ok(None) => Err(TaskLimitsError::User { user: spec.to_owned(), why: "no such user".into() }),
+            Err(e) => Err(TaskLimitsError::User { user: spec.to_owned(), why: e.to_string() }),
         }
     }
 
     /// `[compute] task_rlimits`: `name=value` pairs, comma separated.
-    pub fn rlimits_from(spec: &str) -> Result<Vec<(String, u64)>, String> {
+    pub fn rlimits_from(spec: &str) -> Result<Vec<(String, u64)>, TaskLimitsError> {
         spec.split(',')
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .map(|e| {
-                let (name, value) =
-                    e.split_once('=').ok_or_else(|| format!("[compute] task_rlimits: {e:?} is not name=value"))?;
+                let bad = |why: String| TaskLimitsError::Rlimit { entry: e.to_owned(), why };
+                let (name, value) = e.split_once('=').ok_or_else(|| bad("not name=value".into()))?;
                 let name = name.trim().to_ascii_lowercase();
                 if !RLIMITS.contains(&name.as_str()) {
-                    return Err(format!("[compute] task_rlimits: {name} is not one of {}", RLIMITS.join(", ")));
+                    return Err(bad(format!("{name} is not one of {}", RLIMITS.join(", "))));
                 }
-                let value = value
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("[compute] task_rlimits: {name}: {value:?} is not a number"))?;
+                let value = value.trim().parse::<u64>().map_err(|_| bad(format!("{value:?} is not a number")))?;
                 Ok((name, value))
             })
             .collect()
