@@ -1,7 +1,10 @@
-//! Shared pieces of the nova-rs binaries: loading the configuration a
-//! command-line tool needs, and printing results.
+//! What the composed binaries share: loading the configuration a
+//! command-line tool needs, every program's options (for the sample
+//! configuration and the reference), and the `nova-rpc` CLI's own modules.
 
 use nova_core::config::{CommonArgs, Config, CoreOptions, CORE_OPTIONS};
+
+pub mod cli;
 
 /// Load the configuration and the framework options for a tool (no
 /// services): defaults < files < environment < flags, plus the example
@@ -23,14 +26,7 @@ pub fn tool_options(args: &CommonArgs) -> anyhow::Result<(Config, CoreOptions)> 
 pub fn option_specs() -> Vec<nova_core::config::OptSpec> {
     let mut specs = CORE_OPTIONS.to_vec();
     specs.extend(nova_services::registry().option_specs());
-    specs.extend_from_slice(gateway::API_OPTIONS);
-    specs.extend_from_slice(autoscale::AUTOSCALE_OPTIONS);
+    specs.extend_from_slice(nova_gateway::API_OPTIONS);
+    specs.extend_from_slice(nova_autoscale::AUTOSCALE_OPTIONS);
     specs
 }
-
-pub mod autoscale;
-pub mod bench;
-pub mod gateway;
-pub mod mount;
-pub mod queue_age;
-pub mod tasks_api;

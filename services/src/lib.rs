@@ -9,9 +9,16 @@
 //! Their APIs are traits in [`api`], apart from the managers: each with
 //! its typed client (`ComputeClient`, `SchedulerClient`), written by
 //! `#[rpc_api]`.
+//!
+//! The per-topic binaries (`nova-compute`, `nova-scheduler`, `nova-trace`)
+//! live here too, in `src/bin/`, so building one compiles only what a
+//! service needs; with the `gateway` feature, [`gateway`] adds the tasks
+//! resource to the HTTP gateway.
 
 pub mod api;
 pub mod compute;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod outbound;
 pub mod scheduler;
 pub mod trace;

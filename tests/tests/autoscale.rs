@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use nova_bin::autoscale::{AutoscaleOptions, Autoscaler, CommandLauncher, LauncherKind, ProcessLauncher};
+use nova_autoscale::{AutoscaleOptions, Autoscaler, CommandLauncher, LauncherKind, ProcessLauncher};
 use nova_core::db::Database;
 use nova_rpc::{transport, RequestContext, RpcClient, Target};
 use nova_services::compute::{

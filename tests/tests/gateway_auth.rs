@@ -16,11 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nova_bin::gateway::{self, ApiOptions, Auth, Gateway};
 use nova_core::db::{
     services::{ServiceRecords, MIGRATIONS},
     Database,
 };
+use nova_gateway::{self as gateway, ApiOptions, Auth, Gateway};
 use nova_rpc::{
     dispatcher::{Dispatcher, Router},
     transport::{self, TransportOptions},
@@ -88,6 +88,7 @@ async fn in_process_with(policy: &str) -> InProcess {
     };
     let auth = Auth::load(options).unwrap();
     let gw = Gateway::new(t, ServiceRecords::new(db), Duration::from_secs(60), auth);
+    let gw = gw.clone().with_resource(nova_services::gateway::resource(&gw));
     let (stop, stopped) = tokio::sync::oneshot::channel();
     tokio::spawn(gateway::serve(gw, async {
         let _ = stopped.await;

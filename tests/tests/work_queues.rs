@@ -329,7 +329,7 @@ async fn the_oldest_messages_age_from_the_management_api() {
     }
     let aged = eventually("the head has waited a second", Duration::from_secs(60), || async {
         let mut stats = t.queue_stats(&["aged".into()]).await.ok()?;
-        nova_bin::queue_age::fill(&mut stats, &api, &url).await.ok()?;
+        nova_gateway::queues::fill(&mut stats, &api, &url).await.ok()?;
         stats.into_iter().find(|q| q.oldest_age_seconds.is_some_and(|a| a >= 1.0))
     })
     .await;
@@ -341,8 +341,8 @@ async fn the_oldest_messages_age_from_the_management_api() {
         consumers: 0,
         oldest_age_seconds: None,
     }];
-    nova_bin::queue_age::fill(&mut missing, &api, &url).await.unwrap();
+    nova_gateway::queues::fill(&mut missing, &api, &url).await.unwrap();
     assert_eq!(missing[0].oldest_age_seconds, None);
-    let refused = nova_bin::queue_age::fill(&mut missing, "http://127.0.0.1:1", &url).await;
+    let refused = nova_gateway::queues::fill(&mut missing, "http://127.0.0.1:1", &url).await;
     assert!(refused.is_err());
 }

@@ -8,15 +8,13 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use nova_bin::{
-    autoscale::{self, AutoscaleOptions, Autoscaler},
-    gateway::{self, Gateway},
-};
+use nova_autoscale::{self as autoscale, AutoscaleOptions, Autoscaler};
 use nova_core::{
     config::CommonArgs,
     launcher::{shutdown, stop_all, wait_for_stop_signal},
     Bootstrap, LaunchError,
 };
+use nova_gateway::{self as gateway, Gateway};
 
 /// Run the scheduler, a compute host, and the HTTP gateway in one process.
 #[derive(Parser)]
@@ -61,6 +59,7 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
         Some(tokio::spawn(Autoscaler::new(bootstrap.transport.clone(), scaling, launcher).run(scaling_stopped)))
     };
     let gw = Gateway::from_bootstrap(&bootstrap, auth);
+    let gw = gw.clone().with_resource(nova_services::gateway::resource(&gw));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(gateway::serve(gw, async {
         let _ = stop_rx.await;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nova_bin::autoscale::{AutoscaleOptions, Autoscaler, AUTOSCALE_OPTIONS};
+use nova_autoscale::{AutoscaleOptions, Autoscaler, AUTOSCALE_OPTIONS};
 use nova_core::config::CommonArgs;
 
 /// Scale workers on the backlog of their topics' queues.

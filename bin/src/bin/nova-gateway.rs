@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
-use nova_bin::gateway::{self, Gateway};
 use nova_core::{config::CommonArgs, Bootstrap, LaunchError};
+use nova_gateway::{self as gateway, Gateway};
 
 /// Serve JSON-over-HTTP calls into RPC, and the console.
 #[derive(Parser)]
@@ -27,6 +27,7 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
     let listen = auth.options().listen;
     bootstrap.serve_metrics().await?;
     let gw = Gateway::from_bootstrap(&bootstrap, auth);
+    let gw = gw.clone().with_resource(nova_services::gateway::resource(&gw));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

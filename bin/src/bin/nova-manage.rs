@@ -93,7 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Top::Policy(PolicyCommand::Reference) => {
-            print!("{}", nova_bin::gateway::Policy::reference());
+            print!("{}", nova_gateway::Policy::reference());
             return Ok(());
         }
         Top::Service(cmd) => cmd,

@@ -8,6 +8,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use nova_bin::cli::{mount, tasks_api};
 use nova_core::config::CommonArgs;
 use nova_rpc::{layer::trace, transport, RequestContext, RpcClient, RpcError, Target};
 
@@ -205,11 +206,11 @@ fn parse_args(args: &str) -> Result<serde_json::Value, Failure> {
 enum Failure {
     Rpc(RpcError),
     Usage(String),
-    Api(nova_bin::tasks_api::ApiFailure),
+    Api(tasks_api::ApiFailure),
 }
 
-impl From<nova_bin::tasks_api::ApiFailure> for Failure {
-    fn from(e: nova_bin::tasks_api::ApiFailure) -> Self {
+impl From<tasks_api::ApiFailure> for Failure {
+    fn from(e: tasks_api::ApiFailure) -> Self {
         Failure::Api(e)
     }
 }
@@ -299,7 +300,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let management =
                 management_url.or_else(|| setup.config.raw("api", "rabbit_management_url").map(str::to_owned));
             if let Some(api) = management.filter(|u| !u.is_empty()) {
-                nova_bin::queue_age::fill(&mut stats, &api, &t.options().transport_url)
+                nova_gateway::queues::fill(&mut stats, &api, &t.options().transport_url)
                     .await
                     .map_err(Failure::Usage)?;
             }
@@ -314,7 +315,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Task { api, command } => task(&tasks_api(&setup.config, api)?, command).await,
-        Command::Mount { api, dir } => nova_bin::mount::mount(tasks_api(&setup.config, api)?, &dir)
+        Command::Mount { api, dir } => mount::mount(tasks_api(&setup.config, api)?, &dir)
             .await
             .map_err(|e| Failure::Usage(format!("cannot mount {}: {e}", dir.display()))),
     };
@@ -323,7 +324,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// The gateway's tasks API: `--api`, else `http://` + `[api] listen`.
-fn tasks_api(config: &nova_core::config::Config, api: ApiArgs) -> Result<nova_bin::tasks_api::TasksApi, Failure> {
+fn tasks_api(config: &nova_core::config::Config, api: ApiArgs) -> Result<tasks_api::TasksApi, Failure> {
     let listen = config.raw("api", "listen").unwrap_or("127.0.0.1:8774").to_owned();
     let base = api.api.unwrap_or_else(|| format!("http://{listen}"));
     let token = match api.token_file {
@@ -335,19 +336,19 @@ fn tasks_api(config: &nova_core::config::Config, api: ApiArgs) -> Result<nova_bi
         ),
         None => api.token,
     };
-    Ok(nova_bin::tasks_api::TasksApi::new(&base, token)?)
+    Ok(tasks_api::TasksApi::new(&base, token)?)
 }
 
 fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-async fn task(api: &nova_bin::tasks_api::TasksApi, command: TaskCommand) -> Result<(), Failure> {
+async fn task(api: &tasks_api::TasksApi, command: TaskCommand) -> Result<(), Failure> {
     use nova_services::api::compute::TaskStatus;
     use std::io::Write;
     match command {
         TaskCommand::Submit { name, args, id, callback_url, wait } => {
-            let new = nova_bin::tasks_api::NewTask { name, args, task_id: id, callback_url };
+            let new = tasks_api::NewTask { name, args, task_id: id, callback_url };
             let task = api.submit(&new).await?;
             if !wait {
                 println!("{}", task.task_id);
@@ -363,7 +364,7 @@ async fn task(api: &nova_bin::tasks_api::TasksApi, command: TaskCommand) -> Resu
             if done.status == TaskStatus::Succeeded {
                 Ok(())
             } else {
-                Err(Failure::Api(nova_bin::tasks_api::ApiFailure::Refused {
+                Err(Failure::Api(tasks_api::ApiFailure::Refused {
                     status: 200,
                     class: "TaskFailed".into(),
                     message: format!(
@@ -440,7 +441,7 @@ fn main() -> ExitCode {
             eprintln!("nova-rpc: {m}");
             ExitCode::from(3)
         }
-        Err(Failure::Api(e @ nova_bin::tasks_api::ApiFailure::Refused { .. })) => {
+        Err(Failure::Api(e @ tasks_api::ApiFailure::Refused { .. })) => {
             eprintln!("{e}");
             ExitCode::from(1)
         }

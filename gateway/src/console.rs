@@ -5,7 +5,7 @@
 //! (refreshed every 5 s), per-method rate and latency charts (from
 //! [`super::history`]), each topic's methods with their docs and arguments
 //! (from `describe`), and a form that calls or casts a method through the
-//! gateway and shows the result; `/tasks` lists the tasks. The form can be pre-filled from the URL
+//! gateway and shows the result; resources link their own pages (`/tasks`). The form can be pre-filled from the URL
 //! (`?topic=&method=&args=&server=`) but never sends anything by itself.
 //!
 //! Values reach the script only through `data-*` attributes, the script and
@@ -41,8 +41,9 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-/// A whole page: `body` inside the console's frame, with the security headers.
-pub(super) fn document(title: &str, body: Markup) -> Response {
+/// A whole page: `body` inside the console's frame, with the security
+/// headers. Resources render their pages with it.
+pub fn document(title: &str, body: Markup) -> Response {
     let page = html! {
         (DOCTYPE)
         html {
@@ -217,7 +218,7 @@ pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension
         "nova-rs console",
         html! {
             h1 { "nova-rs console" }
-            p { a href="/tasks" { "tasks" } }
+            p { @for (i, (path, label)) in gw.links.iter().enumerate() { @if i > 0 { " · " } a href=(path) { (label) } } }
             h2 { "Services" }
             @if let Some(t) = trouble { p.disabled { (t) } }
             p.note { span #services-refreshed { "refreshed every 5 s" } }
@@ -236,79 +237,6 @@ pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension
             (call_form())
         },
     )
-}
-
-/// `GET /tasks[?id=]`: the tasks, newest first, and one task's output.
-/// The page reloads itself every two seconds while something is queued or
-/// running, so output shows as it comes.
-pub(super) async fn tasks_page(
-    State(gw): State<Gateway>,
-    Extension(caller): Extension<Caller>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Response {
-    if let Err(e) = gw.authorize("compute.list_tasks", &caller) {
-        return e.into_response();
-    }
-    let ctx = RequestContext {
-        user_id: caller.user_id.clone(),
-        project_id: caller.project_id.clone(),
-        roles: caller.roles.clone(),
-        ..RequestContext::new()
-    };
-    let (mut tasks, trouble) = match gw.tasks.list(None, None).await {
-        Ok(t) => (t, None),
-        Err(e) => (Vec::new(), Some(format!("cannot read tasks: {e}"))),
-    };
-    tasks.retain(|t| t.visible_to(&ctx));
-    tasks.reverse();
-    tasks.truncate(200);
-    let chosen = match q.get("id") {
-        Some(id) => Some(gw.task(&ctx, id).await.map_err(|e| e.message)),
-        None => None,
-    };
-    let live = tasks.iter().any(|t| !t.status.is_final());
-    let when = |t: &Option<chrono::NaiveDateTime>| t.map(|t| t.format("%H:%M:%S%.3f").to_string()).unwrap_or_default();
-    let mut page = document(
-        "nova-rs tasks",
-        html! {
-            h1 { "Tasks" }
-            p { a href="/" { "console" } " · " span #live data-live=(live) { (if live { "live: reloading every 2 s" } else { "all tasks ended" }) } }
-            @if let Some(t) = trouble { p.disabled { (t) } }
-            @if let Some(chosen) = &chosen {
-                @match chosen {
-                    Ok(t) => {
-                        h2 #task data-status=(t.status.as_str()) { (t.task_id) " · " (t.status.as_str()) }
-                        p { "host " code { (t.host) } " · argv " code { (t.argv.join(" ")) }
-                            @if let Some(e) = &t.error { " · " span.err { (e) } } }
-                        h3 { "stdout " a href=(format!("/v1/tasks/{}/stdout?follow=true", t.task_id)) { "(follow)" } }
-                        pre #stdout { (t.stdout) }
-                        h3 { "stderr" }
-                        pre #stderr { (t.stderr) }
-                    }
-                    Err(e) => p.err { (e) },
-                }
-            }
-            table #tasks {
-                tr { th { "Task" } th { "Command" } th { "Host" } th { "Status" } th { "Submitted" } th { "Started" } th { "Finished" } th { "Exit" } }
-                @for t in &tasks {
-                    tr data-status=(t.status.as_str()) {
-                        td { a href=(format!("/tasks?id={}", t.task_id)) { (t.task_id) } }
-                        td { code { (t.name) " " (t.args.join(" ")) } }
-                        td { (t.host) }
-                        td class=(t.status.as_str()) { (t.status.as_str()) }
-                        td { (when(&t.submitted_at)) }
-                        td { (when(&t.started_at)) }
-                        td { (when(&t.finished_at)) }
-                        td { (t.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
-                    }
-                }
-            }
-        },
-    );
-    if live {
-        page.headers_mut().insert(header::REFRESH, axum::http::HeaderValue::from_static("2"));
-    }
-    page
 }
 
 /// `GET /console.js`.

@@ -14,7 +14,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use nova_bin::bench::{self, lapin::LapinPattern, nova::NovaPattern, process, OneWay, Pattern, Report};
+use nova_bench::{self as bench, lapin::LapinPattern, nova::NovaPattern, process, OneWay, Pattern, Report};
 use nova_rpc::layer::trace::Sampler;
 
 /// Measure nova-rs against raw lapin on the same broker.

@@ -28,7 +28,7 @@ use fuser::{
 };
 use serde::Deserialize;
 
-use crate::tasks_api::{ApiFailure, NewTask, TasksApi};
+use super::tasks_api::{ApiFailure, NewTask, TasksApi};
 
 const ROOT: u64 = 1;
 const ROOT_CTL: u64 = 2;

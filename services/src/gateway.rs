@@ -1,5 +1,6 @@
-//! Tasks as a resource: submit, list, read, follow and kill them over HTTP,
-//! wherever they run.
+//! The gateway's tasks resource (feature `gateway`): submit, list, read,
+//! follow and kill tasks over HTTP, wherever they run, and the console's
+//! tasks page. [`resource`] gives it to a [`Gateway`].
 //!
 //! | route | what |
 //! | --- | --- |
@@ -8,7 +9,7 @@
 //! | `GET /v1/tasks/{id}` | one task, with live output while it runs |
 //! | `GET /v1/tasks/{id}/stdout` (`/stderr`) | the output's tail; `?follow=true` streams it until the task ends |
 //! | `DELETE /v1/tasks/{id}` | kill it (or cancel it while it waits in the queue) |
-//! | `GET /v1/queues` | backlog and consumers of every topic's queues |
+//! | `GET /tasks[?id=]` | the console's tasks page |
 //!
 //! A submitted task is recorded `queued` (no host yet) and cast to the
 //! shared `compute` queue as `submit_task`; the first host with a free slot
@@ -21,20 +22,24 @@
 //! project's task is answered 404, as Nova answers for another project's
 //! server. Callers with the `admin` role see every project's tasks.
 
-use std::{convert::Infallible, time::Duration};
+use std::{collections::HashMap, convert::Infallible, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
     extract::{Path, Query, State},
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Extension, Json,
 };
-use nova_rpc::{transport::QueueStats, RequestContext, Target};
-use nova_services::api::compute::{ComputeClient, NotifyTarget, TaskInfo, TaskStatus};
+use maud::html;
+use nova_gateway::{console::document, request_id, ApiError, Caller, Gateway, Resource, Routes};
+use nova_rpc::{RequestContext, RpcClient, Target};
 use serde::Deserialize;
 
-use super::{ApiError, Caller, Gateway};
+use crate::{
+    api::compute::{ComputeClient, NotifyTarget, TaskInfo, TaskStatus},
+    compute::tasks::TaskStore,
+};
 
 /// The topic whose shared queue takes submitted tasks.
 pub const TASK_TOPIC: &str = "compute";
@@ -54,16 +59,8 @@ struct Submit {
     notify: Option<NotifyTarget>,
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
-}
-
 fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "TaskNotFound", format!("task {id} not found"))
-}
-
-fn db_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "DatabaseError", e.to_string())
 }
 
 fn valid_id(id: &str) -> bool {
@@ -74,7 +71,32 @@ fn location(id: &str) -> String {
     format!("/v1/tasks/{id}")
 }
 
-impl Gateway {
+/// The tasks resource for `gateway`: its routes, OpenAPI paths and console page.
+pub fn resource(gateway: &Gateway) -> Resource {
+    let tasks = Tasks { client: gateway.client().clone(), store: TaskStore::new(gateway.records().database().clone()) };
+    let routes = Routes::new()
+        .get("/v1/tasks", list)
+        .post("/v1/tasks", submit)
+        .get("/v1/tasks/{id}", show)
+        .delete("/v1/tasks/{id}", kill)
+        .get("/v1/tasks/{id}/{stream}", output_of)
+        .get("/tasks", page)
+        .with_extension(tasks);
+    let openapi = serde_json::from_str(OPENAPI).unwrap_or_default();
+    Resource::new(routes).with_openapi(openapi).with_console_link("/tasks", "tasks")
+}
+
+/// The resource's part of the gateway's OpenAPI document.
+const OPENAPI: &str = include_str!("gateway.openapi.json");
+
+/// What the handlers share: the gateway's client and the task table.
+#[derive(Clone)]
+struct Tasks {
+    client: RpcClient,
+    store: TaskStore,
+}
+
+impl Tasks {
     fn compute(&self, host: &str) -> ComputeClient {
         let target = Target::new(TASK_TOPIC).with_server(host);
         ComputeClient::new(self.client.with_target(target).with_timeout(Duration::from_secs(3)))
@@ -82,12 +104,17 @@ impl Gateway {
 
     /// A task as it stands: its record, or, while it runs, its host's live
     /// view (with the output so far).
-    pub async fn task(&self, ctx: &RequestContext, id: &str) -> Result<TaskInfo, ApiError> {
+    async fn task(&self, ctx: &RequestContext, id: &str) -> Result<TaskInfo, ApiError> {
         if !valid_id(id) {
             return Err(not_found(id));
         }
-        let record =
-            self.tasks.get(id).await.map_err(db_error)?.filter(|t| t.visible_to(ctx)).ok_or_else(|| not_found(id))?;
+        let record = self
+            .store
+            .get(id)
+            .await
+            .map_err(ApiError::database)?
+            .filter(|t| t.visible_to(ctx))
+            .ok_or_else(|| not_found(id))?;
         if record.status.is_final() || record.host.is_empty() {
             return Ok(record);
         }
@@ -96,13 +123,15 @@ impl Gateway {
 
     /// Record and submit a task; an id that exists answers with its task.
     async fn submit(&self, ctx: &RequestContext, body: &[u8]) -> Result<TaskInfo, ApiError> {
-        let s: Submit = serde_json::from_slice(body).map_err(|e| bad_request(format!("the body: {e}")))?;
+        let s: Submit = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body: {e}")))?;
         let id = s.task_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         if !valid_id(&id) {
-            return Err(bad_request("task_id must be 1 to 255 characters of letters, digits, '-', '_' or '.'"));
+            return Err(ApiError::bad_request(
+                "task_id must be 1 to 255 characters of letters, digits, '-', '_' or '.'",
+            ));
         }
         if s.name.is_empty() {
-            return Err(bad_request("name must name an allowed command"));
+            return Err(ApiError::bad_request("name must name an allowed command"));
         }
         let info = TaskInfo::queued(
             id.clone(),
@@ -113,9 +142,9 @@ impl Gateway {
             s.callback_url.clone(),
         )
         .owned_by(ctx);
-        if !self.tasks.insert(&info).await.map_err(db_error)? {
+        if !self.store.insert(&info).await.map_err(ApiError::database)? {
             // The id is taken: its task, if it is the caller's to see.
-            let existing = self.tasks.get(&id).await.map_err(db_error)?.filter(|t| t.visible_to(ctx));
+            let existing = self.store.get(&id).await.map_err(ApiError::database)?.filter(|t| t.visible_to(ctx));
             return existing
                 .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "TaskExists", format!("task {id} exists already")));
         }
@@ -124,9 +153,9 @@ impl Gateway {
             let mut failed = info;
             failed.status = TaskStatus::Failed;
             failed.error = Some(format!("not submitted: {e}"));
-            let _ = self.tasks.update(&failed).await;
+            let _ = self.store.update(&failed).await;
             let mut err = ApiError::from(e);
-            if err.status == StatusCode::NOT_FOUND {
+            if err.status() == StatusCode::NOT_FOUND {
                 err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "NoComputeQueue",
@@ -148,57 +177,26 @@ impl Gateway {
             let mut killed = record.clone();
             killed.status = TaskStatus::Killed;
             killed.finished_at = Some(chrono::Utc::now().naive_utc());
-            if self.tasks.cancel_unclaimed(&killed).await.map_err(db_error)? {
+            if self.store.cancel_unclaimed(&killed).await.map_err(ApiError::database)? {
                 return Ok(killed);
             }
             // A host took it meanwhile: kill it there.
-            let record = self.tasks.get(id).await.map_err(db_error)?.ok_or_else(|| not_found(id))?;
+            let record = self.store.get(id).await.map_err(ApiError::database)?.ok_or_else(|| not_found(id))?;
             return Ok(self.compute(&record.host).kill_task(ctx, id.to_owned()).await?);
         }
         Ok(self.compute(&record.host).kill_task(ctx, id.to_owned()).await?)
     }
-
-    /// Backlog and consumers of each known topic's shared queue and of
-    /// each service's own queue.
-    pub async fn queues(&self) -> Result<Vec<QueueStats>, ApiError> {
-        let services = self.records.list(None).await.map_err(db_error)?;
-        let mut names: Vec<String> = Vec::new();
-        for s in &services {
-            for name in [s.topic.clone(), format!("{}.{}", s.topic, s.host)] {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-        let mut stats = self.client.transport().queue_stats(&names).await?;
-        if let Some(api) = &self.auth.options().rabbit_management_url {
-            let transport_url = self.client.transport().options().transport_url.clone();
-            if let Err(e) = crate::queue_age::fill(&mut stats, api, &transport_url).await {
-                tracing::warn!(error = %e, "cannot read the oldest messages' ages");
-            }
-        }
-        Ok(stats)
-    }
 }
 
-fn ctx_of(caller: &Caller, headers: &axum::http::HeaderMap) -> RequestContext {
-    RequestContext {
-        request_id: super::request_id(headers),
-        user_id: caller.user_id.clone(),
-        project_id: caller.project_id.clone(),
-        roles: caller.roles.clone(),
-        ..RequestContext::default()
-    }
-}
-
-pub(super) async fn submit(
+async fn submit(
     State(gw): State<Gateway>,
+    Extension(tasks): Extension<Tasks>,
     Extension(caller): Extension<Caller>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     gw.authorize(&format!("{TASK_TOPIC}.submit_task"), &caller)?;
-    let task = gw.submit(&ctx_of(&caller, &headers), &body).await?;
+    let task = tasks.submit(&caller.context(request_id(&headers)), &body).await?;
     let at = location(&task.task_id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, at)], Json(task)).into_response())
 }
@@ -206,54 +204,57 @@ pub(super) async fn submit(
 /// `GET /v1/tasks` filters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
+struct ListQuery {
     status: Option<String>,
     host: Option<String>,
 }
 
-pub(super) async fn list(
+async fn list(
     State(gw): State<Gateway>,
+    Extension(tasks): Extension<Tasks>,
     Extension(caller): Extension<Caller>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<TaskInfo>>, ApiError> {
     gw.authorize(&format!("{TASK_TOPIC}.list_tasks"), &caller)?;
-    let Query(q) = q.map_err(|e| bad_request(e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => Some(s.parse::<TaskStatus>().map_err(|e| bad_request(format!("status: {e}")))?),
+        Some(s) => Some(s.parse::<TaskStatus>().map_err(|e| ApiError::bad_request(format!("status: {e}")))?),
         None => None,
     };
     let host = q.host.as_deref().filter(|h| !h.is_empty());
-    let ctx = ctx_of(&caller, &headers);
-    let mut tasks = gw.tasks.list(host, status).await.map_err(db_error)?;
+    let ctx = caller.context(request_id(&headers));
+    let mut tasks = tasks.store.list(host, status).await.map_err(ApiError::database)?;
     tasks.retain(|t| t.visible_to(&ctx));
     Ok(Json(tasks))
 }
 
-pub(super) async fn show(
+async fn show(
     State(gw): State<Gateway>,
+    Extension(tasks): Extension<Tasks>,
     Extension(caller): Extension<Caller>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<TaskInfo>, ApiError> {
     gw.authorize(&format!("{TASK_TOPIC}.get_task"), &caller)?;
-    Ok(Json(gw.task(&ctx_of(&caller, &headers), &id).await?))
+    Ok(Json(tasks.task(&caller.context(request_id(&headers)), &id).await?))
 }
 
-pub(super) async fn kill(
+async fn kill(
     State(gw): State<Gateway>,
+    Extension(tasks): Extension<Tasks>,
     Extension(caller): Extension<Caller>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<TaskInfo>, ApiError> {
     gw.authorize(&format!("{TASK_TOPIC}.kill_task"), &caller)?;
-    Ok(Json(gw.kill(&ctx_of(&caller, &headers), &id).await?))
+    Ok(Json(tasks.kill(&caller.context(request_id(&headers)), &id).await?))
 }
 
 /// `?follow=`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct OutputQuery {
+struct OutputQuery {
     #[serde(default)]
     follow: bool,
 }
@@ -293,16 +294,16 @@ fn unsent(tail: &str, total: u64, sent: u64) -> String {
 }
 
 async fn output(
-    gw: Gateway,
+    (gw, tasks): (Gateway, Tasks),
     caller: Caller,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     id: String,
     q: OutputQuery,
     which: Stream,
 ) -> Result<Response, ApiError> {
     gw.authorize(&format!("{TASK_TOPIC}.get_task"), &caller)?;
-    let ctx = ctx_of(&caller, &headers);
-    let first = gw.task(&ctx, &id).await?;
+    let ctx = caller.context(request_id(&headers));
+    let first = tasks.task(&ctx, &id).await?;
     let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")];
     if !q.follow {
         return Ok((plain, which.of(&first).0.to_owned()).into_response());
@@ -311,7 +312,7 @@ async fn output(
     let (tail, total) = which.of(&first);
     let start = (unsent(tail, total, 0), total, first.status.is_final());
     let chunks = futures_util::stream::unfold(Some(start), move |state| {
-        let (gw, ctx, id) = (gw.clone(), ctx.clone(), id.clone());
+        let (tasks, ctx, id) = (tasks.clone(), ctx.clone(), id.clone());
         async move {
             let (chunk, mut sent, ended) = state?;
             if !chunk.is_empty() || ended {
@@ -320,7 +321,7 @@ async fn output(
             }
             loop {
                 tokio::time::sleep(FOLLOW_EVERY).await;
-                let Ok(t) = gw.task(&ctx, &id).await else { return None };
+                let Ok(t) = tasks.task(&ctx, &id).await else { return None };
                 let (tail, total) = which.of(&t);
                 let chunk = unsent(tail, total, sent);
                 sent = total.max(sent);
@@ -335,10 +336,11 @@ async fn output(
 }
 
 /// `GET /v1/tasks/{id}/stdout` and `/stderr`.
-pub(super) async fn output_of(
+async fn output_of(
     State(gw): State<Gateway>,
+    Extension(tasks): Extension<Tasks>,
     Extension(caller): Extension<Caller>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     Path((id, stream)): Path<(String, String)>,
     q: Result<Query<OutputQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -353,16 +355,85 @@ pub(super) async fn output_of(
             ))
         }
     };
-    let Query(q) = q.map_err(|e| bad_request(e.body_text()))?;
-    output(gw, caller, headers, id, q, which).await
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    output((gw, tasks), caller, headers, id, q, which).await
 }
 
-pub(super) async fn queues(
+/// `GET /tasks[?id=]`: the console's tasks page, newest first, and one
+/// task's output. The page reloads itself every two seconds while something
+/// is queued or running, so output shows as it comes.
+async fn page(
     State(gw): State<Gateway>,
+    Extension(tasks): Extension<Tasks>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Vec<QueueStats>>, ApiError> {
-    gw.authorize("api:services", &caller)?;
-    Ok(Json(gw.queues().await?))
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(e) = gw.authorize(&format!("{TASK_TOPIC}.list_tasks"), &caller) {
+        return e.into_response();
+    }
+    let ctx = caller.context(request_id(&headers));
+    let (mut listed, trouble) = match tasks.store.list(None, None).await {
+        Ok(t) => (t, None),
+        Err(e) => (Vec::new(), Some(format!("cannot read tasks: {e}"))),
+    };
+    listed.retain(|t| t.visible_to(&ctx));
+    listed.reverse();
+    listed.truncate(200);
+    let chosen = match q.get("id") {
+        Some(id) => Some(tasks.task(&ctx, id).await.map_err(|e| e.message().to_owned())),
+        None => None,
+    };
+    let live = listed.iter().any(|t| !t.status.is_final());
+    let mut page = document("nova-rs tasks", page_body(&listed, chosen.as_ref(), trouble, live));
+    if live {
+        page.headers_mut().insert(header::REFRESH, axum::http::HeaderValue::from_static("2"));
+    }
+    page
+}
+
+/// The tasks page's content: the chosen task's output, then the table.
+fn page_body(
+    listed: &[TaskInfo],
+    chosen: Option<&Result<TaskInfo, String>>,
+    trouble: Option<String>,
+    live: bool,
+) -> maud::Markup {
+    let when = |t: &Option<chrono::NaiveDateTime>| t.map(|t| t.format("%H:%M:%S%.3f").to_string()).unwrap_or_default();
+    html! {
+        h1 { "Tasks" }
+        p { a href="/" { "console" } " · " span #live data-live=(live) { (if live { "live: reloading every 2 s" } else { "all tasks ended" }) } }
+        @if let Some(t) = trouble { p.disabled { (t) } }
+        @if let Some(chosen) = chosen {
+            @match chosen {
+                Ok(t) => {
+                    h2 #task data-status=(t.status.as_str()) { (t.task_id) " · " (t.status.as_str()) }
+                    p { "host " code { (t.host) } " · argv " code { (t.argv.join(" ")) }
+                        @if let Some(e) = &t.error { " · " span.err { (e) } } }
+                    h3 { "stdout " a href=(format!("/v1/tasks/{}/stdout?follow=true", t.task_id)) { "(follow)" } }
+                    pre #stdout { (t.stdout) }
+                    h3 { "stderr" }
+                    pre #stderr { (t.stderr) }
+                }
+                Err(e) => p.err { (e) },
+            }
+        }
+        table #tasks {
+            tr { th { "Task" } th { "Command" } th { "Host" } th { "Status" } th { "Submitted" } th { "Started" } th { "Finished" } th { "Exit" } }
+            @for t in listed {
+                tr data-status=(t.status.as_str()) {
+                    td { a href=(format!("/tasks?id={}", t.task_id)) { (t.task_id) } }
+                    td { code { (t.name) " " (t.args.join(" ")) } }
+                    td { (t.host) }
+                    td class=(t.status.as_str()) { (t.status.as_str()) }
+                    td { (when(&t.submitted_at)) }
+                    td { (when(&t.started_at)) }
+                    td { (when(&t.finished_at)) }
+                    td { (t.exit_code.map(|c| c.to_string()).unwrap_or_default()) }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

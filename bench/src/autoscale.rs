@@ -21,7 +21,7 @@ use nova_services::compute::{
     ComputeClient, TaskStatus,
 };
 
-use crate::autoscale::{AutoscaleOptions, Autoscaler, LauncherKind, ProcessLauncher};
+use nova_autoscale::{AutoscaleOptions, Autoscaler, LauncherKind, ProcessLauncher};
 
 /// What to replay.
 #[derive(Debug, Clone, clap::Args)]

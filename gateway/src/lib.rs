@@ -10,8 +10,8 @@
 //! | `GET /v1/traces/{request_id}` | the request's trace: spans, and the tree of calls |
 //! | `GET /v1/openapi.json` | this API as an OpenAPI 3 document |
 //! | `GET /v1/metrics/history` | per method, rate and p50/p99 latency over the last minutes ([`history`]) |
-//! | `/v1/tasks…`, `GET /v1/queues` | tasks as a resource, and queue backlogs ([`tasks`]) |
-//! | `GET /tasks` | the console's tasks page |
+//! | `GET /v1/queues` | backlog, consumers and oldest message of every topic's queues ([`queues`]) |
+//! | what a [`Resource`] adds | e.g. `/v1/tasks…` and the console's `/tasks`, from `nova_services::gateway` |
 //! | `GET /traces/{request_id}` | the trace as a timeline in the console |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /` | the console |
@@ -27,9 +27,10 @@
 //! `request_id`, so logs and traces line up.
 
 pub mod auth;
-mod console;
+pub mod console;
 pub mod history;
-pub mod tasks;
+pub mod queues;
+mod resource;
 mod traces;
 
 use std::{sync::Arc, time::Duration};
@@ -39,14 +40,15 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
     Extension, Json, Router,
 };
 
-pub use self::auth::{ApiOptions, Auth, Caller, Policy, API_OPTIONS};
+pub use self::{
+    auth::{ApiOptions, Auth, Caller, Policy, API_OPTIONS},
+    resource::{Resource, Routes},
+};
 use nova_core::db::services::{is_up, ServiceRecords};
 use nova_rpc::{layer::trace::Tracer, transport::Transport, RequestContext, RpcClient, RpcError, Target};
-use nova_services::compute::tasks::TaskStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -64,8 +66,13 @@ pub struct Gateway {
     service_down_time: Duration,
     tracer: Option<Tracer>,
     auth: Auth,
-    tasks: TaskStore,
     history: history::History,
+    /// What crates added; taken into the router by [`Gateway::router`].
+    resources: Vec<Resource>,
+    /// The console's links to the resources' pages: (path, label).
+    links: Arc<Vec<(&'static str, &'static str)>>,
+    /// This API with the resources' paths, as served at `/v1/openapi.json`.
+    openapi: Arc<Value>,
 }
 
 impl Gateway {
@@ -79,8 +86,17 @@ impl Gateway {
     ) -> Self {
         // Mandatory: a call or cast no queue takes is "not found" at once.
         let client = RpcClient::new(transport, Target::new("gateway")).with_mandatory(true);
-        let tasks = TaskStore::new(records.database().clone());
-        Self { client, records, service_down_time, tracer: None, auth, tasks, history: history::History::default() }
+        Self {
+            client,
+            records,
+            service_down_time,
+            tracer: None,
+            auth,
+            history: history::History::default(),
+            resources: Vec::new(),
+            links: Arc::default(),
+            openapi: Arc::new(resource::base_openapi()),
+        }
     }
 
     /// The gateway of a started process: its transport, service records and
@@ -103,31 +119,65 @@ impl Gateway {
         self
     }
 
+    /// Add a crate's routes (behind the same auth, policy and limits), its
+    /// part of the OpenAPI document, and its console link.
+    pub fn with_resource(mut self, resource: Resource) -> Self {
+        let mut openapi = (*self.openapi).clone();
+        resource.describe_into(&mut openapi);
+        self.openapi = Arc::new(openapi);
+        if let Some(link) = resource.link() {
+            Arc::make_mut(&mut self.links).push(link);
+        }
+        self.resources.push(resource);
+        self
+    }
+
+    /// The routes of the gateway itself: the services, calls and casts,
+    /// traces, queues and the console.
+    fn own_routes() -> Routes {
+        Routes::new()
+            .get("/", console::page)
+            .get("/console.js", console::script)
+            .get("/console.css", console::style)
+            .post("/login", console::sign_in)
+            .get("/v1/services", services)
+            .get("/v1/services/{topic}/describe", describe)
+            .post("/v1/call/{topic}/{method}", call_topic)
+            .post("/v1/call/{topic}/{server}/{method}", call_server)
+            .post("/v1/cast/{topic}/{method}", cast_topic)
+            .post("/v1/cast/{topic}/{server}/{method}", cast_server)
+            .get("/v1/traces/{request_id}", traces::api)
+            .get("/traces/{request_id}", traces::page)
+            .get("/metrics", traces::metrics)
+            .get("/v1/openapi.json", openapi)
+            .get("/v1/queues", queues::list)
+            .get("/v1/metrics/history", metrics_history)
+    }
+
+    /// Every route the router serves, its own and the resources', as
+    /// `(METHOD, path)`: what the OpenAPI document must describe (those
+    /// under `/v1/`).
+    pub fn routes(&self) -> Vec<(axum::http::Method, &'static str)> {
+        let mut table = Self::own_routes().table().to_vec();
+        table.extend(self.resources.iter().flat_map(|r| r.routes().table().iter().cloned()));
+        table
+    }
+
+    /// This API as an OpenAPI 3 document, with the resources' paths.
+    pub fn openapi(&self) -> &Value {
+        &self.openapi
+    }
+
     /// The axum router, every route behind [`auth::guard`].
-    pub fn router(self) -> Router {
+    pub fn router(mut self) -> Router {
         let timeout = self.auth.options().request_timeout;
         let guard = axum::middleware::from_fn_with_state(self.auth.clone(), auth::guard);
-        Router::new()
-            .route("/", get(console::page))
-            .route("/console.js", get(console::script))
-            .route("/console.css", get(console::style))
-            .route("/login", post(console::sign_in))
-            .route("/v1/services", get(services))
-            .route("/v1/services/{topic}/describe", get(describe))
-            .route("/v1/call/{topic}/{method}", post(call_topic))
-            .route("/v1/call/{topic}/{server}/{method}", post(call_server))
-            .route("/v1/cast/{topic}/{method}", post(cast_topic))
-            .route("/v1/cast/{topic}/{server}/{method}", post(cast_server))
-            .route("/v1/traces/{request_id}", get(traces::api))
-            .route("/traces/{request_id}", get(traces::page))
-            .route("/metrics", get(traces::metrics))
-            .route("/v1/openapi.json", get(openapi))
-            .route("/v1/tasks", get(tasks::list).post(tasks::submit))
-            .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::kill))
-            .route("/v1/tasks/{id}/{stream}", get(tasks::output_of))
-            .route("/v1/queues", get(tasks::queues))
-            .route("/v1/metrics/history", get(metrics_history))
-            .route("/tasks", get(console::tasks_page))
+        let mut routes = Self::own_routes();
+        for resource in std::mem::take(&mut self.resources) {
+            routes = routes.merge(resource.into_routes());
+        }
+        routes
+            .into_router()
             .layer(DefaultBodyLimit::max(MAX_BODY))
             // Inside the guard: a body is read only once the caller is known.
             .layer(axum::middleware::from_fn_with_state(self.auth.options().body_read_timeout, read_body))
@@ -135,6 +185,16 @@ impl Gateway {
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
             .layer(axum::middleware::map_response(json_errors))
             .with_state(self)
+    }
+
+    /// The client the gateway calls and casts with (mandatory routing).
+    pub fn client(&self) -> &RpcClient {
+        &self.client
+    }
+
+    /// The service records (and through them, the database).
+    pub fn records(&self) -> &ServiceRecords {
+        &self.records
     }
 
     /// Refuse with 403 unless `caller` may reach `target`.
@@ -145,11 +205,7 @@ impl Gateway {
     /// Service records with their state, for the API and the console.
     pub async fn service_list(&self) -> Result<Vec<Value>, ApiError> {
         let now = chrono::Utc::now().naive_utc();
-        let rows = self
-            .records
-            .list(None)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "DatabaseError", e.to_string()))?;
+        let rows = self.records.list(None).await.map_err(ApiError::database)?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -177,8 +233,29 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, class: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An answer with `status`, the error's `class` and a sentence.
+    pub fn new(status: StatusCode, class: impl Into<String>, message: impl Into<String>) -> Self {
         Self { status, class: class.into(), message: message.into() }
+    }
+
+    /// 400 `BadRequest`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    /// 503 `DatabaseError`: the database could not answer.
+    pub fn database(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "DatabaseError", e.to_string())
+    }
+
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The sentence the caller gets.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -349,13 +426,7 @@ async fn invoke(
             }
             client = client.with_timeout(Duration::from_secs_f64(t));
         }
-        let mut ctx = RequestContext {
-            request_id: id.clone(),
-            user_id: caller.user_id.clone(),
-            project_id: caller.project_id.clone(),
-            roles: caller.roles.clone(),
-            ..RequestContext::default()
-        };
+        let mut ctx = caller.context(id.clone());
         let span = traces::Root::enter(gw.tracer.as_ref(), &mut ctx, &topic_name, &method, call, &args);
         let outcome = async {
             if call {
@@ -489,10 +560,8 @@ async fn metrics_history(
 }
 
 /// The API, described: `GET /v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+async fn openapi(State(gw): State<Gateway>) -> Json<Value> {
+    Json((*gw.openapi).clone())
 }
 
 async fn services(

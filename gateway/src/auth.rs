@@ -36,6 +36,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use nova_core::config::{Config, ConfigError, OptSpec};
+use nova_rpc::RequestContext;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -219,6 +220,18 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The request context of this caller's request `request_id`: its
+    /// user, project and roles travel with every call it makes.
+    pub fn context(&self, request_id: String) -> RequestContext {
+        RequestContext {
+            request_id,
+            user_id: self.user_id.clone(),
+            project_id: self.project_id.clone(),
+            roles: self.roles.clone(),
+            ..RequestContext::default()
+        }
+    }
+
     /// Whoever reaches a gateway without authentication (on loopback, or
     /// with `--insecure`): an admin, as Nova's `noauth2` makes its caller.
     pub fn noauth() -> Self {

@@ -1,4 +1,5 @@
-//! The age of a queue's oldest message, from RabbitMQ's management API.
+//! `GET /v1/queues`: backlog and consumers of every topic's shared queue
+//! and of each service's own queue, with the age of its oldest message.
 //!
 //! AMQP 0-9-1 tells a queue's depth and consumers but not how long its
 //! head has waited. RabbitMQ's management plugin does, as
@@ -8,7 +9,43 @@
 
 use std::time::Duration;
 
+use axum::{extract::State, Extension, Json};
 use nova_rpc::transport::{QueueStats, TransportUrl};
+
+use crate::{ApiError, Caller, Gateway};
+
+/// `GET /v1/queues`.
+pub(crate) async fn list(
+    State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<QueueStats>>, ApiError> {
+    gw.authorize("api:services", &caller)?;
+    Ok(Json(gw.queues().await?))
+}
+
+impl Gateway {
+    /// Backlog and consumers of each known topic's shared queue and of
+    /// each service's own queue.
+    pub async fn queues(&self) -> Result<Vec<QueueStats>, ApiError> {
+        let services = self.records.list(None).await.map_err(ApiError::database)?;
+        let mut names: Vec<String> = Vec::new();
+        for s in &services {
+            for name in [s.topic.clone(), format!("{}.{}", s.topic, s.host)] {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let mut stats = self.client.transport().queue_stats(&names).await?;
+        if let Some(api) = &self.auth.options().rabbit_management_url {
+            let transport_url = self.client.transport().options().transport_url.clone();
+            if let Err(e) = fill(&mut stats, api, &transport_url).await {
+                tracing::warn!(error = %e, "cannot read the oldest messages' ages");
+            }
+        }
+        Ok(stats)
+    }
+}
 
 /// Fill `oldest_age_seconds` of `stats` (queues of `transport_url`'s vhost)
 /// from the management API at `management_url`
