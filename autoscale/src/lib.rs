@@ -32,9 +32,10 @@ use std::{
 
 use async_trait::async_trait;
 use nova_core::config::{CommonArgs, Config, OptSpec};
-use nova_rpc::{
-    metrics::{metrics, ScaleLabels, TopicLabels},
-    transport::Transport,
+use nova_rpc::transport::Transport;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 use tokio::sync::{watch, Mutex};
 
@@ -509,10 +510,7 @@ impl Autoscaler {
                 Decision::Up(n) => self.scale_up(topic, s, n, backlog).await,
                 Decision::Down(n) => self.scale_down(topic, s, n, backlog).await,
             }
-            metrics()
-                .autoscale_workers
-                .get_or_create(&TopicLabels { topic: topic.clone() })
-                .set(s.workers.len() as i64);
+            metrics().workers.get_or_create(&TopicLabels { topic: topic.clone() }).set(s.workers.len() as i64);
         }
     }
 
@@ -544,11 +542,42 @@ impl Autoscaler {
     }
 }
 
+/// Labels of the workers gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+/// Labels of the decisions counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScaleLabels {
+    topic: String,
+    /// `up` or `down`.
+    action: String,
+}
+
+/// What the autoscaler counts, registered on first use.
+struct ScaleMetrics {
+    workers: Family<TopicLabels, Gauge>,
+    decisions: Family<ScaleLabels, Counter>,
+}
+
+fn metrics() -> &'static ScaleMetrics {
+    static METRICS: std::sync::OnceLock<ScaleMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        let m = ScaleMetrics { workers: Family::default(), decisions: Family::default() };
+        nova_rpc::metrics::register("autoscale_workers", "Workers the autoscaler runs, per topic", m.workers.clone());
+        nova_rpc::metrics::register(
+            "autoscale_decisions",
+            "Scaling decisions the autoscaler took, per topic and direction",
+            m.decisions.clone(),
+        );
+        m
+    })
+}
+
 fn count(topic: &str, action: &str) {
-    metrics()
-        .autoscale_decisions
-        .get_or_create(&ScaleLabels { topic: topic.to_owned(), action: action.to_owned() })
-        .inc();
+    metrics().decisions.get_or_create(&ScaleLabels { topic: topic.to_owned(), action: action.to_owned() }).inc();
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use nova_rpc::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    process::{rss_mib, with_vhost, Child},
+    child::{rss_mib, with_vhost, Child},
     Report,
 };
 
@@ -164,7 +164,7 @@ async fn one_size(url: &str, n: usize, calls: usize, fanouts: usize, report: &mu
     let memory_before = BrokerMemory::read()?;
 
     // The schedulers' side first, so no capacity report is lost.
-    let transport = nova_rpc::transport::connect(super::nova::options(&url, "nova", true)).await?;
+    let transport = nova_rpc::transport::connect(super::api::options(&url, "nova", true)).await?;
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let scheduler = RpcServer::new(
         transport.clone(),

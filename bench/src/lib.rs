@@ -11,7 +11,9 @@
 //! over a long run of requests through `nova-all`, with tracing off,
 //! sampled and always on.
 
+pub mod api;
 pub mod autoscale;
+pub mod child;
 pub mod fleet;
 pub mod lapin;
 pub mod nova;

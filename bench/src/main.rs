@@ -14,7 +14,7 @@
 use std::{sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use nova_bench::{self as bench, lapin::LapinPattern, nova::NovaPattern, process, OneWay, Pattern, Report};
+use nova_bench::{self as bench, child, lapin::LapinPattern, nova::NovaPattern, process, OneWay, Pattern, Report};
 use nova_rpc::layer::trace::Sampler;
 
 /// Measure nova-rs against raw lapin on the same broker.
@@ -201,7 +201,7 @@ async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -
     let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let p: Arc<dyn Pattern> = Arc::new(
         NovaPattern::start(
-            bench::nova::options(url, &exchange, false),
+            bench::api::options(url, &exchange, false),
             "bench",
             bench::payload(a.payload),
             64,
@@ -211,7 +211,7 @@ async fn without_confirms(url: &str, a: &RunArgs, group: &str, r: &mut Report) -
         .await?,
     );
     let l: Arc<dyn Pattern> =
-        Arc::new(LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, false).await?);
+        Arc::new(LapinPattern::start(&child::lapin_url(url)?, &bench::payload(a.payload), 64, false).await?);
     for (pattern, suffix) in [(&p, ""), (&l, "_lapin")] {
         r.add(
             group,
@@ -230,7 +230,7 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     let scheme = url.split("://").next().unwrap_or("memory");
     let group = if scheme == "memory" { "memory" } else { "rabbit" };
     let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let options = bench::nova::options(url, &exchange, true);
+    let options = bench::api::options(url, &exchange, true);
     let nova: Arc<dyn Pattern> = Arc::new(
         NovaPattern::start(options.clone(), "bench", bench::payload(a.payload), 64, a.server_process, None).await?,
     );
@@ -242,7 +242,7 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     // and server, not the collector's).
     for (sampler, suffix) in [(Sampler::default(), "_traced"), (Sampler::always(), "_traced_all")] {
         let exchange = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let traced_options = bench::nova::options(url, &exchange, true);
+        let traced_options = bench::api::options(url, &exchange, true);
         let traced: Arc<dyn Pattern> = Arc::new(
             NovaPattern::start(traced_options, "bench", bench::payload(a.payload), 64, false, Some(sampler)).await?,
         );
@@ -256,7 +256,7 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
         return Ok(());
     }
     let lapin: Arc<dyn Pattern> =
-        Arc::new(LapinPattern::start(&process::lapin_url(url)?, &bench::payload(a.payload), 64, true).await?);
+        Arc::new(LapinPattern::start(&child::lapin_url(url)?, &bench::payload(a.payload), 64, true).await?);
     let measured = measure(lapin.clone(), a, group, "_lapin", r).await;
     lapin.close().await;
     measured?;
@@ -272,7 +272,7 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
 /// `calls` sequential calls through nova-rs on `memory://`, with `payload`
 /// bytes of arguments.
 async fn memory_calls(calls: usize, payload: usize) -> anyhow::Result<()> {
-    let options = bench::nova::options("memory://callgrind", "callgrind", true);
+    let options = bench::api::options("memory://callgrind", "callgrind", true);
     let p: Arc<dyn Pattern> =
         Arc::new(NovaPattern::start(options, "bench", bench::payload(payload), 64, false, None).await?);
     for _ in 0..calls {
@@ -335,9 +335,9 @@ fn main() -> anyhow::Result<()> {
             no_confirms,
             at_least_once,
         }) => {
-            let options = bench::nova::options(&transport_url, &control_exchange, !no_confirms);
-            let worker = process::Worker { topic, host, executor, work_ms, at_least_once };
-            rt.block_on(process::serve(options, worker))
+            let options = bench::api::options(&transport_url, &control_exchange, !no_confirms);
+            let worker = child::Worker { topic, host, executor, work_ms, at_least_once };
+            rt.block_on(child::serve(options, worker))
         }
         Some(Command::MemoryCalls { calls, payload }) => {
             let one = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

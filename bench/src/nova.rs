@@ -1,9 +1,6 @@
-//! The measured side: nova-rs clients and servers doing the bench's work.
-//!
-//! The bench API (version 1.0) is what `nova-bench serve` serves in its own
-//! process and what in-process servers serve: `echo` returns its arguments,
-//! `count` (cast) counts, `work` sleeps `work_ms`, counts and answers the server's name, and
-//! `received` (call) returns the count.
+//! The measured side: nova-rs clients and servers doing the bench's work
+//! (the [`api`](super::api)), in this process or in [`child`](super::child)
+//! processes.
 
 use std::{
     sync::{
@@ -15,64 +12,25 @@ use std::{
 
 use async_trait::async_trait;
 use nova_rpc::{
-    dispatcher::{Dispatcher, Router},
     layer::trace::{Sampler, TraceLayer, Tracer},
     transport::{self, Transport, TransportOptions, TransportUrl},
-    RequestContext, RpcClient, RpcError, RpcServer, RunningServer, Target, Version,
+    RequestContext, RpcClient, RpcServer, RunningServer, Target,
 };
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tokio::sync::Mutex;
 
-use super::{Data, Pattern};
-
-/// The bench API of server `host`; `first` runs once, on the first message
-/// of any kind. `work` answers with `host`, so a caller sees who served it.
-pub fn bench_api(
-    host: &str,
-    count: Arc<AtomicUsize>,
-    work: Duration,
-    first: Arc<dyn Fn() + Send + Sync>,
-) -> Dispatcher {
-    let host = host.to_owned();
-    let once = Arc::new(std::sync::Once::new());
-    let mark = move || {
-        let first = first.clone();
-        once.call_once(move || first());
-    };
-    let (m1, m2, m3) = (mark.clone(), mark.clone(), mark);
-    let (c1, c2, c3) = (count.clone(), count.clone(), count);
-    let api = Router::new(Version::new(1, 0))
-        .method("echo", move |_ctx: RequestContext, args: Data| {
-            m1();
-            async move { Ok::<_, RpcError>(args) }
-        })
-        .method("count", move |_ctx: RequestContext, _args: Data| {
-            m2();
-            c1.fetch_add(1, Ordering::Relaxed);
-            async { Ok::<_, RpcError>(()) }
-        })
-        .method("work", move |_ctx: RequestContext, _args: Map<String, Value>| {
-            m3();
-            let (c, host) = (c2.clone(), host.clone());
-            async move {
-                tokio::time::sleep(work).await;
-                c.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, RpcError>(host)
-            }
-        })
-        .method("received", move |_ctx: RequestContext, _args: Map<String, Value>| {
-            let n = c3.load(Ordering::Relaxed);
-            async move { Ok::<_, RpcError>(n) }
-        });
-    Dispatcher::new(vec![Arc::new(api)])
-}
+use super::{
+    api::bench_api,
+    child::{delete_topology, Child},
+    Data, Pattern,
+};
 
 /// Where the bench's servers run.
 pub enum Servers {
     /// Two servers in this process, sharing one counter.
     InProcess(Vec<RunningServer>, Arc<AtomicUsize>),
     /// Two `nova-bench serve` processes, counted by calling `received`.
-    Processes(Vec<super::process::Child>),
+    Processes(Vec<Child>),
 }
 
 /// nova-rs calls, casts and fanouts against two bench servers on a topic.
@@ -82,14 +40,6 @@ pub struct NovaPattern {
     servers: Mutex<Option<Servers>>,
     transport: Arc<dyn Transport>,
     hosts: [&'static str; 2],
-}
-
-/// Transport options for the bench: `url`, a private exchange, confirms on or off.
-pub fn options(url: &str, exchange: &str, confirms: bool) -> TransportOptions {
-    let mut o = TransportOptions::new(url).with_control_exchange(exchange);
-    o.rabbit.publisher_confirms = confirms;
-    o.rpc_response_timeout = Duration::from_secs(30);
-    o
 }
 
 impl NovaPattern {
@@ -108,7 +58,7 @@ impl NovaPattern {
         let servers = if separate_process {
             let mut children = Vec::new();
             for host in hosts {
-                children.push(super::process::Child::serve(&options, topic, host, executor, 0).await?);
+                children.push(Child::serve(&options, topic, host, executor, 0).await?);
             }
             Servers::Processes(children)
         } else {
@@ -184,7 +134,7 @@ impl Pattern for NovaPattern {
             let mut queues = vec![topic.clone()];
             queues.extend(self.hosts.iter().map(|h| format!("{topic}.{h}")));
             let exchanges = [o.control_exchange.clone(), format!("{topic}_fanout")];
-            if let Err(e) = super::process::delete_topology(&o.transport_url, &queues, &exchanges).await {
+            if let Err(e) = delete_topology(&o.transport_url, &queues, &exchanges).await {
                 eprintln!("nova-bench: cleanup: {e}");
             }
         }

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::process::rss_mib;
+use super::child::rss_mib;
 
 /// How `nova-all` traces in one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,43 @@ use std::time::Duration;
 
 use axum::{extract::State, Extension, Json};
 use nova_rpc::transport::{QueueStats, TransportUrl};
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
 
 use crate::{ApiError, Caller, Gateway};
+
+/// Labels of the per-queue gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+/// Backlog and consumers per queue, as last read.
+struct QueueGauges {
+    messages: Family<QueueLabels, Gauge>,
+    consumers: Family<QueueLabels, Gauge>,
+}
+
+fn gauges() -> &'static QueueGauges {
+    static GAUGES: std::sync::OnceLock<QueueGauges> = std::sync::OnceLock::new();
+    GAUGES.get_or_init(|| {
+        let g = QueueGauges { messages: Family::default(), consumers: Family::default() };
+        nova_rpc::metrics::register("queue_messages", "Messages ready in a queue (its backlog)", g.messages.clone());
+        nova_rpc::metrics::register("queue_consumers", "Consumers of a queue", g.consumers.clone());
+        g
+    })
+}
+
+/// Set the queue gauges to `stats`; queues no longer listed disappear.
+pub fn record(stats: &[QueueStats]) {
+    let g = gauges();
+    g.messages.clear();
+    g.consumers.clear();
+    for q in stats {
+        let labels = QueueLabels { queue: q.queue.clone() };
+        g.messages.get_or_create(&labels).set(i64::try_from(q.messages).unwrap_or(i64::MAX));
+        g.consumers.get_or_create(&labels).set(i64::from(q.consumers));
+    }
+}
 
 /// `GET /v1/queues`.
 pub(crate) async fn list(

@@ -203,7 +203,7 @@ fn timeline(spans: &[Span]) -> Markup {
 /// `GET /metrics`: the process's metrics, the queue gauges read just now.
 pub(super) async fn metrics(axum::extract::State(gw): axum::extract::State<super::Gateway>) -> Response {
     match gw.queues().await {
-        Ok(stats) => nova_rpc::metrics::record_queues(&stats),
+        Ok(stats) => super::queues::record(&stats),
         Err(e) => tracing::debug!(error = ?e, "cannot read the queues for /metrics"),
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], nova_rpc::metrics::render()).into_response()

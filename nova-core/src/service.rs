@@ -493,12 +493,12 @@ impl Report {
             }
             (Ok(()), false) => false,
             (Err(e), false) => {
-                nova_rpc::metrics::metrics().report_failures.inc();
+                report_failures().inc();
                 tracing::error!(error = %e, "Lost connection to the database for reporting service status; still serving RPC.");
                 true
             }
             (Err(e), true) => {
-                nova_rpc::metrics::metrics().report_failures.inc();
+                report_failures().inc();
                 tracing::debug!(error = %e, "still unable to report status");
                 true
             }
@@ -556,4 +556,17 @@ impl RunningService {
         tracing::info!(binary = %self.info.binary, requeued = report.requeued, "service stopped");
         report
     }
+}
+/// Report-loop rounds that could not reach the database, registered on first use.
+pub fn report_failures() -> &'static prometheus_client::metrics::counter::Counter {
+    static FAILURES: std::sync::OnceLock<prometheus_client::metrics::counter::Counter> = std::sync::OnceLock::new();
+    FAILURES.get_or_init(|| {
+        let failures = prometheus_client::metrics::counter::Counter::default();
+        nova_rpc::metrics::register(
+            "report_failures",
+            "Report-loop rounds that could not reach the database",
+            failures.clone(),
+        );
+        failures
+    })
 }

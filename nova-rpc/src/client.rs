@@ -243,7 +243,7 @@ impl RpcClient {
 
     async fn cast_args(&self, ctx: &RequestContext, method: &str, args: Args) -> Result<()> {
         self.check_version()?;
-        let unique_id = wire::NewId::new();
+        let unique_id = crate::id::NewId::new();
         let request = self.request(ctx, method, &args, unique_id.as_str());
         let destination = if self.target.fanout {
             Destination::Fanout { topic: self.target.topic.as_str().into() }
@@ -378,7 +378,7 @@ impl RpcClient {
             Ok(router) => router?,
             Err(_) => return Err(timed_out()),
         };
-        let (unique_id, msg_id) = (wire::NewId::new(), wire::NewId::new());
+        let (unique_id, msg_id) = (crate::id::NewId::new(), crate::id::NewId::new());
         let request = RequestRef {
             msg_id: Some(msg_id.as_str()),
             reply_q: Some(router.queue()),

@@ -36,7 +36,7 @@ pub struct RequestContext {
 
 /// A freshly generated OpenStack style request id: `req-<uuid4>`.
 pub fn generate_request_id() -> String {
-    format!("req-{}", crate::wire::random_uuid())
+    format!("req-{}", crate::id::random_uuid())
 }
 
 impl RequestContext {

@@ -45,7 +45,7 @@ impl Payload {
     /// (a map with non-string keys, say).
     pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
         let mut out = Vec::with_capacity(128);
-        crate::wire::to_python_json(value, &mut out)?;
+        crate::pyjson::write(value, &mut out, false)?;
         // The serialiser writes ASCII only.
         String::from_utf8(out).map(Self).map_err(|e| RpcError::Serialization(e.to_string()))
     }

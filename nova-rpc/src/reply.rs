@@ -350,7 +350,7 @@ mod tests {
             failure: None,
             ending,
             msg_id: msg_id.to_owned(),
-            unique_id: wire::new_id(),
+            unique_id: crate::id::new_id(),
         }
     }
 

@@ -330,13 +330,13 @@ async fn a_deleted_queue_is_consumed_again() {
     let h1 = host(o.clone(), &topic, "h1").await;
     let own = format!("{topic}.h1");
     consumers_reach(cluster, &vhost, &own, 1).await;
-    let cancels = nova_rpc::metrics::metrics().consumer_cancels.get();
+    let cancels = nova_rpc::transport::amqp::metrics::metrics().consumer_cancels.get();
 
     cluster.nodes[0].ctl(&["delete_queue", "-p", &vhost, &own]).expect("delete_queue");
     let deleted = Instant::now();
     consumers_reach(cluster, &vhost, &own, 1).await;
     println!("deleted queue consumed again after {:.2} s", deleted.elapsed().as_secs_f64());
-    assert!(nova_rpc::metrics::metrics().consumer_cancels.get() > cancels, "the cancel is counted");
+    assert!(nova_rpc::transport::amqp::metrics::metrics().consumer_cancels.get() > cancels, "the cancel is counted");
     assert!(nova_tests::logged().contains("the broker cancelled a consumer"), "the cancel is logged");
     let client_t = transport::connect(o).await.unwrap();
     let client = RpcClient::new(client_t.clone(), Target::new(&topic).with_server("h1"));

@@ -60,7 +60,7 @@ async fn memory_alarm_blocks_then_service_resumes() {
         ping.call(&RequestContext::new(), "ping", json!({"arg": 1})).await.ok()
     })
     .await;
-    let blocked_before = nova_rpc::metrics::metrics().connection_blocked.get();
+    let blocked_before = nova_rpc::transport::amqp::metrics::metrics().connection_blocked.get();
     // A call the compute will answer during the alarm: its reply publish blocks.
     let compute_api = RpcClient::new(t.clone(), Target::new("compute").with_server("alarmed"));
     let task = json!({"name": "sleep", "args": ["4"], "task_id": "alarm-wait"});
@@ -85,7 +85,8 @@ async fn memory_alarm_blocks_then_service_resumes() {
     assert!(took < budget + Duration::from_secs(5), "the cast gave up after {took:?}, its budget being {budget:?}");
     eventually("the block is logged and counted", Duration::from_secs(30), || async {
         let logged = nova_tests::logged().contains("the broker blocked this connection");
-        (logged && nova_rpc::metrics::metrics().connection_blocked.get() > blocked_before).then_some(())
+        (logged && nova_rpc::transport::amqp::metrics::metrics().connection_blocked.get() > blocked_before)
+            .then_some(())
     })
     .await;
 
@@ -113,7 +114,7 @@ async fn memory_alarm_blocks_then_service_resumes() {
     .await;
     println!("alarm: serving again {:?} after the alarm cleared", cleared.elapsed());
     assert!(nova_tests::logged().contains("the broker unblocked this connection"), "the unblock is logged");
-    assert!(nova_rpc::metrics::metrics().connection_unblocked.get() > 0, "the unblock is counted");
+    assert!(nova_rpc::transport::amqp::metrics::metrics().connection_unblocked.get() > 0, "the unblock is counted");
     compute.signal("TERM");
     compute.wait_exit(Duration::from_secs(30)).expect("the compute exits");
     t.close().await;

@@ -89,13 +89,13 @@ async fn garbage_is_settled_and_callers_told(kind: Kind) {
     }
     assert_eq!(lines_about(&topic, "larger than max_message_size"), 1);
     // A malformed message whose reply address is readable gets an answer.
-    let reply_q = format!("reply_{}", wire::new_id());
+    let reply_q = format!("reply_{}", nova_rpc::id::new_id());
     let (replied, mut replies) = tokio::sync::mpsc::unbounded_channel();
     let sink = std::sync::Arc::new(move |body: bytes::Bytes| {
         let _ = replied.send(body);
     });
     let reply_queue = t.listen_replies(&reply_q, sink).await.unwrap();
-    let msg_id = wire::new_id();
+    let msg_id = nova_rpc::id::new_id();
     send(
         &t,
         &bus.exchange,
@@ -122,8 +122,9 @@ async fn replies_to_a_vanished_queue_are_dropped_once(kind: Kind) {
     let server_t = bus.transport_with(options).await;
     let server = RpcServer::new(server_t.clone(), Target::new(&topic).with_server("s1"), api()).start().await.unwrap();
     let t = bus.transport().await;
-    let gone = format!("reply_{}", wire::new_id());
-    let request = json!({"method": "add", "args": {"a": 1, "b": 2}, "_msg_id": wire::new_id(), "_reply_q": gone});
+    let gone = format!("reply_{}", nova_rpc::id::new_id());
+    let request =
+        json!({"method": "add", "args": {"a": 1, "b": 2}, "_msg_id": nova_rpc::id::new_id(), "_reply_q": gone});
     send(&t, &bus.exchange, &topic, envelope(&request.to_string())).await;
     eventually("the reply is given up on", Duration::from_secs(10), || async {
         logged().lines().any(|l| l.contains("dropping reply") && l.contains(&gone)).then_some(())

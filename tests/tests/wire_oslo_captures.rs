@@ -77,16 +77,15 @@ fn failures_decode_to_their_oslo_classes() {
 
 #[test]
 fn python_json_escapes() {
-    let mut out = Vec::new();
-    wire::to_python_json(&serde_json::json!({"a": ["é", "😀", "\u{7f}", "\n"], "b": 1.5}), &mut out).unwrap();
-    assert_eq!(String::from_utf8(out).unwrap(), r#"{"a": ["\u00e9", "\ud83d\ude00", "\u007f", "\n"], "b": 1.5}"#);
+    let out = nova_rpc::pyjson::to_string(&serde_json::json!({"a": ["é", "😀", "\u{7f}", "\n"], "b": 1.5})).unwrap();
+    assert_eq!(out, r#"{"a": ["\u00e9", "\ud83d\ude00", "\u007f", "\n"], "b": 1.5}"#);
 }
 
 #[test]
 fn ids_look_like_oslos_and_do_not_repeat() {
     // oslo makes ids with uuid4().hex: 32 lowercase hex digits, version 4.
     let ids: Vec<String> = (0..4)
-        .map(|_| std::thread::spawn(|| (0..10_000).map(|_| wire::new_id()).collect::<Vec<_>>()))
+        .map(|_| std::thread::spawn(|| (0..10_000).map(|_| nova_rpc::id::new_id()).collect::<Vec<_>>()))
         .flat_map(|t| t.join().unwrap())
         .collect();
     for id in &ids[..100] {

@@ -221,6 +221,25 @@ fn verify_signature(
     }
 }
 
+/// Labels of the malformed counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+/// Count a message refused as malformed or oversized on `topic`.
 fn malformed(topic: &str) {
-    crate::metrics::metrics().malformed.get_or_create(&crate::metrics::TopicLabels { topic: topic.to_owned() }).inc();
+    type Malformed =
+        prometheus_client::metrics::family::Family<TopicLabels, prometheus_client::metrics::counter::Counter>;
+    static MALFORMED: std::sync::OnceLock<Malformed> = std::sync::OnceLock::new();
+    let family = MALFORMED.get_or_init(|| {
+        let family = Malformed::default();
+        crate::metrics::register(
+            "rpc_malformed_messages",
+            "Messages refused as malformed or oversized",
+            family.clone(),
+        );
+        family
+    });
+    family.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc();
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::ServerState;
 use crate::{
     transport::{Destination, Outgoing},
-    wire::{self, ReplyRef},
+    wire::ReplyRef,
     Payload, RemoteFailure, Result,
 };
 
@@ -24,7 +24,7 @@ pub(super) fn spawn_heartbeat(
         let null = Payload::null();
         loop {
             tick.tick().await;
-            let unique_id = wire::NewId::new();
+            let unique_id = crate::id::NewId::new();
             let beat = ReplyRef {
                 result: &null,
                 failure: None,
@@ -83,7 +83,7 @@ fn encode_reply(msg_id: &str, outcome: &Result<Payload, RemoteFailure>) -> Optio
             (&null, Some(f))
         }
     };
-    let unique_id = wire::NewId::new();
+    let unique_id = crate::id::NewId::new();
     let reply = ReplyRef { result, failure, ending: true, msg_id, unique_id: unique_id.as_str() };
     match reply.encode() {
         Ok(b) => Some(b),

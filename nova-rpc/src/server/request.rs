@@ -10,7 +10,6 @@ use tracing::Instrument;
 use super::{
     intake::{admit, settle_in_flight, Admission, Admitted, Settle},
     reply::{send_reply, spawn_heartbeat},
-    serving::Served,
     ServerState,
 };
 use crate::{
@@ -19,6 +18,15 @@ use crate::{
     wire::Request,
     Payload, Result, RpcError,
 };
+
+/// Where a request started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Served {
+    /// In the server's loop (or, once it waited, its own task).
+    InLoop,
+    /// In the task that sent it ([`InlineServing`](crate::transport::InlineServing)).
+    InCallersTask,
+}
 
 /// Serve one delivery from start to end.
 pub(super) async fn handle(shared: &ServerState, delivery: Delivery, served: Served) {

@@ -11,7 +11,10 @@ use std::{
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::{request::handle, ServerState, StopReport};
+use super::{
+    request::{handle, Served},
+    ServerState, StopReport,
+};
 use crate::transport::{Delivery, InlineServing, Listener};
 
 tokio::task_local! {
@@ -204,13 +207,4 @@ impl InlineServing for InlineServer {
         let shared = self.shared.clone();
         Some(Box::new(move |delivery| run_request(shared, delivery, slot, Served::InCallersTask)))
     }
-}
-
-/// Where a request started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Served {
-    /// In the server's loop (or, once it waited, its own task).
-    InLoop,
-    /// In the task that sent it ([`InlineServing`]).
-    InCallersTask,
 }

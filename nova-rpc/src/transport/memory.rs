@@ -392,7 +392,7 @@ impl Transport for MemoryTransport {
 
     async fn listen(&self, spec: ListenSpec) -> Result<Listener> {
         let server_key = format!("{}.{}", spec.topic, spec.server);
-        let fanout_name = format!("{}_fanout_{}", spec.topic, crate::wire::new_id());
+        let fanout_name = format!("{}_fanout_{}", spec.topic, crate::id::new_id());
         let dead = spec.max_deliveries.map(|max| (max, self.declare(&super::dead_letter_queue(&spec.topic))));
         let mut queues = Vec::new();
         let keys = [(&spec.topic, spec.queues.shared()), (&server_key, spec.queues.own())];

@@ -417,7 +417,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// A name for a new reply queue: `reply_<uuid>` (the AMQP transport
     /// names it as oslo's queue manager does when `use_queue_manager` is on).
     fn reply_queue_name(&self) -> String {
-        format!("reply_{}", crate::wire::new_id())
+        format!("reply_{}", crate::id::new_id())
     }
 
     /// The options this transport was built with.

@@ -13,6 +13,7 @@ use lapin::{
     Connection, ConnectionProperties,
 };
 
+use super::metrics;
 use crate::{
     transport::{HostAddress, RabbitOptions, TransportUrl},
     Result, RpcError,
@@ -156,11 +157,11 @@ fn watch_blocked(conn: &Connection, purpose: &str) {
         while let Some(event) = events.next().await {
             match event {
                 lapin::Event::ConnectionBlocked(reason) => {
-                    crate::metrics::metrics().connection_blocked.inc();
+                    metrics::metrics().connection_blocked.inc();
                     tracing::warn!(%reason, purpose, "the broker blocked this connection; publishes wait until it unblocks");
                 }
                 lapin::Event::ConnectionUnblocked => {
-                    crate::metrics::metrics().connection_unblocked.inc();
+                    metrics::metrics().connection_unblocked.inc();
                     tracing::info!(purpose, "the broker unblocked this connection");
                 }
                 _ => {}

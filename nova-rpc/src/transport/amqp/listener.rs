@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     connector::Connector,
+    metrics,
     topology::{Arg, Exchange, ExchangeKind, Queue, Subscription},
 };
 use crate::{
@@ -322,7 +323,7 @@ impl Task {
             if let Some(r) = ready.take() {
                 let _ = r.send(Ok(()));
             } else {
-                crate::metrics::metrics().reconnects.inc();
+                metrics::metrics().reconnects.inc();
                 tracing::info!(purpose = self.plan.purpose, queues = ?self.queues().collect::<Vec<_>>(), "topology re-declared; consuming again");
             }
             for q in self.queues() {
@@ -470,7 +471,7 @@ impl Task {
                     None if generation != generations[i] => {}
                     None => {
                         let queue = &self.plan.subscriptions[i].queue.name;
-                        crate::metrics::metrics().consumer_cancels.inc();
+                        metrics::metrics().consumer_cancels.inc();
                         self.health.not_consumed(queue, "the broker cancelled its consumer");
                         tracing::warn!(queue = %queue, purpose = self.plan.purpose, "the broker cancelled a consumer (queue deleted, its node lost, or its leader moved); declaring and consuming it again");
                         again.push(self.consume_again(connector, conn, i, flow.consuming));

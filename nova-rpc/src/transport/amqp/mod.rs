@@ -15,6 +15,7 @@
 
 mod connector;
 mod listener;
+pub mod metrics;
 mod publisher;
 pub mod topology;
 
@@ -48,6 +49,8 @@ impl AmqpTransport {
     /// A transport for `url`. Nothing connects until the first send or
     /// listen. Options oslo.messaging refuses together are refused here too.
     pub fn new(url: TransportUrl, options: TransportOptions) -> Result<Self> {
+        // The counters show (at zero) from the first connection on.
+        metrics::metrics();
         options.rabbit.validate().map_err(RpcError::Transport)?;
         let connector = Arc::new(Connector::new(url.clone(), options.rabbit.clone())?);
         let topology = Arc::new(Topology::new(&options.rabbit));

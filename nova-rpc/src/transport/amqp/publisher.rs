@@ -20,7 +20,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
 };
 
-use super::{connector::Connector, listener::declare_exchange, topology::Topology};
+use super::{connector::Connector, listener::declare_exchange, metrics, topology::Topology};
 use crate::{
     transport::{Destination, Outgoing},
     Result, RpcError,
@@ -93,7 +93,7 @@ impl Publisher {
         let had_one = self.current.read().unwrap_or_else(|p| p.into_inner()).is_some();
         let conn = self.connector.connect("send", retry).await?;
         if had_one {
-            crate::metrics::metrics().reconnects.inc();
+            metrics::metrics().reconnects.inc();
         }
         let channel = conn.create_channel().await?;
         if self.connector.options().publisher_confirms {
@@ -175,7 +175,7 @@ impl Publisher {
                     }
                 }
                 Err(Failure::Nacked(e)) => {
-                    crate::metrics::metrics().publish_nacks.inc();
+                    metrics::metrics().publish_nacks.inc();
                     if message.retry.is_some_and(|r| nacks >= r) {
                         return Err(e);
                     }

@@ -340,7 +340,7 @@ impl Topology {
     fn unique_suffix(&self) -> String {
         match &self.names {
             Some(names) => names.next(),
-            None => crate::wire::new_id(),
+            None => crate::id::new_id(),
         }
     }
 }
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn queue_manager_names_count_up_per_generation() {
-        let name = format!("nova-rs-test-{}", crate::wire::new_id());
+        let name = format!("nova-rs-test-{}", crate::id::new_id());
         let o = RabbitOptions {
             use_queue_manager: true,
             hostname: "h1".into(),

@@ -3,7 +3,17 @@
 //! oslo.messaging writes its messages with `json.dumps`: `", "` between
 //! items, `": "` after keys, and every character outside printable ASCII
 //! as a `\uXXXX` escape (UTF-16 units, so a character past the BMP is two).
-//! Numbers are written as serde_json writes them.
+//! Integers are written as serde_json writes them; floats with the same
+//! shortest digits, laid out as Python's `repr` lays them out (`1e+16`,
+//! `1e-07`, `1000000000000000.0`).
+//!
+//! One difference is kept on purpose: Python writes NaN and infinities as
+//! `NaN`, `Infinity` and `-Infinity`, which are not JSON, and which
+//! serde_json (so every nova-rs reader) refuses. Written that way, a reply
+//! holding one would fail at a nova-rs caller as a malformed message; it
+//! is written `null` instead, as serde_json writes it, which both sides
+//! read (Python as `None`). `tests/tests/pyjson_against_python.rs` pins
+//! both the agreement and this difference against `json.dumps` itself.
 //!
 //! A message travels as JSON inside a JSON string (the 2.0 envelope's
 //! `oslo.message`). Written *enveloped*, every `"` and `\` of the JSON
@@ -24,6 +34,8 @@ use serde_json::ser::{CompactFormatter, Formatter as _};
 /// one outside printable ASCII). Nonzero when one is. Messages are short
 /// runs between quotes, so a call to `memchr` per escape cost more than
 /// the bytes did.
+pub(crate) mod envelope;
+
 pub(crate) mod scan {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const TOPS: u64 = 0x8080_8080_8080_8080;
@@ -145,9 +157,38 @@ pub(crate) fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>, envelop
     value.serialize(&mut Writer { out, enveloped })
 }
 
+/// `value` as Python's `json.dumps` writes it (oslo's `jsonutils.dumps`).
+///
+/// ```
+/// let text = nova_rpc::pyjson::to_string(&serde_json::json!({"é": [1.5, 1e16, 1e-7]})).unwrap();
+/// assert_eq!(text, r#"{"\u00e9": [1.5, 1e+16, 1e-07]}"#);
+/// ```
+///
+/// # Errors
+///
+/// As [`write`]'s.
+pub fn to_string<T: Serialize + ?Sized>(value: &T) -> Result<String, Error> {
+    let mut out = Vec::new();
+    write(value, &mut out, false)?;
+    // Every byte written is ASCII: anything else is escaped.
+    String::from_utf8(out).map_err(|e| Error(e.to_string()))
+}
+
+/// `value` as Python writes it inside the 2.0 envelope's string: the text
+/// of [`to_string`] quoted once more, without its outer quotes.
+///
+/// # Errors
+///
+/// As [`write`]'s.
+pub fn to_enveloped_string<T: Serialize + ?Sized>(value: &T) -> Result<String, Error> {
+    let mut out = Vec::new();
+    write(value, &mut out, true)?;
+    String::from_utf8(out).map_err(|e| Error(e.to_string()))
+}
+
 /// Why a value could not be written.
 #[derive(Debug)]
-pub(crate) struct Error(String);
+pub struct Error(String);
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -175,6 +216,12 @@ fn key_must_be_a_string() -> Error {
 }
 
 /// serde_json's name for the struct a `RawValue` serialises as.
+///
+/// serde has no hook for "this is JSON text already": serde_json passes a
+/// `RawValue` to a serializer as a one-field struct of this private name,
+/// and only the name tells it apart. Arguments and results travel as
+/// `RawValue`s, so without it they would be written as quoted strings.
+/// `a_raw_value_is_copied_not_quoted` fails the day serde_json renames it.
 const RAW_VALUE: &str = "$serde_json::private::RawValue";
 
 /// The serializer: JSON appended to `out`.
@@ -233,11 +280,83 @@ impl Writer<'_> {
         let _ = write(&mut CompactFormatter, self.out);
     }
 
+    /// A finite float as Python's `repr` writes it: the same shortest
+    /// digits serde_json (ryu) finds, laid out by Python's rule.
+    fn float(&mut self, write: impl FnOnce(&mut CompactFormatter, &mut Vec<u8>) -> std::io::Result<()>) {
+        let mut shortest = Vec::with_capacity(24);
+        let _ = write(&mut CompactFormatter, &mut shortest);
+        python_float(&shortest, self.out);
+    }
+
     /// `{"variant": ` before a variant's contents.
     fn open_variant(&mut self, variant: &str) {
         self.out.push(b'{');
         self.string(variant);
         self.out.extend_from_slice(b": ");
+    }
+}
+
+/// Lay out a float that serde_json wrote (`shortest`: `1e16`, `1.5e-7`,
+/// `0.0001`, `-2.0`) as Python's `float.__repr__` does: the digits in
+/// fixed notation while the decimal point falls within 16 digits and no
+/// more than 4 places before the first digit, with `.0` when there is no
+/// fractional part (`1e15` → `1000000000000000.0`); otherwise one digit,
+/// the rest after a point, and a signed exponent of at least two digits
+/// (`1e+16`, `1.5e-07`).
+fn python_float(shortest: &[u8], out: &mut Vec<u8>) {
+    let (negative, text) = match shortest.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, shortest),
+    };
+    let (mantissa, exponent) = match text.iter().position(|&b| b == b'e') {
+        Some(at) => (&text[..at], std::str::from_utf8(&text[at + 1..]).ok().and_then(|e| e.parse::<i32>().ok())),
+        None => (text, Some(0)),
+    };
+    let Some(exponent) = exponent else {
+        // Not a shape ryu writes: keep what it wrote.
+        out.extend_from_slice(shortest);
+        return;
+    };
+    // The digits, and where the decimal point falls among them (`decpt`:
+    // the value is 0.d1d2… × 10^decpt).
+    let point = mantissa.iter().position(|&b| b == b'.').unwrap_or(mantissa.len());
+    let mut digits: Vec<u8> = mantissa.iter().copied().filter(u8::is_ascii_digit).collect();
+    let mut decpt = i32::try_from(point).unwrap_or(i32::MAX).saturating_add(exponent);
+    let leading = digits.iter().take_while(|&&d| d == b'0').count();
+    digits.drain(..leading);
+    decpt -= i32::try_from(leading).unwrap_or(0);
+    while digits.last() == Some(&b'0') {
+        digits.pop();
+    }
+    if negative {
+        out.push(b'-');
+    }
+    if digits.is_empty() {
+        out.extend_from_slice(b"0.0");
+        return;
+    }
+    let count = i32::try_from(digits.len()).unwrap_or(i32::MAX);
+    if decpt <= -4 || decpt > 16 {
+        out.push(digits[0]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        let e = decpt - 1;
+        out.extend_from_slice(format!("e{}{:02}", if e < 0 { '-' } else { '+' }, e.unsigned_abs()).as_bytes());
+    } else if decpt <= 0 {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', decpt.unsigned_abs() as usize));
+        out.extend_from_slice(&digits);
+    } else if decpt >= count {
+        out.extend_from_slice(&digits);
+        out.extend(std::iter::repeat_n(b'0', (decpt - count) as usize));
+        out.extend_from_slice(b".0");
+    } else {
+        let (whole, fraction) = digits.split_at(decpt as usize);
+        out.extend_from_slice(whole);
+        out.push(b'.');
+        out.extend_from_slice(fraction);
     }
 }
 
@@ -353,9 +472,9 @@ impl<'s, 'a> ser::Serializer for &'s mut Writer<'a> {
     }
 
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        // JSON has no NaN nor infinity: serde_json writes them as null.
+        // NaN and infinity: see the module docs.
         match v.is_finite() {
-            true => self.number(|f, out| f.write_f32(out, v)),
+            true => self.float(|f, out| f.write_f32(out, v)),
             false => self.null(),
         }
         Ok(())
@@ -363,7 +482,7 @@ impl<'s, 'a> ser::Serializer for &'s mut Writer<'a> {
 
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
         match v.is_finite() {
-            true => self.number(|f, out| f.write_f64(out, v)),
+            true => self.float(|f, out| f.write_f64(out, v)),
             false => self.null(),
         }
         Ok(())
@@ -657,14 +776,14 @@ impl ser::Serializer for Scalar<'_, '_> {
         if !v.is_finite() {
             return Err(Error("float key must be finite (got NaN or +/-inf)".into()));
         }
-        self.quoted(|w| w.number(|f, out| f.write_f32(out, v)))
+        self.quoted(|w| w.float(|f, out| f.write_f32(out, v)))
     }
 
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
         if !v.is_finite() {
             return Err(Error("float key must be finite (got NaN or +/-inf)".into()));
         }
-        self.quoted(|w| w.number(|f, out| f.write_f64(out, v)))
+        self.quoted(|w| w.float(|f, out| f.write_f64(out, v)))
     }
 
     fn serialize_char(self, v: char) -> Result<(), Error> {
@@ -804,6 +923,15 @@ mod tests {
             }
         }
 
+        fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+            w.write_all(python_repr(value).as_bytes())
+        }
+
+        fn write_f32<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f32) -> io::Result<()> {
+            // The shortest digits of the f32, read back as the f64 they spell.
+            w.write_all(python_repr(value.to_string().parse().unwrap_or_default()).as_bytes())
+        }
+
         fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
             if first {
                 Ok(())
@@ -877,6 +1005,65 @@ mod tests {
                 }
             }
             Ok(())
+        }
+    }
+
+    /// Python's `repr` of a finite float, from the standard library's own
+    /// shortest digits (`{:e}`), independently of ryu: a second way to the
+    /// layout `python_float` gives.
+    fn python_repr(value: f64) -> String {
+        let scientific = format!("{:e}", value.abs());
+        let (mantissa, exponent) = scientific.split_once('e').unwrap();
+        let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+        let digits = digits.trim_end_matches('0');
+        let sign = if value.is_sign_negative() { "-" } else { "" };
+        if digits.is_empty() {
+            return format!("{sign}0.0");
+        }
+        let decpt = exponent.parse::<i32>().unwrap() + 1;
+        let body = if !(-4 < decpt && decpt <= 16) {
+            let (first, rest) = digits.split_at(1);
+            let point = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+            format!("{first}{point}e{}{:02}", if decpt > 0 { '+' } else { '-' }, (decpt - 1).abs())
+        } else if decpt <= 0 {
+            format!("0.{}{digits}", "0".repeat((-decpt) as usize))
+        } else if decpt as usize >= digits.len() {
+            format!("{digits}{}.0", "0".repeat(decpt as usize - digits.len()))
+        } else {
+            format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
+        };
+        format!("{sign}{body}")
+    }
+
+    /// Pins [`super::RAW_VALUE`]: serde_json's private name for a
+    /// `RawValue` is how pyjson knows JSON text from a string.
+    #[test]
+    fn a_raw_value_is_copied_not_quoted() {
+        let raw = RawValue::from_string("{\"a\":[1,2]}".into()).unwrap();
+        // Were the name to change, the text would come out as a struct
+        // holding a string, quoted.
+        assert_eq!(ours(&raw, false).unwrap(), "{\"a\":[1,2]}", "serde_json renamed RawValue's struct: see RAW_VALUE");
+    }
+
+    #[test]
+    fn floats_are_laid_out_as_pythons_repr() {
+        for (value, python) in [
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (1e-7, "1e-07"),
+            (1.5e-7, "1.5e-07"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (-0.0, "-0.0"),
+            (0.0, "0.0"),
+            (2.0, "2.0"),
+            (123.456, "123.456"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"),
+            (-12345678901234567890.0, "-1.2345678901234567e+19"),
+        ] {
+            assert_eq!(ours(&value, false).unwrap(), python, "{value:e}");
+            assert_eq!(python_repr(value), python, "{value:e}");
         }
     }
 
