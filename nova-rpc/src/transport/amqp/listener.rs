@@ -106,11 +106,10 @@ async fn spawn(
 ) -> Result<watch::Sender<bool>> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let tags = plan.subscriptions.iter().map(|s| consumer_tag(s, 0)).collect();
-    let flowing = Flowing { consuming: !plan.work, commands: flow, tags };
-    let task =
-        Task { offsets: plan.subscriptions.iter().map(|_| Arc::new(AtomicI64::new(-1))).collect(), health, plan };
-    tokio::spawn(task.run(connector, output, stop_rx, ready_tx, flowing));
+    let flow = FlowControl { consuming: !plan.work, commands: flow };
+    let offsets = plan.subscriptions.iter().map(|_| Arc::new(AtomicI64::new(-1))).collect();
+    let consume = ConsumeLoop { offsets, health, plan };
+    tokio::spawn(consume.run(connector, output, stop_rx, ready_tx, flow));
     match ready_rx.await {
         Ok(Ok(())) => Ok(stop_tx),
         Ok(Err(e)) => Err(e),
@@ -227,13 +226,57 @@ enum Ended {
     Lost(String),
 }
 
-/// What one subscription's consumer yields: a delivery, an error, or
-/// (`None`) the end of the consumer, which the broker cancelled (or we
-/// did, when its generation is not the subscription's current one).
-type Tagged = (usize, u64, Option<lapin::Result<AmqpDelivery>>);
+/// What subscription `.0`'s consumer of generation `.1` yields: a
+/// delivery, an error, or (`None`) its end, which the broker cancelled (or
+/// we did, when it is not the subscription's live consumer).
+type ConsumerEvent = (usize, u64, Option<lapin::Result<AmqpDelivery>>);
 
-fn tagged(i: usize, generation: u64, consumer: lapin::Consumer) -> BoxStream<'static, Tagged> {
-    consumer.map(move |d| (i, generation, Some(d))).chain(stream::once(async move { (i, generation, None) })).boxed()
+/// One subscription on the current connection: its channel and consumer.
+struct Subscribed {
+    channel: Channel,
+    /// The tag of its consumer now (what a pause or a stop cancels).
+    tag: String,
+    /// The generation of its live consumer, whose end is the broker's
+    /// cancel; `None` once we cancelled it ourselves (a paused work queue),
+    /// so that its end, when it comes, is ours.
+    live: Option<u64>,
+}
+
+/// The consumer streams of one connection. Each consumer has a
+/// generation, unique on the connection.
+struct ConsumerStreams {
+    streams: SelectAll<BoxStream<'static, ConsumerEvent>>,
+    next_generation: u64,
+}
+
+impl ConsumerStreams {
+    /// The streams of `consumers` (one per subscription, `None` where
+    /// paused), all of generation 0, with their subscriptions' state.
+    fn start(plan: &Plan, subscribed: Vec<(Channel, Option<lapin::Consumer>)>) -> (Self, Vec<Subscribed>) {
+        let mut streams = Self { streams: SelectAll::new(), next_generation: 1 };
+        let subs = subscribed
+            .into_iter()
+            .enumerate()
+            .map(|(i, (channel, consumer))| {
+                let live = consumer.map(|c| streams.watch(i, 0, c));
+                Subscribed { channel, tag: consumer_tag(&plan.subscriptions[i], 0), live }
+            })
+            .collect();
+        (streams, subs)
+    }
+
+    /// A generation no consumer of this connection had.
+    fn next(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation - 1
+    }
+
+    /// Follow subscription `i`'s consumer of `generation`.
+    fn watch(&mut self, i: usize, generation: u64, consumer: lapin::Consumer) -> u64 {
+        let ended = stream::once(async move { (i, generation, None) });
+        self.streams.push(consumer.map(move |d| (i, generation, Some(d))).chain(ended).boxed());
+        generation
+    }
 }
 
 async fn next_flow(flow: &mut Option<mpsc::UnboundedReceiver<Flow>>) -> Option<Flow> {
@@ -243,7 +286,8 @@ async fn next_flow(flow: &mut Option<mpsc::UnboundedReceiver<Flow>>) -> Option<F
     }
 }
 
-struct Task {
+/// A listener's loop: connect, declare, consume, forward; again after a loss.
+struct ConsumeLoop {
     plan: Plan,
     /// Per subscription, the next stream offset to read (-1: none yet).
     offsets: Vec<Arc<AtomicI64>>,
@@ -252,14 +296,12 @@ struct Task {
 
 /// Whether the queues are consumed now (a work queue's only when told),
 /// and a work queue's consume / pause commands.
-struct Flowing {
+struct FlowControl {
     consuming: bool,
     commands: Option<mpsc::UnboundedReceiver<Flow>>,
-    /// Per subscription, the tag of its consumer now (what a stop cancels).
-    tags: Vec<String>,
 }
 
-impl Task {
+impl ConsumeLoop {
     fn queues(&self) -> impl Iterator<Item = &str> {
         self.plan.subscriptions.iter().map(|s| s.queue.name.as_str())
     }
@@ -285,7 +327,7 @@ impl Task {
         output: Output,
         mut stop: watch::Receiver<bool>,
         ready: oneshot::Sender<Result<()>>,
-        mut flow: Flowing,
+        mut flow: FlowControl,
     ) {
         let mut ready = Some(ready);
         let mut round = 0u32;
@@ -330,8 +372,8 @@ impl Task {
                 self.health.consumed(q);
             }
             round = 0;
-            let (mut channels, consumers): (Vec<_>, Vec<_>) = subscribed.into_iter().unzip();
-            match self.forward((&connector, &conn), &mut channels, consumers, &output, &mut stop, &mut flow).await {
+            let (streams, mut subs) = ConsumerStreams::start(&self.plan, subscribed);
+            match self.forward((&connector, &conn), &mut subs, streams, &output, &mut stop, &mut flow).await {
                 Ended::Lost(why) => {
                     for q in self.queues() {
                         self.health.not_consumed(q, &why);
@@ -340,14 +382,14 @@ impl Task {
                     let _ = conn.close(200, "lost".into()).await;
                 }
                 Ended::Stopped => {
-                    self.stop(&conn, &channels, &flow.tags).await;
+                    self.stop(&conn, &subs).await;
                     // Deliveries already handed out are settled on these
                     // channels: let the receiver drain, then keep them open
                     // until the listener is dropped (its stop switch goes away).
                     drop(output);
                     while stop.changed().await.is_ok() {}
-                    for channel in &channels {
-                        let _ = channel.close(200, "stopped".into()).await;
+                    for sub in &subs {
+                        let _ = sub.channel.close(200, "stopped".into()).await;
                     }
                     let _ = conn.close(200, "stopped".into()).await;
                     return;
@@ -356,9 +398,9 @@ impl Task {
         }
     }
 
-    async fn stop(&self, conn: &Connection, channels: &[Channel], tags: &[String]) {
-        for (tag, channel) in tags.iter().zip(channels) {
-            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+    async fn stop(&self, conn: &Connection, subs: &[Subscribed]) {
+        for sub in subs {
+            let _ = sub.channel.basic_cancel(sub.tag.as_str().into(), BasicCancelOptions::default()).await;
         }
         let deletes: Vec<_> = self.plan.subscriptions.iter().filter(|s| s.delete_on_stop).collect();
         if !deletes.is_empty() {
@@ -375,25 +417,12 @@ impl Task {
     async fn forward(
         &self,
         (connector, conn): (&Connector, &Connection),
-        channels: &mut [Channel],
-        consumers: Vec<Option<lapin::Consumer>>,
+        subs: &mut [Subscribed],
+        mut streams: ConsumerStreams,
         output: &Output,
         stop: &mut watch::Receiver<bool>,
-        flow: &mut Flowing,
+        flow: &mut FlowControl,
     ) -> Ended {
-        let mut streams: SelectAll<BoxStream<'static, Tagged>> = SelectAll::new();
-        // Each consumer has a generation, unique on this connection: the end
-        // of one we cancelled ourselves (a paused work queue) is not the
-        // broker's cancel, and its tag is never reused on its channel.
-        let mut generations = vec![0u64; consumers.len()];
-        let mut next_generation = 1;
-        flow.tags = self.plan.subscriptions.iter().map(|s| consumer_tag(s, 0)).collect();
-        for (i, consumer) in consumers.into_iter().enumerate() {
-            if let Some(consumer) = consumer {
-                streams.push(tagged(i, 0, consumer));
-            }
-        }
-
         let mut again = FuturesUnordered::new();
         // Whatever a consumer stream does when its connection dies, a lost
         // connection is noticed within a second.
@@ -409,56 +438,19 @@ impl Task {
                 Some((consume, done)) = next_flow(&mut flow.commands) => {
                     if consume != flow.consuming {
                         flow.consuming = consume;
-                        for i in 0..channels.len() {
-                            if consume {
-                                let sub = &self.plan.subscriptions[i];
-                                generations[i] = next_generation;
-                                next_generation += 1;
-                                match start_consumer(&channels[i], sub, &self.offsets[i], generations[i]).await {
-                                    Ok(c) => {
-                                        flow.tags[i] = consumer_tag(sub, generations[i]);
-                                        streams.push(tagged(i, generations[i], c));
-                                    }
-                                    Err(_) => again.push(self.consume_again(connector, conn, i, true)),
-                                }
-                            } else {
-                                let _ = channels[i].basic_cancel(flow.tags[i].as_str().into(), BasicCancelOptions::default()).await;
-                                // Its end, when it comes, is ours.
-                                generations[i] = u64::MAX;
-                            }
+                        for i in self.switch(subs, &mut streams, consume).await {
+                            again.push(self.consume_again(connector, conn, i, true));
                         }
                     }
                     let _ = done.send(());
                 },
                 Some((i, result)) = again.next(), if !again.is_empty() => match result {
-                    Ok((channel, Some(consumer))) => {
-                        // A new channel: its consumer has the first tag.
-                        let tag = consumer_tag(&self.plan.subscriptions[i], 0);
-                        generations[i] = next_generation;
-                        next_generation += 1;
-                        if !flow.consuming {
-                            // Paused meanwhile.
-                            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                        }
-                        flow.tags[i] = tag;
-                        channels[i] = channel;
-                        streams.push(tagged(i, generations[i], consumer));
-                        if !flow.consuming {
-                            generations[i] = u64::MAX;
-                        }
-                        let queue = &self.plan.subscriptions[i].queue.name;
-                        self.health.consumed(queue);
-                        tracing::info!(queue = %queue, "consuming again after the broker cancelled the consumer");
-                    }
-                    Ok((channel, None)) => {
-                        // Declared while paused: consumed at the next resume.
-                        flow.tags[i] = consumer_tag(&self.plan.subscriptions[i], 0);
-                        channels[i] = channel;
-                        self.health.consumed(&self.plan.subscriptions[i].queue.name);
+                    Ok((channel, consumer)) => {
+                        self.consumed_again(i, &mut subs[i], &mut streams, (channel, consumer), flow.consuming).await;
                     }
                     Err(why) => return Ended::Lost(why),
                 },
-                Some((i, generation, item)) = streams.next(), if !streams.is_empty() => match item {
+                Some((i, generation, item)) = streams.streams.next(), if !streams.streams.is_empty() => match item {
                     Some(Ok(d)) => {
                         if let Err(ended) = self.deliver(i, d, output, stop).await {
                             return ended;
@@ -468,7 +460,7 @@ impl Task {
                     // and a failed lapin consumer may never end: start over.
                     Some(Err(e)) => return Ended::Lost(e.to_string()),
                     None if !conn.status().connected() => return Ended::Lost("connection closed".into()),
-                    None if generation != generations[i] => {}
+                    None if subs[i].live != Some(generation) => {}
                     None => {
                         let queue = &self.plan.subscriptions[i].queue.name;
                         metrics::metrics().consumer_cancels.inc();
@@ -479,6 +471,59 @@ impl Task {
                 },
             }
         }
+    }
+
+    /// Consume every subscription (a work queue resumed) or cancel every
+    /// consumer (paused); the subscriptions that could not be consumed,
+    /// to declare and consume again.
+    async fn switch(&self, subs: &mut [Subscribed], streams: &mut ConsumerStreams, consume: bool) -> Vec<usize> {
+        let mut failed = Vec::new();
+        for (i, sub) in subs.iter_mut().enumerate() {
+            if consume {
+                let plan = &self.plan.subscriptions[i];
+                let generation = streams.next();
+                match start_consumer(&sub.channel, plan, &self.offsets[i], generation).await {
+                    Ok(c) => {
+                        sub.tag = consumer_tag(plan, generation);
+                        sub.live = Some(streams.watch(i, generation, c));
+                    }
+                    Err(_) => failed.push(i),
+                }
+            } else {
+                let _ = sub.channel.basic_cancel(sub.tag.as_str().into(), BasicCancelOptions::default()).await;
+                sub.live = None;
+            }
+        }
+        failed
+    }
+
+    /// Subscription `i` has a new channel, and a consumer unless it was
+    /// declared while paused.
+    async fn consumed_again(
+        &self,
+        i: usize,
+        sub: &mut Subscribed,
+        streams: &mut ConsumerStreams,
+        (channel, consumer): (Channel, Option<lapin::Consumer>),
+        consuming: bool,
+    ) {
+        let queue = &self.plan.subscriptions[i].queue.name;
+        // A new channel: its consumer has the first tag.
+        sub.tag = consumer_tag(&self.plan.subscriptions[i], 0);
+        sub.channel = channel;
+        sub.live = None;
+        if let Some(consumer) = consumer {
+            let generation = streams.next();
+            streams.watch(i, generation, consumer);
+            if consuming {
+                sub.live = Some(generation);
+                tracing::info!(queue = %queue, "consuming again after the broker cancelled the consumer");
+            } else {
+                // Paused meanwhile: its end will be ours.
+                let _ = sub.channel.basic_cancel(sub.tag.as_str().into(), BasicCancelOptions::default()).await;
+            }
+        }
+        self.health.consumed(queue);
     }
 
     /// Declare and consume subscription `i` again, waiting and retrying while
