@@ -154,7 +154,7 @@ fn methods_table(topic: &str, description: &Value) -> Markup {
                     tr {
                         td { (if ns.is_empty() { "(default)" } else { ns }) }
                         td { (version) }
-                        td.method { (name) }
+                        td.method { (name) @if m["cast"] == true { " " span.cast title="the typed client casts it" { "(cast)" } } }
                         td {
                             @for a in m["args"].as_array().into_iter().flatten() {
                                 code { (str_of(a, "name")) ": " (str_of(a, "type")) } " "

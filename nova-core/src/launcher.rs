@@ -295,11 +295,26 @@ pub fn run<F: std::future::Future>(main: F) -> std::io::Result<F::Output> {
     Ok(out)
 }
 
-/// Parse the common flags for `binary`, with `about` as its help text.
-pub fn parse_args(binary: &'static str, about: &'static str) -> CommonArgs {
-    let command = CommonArgs::augment_args(clap::Command::new(binary).about(about).version(env!("CARGO_PKG_VERSION")));
+/// Parse the common flags for `binary`, with `about` as its help text and
+/// `version` as what `-V` prints.
+pub fn parse_args(binary: &'static str, about: impl Into<String>, version: impl Into<String>) -> CommonArgs {
+    // Once per process: clap keeps its version as a `&'static str`.
+    let version: &'static str = Box::leak(version.into().into_boxed_str());
+    // The flags' own doc would otherwise stand as the command's about.
+    let command = CommonArgs::augment_args(clap::Command::new(binary)).about(about.into()).version(version);
     let matches = command.get_matches();
     CommonArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// What `-V` of a binary built on nova-rs says: its package's version
+/// (when known) and the framework's.
+fn version_line(package: &str) -> String {
+    let framework = concat!("nova-rs ", env!("CARGO_PKG_VERSION"));
+    if package.is_empty() {
+        format!("({framework})")
+    } else {
+        format!("{package} ({framework})")
+    }
 }
 
 /// The tokio runtime every binary runs on.
@@ -309,7 +324,50 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Run a per-topic service binary; see the module docs.
 pub fn launch(binary: &'static str, about: &'static str, registry: ManagerRegistry) -> ExitCode {
-    let args = parse_args(binary, about);
+    launch_with(binary, parse_args(binary, about, version_line("")), registry)
+}
+
+/// Run `binary` serving the one manager `make` builds: its topic is the
+/// binary's name without `nova-` (`nova-greeter` serves `greeter`), and
+/// `-V` prints the version of the manager's package.
+///
+/// ```no_run
+/// use nova_core::prelude::*;
+///
+/// #[derive(Default)]
+/// struct Greeter;
+///
+/// #[rpc_api(version = "1.0")]
+/// impl Greeter {
+///     pub async fn greet(&self, _ctx: RequestContext, name: String) -> Result<String, RpcError> {
+///         Ok(format!("Hello, {name}!"))
+///     }
+/// }
+///
+/// impl Manager for Greeter {}
+///
+/// fn main() -> std::process::ExitCode {
+///     nova_core::launch_manager("nova-greeter", Greeter::default)
+/// }
+/// ```
+pub fn launch_manager<M, F>(binary: &'static str, make: F) -> ExitCode
+where
+    M: crate::Manager + crate::RpcApi,
+    F: Fn() -> M + Send + Sync + 'static,
+{
+    let topic = binary.strip_prefix("nova-").unwrap_or(binary);
+    let name = std::any::type_name::<M>();
+    let make = Arc::new(make);
+    let entry = crate::ManagerEntry::new(name, move |_deps| {
+        let make = make.clone();
+        async move { Ok::<_, BoxError>(crate::ManagerHandle::new(Arc::new(make()))) }
+    });
+    let about = format!("Serves the {topic} API ({name}) over RPC.");
+    let args = parse_args(binary, about, version_line(M::PACKAGE_VERSION));
+    launch_with(binary, args, ManagerRegistry::new().register(entry.default_for(topic)))
+}
+
+fn launch_with(binary: &'static str, args: CommonArgs, registry: ManagerRegistry) -> ExitCode {
     let outcome = run(async move {
         let manager = args.manager.clone();
         let bootstrap = Bootstrap::new(args, registry, &[]).await?;

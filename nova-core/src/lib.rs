@@ -19,17 +19,20 @@ pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod periodic;
+pub mod prelude;
 pub mod registry;
 pub mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-/// Hooks (`init_host`, …) are written with it: re-exported so a manager
-/// crate needs no dependency of its own.
-pub use async_trait::async_trait;
 pub use background::Background;
-pub use launcher::{connect_client, launch, Bootstrap, ClientSetup, LaunchError};
-pub use manager::{BoxError, Manager, ManagerHandle, RpcApi, ServiceInfo, WorkQueue};
+pub use launcher::{connect_client, launch, launch_manager, Bootstrap, ClientSetup, LaunchError};
+pub use manager::{BoxError, Manager, ManagerHandle, RemoteError, RpcApi, ServiceInfo, WorkQueue};
+/// Hooks (`init_host`, …) are written with it: `async_trait`'s attribute,
+/// so a manager crate needs no dependency of its own, which also refuses,
+/// with a sentence, the impl of an `#[rpc_api]` trait (written with plain
+/// `async fn`s).
+pub use nova_macros::async_trait;
 /// Declare an RPC API: on a trait (an API others implement and call), or
 /// on a manager's own `impl` block (the quick way, for one service).
 ///
@@ -109,6 +112,40 @@ pub use manager::{BoxError, Manager, ManagerHandle, RpcApi, ServiceInfo, WorkQue
 /// `cleanup_host`, `reset`) are [`Manager`] methods, written with
 /// [`async_trait`]. `README.md`'s "Write your own manager" shows all of it.
 pub use nova_macros::rpc_api;
+/// Derive [`RemoteError`](trait@RemoteError) for an error enum: each
+/// variant a remote class that a typed client turns back into the same
+/// variant, fields and all.
+///
+/// ```
+/// use nova_core::RemoteError;
+/// use nova_rpc::RpcError;
+///
+/// #[derive(Debug, RemoteError)]
+/// pub enum StockError {
+///     /// Python callers see `RemoteError` with `exc_type = 'OutOfStock'`.
+///     #[remote(message = "out of stock")]
+///     OutOfStock { item: String, wanted: u32 },
+///     #[remote(class = "NoSuchItem", message = "no such item")]
+///     Unknown(String),
+///     /// The transport's errors, and classes this enum does not know.
+///     #[remote(other)]
+///     Rpc(RpcError),
+/// }
+///
+/// let sent = RpcError::from(StockError::OutOfStock { item: "nut".into(), wanted: 3 });
+/// assert_eq!(sent.class(), "OutOfStock");
+/// assert!(matches!(StockError::from(sent), StockError::OutOfStock { wanted: 3, .. }));
+/// assert!(matches!(StockError::from(RpcError::Transport("down".into())), StockError::Rpc(_)));
+/// ```
+///
+/// A variant's class is its name, or `#[remote(class = "…")]`; its
+/// message the enum's `Display`, or `#[remote(message = "…")]`; its fields
+/// travel as the failure's `args` (or `kwargs`, named) and must be
+/// `Serialize` and `Deserialize`, unless the variant is
+/// `#[remote(opaque)]` (it then arrives as the `other` variant). The
+/// Python module is the Rust module path, dotted, or `#[remote(module =
+/// "…")]` on the enum.
+pub use nova_macros::RemoteError;
 pub use periodic::PeriodicTask;
 pub use registry::{ManagerDeps, ManagerEntry, ManagerRegistry};
 pub use service::{RunningService, Service, ServiceOptions};
@@ -117,7 +154,10 @@ pub use service::{RunningService, Service, ServiceOptions};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::periodic::PeriodicTask;
-    pub use nova_rpc::{dispatcher::BoxFuture, dispatcher::Router, RequestContext, RpcClient, RpcError, Version};
+    pub use async_trait::async_trait;
+    pub use nova_rpc::{
+        dispatcher::BoxFuture, dispatcher::Router, RemoteFailure, RequestContext, RpcClient, RpcError, Target, Version,
+    };
     pub use serde;
     pub use serde_json;
 

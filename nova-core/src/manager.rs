@@ -136,12 +136,46 @@ pub trait Manager: Send + Sync + 'static {
     async fn reset(&self) {}
 }
 
+/// An error an RPC method may return and a typed client gives back: it
+/// travels as a remote error (`Into<RpcError>`) and is rebuilt from one
+/// (`From<RpcError>`). [`RpcError`](nova_rpc::RpcError) is one;
+/// `#[derive(RemoteError)]` makes an enum of your own one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an error an RPC method can return",
+    label = "this error type cannot travel as a remote error",
+    note = "derive it: `#[derive(Debug, nova_core::RemoteError)]` on an enum with a `#[remote(other)] Rpc(RpcError)` variant; or return `nova_rpc::RpcError`"
+)]
+pub trait RemoteError: Sized {
+    /// As it travels: a remote failure of its class, or what it holds.
+    fn into_rpc(self) -> nova_rpc::RpcError;
+    /// As a typed client gives it back.
+    fn from_rpc(e: nova_rpc::RpcError) -> Self;
+}
+
+impl RemoteError for nova_rpc::RpcError {
+    fn into_rpc(self) -> nova_rpc::RpcError {
+        self
+    }
+
+    fn from_rpc(e: nova_rpc::RpcError) -> Self {
+        e
+    }
+}
+
 /// The RPC surface of a manager; written by `#[rpc_api]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` serves no RPC API",
+    label = "not servable",
+    note = "declare its API: `#[rpc_api(version = \"1.0\")] impl {Self} {{ … }}`, or, when it implements an `#[rpc_api]` trait, add `#[rpc_api(serves = TheApi)] impl {Self} {{}}`"
+)]
 pub trait RpcApi: Send + Sync + Sized + 'static {
     /// The API version, `major.minor`.
     const API_VERSION: &'static str;
     /// The API namespace (`None`: the default namespace).
     const NAMESPACE: Option<&'static str>;
+    /// The version of the package that declared it (`-V` of a binary
+    /// launched with [`launch_manager`](crate::launch_manager)).
+    const PACKAGE_VERSION: &'static str = "";
     /// The endpoint that serves the manager's methods.
     fn rpc_router(self: &Arc<Self>) -> Router;
     /// The manager's periodic tasks.

@@ -49,7 +49,12 @@ impl PeriodicTask {
         Self { name: name.into(), spacing, run_immediately: false, enabled: true, run: Arc::new(move || Box::pin(f())) }
     }
 
-    /// Run at loop start.
+    /// Run the task once, now; its error as a sentence.
+    pub async fn run_once(&self) -> Result<(), String> {
+        (self.run)().await
+    }
+
+    /// Run as soon as the loop starts instead of one spacing later.
     pub fn run_immediately(mut self, yes: bool) -> Self {
         self.run_immediately = yes;
         self

@@ -21,12 +21,20 @@
 //!     pub async fn greet(&self, _ctx: RequestContext, name: String) -> Result<String, RpcError> {
 //!         Ok(format!("Hello, {name}!"))
 //!     }
+//!
+//!     #[periodic_task(spacing = 60)]
+//!     async fn tidy(&self, _ctx: RequestContext) -> Result<(), RpcError> {
+//!         Ok(())
+//!     }
 //! }
 //! impl Manager for Greeter {}
 //!
 //! let bus = TestBus::new().await;
-//! let greeter = GreeterClient::new(bus.serve("greeter", "h1", Arc::new(Greeter)).await);
-//! assert_eq!(greeter.greet(&RequestContext::new(), "Ada".into()).await.unwrap(), "Hello, Ada!");
+//! let greeter = Arc::new(Greeter::default());
+//! let client = GreeterClient::new(bus.serve("greeter", "h1", greeter.clone()).await);
+//! assert_eq!(client.greet(&RequestContext::new(), "Ada".into()).await.unwrap(), "Hello, Ada!");
+//! // Periodic tasks are off on a bus: run one when the test wants it.
+//! bus.run_periodic(&greeter, "tidy").await.unwrap();
 //! bus.stop().await;
 //! # });
 //! ```
@@ -82,6 +90,12 @@ impl TestBus {
         Self { transport, records: ServiceRecords::new(db.clone()), db, dir, running: Mutex::default() }
     }
 
+    /// The bus's private directory (absolute; its database is
+    /// `nova.sqlite` there), removed by [`stop`](Self::stop).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The bus's transport, for clients and services of your own.
     pub fn transport(&self) -> Arc<dyn Transport> {
         self.transport.clone()
@@ -119,6 +133,20 @@ impl TestBus {
         let running = service.start().await.unwrap_or_else(|e| panic!("cannot serve {topic} on {host}: {e}"));
         self.running.lock().await.push(running);
         self.client(Target::new(topic))
+    }
+
+    /// Run `manager`'s periodic task `name` once, now (a bus serves with
+    /// periodic tasks off, so a test runs them when it wants to).
+    ///
+    /// # Panics
+    /// When the manager has no periodic task of that name.
+    pub async fn run_periodic<M: RpcApi>(&self, manager: &Arc<M>, name: &str) -> Result<(), String> {
+        let tasks = manager.periodic_tasks();
+        let Some(task) = tasks.iter().find(|t| t.name == name) else {
+            let known: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+            panic!("no periodic task {name:?}; the manager has {known:?}");
+        };
+        task.run_once().await
     }
 
     /// A client of `target` on this bus.

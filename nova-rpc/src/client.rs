@@ -54,6 +54,26 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
+    /// Connect to the broker at `url` (`rabbit://user:pass@host:5672/`,
+    /// `memory://name`, …) with default options, and aim at `target`.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use nova_rpc::{RpcClient, Target};
+    ///
+    /// let client = RpcClient::connect("memory://doc-connect", Target::new("greeter")).await?;
+    /// assert_eq!(client.target().topic, "greeter");
+    /// # Ok::<(), nova_rpc::RpcError>(()) }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A URL that cannot be read, or a broker that cannot be reached.
+    pub async fn connect(url: &str, target: Target) -> crate::Result<Self> {
+        let transport = crate::transport::connect(crate::transport::TransportOptions::new(url)).await?;
+        Ok(Self::new(transport, target))
+    }
+
     /// A client for `target` over `transport`.
     pub fn new(transport: Arc<dyn Transport>, target: Target) -> Self {
         Self {

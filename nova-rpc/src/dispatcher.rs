@@ -32,6 +32,8 @@ pub struct MethodInfo {
     pub args: Vec<ArgInfo>,
     /// Whether it runs on the blocking pool.
     pub blocking: bool,
+    /// Whether its typed client casts it (no answer is awaited).
+    pub cast: bool,
     /// One line of documentation.
     pub doc: String,
 }
@@ -193,7 +195,7 @@ impl Router {
 
     fn insert(mut self, name: &str, handler: Handler, blocking: bool) -> Self {
         assert!(!name.starts_with('_'), "RPC method names must not start with `_`: {name}");
-        let info = MethodInfo { name: name.to_owned(), args: Vec::new(), blocking, doc: String::new() };
+        let info = MethodInfo { name: name.to_owned(), args: Vec::new(), blocking, cast: false, doc: String::new() };
         self.methods.insert(name.to_owned(), Method { handler, info });
         self
     }
@@ -246,6 +248,14 @@ impl Router {
         if let Some(m) = self.methods.get_mut(name) {
             m.info.args = args.iter().map(|(n, t)| ArgInfo { name: (*n).to_owned(), ty: (*t).to_owned() }).collect();
             m.info.doc = doc.to_owned();
+        }
+        self
+    }
+
+    /// Mark `name` as a cast: its typed client does not wait for an answer.
+    pub fn cast(mut self, name: &str) -> Self {
+        if let Some(m) = self.methods.get_mut(name) {
+            m.info.cast = true;
         }
         self
     }

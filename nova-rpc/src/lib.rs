@@ -15,16 +15,25 @@
 //! A Rust service and a Python oslo.messaging service on the same broker
 //! can call each other: the envelope, properties and topology are oslo's.
 //!
+//! Arguments travel by name, as a JSON object, and a method reads them
+//! into a struct of its own; `#[rpc_api]` in `nova-core` writes these
+//! structs and routers from plain method signatures.
+//!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use nova_rpc::{dispatcher::{Dispatcher, Router}, transport, RequestContext, RpcClient, RpcError, RpcServer, Target, Version};
 //! use std::sync::Arc;
+//!
+//! use nova_rpc::{dispatcher::{Dispatcher, Router}, transport, RequestContext, RpcClient, RpcError, RpcServer, Target, Version};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Add {
+//!     a: i64,
+//!     b: i64,
+//! }
 //!
 //! let t = transport::connect(transport::TransportOptions::new("memory://lib-doc")).await?;
 //! let api = Router::new(Version::new(1, 0))
-//!     .method("add", |_ctx: RequestContext, (a, b): (i64, i64)| async move { Ok::<_, RpcError>(a + b) });
-//! # let api = Router::new(Version::new(1, 0)).method("add", |_ctx: RequestContext, a: serde_json::Map<String, serde_json::Value>| async move {
-//! #     Ok::<_, RpcError>(a["a"].as_i64().unwrap_or(0) + a["b"].as_i64().unwrap_or(0)) });
+//!     .method("add", |_ctx: RequestContext, Add { a, b }: Add| async move { Ok::<_, RpcError>(a + b) });
 //! let server = RpcServer::new(t.clone(), Target::new("calc").with_server("h1"), Dispatcher::new(vec![Arc::new(api)]))
 //!     .start().await?;
 //! let client = RpcClient::new(t, Target::new("calc"));

@@ -33,7 +33,7 @@ use axum::{
 };
 use maud::html;
 use nova_gateway::{console::document, request_id, ApiError, Caller, Gateway, Resource, Routes};
-use nova_rpc::{RequestContext, RpcClient, Target};
+use nova_rpc::{RequestContext, RpcClient, RpcError, Target};
 use serde::Deserialize;
 
 use crate::{
@@ -154,7 +154,7 @@ impl Tasks {
             failed.status = TaskStatus::Failed;
             failed.error = Some(format!("not submitted: {e}"));
             let _ = self.store.update(&failed).await;
-            let mut err = ApiError::from(e);
+            let mut err = ApiError::from(RpcError::from(e));
             if err.status() == StatusCode::NOT_FOUND {
                 err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -182,9 +182,9 @@ impl Tasks {
             }
             // A host took it meanwhile: kill it there.
             let record = self.store.get(id).await.map_err(ApiError::database)?.ok_or_else(|| not_found(id))?;
-            return Ok(self.compute(&record.host).kill_task(ctx, id.to_owned()).await?);
+            return Ok(self.compute(&record.host).kill_task(ctx, id.to_owned()).await.map_err(RpcError::from)?);
         }
-        Ok(self.compute(&record.host).kill_task(ctx, id.to_owned()).await?)
+        Ok(self.compute(&record.host).kill_task(ctx, id.to_owned()).await.map_err(RpcError::from)?)
     }
 }
 

@@ -27,8 +27,3 @@ pub mod trace;
 pub fn registry() -> nova_core::ManagerRegistry {
     nova_core::ManagerRegistry::new().register(compute::entry()).register(scheduler::entry()).register(trace::entry())
 }
-
-/// The README's Rust examples, compiled as doc tests so they cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeExamples;

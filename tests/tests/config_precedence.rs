@@ -89,6 +89,9 @@ fn binaries_report_config_errors_and_list_their_flags() {
 
     let (ok, out) = run("nova-compute", &["--help"]);
     assert!(ok);
+    assert!(out.starts_with("Runs allow-listed tasks"), "--help opens with the binary's own about: {out}");
+    let (ok, version) = run("nova-compute", &["-V"]);
+    assert!(ok && version.trim() == concat!("nova-compute (nova-rs ", env!("CARGO_PKG_VERSION"), ")"), "{version}");
     for flag in [
         "--config-file",
         "--config-dir",

@@ -123,6 +123,11 @@ async fn typed_methods_client_and_argument_errors() {
         json!([{"name": "a", "type": "i64"}, {"name": "b", "type": "i64"}, {"name": "scale", "type": "Option<i64>"}])
     );
     assert_eq!(add["doc"], json!("Add two numbers, optionally scaled."));
+    let cast_of = |name: &str| {
+        let methods = d["endpoints"][0]["methods"].as_array().unwrap();
+        methods.iter().find(|m| m["name"] == name).map(|m| m["cast"].clone())
+    };
+    assert_eq!((cast_of("hit"), cast_of("add")), (Some(json!(true)), Some(json!(false))), "describe marks casts");
     running.stop().await;
 }
 

@@ -35,6 +35,16 @@ pub(crate) fn client(spec: &ClientSpec<'_>) -> Tokens {
             /// The API version this client sends.
             pub const VERSION: &'static str = #version;
 
+            /// Connect to the broker at `url` (`rabbit://user:pass@host:5672/`,
+            /// `memory://name`) and aim at `topic`, where the API is served.
+            ///
+            /// # Errors
+            ///
+            /// A URL that cannot be read, or a broker that cannot be reached.
+            pub async fn connect(url: &str, topic: &str) -> ::core::result::Result<Self, #p::RpcError> {
+                ::core::result::Result::Ok(Self::new(#p::RpcClient::connect(url, #p::Target::new(topic)).await?))
+            }
+
             /// Wrap an [`RpcClient`](nova_rpc::RpcClient) aimed at the API's topic.
             pub fn new(client: #p::RpcClient) -> Self {
                 Self { client: client.with_version(#version) #with_namespace }
@@ -80,7 +90,7 @@ fn method(m: &Method) -> Tokens {
     // JSON values built in between).
     let fields = m.args.iter().map(|(n, t)| quote!(#n: &'__a #t));
     let inits = m.args.iter().map(|(n, _)| quote!(#n: &#n));
-    let ok = &m.ok;
+    let (ok, err) = (&m.ok, &m.err);
     let doc = &m.doc;
     let doc_attr = (!doc.is_empty()).then(|| quote!(#[doc = #doc]));
     let (body, ret) = if m.cast {
@@ -90,7 +100,7 @@ fn method(m: &Method) -> Tokens {
     };
     quote! {
         #doc_attr
-        pub async fn #name(&self, ctx: &#p::RequestContext, #(#params),*) -> ::core::result::Result<#ret, #p::RpcError> {
+        pub async fn #name(&self, ctx: &#p::RequestContext, #(#params),*) -> ::core::result::Result<#ret, #err> {
             #[derive(#p::serde::Serialize)]
             #[serde(crate = "::nova_core::__private::serde")]
             struct __Args<'__a> {
@@ -99,7 +109,7 @@ fn method(m: &Method) -> Tokens {
                 __lifetime: ::core::marker::PhantomData<&'__a ()>,
             }
             let __args = __Args { #(#inits,)* __lifetime: ::core::marker::PhantomData };
-            #body
+            #body.map_err(<#err as ::nova_core::RemoteError>::from_rpc)
         }
     }
 }

@@ -11,6 +11,7 @@ mod args;
 mod client;
 mod parse;
 mod periodic;
+mod remote_error;
 mod router;
 
 use proc_macro::TokenStream;
@@ -22,6 +23,52 @@ use crate::{
     client::ClientSpec,
     parse::{ApiArgs, Method, Periodic},
 };
+
+/// An error enum that travels as remote errors and comes back as itself;
+/// see `nova_core::RemoteError`.
+#[proc_macro_derive(RemoteError, attributes(remote))]
+pub fn remote_error(item: TokenStream) -> TokenStream {
+    match syn::parse::<syn::DeriveInput>(item).and_then(|input| remote_error::derive(&input)) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.into_compile_error().into(),
+    }
+}
+
+/// `async_trait` for `impl Manager` (its hooks), refusing with a sentence
+/// the impl of an `#[rpc_api]` trait, whose methods are plain `async fn`s
+/// (with `async_trait` they would not match the trait: E0195).
+#[proc_macro_attribute]
+pub fn async_trait(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let parsed: Item = match syn::parse(item.clone()) {
+        Ok(parsed) => parsed,
+        Err(e) => return e.into_compile_error().into(),
+    };
+    if let Item::Impl(imp) = &parsed {
+        let rpc_method = imp.items.iter().find_map(|it| match it {
+            ImplItem::Fn(f) => f
+                .sig
+                .inputs
+                .iter()
+                .nth(1)
+                .is_some_and(|a| matches!(a, syn::FnArg::Typed(t) if parse::is_context(&t.ty)))
+                .then_some(f.sig.ident.span()),
+            _ => None,
+        });
+        let is_manager =
+            imp.trait_.as_ref().is_some_and(|(_, path, _)| path.segments.last().is_some_and(|s| s.ident == "Manager"));
+        if let (Some(span), false) = (rpc_method, is_manager) {
+            let error = syn::Error::new(
+                span,
+                "#[async_trait] is for `impl Manager` (its hooks); an #[rpc_api] trait is implemented with plain `async fn`s: remove #[async_trait] from this impl",
+            )
+            .into_compile_error();
+            return quote!(#error #parsed).into();
+        }
+    }
+    let attr = Tokens::from(attr);
+    let item = Tokens::from(item);
+    quote!(#[::nova_core::__private::async_trait(#attr)] #item).into()
+}
 
 /// Declare an RPC API; see `nova_core::rpc_api`.
 #[proc_macro_attribute]
@@ -197,6 +244,7 @@ fn expand_impl(api: ApiArgs, mut imp: ItemImpl) -> syn::Result<Tokens> {
                 impl ::nova_core::RpcApi for #self_ty {
                     const API_VERSION: &'static str = <Self as #path>::__NOVA_API_VERSION;
                     const NAMESPACE: ::core::option::Option<&'static str> = <Self as #path>::__NOVA_API_NAMESPACE;
+                    const PACKAGE_VERSION: &'static str = ::core::env!("CARGO_PKG_VERSION");
                     fn rpc_router(self: &::std::sync::Arc<Self>) -> #p::Router {
                         <Self as #path>::__nova_rpc_router(self)
                     }
@@ -230,6 +278,7 @@ fn own_api(
         impl ::nova_core::RpcApi for #self_ty {
             const API_VERSION: &'static str = #version;
             const NAMESPACE: ::core::option::Option<&'static str> = #namespace;
+            const PACKAGE_VERSION: &'static str = ::core::env!("CARGO_PKG_VERSION");
             fn rpc_router(self: &::std::sync::Arc<Self>) -> #p::Router { #body }
             fn periodic_tasks(self: &::std::sync::Arc<Self>) -> ::std::vec::Vec<#p::PeriodicTask> {
                 ::std::vec![#(#tasks),*]

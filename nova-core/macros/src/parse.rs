@@ -69,6 +69,8 @@ fn check_version(s: &syn::LitStr) -> syn::Result<()> {
 #[derive(Default)]
 pub(crate) struct RpcFlags {
     pub(crate) cast: bool,
+    /// A cast whose value callers who call it get (`#[rpc(cast, callable)]`).
+    pub(crate) callable: bool,
     pub(crate) blocking: bool,
     pub(crate) skip: bool,
     /// Where the attribute was, for errors about it.
@@ -101,12 +103,14 @@ pub(crate) fn take_method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<Metho
             attr.parse_nested_meta(|m| {
                 if m.path.is_ident("cast") {
                     flags.cast = true;
+                } else if m.path.is_ident("callable") {
+                    flags.callable = true;
                 } else if m.path.is_ident("blocking") {
                     flags.blocking = true;
                 } else if m.path.is_ident("skip") {
                     flags.skip = true;
                 } else {
-                    return Err(m.error("expected cast, blocking or skip"));
+                    return Err(m.error("expected cast, callable, blocking or skip"));
                 }
                 Ok(())
             })?;
@@ -165,11 +169,12 @@ pub(crate) struct Method {
     pub(crate) name: syn::Ident,
     pub(crate) cast: bool,
     pub(crate) doc: String,
-    pub(crate) ctx_by_ref: bool,
     pub(crate) args: Vec<(syn::Ident, Type)>,
     /// Arguments marked `#[rpc(default)]`: a caller may leave them out.
     pub(crate) defaults: Vec<syn::Ident>,
     pub(crate) ok: Type,
+    /// `E` of its `Result<T, E>`: what the typed client returns too.
+    pub(crate) err: Type,
     pub(crate) is_async: bool,
 }
 
@@ -194,7 +199,7 @@ pub(crate) fn method(sig: &mut Signature, attrs: &MethodAttrs) -> syn::Result<Me
         }
         _ => {}
     }
-    let ctx_by_ref = receiver_and_ctx(sig)?;
+    receiver_and_ctx(sig)?;
     let mut args = Vec::new();
     for input in sig.inputs.iter().skip(2) {
         let FnArg::Typed(t) = input else { unreachable!("the receiver only comes first") };
@@ -212,15 +217,28 @@ pub(crate) fn method(sig: &mut Signature, attrs: &MethodAttrs) -> syn::Result<Me
         }
         args.push((id.ident.clone(), (*t.ty).clone()));
     }
-    let ok = ok_type(sig, "an RPC method returns Result<T, E> (T: Serialize, E: Into<RpcError>)")?;
+    let (ok, err) = result_types(sig, "an RPC method returns Result<T, E> (T: Serialize, E: nova_core::RemoteError)")?;
+    let unit = matches!(&ok, Type::Tuple(t) if t.elems.is_empty());
+    if attrs.flags.cast && !unit && !attrs.flags.callable {
+        return Err(syn::Error::new(
+            ok.span(),
+            "a cast's caller gets nothing back: return Result<(), E>, make it a call (remove #[rpc(cast)]), or, when other callers call it for this value, write #[rpc(cast, callable)]",
+        ));
+    }
+    if attrs.flags.callable && !attrs.flags.cast {
+        return Err(syn::Error::new(
+            attrs.flags.span.unwrap_or_else(|| sig.span()),
+            "#[rpc(callable)] goes with cast: a method without it is called already",
+        ));
+    }
     Ok(Method {
         name: sig.ident.clone(),
         cast: attrs.flags.cast,
         doc: attrs.doc.clone(),
-        ctx_by_ref,
         args,
         defaults,
         ok,
+        err,
         is_async,
     })
 }
@@ -235,7 +253,7 @@ pub(crate) fn periodic(sig: &Signature) -> syn::Result<()> {
     if let Some(extra) = sig.inputs.iter().nth(2) {
         return Err(syn::Error::new(extra.span(), "a periodic task takes only `&self` and `ctx: RequestContext`"));
     }
-    ok_type(sig, "a periodic task returns Result<(), E> (E: Display): its errors are logged").map(|_| ())
+    result_types(sig, "a periodic task returns Result<(), E> (E: Display): its errors are logged").map(|_| ())
 }
 
 fn no_generics(sig: &Signature, what: &str) -> syn::Result<()> {
@@ -248,9 +266,8 @@ fn no_generics(sig: &Signature, what: &str) -> syn::Result<()> {
     ))
 }
 
-/// `&self` (or `self: &Arc<Self>`), then `ctx: RequestContext` (or a
-/// reference to one); whether ctx is taken by reference.
-fn receiver_and_ctx(sig: &Signature) -> syn::Result<bool> {
+/// `&self` (or `self: &Arc<Self>`), then `ctx: RequestContext`, by value.
+fn receiver_and_ctx(sig: &Signature) -> syn::Result<()> {
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
         Some(FnArg::Receiver(r)) if r.mutability.is_none() && (r.reference.is_some() || r.colon_token.is_some()) => {}
@@ -266,7 +283,13 @@ fn receiver_and_ctx(sig: &Signature) -> syn::Result<bool> {
     }
     let missing = "an RPC method takes `ctx: RequestContext` right after `&self` (the caller's request context)";
     match inputs.next() {
-        Some(FnArg::Typed(t)) if is_context(&t.ty) => Ok(matches!(t.ty.as_ref(), Type::Reference(_))),
+        Some(FnArg::Typed(t)) if is_context(&t.ty) => match t.ty.as_ref() {
+            Type::Reference(r) => Err(syn::Error::new(
+                r.span(),
+                "take `ctx: RequestContext` by value: each request's context is the method's own (clone it to keep it)",
+            )),
+            _ => Ok(()),
+        },
         Some(FnArg::Typed(t)) => {
             Err(syn::Error::new(t.ty.span(), format!("{missing}; found `{}` here", type_name(&t.ty))))
         }
@@ -313,8 +336,8 @@ fn take_default(attrs: &mut Vec<Attribute>) -> syn::Result<bool> {
     error.map_or(Ok(found), Err)
 }
 
-/// `T` of a `Result<T, E>` return type.
-fn ok_type(sig: &Signature, message: &str) -> syn::Result<Type> {
+/// `T` and `E` of a `Result<T, E>` return type.
+fn result_types(sig: &Signature, message: &str) -> syn::Result<(Type, Type)> {
     let span = match &sig.output {
         ReturnType::Default => sig.paren_token.span.join(),
         ReturnType::Type(_, ty) => ty.span(),
@@ -327,8 +350,12 @@ fn ok_type(sig: &Signature, message: &str) -> syn::Result<Type> {
         return Err(err());
     }
     let PathArguments::AngleBracketed(args) = &last.arguments else { return Err(err()) };
-    match args.args.first() {
-        Some(GenericArgument::Type(t)) => Ok(t.clone()),
+    let mut types = args.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    match (types.next(), types.next()) {
+        (Some(ok), Some(err)) => Ok((ok, err)),
         _ => Err(err()),
     }
 }

@@ -4,6 +4,7 @@
 
 use proc_macro2::TokenStream as Tokens;
 use quote::quote;
+use syn::spanned::Spanned;
 
 use crate::{args, parse::type_name, parse::Method};
 
@@ -19,32 +20,41 @@ fn route(api: &syn::Ident, m: &Method) -> Tokens {
     let name_str = name.to_string();
     let args_ident = args::ident(api, m);
     let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
-    let ctx_arg = if m.ctx_by_ref { quote!(&ctx) } else { quote!(ctx) };
+    let ctx_arg = quote!(ctx);
+    let err = &m.err;
+    // At the error type's span: the sentence lands on what the user wrote.
+    let check = quote::quote_spanned! {err.span()=>
+        fn __nova_returns<E: ::nova_core::RemoteError>() {}
+        __nova_returns::<#err>();
+    };
     let describe_args = m.args.iter().map(|(n, t)| {
         let (n, t) = (n.to_string(), type_name(t));
         quote!((#n, #t))
     });
     let doc = &m.doc;
+    let mark_cast = m.cast.then(|| quote!(router = router.cast(#name_str);));
     let register = if m.is_async {
         quote! {
             router = router.method(#name_str, move |ctx: #p::RequestContext, a: #args_ident| {
                 let this = this.clone();
-                async move { this.#name(#ctx_arg, #(a.#names),*).await }
+                async move { this.#name(#ctx_arg, #(a.#names),*).await.map_err(::nova_core::RemoteError::into_rpc) }
             });
         }
     } else {
         quote! {
             router = router.blocking_method(#name_str, move |ctx: #p::RequestContext, a: #args_ident| {
-                this.#name(#ctx_arg, #(a.#names),*)
+                this.#name(#ctx_arg, #(a.#names),*).map_err(::nova_core::RemoteError::into_rpc)
             });
         }
     };
     quote! {
         {
+            #check
             let this = ::std::sync::Arc::clone(self);
             #register
         }
         router = router.describe(#name_str, &[#(#describe_args),*], #doc);
+        #mark_cast
     }
 }
 

@@ -63,7 +63,7 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
         "database",
         "connection",
         "",
-        "Database URL: sqlite:///path/nova.sqlite or postgresql://user@host/db (default: SQLite under state_path)."
+        "Database URL: postgresql://user@host/db, or SQLite as SQLAlchemy writes it: sqlite:////var/lib/nova/nova.sqlite (four slashes: an absolute path) or sqlite:///nova.sqlite (three: relative to the working directory); the path is logged at start (default: SQLite under state_path)."
     ),
     opt!(
         "oslo_messaging_rabbit",

@@ -99,48 +99,19 @@ fn mask(url: &str) -> String {
 }
 
 impl Database {
-    /// Connect (creating the SQLite file and its directory when needed).
+    /// Connect (creating the SQLite file and its directory when needed),
+    /// and log where the database is: SQLite's file as an absolute path,
+    /// since `sqlite:///x` (three slashes) is the relative path `x`, as in
+    /// SQLAlchemy, and `sqlite:////var/lib/nova/nova.sqlite` the absolute one.
     pub async fn connect(url: &str) -> Result<Self, DbError> {
         let (sqlite, target) = normalize_url(url)?;
         let doing = format!("connecting to {}", mask(url));
         if sqlite {
             let path = std::path::Path::new(&target);
-            // State is the service's own: directories it creates are 0700,
-            // and the database file (its log and shared memory take its
-            // mode) is 0600.
-            let io = |e| DbError::Sql { doing: doing.clone(), source: sqlx::Error::Io(e) };
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
-            }
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(io)?;
-            }
-            let options = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(path)
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(10));
-            // Processes starting together on a new file race to switch it
-            // to WAL, and SQLite answers that with "database is locked"
-            // without waiting: try again for a while.
-            let mut attempt = 0;
-            let pool = loop {
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options.clone())
-                    .await;
-                match pool {
-                    Err(e) if is_locked(&e) && attempt < 50 => {
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    other => break other.map_err(DbError::sql(doing))?,
-                }
-            };
-            Ok(Database::Sqlite(pool))
+            let db = Self::connect_sqlite(path, &doing).await?;
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            tracing::info!(path = %absolute.display(), "SQLite database");
+            Ok(db)
         } else {
             let pool = PgPoolOptions::new()
                 .max_connections(5)
@@ -148,7 +119,46 @@ impl Database {
                 .connect(&target)
                 .await
                 .map_err(DbError::sql(doing))?;
+            tracing::info!(url = %mask(url), "PostgreSQL database");
             Ok(Database::Postgres(pool))
+        }
+    }
+
+    async fn connect_sqlite(path: &std::path::Path, doing: &str) -> Result<Self, DbError> {
+        // State is the service's own: directories it creates are 0700,
+        // and the database file (its log and shared memory take its
+        // mode) is 0600.
+        let io = |e| DbError::Sql { doing: doing.to_owned(), source: sqlx::Error::Io(e) };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        }
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(io)?;
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        // Processes starting together on a new file race to switch it
+        // to WAL, and SQLite answers that with "database is locked"
+        // without waiting: try again for a while.
+        let mut attempt = 0;
+        loop {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+                .await;
+            match pool {
+                Err(e) if is_locked(&e) && attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return Ok(Database::Sqlite(other.map_err(DbError::sql(doing.to_owned()))?)),
+            }
         }
     }
 

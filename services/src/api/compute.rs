@@ -16,8 +16,9 @@ pub trait ComputeApi {
     /// Run task `task_id` on this host (Nova-style placement, cast to
     /// `compute.<host>`): the allow-listed command `name` (or `name@version`)
     /// with `args` appended. It waits here, `queued`, while every slot is
-    /// busy. A task id that exists already is not run again.
-    #[rpc(cast)]
+    /// busy. A task id that exists already is not run again. The typed
+    /// client casts it; a caller that calls it gets what happened.
+    #[rpc(cast, callable)]
     async fn run_task(
         self: &Arc<Self>,
         ctx: RequestContext,
@@ -32,7 +33,7 @@ pub trait ComputeApi {
     /// the shared `compute` topic, this is taken by whichever host has a
     /// free slot, and the slot is held until the task ends). A task id that
     /// exists already is not run again: its record is returned.
-    #[rpc(cast)]
+    #[rpc(cast, callable)]
     async fn submit_task(
         self: &Arc<Self>,
         ctx: RequestContext,
@@ -258,8 +259,11 @@ impl TaskInfo {
     }
 }
 
-/// What a compute refuses, as remote errors.
-#[derive(Debug, thiserror::Error)]
+/// What a compute refuses, as remote errors: each variant is the class a
+/// caller sees (Python's `RemoteError.exc_type`), and what the typed
+/// client gives back.
+#[derive(Debug, thiserror::Error, nova_core::RemoteError)]
+#[remote(module = "nova_services.compute")]
 pub enum ComputeError {
     /// The command is not in the allow-list.
     #[error("command {0:?} is not in [compute] allowed_commands")]
@@ -278,21 +282,12 @@ pub enum ComputeError {
     TooManyWaiters(usize),
     /// The database failed.
     #[error(transparent)]
+    #[remote(class = "DatabaseError", opaque)]
     Db(#[from] DbError),
-}
-
-impl From<ComputeError> for RpcError {
-    fn from(e: ComputeError) -> Self {
-        let class = match &e {
-            ComputeError::CommandNotAllowed(_) => "CommandNotAllowed",
-            ComputeError::TaskNotFound(_) => "TaskNotFound",
-            ComputeError::BadTaskId(_) => "BadTaskId",
-            ComputeError::TooManyWaiters(_) => "TooManyWaiters",
-            ComputeError::ArgumentsNotAllowed(_) => "ArgumentsNotAllowed",
-            ComputeError::Db(_) => "DatabaseError",
-        };
-        RpcError::remote(class, "nova_services.compute", e.to_string())
-    }
+    /// What the transport said, or a class this API does not declare.
+    #[error(transparent)]
+    #[remote(other)]
+    Rpc(RpcError),
 }
 
 /// What `run_task` did.

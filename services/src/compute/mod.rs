@@ -413,7 +413,7 @@ impl ComputeManager {
         );
         match peer.get_task(&RequestContext::new(), task.task_id.clone()).await {
             Ok(t) => !t.status.is_final(),
-            Err(RpcError::Timeout { .. }) => false,
+            Err(ComputeError::Rpc(RpcError::Timeout { .. })) => false,
             Err(e) => {
                 tracing::info!(task_id = %task.task_id, host = %task.host, error = %e, "cannot ask a task's host about it; taking it over");
                 false
