@@ -31,7 +31,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use nova_core::config::{CommonArgs, Config, OptSpec};
+use nova_core::config::{CommonArgs, Config, ConfigError, OptSpec};
 use nova_rpc::transport::Transport;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -41,57 +41,109 @@ use tokio::sync::{watch, Mutex};
 
 /// `[autoscale]` options.
 pub const AUTOSCALE_OPTIONS: &[OptSpec] = &[
-    OptSpec {
-        section: "autoscale",
-        name: "topics",
-        default: "",
-        help: "Topics whose shared queue is scaled on (comma separated); empty: no autoscaling.",
-    },
-    OptSpec {
-        section: "autoscale",
-        name: "min_workers",
-        default: "0",
-        help: "Fewest workers per topic (0: scale to zero when idle).",
-    },
-    OptSpec { section: "autoscale", name: "max_workers", default: "4", help: "Most workers per topic." },
-    OptSpec {
-        section: "autoscale",
-        name: "target_per_worker",
-        default: "4",
-        help: "Backlog (ready messages) one worker should face: workers = ceil(backlog / target_per_worker).",
-    },
-    OptSpec {
-        section: "autoscale",
-        name: "scale_up_cooldown",
-        default: "10",
-        help: "Seconds after a scale-up before the next one.",
-    },
-    OptSpec {
-        section: "autoscale",
-        name: "scale_down_idle",
-        default: "60",
-        help: "Seconds fewer workers must have been enough before workers are stopped.",
-    },
-    OptSpec { section: "autoscale", name: "interval", default: "2", help: "Seconds between looks at the backlog." },
-    OptSpec {
-        section: "autoscale",
-        name: "launcher",
-        default: "process",
-        help: "process: spawn nova-compute on this machine; command: run `command up|down HOST`.",
-    },
-    OptSpec {
-        section: "autoscale",
-        name: "command",
-        default: "",
-        help: "The command launcher's program (and fixed arguments); it gets `up HOST` or `down HOST`.",
-    },
-    OptSpec {
-        section: "autoscale",
-        name: "worker_prefix",
-        default: "auto",
-        help: "Workers are named <worker_prefix>-<topic>-<n>.",
-    },
+    opts::TOPICS.spec,
+    opts::MIN_WORKERS.spec,
+    opts::MAX_WORKERS.spec,
+    opts::TARGET_PER_WORKER.spec,
+    opts::SCALE_UP_COOLDOWN.spec,
+    opts::SCALE_DOWN_IDLE.spec,
+    opts::INTERVAL.spec,
+    opts::LAUNCHER.spec,
+    opts::COMMAND.spec,
+    opts::WORKER_PREFIX.spec,
 ];
+
+/// `[autoscale]`, each option declared once.
+pub mod opts {
+    use std::time::Duration;
+
+    use nova_core::config::{parse, Opt};
+
+    /// `[autoscale] topics`.
+    pub const TOPICS: Opt<Vec<String>> = Opt::new(
+        "autoscale",
+        "topics",
+        "",
+        "Topics whose shared queue is scaled on (comma separated); empty: no autoscaling.",
+        parse::list,
+    );
+    /// `[autoscale] min_workers`.
+    pub const MIN_WORKERS: Opt<usize> = Opt::new(
+        "autoscale",
+        "min_workers",
+        "0",
+        "Fewest workers per topic (0: scale to zero when idle).",
+        parse::number::<usize>,
+    );
+    /// `[autoscale] max_workers`.
+    pub const MAX_WORKERS: Opt<usize> =
+        Opt::new("autoscale", "max_workers", "4", "Most workers per topic.", at_least_one);
+    /// `[autoscale] target_per_worker`.
+    pub const TARGET_PER_WORKER: Opt<usize> = Opt::new(
+        "autoscale",
+        "target_per_worker",
+        "4",
+        "Backlog (ready messages) one worker should face: workers = ceil(backlog / target_per_worker).",
+        at_least_one,
+    );
+    /// `[autoscale] scale_up_cooldown`.
+    pub const SCALE_UP_COOLDOWN: Opt<Duration> =
+        Opt::new("autoscale", "scale_up_cooldown", "10", "Seconds after a scale-up before the next one.", up_to_a_day);
+    /// `[autoscale] scale_down_idle`.
+    pub const SCALE_DOWN_IDLE: Opt<Duration> = Opt::new(
+        "autoscale",
+        "scale_down_idle",
+        "60",
+        "Seconds fewer workers must have been enough before workers are stopped.",
+        up_to_a_day,
+    );
+    /// `[autoscale] interval`.
+    pub const INTERVAL: Opt<Duration> =
+        Opt::new("autoscale", "interval", "2", "Seconds between looks at the backlog.", up_to_a_day);
+    /// `[autoscale] launcher`.
+    pub const LAUNCHER: Opt<String> = Opt::new(
+        "autoscale",
+        "launcher",
+        "process",
+        "process: spawn nova-compute on this machine; command: run `command up|down HOST`.",
+        launcher,
+    );
+    /// `[autoscale] command`.
+    pub const COMMAND: Opt<Vec<String>> = Opt::new(
+        "autoscale",
+        "command",
+        "",
+        "The command launcher's program (and fixed arguments); it gets `up HOST` or `down HOST`.",
+        words,
+    );
+    /// `[autoscale] worker_prefix`.
+    pub const WORKER_PREFIX: Opt<String> =
+        Opt::new("autoscale", "worker_prefix", "auto", "Workers are named <worker_prefix>-<topic>-<n>.", parse::text);
+
+    fn at_least_one(v: &str) -> Result<usize, String> {
+        match v.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err("expected a whole number, at least 1".into()),
+        }
+    }
+
+    fn up_to_a_day(v: &str) -> Result<Duration, String> {
+        parse::seconds(v).and_then(|d| {
+            (d.as_secs_f64() <= 86_400.0).then_some(d).ok_or_else(|| "must be at most 86400 seconds".into())
+        })
+    }
+
+    fn launcher(v: &str) -> Result<String, String> {
+        match v {
+            "process" | "command" => Ok(v.to_owned()),
+            _ => Err("expected process or command".into()),
+        }
+    }
+
+    fn words(v: &str) -> Result<Vec<String>, String> {
+        Ok(v.split_whitespace().map(str::to_owned).collect())
+    }
+}
 
 /// Which launcher starts and stops workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,61 +180,32 @@ pub struct AutoscaleOptions {
     pub max_deliveries: Option<u32>,
 }
 
-fn seconds(c: &Config, name: &str) -> Result<Duration, String> {
-    let s: f64 = c.require("autoscale", name).map_err(|e| e.to_string())?;
-    if !(0.0..=86_400.0).contains(&s) {
-        return Err(format!("[autoscale] {name} = {s}: must be between 0 and 86400 seconds"));
-    }
-    Ok(Duration::from_secs_f64(s))
-}
-
 impl AutoscaleOptions {
-    /// Read `[autoscale]`; a bad value is named.
-    pub fn from_config(c: &Config) -> Result<Self, String> {
-        let number = |name: &str| c.require::<usize>("autoscale", name).map_err(|e| e.to_string());
-        let topics: Vec<String> = c
-            .get::<String>("autoscale", "topics")
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default()
-            .split(',')
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .collect();
-        let (min_workers, max_workers, target_per_worker) =
-            (number("min_workers")?, number("max_workers")?, number("target_per_worker")?);
-        if max_workers == 0 || min_workers > max_workers {
-            return Err(format!(
-                "[autoscale] min_workers = {min_workers}, max_workers = {max_workers}: need 0 <= min_workers <= max_workers and max_workers >= 1"
-            ));
+    /// Read `[autoscale]`; a bad value is named, with where it was set.
+    pub fn from_config(c: &Config) -> Result<Self, ConfigError> {
+        let (min_workers, max_workers) = (c.value(&opts::MIN_WORKERS)?, c.value(&opts::MAX_WORKERS)?);
+        if min_workers > max_workers {
+            return Err(c.invalid("autoscale", "min_workers", format!("must not exceed max_workers ({max_workers})")));
         }
-        if target_per_worker == 0 {
-            return Err("[autoscale] target_per_worker must be at least 1".into());
-        }
-        let command: Vec<String> = c
-            .get::<String>("autoscale", "command")
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let launcher = match c.require::<String>("autoscale", "launcher").map_err(|e| e.to_string())?.as_str() {
-            "process" => LauncherKind::Process,
-            "command" if command.is_empty() => {
-                return Err("[autoscale] launcher = command needs [autoscale] command".into())
-            }
-            "command" => LauncherKind::Command(command),
-            other => return Err(format!("[autoscale] launcher = {other:?}: process or command")),
+        let launcher = match c.value(&opts::LAUNCHER)?.as_str() {
+            "command" => match c.value(&opts::COMMAND)? {
+                command if command.is_empty() => {
+                    return Err(c.invalid("autoscale", "launcher", "launcher = command needs [autoscale] command"))
+                }
+                command => LauncherKind::Command(command),
+            },
+            _ => LauncherKind::Process,
         };
         Ok(Self {
-            topics,
+            topics: c.value(&opts::TOPICS)?,
             min_workers,
             max_workers,
-            target_per_worker,
-            scale_up_cooldown: seconds(c, "scale_up_cooldown")?,
-            scale_down_idle: seconds(c, "scale_down_idle")?,
-            interval: seconds(c, "interval")?.max(Duration::from_millis(50)),
+            target_per_worker: c.value(&opts::TARGET_PER_WORKER)?,
+            scale_up_cooldown: c.value(&opts::SCALE_UP_COOLDOWN)?,
+            scale_down_idle: c.value(&opts::SCALE_DOWN_IDLE)?,
+            interval: c.value(&opts::INTERVAL)?.max(Duration::from_millis(50)),
             launcher,
-            worker_prefix: c.require::<String>("autoscale", "worker_prefix").map_err(|e| e.to_string())?,
+            worker_prefix: c.value(&opts::WORKER_PREFIX)?,
             max_deliveries: match c.raw("compute", "task_delivery") {
                 Some("at_least_once") => {
                     Some(c.raw("compute", "task_max_deliveries").and_then(|v| v.parse().ok()).unwrap_or(3))
@@ -583,6 +606,35 @@ fn count(topic: &str, action: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(text: &str) -> Result<AutoscaleOptions, ConfigError> {
+        let mut c = Config::with_defaults(AUTOSCALE_OPTIONS);
+        for line in text.lines() {
+            let (name, value) = line.split_once(" = ").unwrap();
+            c.set("autoscale", name, value.into(), nova_core::config::Origin::Code);
+        }
+        AutoscaleOptions::from_config(&c)
+    }
+
+    #[test]
+    fn options_have_their_declared_defaults_and_name_what_is_wrong() {
+        let o = read("topics = compute, render").unwrap();
+        assert_eq!(o.topics, ["compute", "render"]);
+        assert_eq!((o.min_workers, o.max_workers, o.target_per_worker), (0, 4, 4));
+        assert_eq!(o.launcher, LauncherKind::Process);
+        let blamed = |text: &str| match read(text) {
+            Err(ConfigError::BadValue { name, .. }) => name,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(blamed("min_workers = 5\nmax_workers = 2"), "min_workers");
+        assert_eq!(blamed("max_workers = 0"), "max_workers");
+        assert_eq!(blamed("launcher = command"), "launcher");
+        assert_eq!(blamed("interval = 100000"), "interval");
+        assert_eq!(
+            read("launcher = command\ncommand = ./scale --fast").unwrap().launcher,
+            LauncherKind::Command(vec!["./scale".into(), "--fast".into()])
+        );
+    }
 
     fn options() -> AutoscaleOptions {
         AutoscaleOptions {

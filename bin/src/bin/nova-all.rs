@@ -42,7 +42,7 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
         running.push(service.start().await?);
     }
     // The autoscaler, when [autoscale] names topics.
-    let scaling = AutoscaleOptions::from_config(&bootstrap.config).map_err(LaunchError::Invalid)?;
+    let scaling = AutoscaleOptions::from_config(&bootstrap.config)?;
     let (stop_scaling, scaling_stopped) = tokio::sync::watch::channel(false);
     let scaler = if scaling.topics.is_empty() {
         None

@@ -17,7 +17,7 @@ struct Cli {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let setup = nova_core::connect_client(&cli.common, AUTOSCALE_OPTIONS).await.map_err(|e| e.to_string())?;
-    let options = AutoscaleOptions::from_config(&setup.config)?;
+    let options = AutoscaleOptions::from_config(&setup.config).map_err(|e| e.to_string())?;
     if options.topics.is_empty() {
         return Err("[autoscale] topics is empty: nothing to scale".into());
     }

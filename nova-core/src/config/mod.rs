@@ -16,7 +16,8 @@
 
 mod flags;
 pub mod ini;
-mod options;
+pub mod options;
+mod typed;
 
 use std::{
     collections::BTreeMap,
@@ -28,6 +29,7 @@ use std::{
 pub use self::{
     flags::CommonArgs,
     options::{CoreOptions, CORE_OPTIONS},
+    typed::{parse, Opt},
 };
 
 /// A declared option: its section, name, default (as text) and help.

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-pub use self::options::{RabbitOptions, TransportOptions};
+pub use self::options::{InvalidCombination, RabbitOptions, TransportOptions};
 pub use self::url::{HostAddress, TransportUrl};
 use crate::Result;
 

@@ -173,28 +173,23 @@ impl RabbitOptions {
     }
 
     /// Refuse combinations oslo.messaging refuses, with oslo's words.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// The first combination refused; [`InvalidCombination::option`] says
+    /// which option asked for it.
+    pub fn validate(&self) -> Result<(), InvalidCombination> {
         if self.rabbit_quorum_queue && self.rabbit_ha_queues {
-            return Err("Configuration Error: rabbit_quorum_queue and rabbit_ha_queues both enabled, \
-                        queue type is quorum or HA (mirrored) not both"
-                .into());
+            return Err(InvalidCombination::QuorumAndHa);
         }
         if self.rabbit_stream_fanout && self.rabbit_qos_prefetch_count == 0 {
-            return Err("Configuration Error: rabbit_stream_fanout need rabbit_qos_prefetch_count \
-                        to be set to a value greater than 0."
-                .into());
+            return Err(InvalidCombination::StreamFanoutWithoutPrefetch);
         }
         if self.rabbit_stream_fanout && !self.rabbit_transient_quorum_queue {
-            return Err(
-                "Configuration Error: rabbit_stream_fanout need rabbit_transient_quorum_queue to be set to true."
-                    .into(),
-            );
+            return Err(InvalidCombination::StreamFanoutWithoutTransientQuorum);
         }
         if !["PLAIN", "AMQPLAIN", "EXTERNAL", "RABBIT-CR-DEMO"].contains(&self.rabbit_login_method.as_str()) {
-            return Err(format!(
-                "rabbit_login_method {:?} is not one of PLAIN, AMQPLAIN, EXTERNAL, RABBIT-CR-DEMO",
-                self.rabbit_login_method
-            ));
+            return Err(InvalidCombination::LoginMethod(self.rabbit_login_method.clone()));
         }
         Ok(())
     }
@@ -214,5 +209,36 @@ impl RabbitOptions {
         let base = self.rabbit_retry_interval + self.rabbit_retry_backoff * attempt;
         let capped = base.min(self.rabbit_interval_max);
         capped.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+}
+
+/// A combination of `[oslo_messaging_rabbit]` options oslo.messaging
+/// refuses, in oslo's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCombination {
+    /// Quorum and mirrored queues at once.
+    #[error("Configuration Error: rabbit_quorum_queue and rabbit_ha_queues both enabled, queue type is quorum or HA (mirrored) not both")]
+    QuorumAndHa,
+    /// A stream fanout needs a prefetch.
+    #[error(
+        "Configuration Error: rabbit_stream_fanout need rabbit_qos_prefetch_count to be set to a value greater than 0."
+    )]
+    StreamFanoutWithoutPrefetch,
+    /// A stream fanout needs transient quorum queues.
+    #[error("Configuration Error: rabbit_stream_fanout need rabbit_transient_quorum_queue to be set to true.")]
+    StreamFanoutWithoutTransientQuorum,
+    /// A login method RabbitMQ does not offer.
+    #[error("rabbit_login_method {0:?} is not one of PLAIN, AMQPLAIN, EXTERNAL, RABBIT-CR-DEMO")]
+    LoginMethod(String),
+}
+
+impl InvalidCombination {
+    /// The option to blame: the one whose setting asked for the combination.
+    pub fn option(&self) -> &'static str {
+        match self {
+            Self::QuorumAndHa => "rabbit_ha_queues",
+            Self::StreamFanoutWithoutPrefetch | Self::StreamFanoutWithoutTransientQuorum => "rabbit_stream_fanout",
+            Self::LoginMethod(_) => "rabbit_login_method",
+        }
     }
 }

@@ -51,7 +51,7 @@ impl AmqpTransport {
     pub fn new(url: TransportUrl, options: TransportOptions) -> Result<Self> {
         // The counters show (at zero) from the first connection on.
         metrics::metrics();
-        options.rabbit.validate().map_err(RpcError::Transport)?;
+        options.rabbit.validate().map_err(|e| RpcError::Transport(e.to_string()))?;
         let connector = Arc::new(Connector::new(url.clone(), options.rabbit.clone())?);
         let topology = Arc::new(Topology::new(&options.rabbit));
         Ok(Self { url, publisher: Publisher::new(connector.clone(), topology.clone()), connector, options, topology })

@@ -498,12 +498,17 @@ mod tests {
 
     #[test]
     fn oslo_configuration_errors() {
+        use crate::transport::InvalidCombination;
+
         let stream = RabbitOptions { rabbit_stream_fanout: true, ..RabbitOptions::default() };
-        assert!(stream.validate().unwrap_err().contains("rabbit_qos_prefetch_count"));
+        let refused = stream.validate().unwrap_err();
+        assert_eq!(refused, InvalidCombination::StreamFanoutWithoutPrefetch);
+        assert!(refused.to_string().contains("rabbit_qos_prefetch_count"), "in oslo's words");
         let stream = RabbitOptions { rabbit_qos_prefetch_count: 1, ..stream };
-        assert!(stream.validate().unwrap_err().contains("rabbit_transient_quorum_queue"));
+        assert_eq!(stream.validate().unwrap_err(), InvalidCombination::StreamFanoutWithoutTransientQuorum);
+        assert_eq!(stream.validate().unwrap_err().option(), "rabbit_stream_fanout");
         let both = RabbitOptions { rabbit_quorum_queue: true, rabbit_ha_queues: true, ..RabbitOptions::default() };
-        assert!(both.validate().unwrap_err().contains("not both"));
+        assert_eq!(both.validate().unwrap_err().option(), "rabbit_ha_queues");
     }
 
     #[test]
