@@ -57,7 +57,7 @@ pub const AUTOSCALE_OPTIONS: &[OptSpec] = &[
 pub mod opts {
     use std::time::Duration;
 
-    use nova_core::config::{parse, Opt};
+    use nova_core::config::{parse, Invalid, Opt};
 
     /// `[autoscale] topics`.
     pub const TOPICS: Opt<Vec<String>> = Opt::new(
@@ -120,27 +120,27 @@ pub mod opts {
     pub const WORKER_PREFIX: Opt<String> =
         Opt::new("autoscale", "worker_prefix", "auto", "Workers are named <worker_prefix>-<topic>-<n>.", parse::text);
 
-    fn at_least_one(v: &str) -> Result<usize, String> {
+    fn at_least_one(v: &str) -> Result<usize, Invalid> {
         match v.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(n),
             _ => Err("expected a whole number, at least 1".into()),
         }
     }
 
-    fn up_to_a_day(v: &str) -> Result<Duration, String> {
+    fn up_to_a_day(v: &str) -> Result<Duration, Invalid> {
         parse::seconds(v).and_then(|d| {
             (d.as_secs_f64() <= 86_400.0).then_some(d).ok_or_else(|| "must be at most 86400 seconds".into())
         })
     }
 
-    fn launcher(v: &str) -> Result<String, String> {
+    fn launcher(v: &str) -> Result<String, Invalid> {
         match v {
             "process" | "command" => Ok(v.to_owned()),
             _ => Err("expected process or command".into()),
         }
     }
 
-    fn words(v: &str) -> Result<Vec<String>, String> {
+    fn words(v: &str) -> Result<Vec<String>, Invalid> {
         Ok(v.split_whitespace().map(str::to_owned).collect())
     }
 }
@@ -216,13 +216,42 @@ impl AutoscaleOptions {
     }
 }
 
+/// Why a worker could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The program could not be run.
+    #[error("cannot run {program}: {source}")]
+    Run {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The operator's command said no.
+    #[error("{command} failed ({status}): {stderr}")]
+    Refused {
+        /// What ran, with its arguments.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// `[autoscale] command` is empty.
+    #[error("[autoscale] command is empty")]
+    NoCommand,
+    /// No worker of that name runs.
+    #[error("no worker {0}")]
+    NoSuchWorker(String),
+}
+
 /// Starts and stops workers.
 #[async_trait]
 pub trait Launcher: Send + Sync {
     /// Start worker `host` (of `topic`).
-    async fn up(&self, topic: &str, host: &str) -> Result<(), String>;
+    async fn up(&self, topic: &str, host: &str) -> Result<(), WorkerError>;
     /// Stop worker `host` gracefully.
-    async fn down(&self, topic: &str, host: &str) -> Result<(), String>;
+    async fn down(&self, topic: &str, host: &str) -> Result<(), WorkerError>;
     /// Workers that ended by themselves since the last look (a crash).
     async fn ended(&self) -> Vec<String> {
         Vec::new()
@@ -286,22 +315,22 @@ impl ProcessLauncher {
 
 #[async_trait]
 impl Launcher for ProcessLauncher {
-    async fn up(&self, _topic: &str, host: &str) -> Result<(), String> {
+    async fn up(&self, _topic: &str, host: &str) -> Result<(), WorkerError> {
         let child = tokio::process::Command::new(&self.program)
             .args(&self.args)
             .args(["--host", host])
             .stdin(std::process::Stdio::null())
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
+            .map_err(|source| WorkerError::Run { program: self.program.display().to_string(), source })?;
         self.children.lock().await.insert(host.to_owned(), child);
         Ok(())
     }
 
-    async fn down(&self, _topic: &str, host: &str) -> Result<(), String> {
+    async fn down(&self, _topic: &str, host: &str) -> Result<(), WorkerError> {
         self.reap().await;
         let Some(child) = self.children.lock().await.remove(host) else {
-            return Err(format!("no worker {host}"));
+            return Err(WorkerError::NoSuchWorker(host.to_owned()));
         };
         if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
@@ -348,8 +377,8 @@ impl CommandLauncher {
         Self { argv }
     }
 
-    async fn run(&self, topic: &str, action: &str, host: &str) -> Result<(), String> {
-        let (program, fixed) = self.argv.split_first().ok_or("[autoscale] command is empty")?;
+    async fn run(&self, topic: &str, action: &str, host: &str) -> Result<(), WorkerError> {
+        let (program, fixed) = self.argv.split_first().ok_or(WorkerError::NoCommand)?;
         let out = tokio::process::Command::new(program)
             .args(fixed)
             .args([action, host])
@@ -357,26 +386,26 @@ impl CommandLauncher {
             .stdin(std::process::Stdio::null())
             .output()
             .await
-            .map_err(|e| format!("cannot run {program}: {e}"))?;
+            .map_err(|source| WorkerError::Run { program: program.clone(), source })?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!(
-                "{program} {action} {host} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            Err(WorkerError::Refused {
+                command: format!("{program} {action} {host}"),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
         }
     }
 }
 
 #[async_trait]
 impl Launcher for CommandLauncher {
-    async fn up(&self, topic: &str, host: &str) -> Result<(), String> {
+    async fn up(&self, topic: &str, host: &str) -> Result<(), WorkerError> {
         self.run(topic, "up", host).await
     }
 
-    async fn down(&self, topic: &str, host: &str) -> Result<(), String> {
+    async fn down(&self, topic: &str, host: &str) -> Result<(), WorkerError> {
         self.run(topic, "down", host).await
     }
 }

@@ -171,12 +171,7 @@ impl ApiOptions {
     /// Read `[api]` and load the files it names; see [`ApiOptions::from_config`].
     pub fn auth(c: &Config, listen: Option<SocketAddr>, insecure: bool) -> Result<Auth, ConfigError> {
         let options = Self::from_config(c, listen, insecure)?;
-        let token_file = options.token_file.clone();
-        Auth::load(options).map_err(|e| {
-            let blamed =
-                token_file.filter(|t| e.contains(&t.display().to_string())).map_or("policy_file", |_| "token_file");
-            c.invalid("api", blamed, e)
-        })
+        Auth::load(options).map_err(|e| c.invalid("api", e.option(), e.to_string()))
     }
 
     /// Options for a gateway on `listen` with no authentication (tests, `nova-all`'s defaults).
@@ -338,12 +333,12 @@ impl Default for Policy {
 
 impl Policy {
     /// Parse a policy document: `{"<target>": "<rule>", …, "default": "<rule>"}`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let raw: HashMap<String, String> =
-            serde_json::from_str(text).map_err(|e| format!("not a JSON object of rules: {e}"))?;
+            serde_json::from_str(text).map_err(|e| PolicyError::NotRules(e.to_string()))?;
         let mut policy = Self::default();
         for (target, rule) in raw {
-            let rule = Rule::parse(&rule).map_err(|e| format!("{target}: {e}"))?;
+            let rule = Rule::parse(&rule).map_err(|reason| PolicyError::BadRule { target: target.clone(), reason })?;
             if target == "default" {
                 policy.default = rule;
             } else if target == "admin_api" {
@@ -400,13 +395,71 @@ pub struct Auth {
     state: Arc<RwLock<(HashMap<String, Caller>, Policy)>>,
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+/// What is wrong with a policy document.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Not a JSON object of strings.
+    #[error("not a JSON object of rules: {0}")]
+    NotRules(String),
+    /// A rule that does not parse.
+    #[error("{target}: {reason}")]
+    BadRule {
+        /// The target it guards.
+        target: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why the token or policy file was not loaded (the old ones stay).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        /// The option naming it: `token_file` or `policy_file`.
+        option: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token file is not what it should be.
+    #[error("{}: {reason}", path.display())]
+    BadTokens {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The policy file is not a policy.
+    #[error("{}: {source}", path.display())]
+    BadPolicy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: PolicyError,
+    },
+}
+
+impl AuthError {
+    /// The `[api]` option to blame.
+    pub fn option(&self) -> &'static str {
+        match self {
+            Self::Unreadable { option, .. } => option,
+            Self::BadTokens { .. } => "token_file",
+            Self::BadPolicy { .. } => "policy_file",
+        }
+    }
+}
+
+fn read(option: &'static str, path: &Path) -> Result<String, AuthError> {
+    std::fs::read_to_string(path).map_err(|source| AuthError::Unreadable { option, path: path.to_owned(), source })
 }
 
 impl Auth {
     /// Load the token and policy files `options` name.
-    pub fn load(options: ApiOptions) -> Result<Self, String> {
+    pub fn load(options: ApiOptions) -> Result<Self, AuthError> {
         let auth = Self { options: Arc::new(options), state: Arc::default() };
         auth.reload()?;
         Ok(auth)
@@ -418,20 +471,22 @@ impl Auth {
     }
 
     /// Read the token and policy files again; on an error, keep the old ones.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), AuthError> {
         let mut tokens = HashMap::new();
         if let Some(path) = &self.options.token_file {
-            let file: TokenFile = serde_json::from_str(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?;
+            let bad = |reason: String| AuthError::BadTokens { path: path.clone(), reason };
+            let file: TokenFile = serde_json::from_str(&read("token_file", path)?).map_err(|e| bad(e.to_string()))?;
             for t in file.tokens {
                 let hash = t.sha256.to_ascii_lowercase();
                 if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(format!("{}: sha256 of {} is not 64 hex digits", path.display(), t.user_id));
+                    return Err(bad(format!("sha256 of {} is not 64 hex digits", t.user_id)));
                 }
                 tokens.insert(hash, Caller { user_id: Some(t.user_id), project_id: t.project_id, roles: t.roles });
             }
         }
         let policy = match &self.options.policy_file {
-            Some(path) => Policy::parse(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?,
+            Some(path) => Policy::parse(&read("policy_file", path)?)
+                .map_err(|source| AuthError::BadPolicy { path: path.clone(), source })?,
             None => Policy::default(),
         };
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = (tokens, policy);
@@ -564,7 +619,7 @@ mod tests {
         assert!(!p.allows("compute.kill_task", &caller(&["admin"])));
         assert!(p.allows("scheduler.anything", &caller(&["admin"])));
         assert!(!p.allows("scheduler.anything", &caller(&["member"])));
-        assert!(Policy::parse(r#"{"x.y": "rol:admin"}"#).unwrap_err().contains("x.y"));
+        assert!(Policy::parse(r#"{"x.y": "rol:admin"}"#).unwrap_err().to_string().contains("x.y"));
     }
 
     #[test]

@@ -82,19 +82,42 @@ impl Gateway {
     }
 }
 
+/// Why RabbitMQ's management API told nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementApiError {
+    /// `[api] rabbit_management_url` is not a URL.
+    #[error("[api] rabbit_management_url: {0}")]
+    BadUrl(String),
+    /// The API did not answer.
+    #[error("the management API at {at}: {reason}")]
+    Unreachable {
+        /// Where it was asked (no credentials).
+        at: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Fill `oldest_age_seconds` of `stats` (queues of `transport_url`'s vhost)
 /// from the management API at `management_url`
 /// (`http://user:pass@host:15672`). A queue the API cannot tell about keeps
 /// `None`; an unreachable API is an error, the stats untouched.
-pub async fn fill(stats: &mut [QueueStats], management_url: &str, transport_url: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(management_url).map_err(|e| format!("[api] rabbit_management_url: {e}"))?;
+pub async fn fill(
+    stats: &mut [QueueStats],
+    management_url: &str,
+    transport_url: &str,
+) -> Result<(), ManagementApiError> {
+    let url = reqwest::Url::parse(management_url).map_err(|e| ManagementApiError::BadUrl(e.to_string()))?;
     let vhost = TransportUrl::parse(transport_url).map(|u| u.vhost).unwrap_or_default();
     let vhost = if vhost.is_empty() { "/".to_owned() } else { vhost };
     let (user, password) = (url.username().to_owned(), url.password().map(str::to_owned));
     let mut base = url.clone();
     let _ = base.set_username("");
     let _ = base.set_password(None);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| ManagementApiError::Unreachable { at: base.to_string(), reason: e.to_string() })?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
     for q in stats.iter_mut() {
@@ -104,11 +127,14 @@ pub async fn fill(stats: &mut [QueueStats], management_url: &str, transport_url:
             .basic_auth(&user, password.as_deref())
             .send()
             .await
-            .map_err(|e| format!("the management API at {base}: {e}"))?;
+            .map_err(|e| ManagementApiError::Unreachable { at: base.to_string(), reason: e.to_string() })?;
         if !resp.status().is_success() {
             continue;
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ManagementApiError::Unreachable { at: base.to_string(), reason: e.to_string() })?;
         let info: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         q.oldest_age_seconds = match info.get("head_message_timestamp").and_then(serde_json::Value::as_f64) {
             Some(ts) => Some((now - ts).max(0.0)),

@@ -101,7 +101,8 @@ pub fn endpoint(info: &ServiceInfo, manager: &str, others: &[Arc<dyn Endpoint>],
             let allowed = admin(admin_role.as_deref(), &ctx);
             async move {
                 allowed?;
-                logging::set_filter(&a.filter).map_err(|e| RpcError::remote("InvalidLogFilter", "nova_core.logging", e))
+                logging::set_filter(&a.filter)
+                    .map_err(|e| RpcError::remote("InvalidLogFilter", "nova_core.logging", e.to_string()))
             }
         })
         .describe("set_log_level", &[("filter", "String")], "Change the tracing filter, e.g. nova_rpc=debug.");

@@ -48,11 +48,31 @@ pub fn current_filter() -> Option<String> {
     FILTER.get().and_then(|h| h.with_current(|f| f.to_string()).ok())
 }
 
+/// Why a log filter was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// Not a filter `tracing` reads.
+    #[error("invalid log filter {spec:?}: {reason}")]
+    Invalid {
+        /// The filter asked for.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// This process's logging was not set up by [`init`].
+    #[error("logging is not managed by nova-core in this process")]
+    Unmanaged,
+    /// The subscriber is gone.
+    #[error("cannot apply the filter: {0}")]
+    Reload(String),
+}
+
 /// Replace the filter. A bad filter is an error and leaves the old one in place.
-pub fn set_filter(spec: &str) -> Result<String, String> {
-    let filter = EnvFilter::try_new(spec).map_err(|e| format!("invalid log filter {spec:?}: {e}"))?;
-    let handle = FILTER.get().ok_or_else(|| "logging is not managed by nova-core in this process".to_owned())?;
-    handle.reload(filter).map_err(|e| e.to_string())?;
+pub fn set_filter(spec: &str) -> Result<String, FilterError> {
+    let filter =
+        EnvFilter::try_new(spec).map_err(|e| FilterError::Invalid { spec: spec.to_owned(), reason: e.to_string() })?;
+    let handle = FILTER.get().ok_or(FilterError::Unmanaged)?;
+    handle.reload(filter).map_err(|e| FilterError::Reload(e.to_string()))?;
     tracing::info!(filter = spec, "log filter changed");
     Ok(spec.to_owned())
 }

@@ -39,6 +39,16 @@ impl std::fmt::Debug for PeriodicTask {
     }
 }
 
+/// A periodic task's run that returned an error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("periodic task {task} failed: {reason}")]
+pub struct TaskFailed {
+    /// The task.
+    pub task: String,
+    /// Its error, as its `Display` says it.
+    pub reason: String,
+}
+
 impl PeriodicTask {
     /// A task running `f` every `spacing` seconds.
     pub fn new<F, Fut>(name: impl Into<String>, spacing: f64, f: F) -> Self
@@ -49,9 +59,13 @@ impl PeriodicTask {
         Self { name: name.into(), spacing, run_immediately: false, enabled: true, run: Arc::new(move || Box::pin(f())) }
     }
 
-    /// Run the task once, now; its error as a sentence.
-    pub async fn run_once(&self) -> Result<(), String> {
-        (self.run)().await
+    /// Run the task once, now.
+    ///
+    /// # Errors
+    ///
+    /// What the task returned, as its sentence.
+    pub async fn run_once(&self) -> Result<(), TaskFailed> {
+        (self.run)().await.map_err(|reason| TaskFailed { task: self.name.clone(), reason })
     }
 
     /// Run as soon as the loop starts instead of one spacing later.

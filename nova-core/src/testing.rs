@@ -140,7 +140,11 @@ impl TestBus {
     ///
     /// # Panics
     /// When the manager has no periodic task of that name.
-    pub async fn run_periodic<M: RpcApi>(&self, manager: &Arc<M>, name: &str) -> Result<(), String> {
+    pub async fn run_periodic<M: RpcApi>(
+        &self,
+        manager: &Arc<M>,
+        name: &str,
+    ) -> Result<(), crate::periodic::TaskFailed> {
         let tasks = manager.periodic_tasks();
         let Some(task) = tasks.iter().find(|t| t.name == name) else {
             let known: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();

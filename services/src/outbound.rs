@@ -173,7 +173,33 @@ pub struct HttpClient {
     guard: Option<Arc<Guard>>,
 }
 
-fn builder(extra_ca: Option<&Path>) -> Result<reqwest::ClientBuilder, String> {
+/// Why an HTTP client could not be made, or a POST did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The client: an extra CA that cannot be read, a bad proxy.
+    #[error("{0}")]
+    Client(String),
+    /// The URL is refused before anything is sent.
+    #[error("POST to {url} refused: {reason}")]
+    Refused {
+        /// The URL, its password masked.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Every try failed.
+    #[error("POST to {url} after {attempts} attempt(s): {reason}")]
+    Failed {
+        /// The URL, its password masked.
+        url: String,
+        /// Tries made.
+        attempts: u32,
+        /// Why the last one failed.
+        reason: String,
+    },
+}
+
+fn builder(extra_ca: Option<&Path>) -> Result<reqwest::ClientBuilder, OutboundError> {
     let mut b = reqwest::Client::builder()
         // Never a proxy from the environment: see the module docs.
         .no_proxy()
@@ -182,8 +208,9 @@ fn builder(extra_ca: Option<&Path>) -> Result<reqwest::ClientBuilder, String> {
         .timeout(Duration::from_secs(10))
         .user_agent("nova-rs");
     if let Some(path) = extra_ca {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        let unusable = |e: &dyn std::fmt::Display| OutboundError::Client(format!("{}: {e}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| unusable(&e))?;
+        let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| unusable(&e))?;
         b = b.add_root_certificate(ca);
     }
     Ok(b)
@@ -193,28 +220,34 @@ impl HttpClient {
     /// A client for caller-chosen URLs: internal destinations are refused
     /// unless their host is in `allowed_hosts`; `extra_ca` is trusted
     /// beside the system's roots.
-    pub fn guarded(allowed_hosts: &[String], extra_ca: Option<&Path>) -> Result<Self, String> {
+    pub fn guarded(allowed_hosts: &[String], extra_ca: Option<&Path>) -> Result<Self, OutboundError> {
         Self::guarded_via(allowed_hosts, extra_ca, None)
     }
 
     /// The same, sending through `proxy` (`[compute] callback_proxy`) when
     /// given: the proxy resolves names, so it must refuse internal
     /// destinations itself; literal internal addresses are still refused here.
-    pub fn guarded_via(allowed_hosts: &[String], extra_ca: Option<&Path>, proxy: Option<&str>) -> Result<Self, String> {
+    pub fn guarded_via(
+        allowed_hosts: &[String],
+        extra_ca: Option<&Path>,
+        proxy: Option<&str>,
+    ) -> Result<Self, OutboundError> {
         let guard = Arc::new(Guard { allowed: allowed_hosts.to_vec() });
         let mut b = builder(extra_ca)?.dns_resolver(guard.clone());
         if let Some(proxy) = proxy {
-            let proxy = reqwest::Proxy::all(proxy)
-                .map_err(|e| format!("callback_proxy {}: {e}", nova_rpc::mask::mask_password(proxy)))?;
+            let proxy = reqwest::Proxy::all(proxy).map_err(|e| {
+                OutboundError::Client(format!("callback_proxy {}: {e}", nova_rpc::mask::mask_password(proxy)))
+            })?;
             b = b.proxy(proxy);
         }
-        let client = b.build().map_err(|e| e.to_string())?;
+        let client = b.build().map_err(|e| OutboundError::Client(e.to_string()))?;
         Ok(Self { client, guard: Some(guard) })
     }
 
     /// A client for destinations the operator configured (an OTLP collector).
     pub fn open() -> Self {
-        let client = builder(None).and_then(|b| b.build().map_err(|e| e.to_string())).unwrap_or_default();
+        let client =
+            builder(None).and_then(|b| b.build().map_err(|e| OutboundError::Client(e.to_string()))).unwrap_or_default();
         Self { client, guard: None }
     }
 
@@ -272,9 +305,9 @@ impl HttpClient {
         body: Vec<u8>,
         attempts: u32,
         first_pause: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), OutboundError> {
         let shown = nova_rpc::mask::mask_password(url);
-        let parsed = self.check(url).map_err(|e| format!("POST to {shown} refused: {e}"))?;
+        let parsed = self.check(url).map_err(|reason| OutboundError::Refused { url: shown.clone(), reason })?;
         let mut pause = first_pause;
         for attempt in 1..=attempts.max(1) {
             match self.post_once(parsed.clone(), body.clone()).await {
@@ -284,10 +317,10 @@ impl HttpClient {
                     tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
                     pause *= 2;
                 }
-                Err(f) => return Err(format!("POST to {shown} after {attempt} attempt(s): {}", f.reason)),
+                Err(f) => return Err(OutboundError::Failed { url: shown, attempts: attempt, reason: f.reason }),
             }
         }
-        Err(format!("POST to {shown} was not tried"))
+        Err(OutboundError::Failed { url: shown, attempts: 0, reason: "not tried".into() })
     }
 }
 

@@ -302,7 +302,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(api) = management.filter(|u| !u.is_empty()) {
                 nova_gateway::queues::fill(&mut stats, &api, &t.options().transport_url)
                     .await
-                    .map_err(Failure::Usage)?;
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
             }
             println!("{:<40} {:>10} {:>10} {:>12}", "QUEUE", "MESSAGES", "CONSUMERS", "OLDEST (s)");
             for q in &stats {

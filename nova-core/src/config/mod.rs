@@ -29,7 +29,7 @@ use std::{
 pub use self::{
     flags::CommonArgs,
     options::{CoreOptions, CORE_OPTIONS},
-    typed::{parse, Opt},
+    typed::{parse, Invalid, Opt},
 };
 
 /// A declared option: its section, name, default (as text) and help.

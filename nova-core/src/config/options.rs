@@ -10,15 +10,15 @@ use super::{Config, ConfigError, OptSpec};
 mod checks {
     use std::time::Duration;
 
-    use super::super::parse;
+    use super::super::{parse, Invalid};
 
     /// A transport URL nova-rs can use.
-    pub(super) fn transport_url(v: &str) -> Result<String, String> {
-        nova_rpc::transport::TransportUrl::parse(v).map(|_| v.to_owned()).map_err(|e| e.to_string())
+    pub(super) fn transport_url(v: &str) -> Result<String, Invalid> {
+        nova_rpc::transport::TransportUrl::parse(v).map(|_| v.to_owned()).map_err(|e| Invalid(e.to_string()))
     }
 
     /// Requests at once: 1 to 65535 (the broker's prefetch is a u16).
-    pub(super) fn pool_size(v: &str) -> Result<usize, String> {
+    pub(super) fn pool_size(v: &str) -> Result<usize, Invalid> {
         match v.parse::<usize>() {
             Ok(n) if (1..=65535).contains(&n) => Ok(n),
             _ => Err("expected a whole number from 1 to 65535".into()),
@@ -26,13 +26,13 @@ mod checks {
     }
 
     /// oslo: at most 0.9 × its 5 s requeue interval.
-    pub(super) fn reconnect_delay(v: &str) -> Result<Duration, String> {
+    pub(super) fn reconnect_delay(v: &str) -> Result<Duration, Invalid> {
         parse::seconds(v)
-            .and_then(|d| (d.as_secs_f64() <= 4.5).then_some(d).ok_or_else(|| "must be at most 4.5 seconds".to_owned()))
+            .and_then(|d| (d.as_secs_f64() <= 4.5).then_some(d).ok_or_else(|| "must be at most 4.5 seconds".into()))
     }
 
     /// `shuffle` (true) or `round-robin` (false).
-    pub(super) fn failover_shuffle(v: &str) -> Result<bool, String> {
+    pub(super) fn failover_shuffle(v: &str) -> Result<bool, Invalid> {
         match v {
             "round-robin" => Ok(false),
             "shuffle" => Ok(true),
@@ -41,7 +41,7 @@ mod checks {
     }
 
     /// Unset: nova-rs compresses nothing, and a peer that did would not be read.
-    pub(super) fn no_compression(v: &str) -> Result<(), String> {
+    pub(super) fn no_compression(v: &str) -> Result<(), Invalid> {
         if v.is_empty() {
             Ok(())
         } else {
@@ -50,7 +50,7 @@ mod checks {
     }
 }
 
-/// The options, declared once each, a module per section.
+// The options, declared once each, a module per section.
 pub mod default {
     //! `[DEFAULT]`: the service, its transport, its loops and its logs.
 

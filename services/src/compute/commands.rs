@@ -52,6 +52,25 @@ pub struct Rule {
     separator: bool,
 }
 
+/// Why `[compute] allowed_commands` cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowListError {
+    /// An entry with no program.
+    #[error("[compute] allowed_commands: {0} has an empty command")]
+    EmptyCommand(String),
+    /// An entry with no name before its `@version`.
+    #[error("[compute] allowed_commands: {0:?} has no name")]
+    NoName(String),
+    /// An entry whose version is not a positive whole number.
+    #[error("[compute] allowed_commands: {entry}: {why}")]
+    BadVersion {
+        /// The entry.
+        entry: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
 /// Why `[compute] command_args` cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgRulesError {
@@ -116,16 +135,17 @@ pub struct Commands {
 impl Commands {
     /// Parse `name = argv` pairs; an empty argv or a bad version is an error
     /// that names the entry.
-    pub fn parse(entries: Vec<(String, String)>) -> Result<Self, String> {
+    pub fn parse(entries: Vec<(String, String)>) -> Result<Self, AllowListError> {
         let mut by_name: BTreeMap<String, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
         for (entry, argv) in entries {
             let argv: Vec<String> = argv.split_whitespace().map(str::to_owned).collect();
             if argv.is_empty() {
-                return Err(format!("[compute] allowed_commands: {entry} has an empty command"));
+                return Err(AllowListError::EmptyCommand(entry));
             }
-            let (name, version) = split(&entry).map_err(|e| format!("[compute] allowed_commands: {entry}: {e}"))?;
+            let (name, version) =
+                split(&entry).map_err(|why| AllowListError::BadVersion { entry: entry.clone(), why })?;
             if name.is_empty() {
-                return Err(format!("[compute] allowed_commands: {entry:?} has no name"));
+                return Err(AllowListError::NoName(entry));
             }
             by_name.entry(name.to_owned()).or_default().insert(version.unwrap_or(0), argv);
         }
@@ -282,8 +302,9 @@ mod tests {
     #[test]
     fn bad_entries_are_named() {
         let e = Commands::parse(vec![("x@0".into(), "/bin/true".into())]).unwrap_err();
-        assert!(e.contains("x@0"), "{e}");
+        assert!(matches!(&e, AllowListError::BadVersion { entry, .. } if entry == "x@0"), "{e}");
         let e = Commands::parse(vec![("y".into(), " ".into())]).unwrap_err();
-        assert!(e.contains("y has an empty command"), "{e}");
+        assert_eq!(e, AllowListError::EmptyCommand("y".into()));
+        assert!(e.to_string().contains("y has an empty command"), "{e}");
     }
 }

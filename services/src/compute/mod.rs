@@ -143,7 +143,7 @@ pub const OPTIONS: &[OptSpec] = &[
 fn allow_list(c: &nova_core::config::Config) -> Result<Commands, String> {
     let entries = c.get_dict("compute", "allowed_commands").map_err(|e| e.to_string())?.unwrap_or_default();
     let rules = c.get::<String>("compute", "command_args").map_err(|e| e.to_string())?.unwrap_or_default();
-    Commands::parse(entries)?.with_arg_rules(&rules).map_err(|e| e.to_string())
+    Commands::parse(entries).map_err(|e| e.to_string())?.with_arg_rules(&rules).map_err(|e| e.to_string())
 }
 
 /// `wait_task`s one host lets wait at once. A wait holds no request slot
@@ -370,7 +370,7 @@ impl ComputeManager {
             }
             Err(e) => {
                 info.status = TaskStatus::Failed;
-                info.error = Some(e);
+                info.error = Some(e.to_string());
                 info.finished_at = Some(chrono::Utc::now().naive_utc());
                 self.store.update(&info).await?;
                 self.started.notify_waiters();
@@ -467,7 +467,7 @@ impl ComputeManager {
             let body = serde_json::to_vec(&info).unwrap_or_default();
             let posted = self.callbacks.post_json(&url, body, self.callback_attempts, Duration::from_millis(500)).await;
             if let Err(e) = posted {
-                let e = nova_rpc::mask::mask_password(&e);
+                let e = nova_rpc::mask::mask_password(&e.to_string());
                 tracing::warn!(task_id = %info.task_id, error = %e, "the task's callback failed");
                 info.callback_error = Some(e);
                 if let Err(e) = self.store.update(info).await {

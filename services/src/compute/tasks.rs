@@ -426,38 +426,8 @@ fn wrapped(line: &[String], limits: &TaskLimits) -> Result<Vec<String>, String> 
 /// process group of its own with only `limits.env` for environment, as
 /// `limits.user` under `limits.rlimits`, and supervise it. Returns the
 /// running task, or the reason it could not start.
-pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result<Arc<RunningTask>, String> {
-    let program = line.first().ok_or_else(|| format!("command {} has an empty argv", info.name))?;
-    if program.contains('/') && !Path::new(program).is_file() {
-        return Err(format!("cannot start {program}: no such file"));
-    }
-    let mut full = wrapped(line, limits)?;
-    let cgroup = match &limits.cgroups {
-        Some(cgroups) => {
-            let dir = cgroups.create(&info.task_id).map_err(|e| format!("cannot make the task's cgroup: {e}"))?;
-            full = super::cgroup::TaskCgroups::wrap(&dir, full);
-            Some(dir)
-        }
-        None => None,
-    };
-    let mut command = tokio::process::Command::new(&full[0]);
-    // Registered before anyone can look for adopted processes.
-    let mut registry = leaders();
-    let mut child = command
-        .args(&full[1..])
-        .env_clear()
-        .envs(limits.env.iter().map(|(k, v)| (k, v)))
-        .env(TASK_MARK, &info.task_id)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or("the task exited at once")?;
-    registry.insert(pgid);
-    drop(registry);
+pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result<Arc<RunningTask>, SpawnError> {
+    let (mut child, pgid, cgroup) = start(&info, line, limits)?;
     info.process_group = start_time(pgid).map(|t| (pgid, t));
     // The record shows what ran, with its secrets masked.
     info.argv = nova_rpc::mask::mask_arg_strings(line);
@@ -480,49 +450,10 @@ pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result
         kill: Mutex::new(Some(kill_tx)),
         done: done_rx,
     });
+    let process = Process { child, pgid, cgroup, readers, kill: kill_rx };
     let (grace, timeout) = (limits.kill_grace, limits.timeout);
     tokio::spawn(async move {
-        let deadline = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        let end = tokio::select! {
-            _ = child.wait() => End::Exited,
-            _ = kill_rx => End::Killed,
-            () = deadline => End::TimedOut,
-        };
-        if !matches!(end, End::Exited) {
-            stop_group(pgid, grace, child.wait()).await;
-        }
-        let status = child.wait().await;
-        leaders().remove(&pgid);
-        {
-            // The leader is gone; whatever it left in its group (a background
-            // child holding stdout, say) is stopped, so the task ends.
-            let outputs = async {
-                for r in readers.iter_mut() {
-                    let _ = r.await;
-                }
-            };
-            tokio::pin!(outputs);
-            if tokio::time::timeout(Duration::from_millis(200), &mut outputs).await.is_err()
-                && !stop_group(pgid, grace, &mut outputs).await
-            {
-                let _ = tokio::time::timeout(Duration::from_secs(1), &mut outputs).await;
-            }
-        }
-        // Whatever the task started is ended with it, wherever it went.
-        if let Some(dir) = &cgroup {
-            super::cgroup::TaskCgroups::end(dir, pgid).await;
-        }
-        // Only a process that left the group can still hold the pipes.
-        for r in &readers {
-            r.abort();
-        }
-        info.finished_at = Some(chrono::Utc::now().naive_utc());
-        fill_output(&mut info, &stdout, &stderr);
+        let (status, end) = process.supervise(grace, timeout, (&stdout, &stderr), &mut info).await;
         match (status, end) {
             (Ok(s), end) => {
                 info.exit_code = s.code();
@@ -544,4 +475,135 @@ pub fn spawn(mut info: TaskInfo, line: &[String], limits: &TaskLimits) -> Result
         let _ = done_tx.send(Some(info));
     });
     Ok(task)
+}
+
+/// Why a task's process did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The allow-list gives the command no program.
+    #[error("command {0} has an empty argv")]
+    EmptyArgv(String),
+    /// The program is not there.
+    #[error("cannot start {0}: no such file")]
+    NoSuchProgram(String),
+    /// The limits cannot be applied (`task_user`, `task_rlimits`).
+    #[error("{0}")]
+    Limits(String),
+    /// The task's cgroup cannot be made.
+    #[error("cannot make the task's cgroup: {0}")]
+    Cgroup(std::io::Error),
+    /// The operating system refused to start it.
+    #[error("cannot start {program}: {source}")]
+    Start {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It was gone before it could be watched.
+    #[error("the task exited at once")]
+    ExitedAtOnce,
+}
+
+/// Start the task's process in a group of its own (and a cgroup, when
+/// tasks get one): the child, its process group, its cgroup.
+fn start(
+    info: &TaskInfo,
+    line: &[String],
+    limits: &TaskLimits,
+) -> Result<(tokio::process::Child, i32, Option<std::path::PathBuf>), SpawnError> {
+    let program = line.first().ok_or_else(|| SpawnError::EmptyArgv(info.name.clone()))?;
+    if program.contains('/') && !Path::new(program).is_file() {
+        return Err(SpawnError::NoSuchProgram(program.clone()));
+    }
+    let mut full = wrapped(line, limits).map_err(SpawnError::Limits)?;
+    let cgroup = match &limits.cgroups {
+        Some(cgroups) => {
+            let dir = cgroups.create(&info.task_id).map_err(SpawnError::Cgroup)?;
+            full = super::cgroup::TaskCgroups::wrap(&dir, full);
+            Some(dir)
+        }
+        None => None,
+    };
+    // Registered before anyone can look for adopted processes.
+    let mut registry = leaders();
+    let child = tokio::process::Command::new(&full[0])
+        .args(&full[1..])
+        .env_clear()
+        .envs(limits.env.iter().map(|(k, v)| (k, v)))
+        .env(TASK_MARK, &info.task_id)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SpawnError::Start { program: program.clone(), source })?;
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or(SpawnError::ExitedAtOnce)?;
+    registry.insert(pgid);
+    Ok((child, pgid, cgroup))
+}
+
+/// A started task's process and what reads its output.
+struct Process {
+    child: tokio::process::Child,
+    pgid: i32,
+    cgroup: Option<std::path::PathBuf>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    kill: oneshot::Receiver<()>,
+}
+
+impl Process {
+    /// Wait for the task to end (or be killed, or time out), end its
+    /// group and cgroup, and record its output in `info`.
+    async fn supervise(
+        mut self,
+        grace: Duration,
+        timeout: Option<Duration>,
+        (stdout, stderr): (&Arc<Mutex<Tail>>, &Arc<Mutex<Tail>>),
+        info: &mut TaskInfo,
+    ) -> (std::io::Result<std::process::ExitStatus>, End) {
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let end = tokio::select! {
+            _ = self.child.wait() => End::Exited,
+            _ = &mut self.kill => End::Killed,
+            () = deadline => End::TimedOut,
+        };
+        let pgid = self.pgid;
+        if !matches!(end, End::Exited) {
+            stop_group(pgid, grace, self.child.wait()).await;
+        }
+        let status = self.child.wait().await;
+        leaders().remove(&pgid);
+        // The leader is gone; whatever it left in its group (a background
+        // child holding stdout, say) is stopped, so the task ends.
+        let readers = &mut self.readers;
+        let outputs = async {
+            for r in readers.iter_mut() {
+                let _ = r.await;
+            }
+        };
+        tokio::pin!(outputs);
+        if tokio::time::timeout(Duration::from_millis(200), &mut outputs).await.is_err()
+            && !stop_group(pgid, grace, &mut outputs).await
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut outputs).await;
+        }
+        // Whatever the task started is ended with it, wherever it went.
+        if let Some(dir) = &self.cgroup {
+            super::cgroup::TaskCgroups::end(dir, pgid).await;
+        }
+        // Only a process that left the group can still hold the pipes.
+        for r in &self.readers {
+            r.abort();
+        }
+        info.finished_at = Some(chrono::Utc::now().naive_utc());
+        fill_output(info, stdout, stderr);
+        (status, end)
+    }
 }

@@ -83,9 +83,10 @@ pub fn export_body(spans: &[Span]) -> Value {
 }
 
 /// POST `spans` to `endpoint` (`http://host:4318` or `https://…`), retried briefly.
-pub async fn export(endpoint: &str, spans: &[Span]) -> Result<(), String> {
+pub async fn export(endpoint: &str, spans: &[Span]) -> Result<(), crate::outbound::OutboundError> {
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-    let body = serde_json::to_vec(&export_body(spans)).map_err(|e| e.to_string())?;
+    // A `Value` always serialises.
+    let body = serde_json::to_vec(&export_body(spans)).unwrap_or_default();
     // The collector is the operator's choice, so the destination guard of
     // callbacks does not apply; the client is shared by every export.
     static CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
