@@ -166,7 +166,7 @@ impl Bootstrap {
     /// Serve `/metrics` on `metrics_listen`, when it is set.
     pub async fn serve_metrics(&self) -> Result<(), LaunchError> {
         if let Some(addr) = self.options.metrics_listen {
-            crate::metrics::serve(addr).await.map_err(|e| {
+            crate::metrics_listen::serve(addr).await.map_err(|e| {
                 LaunchError::from(nova_rpc::RpcError::Transport(format!("cannot serve metrics on {addr}: {e}")))
             })?;
         }

@@ -15,7 +15,7 @@ pub mod db;
 pub mod launcher;
 pub mod logging;
 pub mod manager;
-pub mod metrics;
+pub mod metrics_listen;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod periodic;

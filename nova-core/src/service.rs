@@ -308,7 +308,7 @@ impl Service {
                     server = server.with_at_least_once(max);
                 }
                 let own: Arc<dyn nova_rpc::dispatcher::Endpoint> =
-                    Arc::new(Without { inner: manager.endpoint.clone(), names: w.methods.clone() });
+                    Arc::new(EndpointWithoutWork { inner: manager.endpoint.clone(), names: w.methods.clone() });
                 (own, Some(layered(server)))
             }
         };
@@ -370,13 +370,14 @@ impl Service {
     }
 }
 
-/// A manager's endpoint without its work methods.
-struct Without {
+/// A manager's endpoint without its work methods: what the topic's own
+/// queue serves when the work methods have a work queue.
+struct EndpointWithoutWork {
     inner: Arc<dyn nova_rpc::dispatcher::Endpoint>,
     names: Vec<String>,
 }
 
-impl nova_rpc::dispatcher::Endpoint for Without {
+impl nova_rpc::dispatcher::Endpoint for EndpointWithoutWork {
     fn namespace(&self) -> Option<&str> {
         self.inner.namespace()
     }

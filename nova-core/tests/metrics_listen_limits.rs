@@ -14,9 +14,9 @@ async fn connect(source: &str, to: std::net::SocketAddr) -> tokio::net::TcpStrea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_of_one_client_starve_nobody() {
-    let at = nova_core::metrics::serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let at = nova_core::metrics_listen::serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let mut idle = Vec::new();
-    for _ in 0..nova_core::metrics::MAX_PER_CLIENT {
+    for _ in 0..nova_core::metrics_listen::MAX_PER_CLIENT {
         idle.push(connect("127.0.0.1", at).await);
     }
     // Past its share, the same client's next connection is closed at once.
@@ -32,7 +32,7 @@ async fn idle_sockets_of_one_client_starve_nobody() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // The idle ones are closed once they have sent nothing for the read timeout.
     for mut s in idle {
-        let ended = tokio::time::timeout(nova_core::metrics::IO_TIMEOUT * 4, s.read(&mut buf)).await;
+        let ended = tokio::time::timeout(nova_core::metrics_listen::IO_TIMEOUT * 4, s.read(&mut buf)).await;
         assert!(ended.is_ok(), "an idle socket stayed open");
     }
 }

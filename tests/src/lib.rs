@@ -397,18 +397,17 @@ pub async fn until_count(what: &str, goal: u64, stall: Duration, mut count: impl
     }
 }
 
-/// A minimal HTTP/1.1 request to 127.0.0.1 for gateway tests: returns the
-/// status, the headers (lower-cased names) and the body.
-pub fn http(
-    method: &str,
-    port: u16,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Vec<(String, String)>, String) {
+/// What an HTTP request got: the status, the headers (lower-cased names)
+/// and the body.
+pub type HttpAnswer = (u16, Vec<(String, String)>, String);
+
+/// A minimal HTTP/1.1 request to 127.0.0.1 for gateway tests. A gateway
+/// that is not listening yet (or hangs up) is an `Err`, so a test can wait
+/// for it with [`eventually`] and `.ok()?`.
+pub fn http(method: &str, port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpAnswer> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -421,19 +420,95 @@ pub fn http(
         head.push_str("Content-Type: application/json\r\n");
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(head.as_bytes())?;
+    // A server may answer (and close) before taking a body it refuses.
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok());
+    let status = status.ok_or_else(|| std::io::Error::other(format!("no HTTP answer to {method} {path}")))?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    (status, headers, body.to_owned())
+    Ok((status, headers, body.to_owned()))
+}
+
+/// How to start [`NovaAll`]: extra flags, environment, and a `nova.conf`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NovaAllSetup<'a> {
+    /// Flags beside `--listen` and `--state-path`.
+    pub args: &'a [&'a str],
+    /// Environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// A `nova.conf` to pass with `--config-file`.
+    pub config: Option<&'a str>,
+    /// The token its readiness is asked with (`auth_strategy = token`).
+    pub token: Option<&'a str>,
+}
+
+/// `nova-all` on a free port, its state in a private directory, ready:
+/// its gateway lists its three services up. Killed when dropped.
+#[derive(Debug)]
+pub struct NovaAll {
+    /// The gateway's port.
+    pub port: u16,
+    /// Its directory (state under `state/`, its log, the config file).
+    pub dir: TempDir,
+    proc: Proc,
+}
+
+impl NovaAll {
+    /// `nova-all` on its embedded defaults.
+    pub async fn start() -> Self {
+        Self::start_with(NovaAllSetup::default()).await
+    }
+
+    /// `nova-all` as `setup` says.
+    pub async fn start_with(setup: NovaAllSetup<'_>) -> Self {
+        let dir = TempDir::new("nova-all");
+        let port = free_port();
+        let (listen, state) = (format!("127.0.0.1:{port}"), dir.path().join("state"));
+        let state = state.to_str().expect("a UTF-8 path").to_owned();
+        let config = setup.config.map(|text| dir.write("nova.conf", text));
+        let mut args = vec!["--listen", &listen, "--state-path", &state];
+        if let Some(c) = &config {
+            args.extend(["--config-file", c.to_str().expect("a UTF-8 path")]);
+        }
+        args.extend_from_slice(setup.args);
+        let proc = Proc::spawn_env("nova-all", &args, setup.env, dir.path());
+        let log = proc.log.clone();
+        let token: Vec<(&str, &str)> = setup.token.map(|t| ("X-Auth-Token", t)).into_iter().collect();
+        eventually_explained(
+            "nova-all lists its three services up",
+            Duration::from_secs(60),
+            || async {
+                let (status, _, body) = http("GET", port, "/v1/services", &token, b"").ok()?;
+                (status == 200 && body.matches("\"up\"").count() == 3).then_some(())
+            },
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+        .await;
+        Self { port, dir, proc }
+    }
+
+    /// A request to its gateway.
+    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpAnswer> {
+        http(method, self.port, path, headers, body)
+    }
+
+    /// What it logged so far.
+    pub fn output(&self) -> String {
+        self.proc.output()
+    }
+
+    /// Its process (to signal it).
+    pub fn proc(&self) -> &Proc {
+        &self.proc
+    }
 }
 
 /// A `nova-bench serve` worker process: the bench API (`work` sleeps

@@ -26,7 +26,7 @@ use nova_rpc::{
     transport::{self, TransportOptions},
     RequestContext, RpcError, RpcServer, Target, Version,
 };
-use nova_tests::{eventually, free_port, http, unique, Proc, TempDir};
+use nova_tests::{eventually, free_port, http, unique, NovaAll, NovaAllSetup, Proc, TempDir};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -105,8 +105,7 @@ async fn request(port: u16, method: &'static str, path: &str, headers: Vec<(&'st
     tokio::task::spawn_blocking(move || {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         // Status 0: nothing listens (yet).
-        std::panic::catch_unwind(|| http(method, port, &path, &headers, b"{}"))
-            .map_or((0, String::new()), |(status, _, body)| (status, body))
+        http(method, port, &path, &headers, b"{}").map_or((0, String::new()), |(status, _, body)| (status, body))
     })
     .await
     .unwrap()
@@ -169,16 +168,10 @@ async fn browsers_and_foreign_hosts_are_refused() {
     let _ = gw.stop.take().map(|s| s.send(()));
 }
 
-/// `nova-all` with `[api]` from `conf`; its port.
-fn nova_all(dir: &TempDir, conf: &str, extra: &[&str]) -> (Proc, u16) {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let state = dir.path().join("state");
-    let conf = dir.write("nova.conf", conf);
-    let mut args = vec!["--config-file", conf.to_str().unwrap(), "--listen", &listen, "--state-path"];
-    args.push(state.to_str().unwrap());
-    args.extend_from_slice(extra);
-    (Proc::spawn("nova-all", &args, dir.path()), port)
+/// `nova-all` with `[api]` from `conf`, ready when `token` (if any) lists
+/// its services.
+async fn nova_all(conf: &str, args: &[&str], token: Option<&str>) -> NovaAll {
+    NovaAll::start_with(NovaAllSetup { args, config: Some(conf), token, ..NovaAllSetup::default() }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +179,8 @@ async fn tokens_are_reread_on_sighup_and_noauth_stays_on_loopback() {
     let dir = TempDir::new("gw-hup");
     let tokens = token_file(&dir, &[("first", "alice", &["admin"])]);
     let conf = format!("[api]\nauth_strategy = token\ntoken_file = {}\n", tokens.display());
-    let (all, port) = nova_all(&dir, &conf, &[]);
+    let all = nova_all(&conf, &[], Some("first")).await;
+    let port = all.port;
     let services = |t: &'static str| request(port, "GET", "/v1/services", vec![("X-Auth-Token", t.to_owned())]);
     eventually("nova-all answers the first token", Duration::from_secs(30), || async {
         (services("first").await.0 == 200).then_some(())
@@ -199,7 +193,7 @@ async fn tokens_are_reread_on_sighup_and_noauth_stays_on_loopback() {
         "the console asks for a token: {status} {page}"
     );
     token_file(&dir, &[("second", "bob", &["admin"])]);
-    all.signal("HUP");
+    all.proc().signal("HUP");
     eventually("the new token works after SIGHUP", Duration::from_secs(30), || async {
         (services("second").await.0 == 200).then_some(())
     })
@@ -220,8 +214,8 @@ async fn tokens_are_reread_on_sighup_and_noauth_stays_on_loopback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_sockets_starve_nothing_and_are_closed() {
-    let dir = TempDir::new("gw-slow");
-    let (_all, port) = nova_all(&dir, "[api]\nheader_read_timeout = 2\n", &[]);
+    let all = nova_all("[api]\nheader_read_timeout = 2\n", &[], None).await;
+    let port = all.port;
     eventually("nova-all serves", Duration::from_secs(30), || async {
         (request(port, "GET", "/v1/services", vec![]).await.0 == 200).then_some(())
     })
@@ -325,7 +319,8 @@ async fn trickling_bodies_and_greedy_clients_starve_nothing() {
         "[api]\nauth_strategy = token\ntoken_file = {}\nmax_connections = 64\nmax_connections_per_client = 16\nbody_read_timeout = 2\n",
         tokens.display()
     );
-    let (_all, port) = nova_all(&dir, &conf, &[]);
+    let all = nova_all(&conf, &[], Some("good")).await;
+    let port = all.port;
     let services = format!(
         "GET /v1/services HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Auth-Token: good\r\nConnection: close\r\n\r\n"
     );
@@ -381,14 +376,15 @@ async fn a_project_sees_and_kills_only_its_own_tasks() {
         .to_string(),
     );
     let conf = format!("[api]\nauth_strategy = token\ntoken_file = {}\n", tokens.display());
-    let (_all, port) = nova_all(&dir, &conf, &["--host", "h1"]);
+    let all = nova_all(&conf, &["--host", "h1"], Some("root-token")).await;
+    let port = all.port;
     let as_ = |token: &str| vec![("X-Auth-Token", token.to_owned())];
     let send = |method: &'static str, path: String, token: &str, body: Value| {
         let headers = as_(token);
         async move {
             tokio::task::spawn_blocking(move || {
                 let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                std::panic::catch_unwind(|| http(method, port, &path, &headers, body.to_string().as_bytes()))
+                http(method, port, &path, &headers, body.to_string().as_bytes())
                     .map_or((0, String::new()), |(status, _, body)| (status, body))
             })
             .await
@@ -435,13 +431,14 @@ async fn the_console_signs_in_with_a_cookie_and_never_a_url() {
     let dir = TempDir::new("gw-console");
     let tokens = token_file(&dir, &[("console-token", "alice", &["admin"])]);
     let conf = format!("[api]\nauth_strategy = token\ntoken_file = {}\n", tokens.display());
-    let (_all, port) = nova_all(&dir, &conf, &[]);
+    let all = nova_all(&conf, &[], Some("console-token")).await;
+    let port = all.port;
     eventually("nova-all serves its files", Duration::from_secs(30), || async {
         (request(port, "GET", "/console.js", vec![]).await.0 == 200).then_some(())
     })
     .await;
     // The console's files need no token; no answer may be framed or sniffed.
-    let (status, headers, _) = http("GET", port, "/console.css", &[], b"");
+    let (status, headers, _) = http("GET", port, "/console.css", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200);
     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
     assert_eq!((header("x-frame-options"), header("x-content-type-options")), ("DENY".into(), "nosniff".into()));
@@ -451,6 +448,7 @@ async fn the_console_signs_in_with_a_cookie_and_never_a_url() {
             headers.push(("X-Forwarded-Proto", "https"));
         }
         http("POST", port, "/login", &headers, json!({ "token": token }).to_string().as_bytes())
+            .expect("the gateway answers")
     };
     assert_eq!(sign_in("not-a-token", false).0, 401);
     let (status, headers, _) = sign_in("console-token", false);

@@ -7,36 +7,19 @@
 
 use std::time::Duration;
 
-use nova_tests::{browser, free_port, http, Proc, TempDir};
+use nova_tests::{browser, http, NovaAll, NovaAllSetup};
 use serde_json::{json, Value};
 
-struct NovaAll {
-    port: u16,
-    _proc: Proc,
-    dir: TempDir,
-}
-
-/// Start `nova-all` on a free port and wait until both services are listed.
+/// `nova-all` on its defaults, as host `gw1`.
 async fn nova_all() -> NovaAll {
     nova_all_with(&[]).await
 }
 
-/// `nova-all` with extra flags.
+/// `nova-all` with extra flags, as host `gw1`.
 async fn nova_all_with(extra: &[&str]) -> NovaAll {
-    let dir = TempDir::new("gateway");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let state = dir.path().join("state");
-    let mut args = vec!["--listen", &listen, "--state-path", state.to_str().unwrap(), "--host", "gw1"];
+    let mut args = vec!["--host", "gw1"];
     args.extend_from_slice(extra);
-    let proc = Proc::spawn("nova-all", &args, dir.path());
-    nova_tests::eventually("nova-all lists its three services", Duration::from_secs(30), || async {
-        let (status, _, body) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
-        let services: Value = serde_json::from_str(&body).ok()?;
-        (status == 200 && services.as_array()?.len() == 3).then_some(())
-    })
-    .await;
-    NovaAll { port, _proc: proc, dir }
+    NovaAll::start_with(NovaAllSetup { args: &args, ..NovaAllSetup::default() }).await
 }
 
 fn json(body: &str) -> Value {
@@ -49,7 +32,8 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// POST and return the status and the error class (when the body has one).
 fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
-    let (status, _, text) = http("POST", port, path, &[("Content-Type", "application/json")], body.as_bytes());
+    let (status, _, text) = http("POST", port, path, &[("Content-Type", "application/json")], body.as_bytes())
+        .expect("the gateway answers");
     (status, if text.is_empty() { Value::Null } else { json(&text) })
 }
 
@@ -117,21 +101,24 @@ async fn status_codes_and_error_bodies() {
     // Bodies over the limit are refused before any RPC.
     let huge = format!(r#"{{"arg": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
     let (status, _, _) =
-        http("POST", port, "/v1/call/compute/ping?namespace=baseapi&version=1.1", &[], huge.as_bytes());
+        http("POST", port, "/v1/call/compute/ping?namespace=baseapi&version=1.1", &[], huge.as_bytes())
+            .expect("the gateway answers");
     assert_eq!(status, 413);
 
     // The request id: the client's when valid, a fresh req-<uuid> otherwise.
     let mine = "req-0b4f7f2e-3c6a-4b55-9f44-5a0e2d9c8e11";
     let ping = "/v1/call/compute/ping?namespace=baseapi&version=1.1";
-    let (status, headers, body) = http("POST", port, ping, &[("X-OpenStack-Request-ID", mine)], br#"{"arg": 1}"#);
+    let (status, headers, body) =
+        http("POST", port, ping, &[("X-OpenStack-Request-ID", mine)], br#"{"arg": 1}"#).expect("the gateway answers");
     assert_eq!((status, header(&headers, "x-openstack-request-id")), (200, Some(mine)), "{body}");
     assert_eq!(json(&body), serde_json::json!({"service": "nova-compute", "arg": 1}));
-    let (_, headers, _) = http("POST", port, ping, &[("X-OpenStack-Request-ID", "evil\"<id>")], b"{}");
+    let (_, headers, _) =
+        http("POST", port, ping, &[("X-OpenStack-Request-ID", "evil\"<id>")], b"{}").expect("the gateway answers");
     let fresh = header(&headers, "x-openstack-request-id").expect("a request id");
     assert!(fresh.starts_with("req-") && fresh.len() == 40 && fresh != mine, "{fresh}");
 
     // Services and introspection.
-    let (status, _, body) = http("GET", port, "/v1/services", &[], b"");
+    let (status, _, body) = http("GET", port, "/v1/services", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200);
     let services = json(&body);
     for s in services.as_array().unwrap() {
@@ -141,7 +128,7 @@ async fn status_codes_and_error_bodies() {
             "{s}"
         );
     }
-    let (status, _, body) = http("GET", port, "/v1/services/compute/describe", &[], b"");
+    let (status, _, body) = http("GET", port, "/v1/services/compute/describe", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200, "{body}");
     let d = json(&body);
     let methods: Vec<&str> =
@@ -250,7 +237,7 @@ async fn console_shows_hostile_names_as_text_and_runs_none() {
         assert!(text.contains(shown), "{shown} is shown as text: {text}");
     }
     // The page says what it may run.
-    let (_, headers, _) = http("GET", all.port, "/", &[], b"");
+    let (_, headers, _) = http("GET", all.port, "/", &[], b"").expect("the gateway answers");
     assert!(
         header(&headers, "content-security-policy").is_some_and(|c| c.contains("script-src 'self'")),
         "{headers:?}"
@@ -280,7 +267,7 @@ async fn console_charts_a_burst_of_calls_and_refreshes_services() {
     let all = nova_all().await;
     let port = all.port;
     let history = |port| {
-        let (status, _, body) = http("GET", port, "/v1/metrics/history", &[], b"");
+        let (status, _, body) = http("GET", port, "/v1/metrics/history", &[], b"").expect("the gateway answers");
         assert_eq!(status, 200, "{body}");
         json(&body)
     };

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use nova_tests::{eventually, free_port, http, Proc, TempDir};
+use nova_tests::{http, NovaAll, NovaAllSetup, TempDir};
 use serde_json::Value;
 
 /// `(METHOD, path)` of every `/v1` route of `nova-all`'s gateway: its own
@@ -38,21 +38,6 @@ fn document_routes(doc: &Value) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-async fn nova_all(dir: &TempDir, conf: &str) -> (Proc, u16) {
-    let port = free_port();
-    let conf = dir.write("nova.conf", conf);
-    let state = dir.path().join("state");
-    let listen = format!("127.0.0.1:{port}");
-    let args = ["--config-file", conf.to_str().unwrap(), "--listen", &listen, "--state-path", state.to_str().unwrap()];
-    let proc = Proc::spawn("nova-all", &args, dir.path());
-    eventually("nova-all serves", Duration::from_secs(30), || async {
-        let answer = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
-        (answer.0 == 200 && answer.2.matches("\"host\"").count() == 3).then_some(())
-    })
-    .await;
-    (proc, port)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_describes_every_route_and_only_those() {
     let dir = TempDir::new("openapi");
@@ -60,8 +45,9 @@ async fn the_document_describes_every_route_and_only_those() {
     assert!(routes.len() >= 12, "the router's routes were read: {routes:?}");
     assert!(routes.contains(&("POST".to_owned(), "/v1/tasks".to_owned())), "the tasks resource is there: {routes:?}");
     assert_eq!(document_routes(&served), routes, "the OpenAPI paths are the router's /v1 routes");
-    let (_all, port) = nova_all(&dir, "").await;
-    let (status, headers, body) = http("GET", port, "/v1/openapi.json", &[], b"");
+    let all = NovaAll::start().await;
+    let port = all.port;
+    let (status, headers, body) = http("GET", port, "/v1/openapi.json", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200);
     assert!(headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("application/json")));
     let answered: Value = serde_json::from_str(&body).unwrap();
@@ -73,9 +59,10 @@ async fn schemathesis_finds_no_server_error() {
     let exe = std::env::current_exe().expect("test executable");
     let venv = exe.ancestors().nth(3).expect("target dir").join("interop-venv/bin/schemathesis");
     assert!(venv.exists(), "schemathesis is required at {}: ./test.sh installs it", venv.display());
-    let dir = TempDir::new("fuzz");
     // A request that waits on a slow method ends at 2 s (408), not at a call's timeout.
-    let (all, port) = nova_all(&dir, "[api]\nrequest_timeout = 2\n").await;
+    let config = Some("[api]\nrequest_timeout = 2\n");
+    let all = NovaAll::start_with(NovaAllSetup { config, ..NovaAllSetup::default() }).await;
+    let port = all.port;
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(venv)
             .args(["run", &format!("http://127.0.0.1:{port}/v1/openapi.json")])

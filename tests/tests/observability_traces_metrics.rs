@@ -19,7 +19,9 @@ use nova_rpc::{
     RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
 };
 use nova_services::trace::{Limits, TraceCollector};
-use nova_tests::{eventually, free_port, http, interop::PyPeer, unique, Proc, TempDir, TestDb, TestVhost};
+use nova_tests::{
+    eventually, free_port, http, interop::PyPeer, unique, NovaAll, NovaAllSetup, Proc, TempDir, TestDb, TestVhost,
+};
 use serde_json::{json, Value};
 
 fn spans_of(trace: &Value) -> Vec<Span> {
@@ -34,14 +36,16 @@ async fn traced_request(port: u16) -> (String, Value) {
 /// [`traced_request`], saying `explain()` (the services' logs) if the trace never completes.
 async fn traced_request_explained(port: u16, explain: impl Fn() -> String) -> (String, Value) {
     let (status, headers, body) =
-        http("POST", port, "/v1/call/scheduler/schedule_task", &[], br#"{"name": "echo", "args": ["traced"]}"#);
+        http("POST", port, "/v1/call/scheduler/schedule_task", &[], br#"{"name": "echo", "args": ["traced"]}"#)
+            .expect("the gateway answers");
     assert_eq!(status, 200, "{body}");
     let rid = headers.iter().find(|(k, _)| k == "x-openstack-request-id").map(|(_, v)| v.clone()).expect("request id");
     let trace = nova_tests::eventually_explained(
         "the trace has three hops",
         Duration::from_secs(30),
         || async {
-            let (status, _, body) = http("GET", port, &format!("/v1/traces/{rid}"), &[], b"");
+            let (status, _, body) =
+                http("GET", port, &format!("/v1/traces/{rid}"), &[], b"").expect("the gateway answers");
             let v: Value = serde_json::from_str(&body).ok()?;
             (status == 200 && spans_of(&v).len() == 3).then_some(v)
         },
@@ -72,24 +76,13 @@ fn check_three_hops(rid: &str, trace: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_one_trace_of_three_hops_on_memory() {
-    let dir = TempDir::new("trace");
-    let port = free_port();
-    let state = dir.path().join("state");
-    let _all = Proc::spawn_env(
-        "nova-all",
-        &["--listen", &format!("127.0.0.1:{port}"), "--state-path", state.to_str().unwrap()],
-        &[("NOVA_TRACE__SAMPLE_RATIO", "1")],
-        dir.path(),
-    );
-    eventually("nova-all serves", Duration::from_secs(30), || async {
-        let (status, _, body) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
-        (status == 200 && body.matches("\"up\"").count() == 3).then_some(())
-    })
-    .await;
+    let env = [("NOVA_TRACE__SAMPLE_RATIO", "1")];
+    let all = NovaAll::start_with(NovaAllSetup { env: &env, ..NovaAllSetup::default() }).await;
+    let port = all.port;
     let (rid, trace) = traced_request(port).await;
     check_three_hops(&rid, &trace);
     // The console shows it as a timeline.
-    let (status, _, page) = http("GET", port, &format!("/traces/{rid}"), &[], b"");
+    let (status, _, page) = http("GET", port, &format!("/traces/{rid}"), &[], b"").expect("the gateway answers");
     assert_eq!(status, 200);
     assert!(page.contains("id=\"timeline\"") && page.matches("class=\"span").count() == 3, "{page}");
     // In a real browser: three rows, each bar inside the timeline, nested in time.
@@ -106,7 +99,7 @@ async fn a_request_is_one_trace_of_three_hops_on_memory() {
     }
     assert!(bars[1].0 >= bars[0].0 && bars[2].0 >= bars[1].0, "children start after their parents: {bars:?}");
     // And the gateway's metrics count the requests.
-    let (_, _, metrics) = http("GET", port, "/metrics", &[], b"");
+    let (_, _, metrics) = http("GET", port, "/metrics", &[], b"").expect("the gateway answers");
     assert!(metrics.contains(r#"nova_rpc_requests_total{topic="scheduler",method="schedule_task"} 1"#), "{metrics}");
 }
 
@@ -134,8 +127,7 @@ async fn a_request_is_one_trace_of_three_hops_across_processes_on_rabbitmq() {
         .map(|bin| Proc::spawn(bin, &["--config-file", &conf, "--host", "h1"], dir.path()))
         .collect();
     eventually("the compute reported to the scheduler", Duration::from_secs(30), || async {
-        let r =
-            std::panic::catch_unwind(|| http("POST", port, "/v1/call/scheduler/list_host_states", &[], b"{}")).ok()?;
+        let r = http("POST", port, "/v1/call/scheduler/list_host_states", &[], b"{}").ok()?;
         (r.0 == 200 && r.2.contains("h1")).then_some(())
     })
     .await;
@@ -276,7 +268,7 @@ async fn a_service_serves_metrics_and_changes_its_log_level_at_run_time() {
         base.call(&ctx, "ping", json!({"arg": 0})).await.ok()
     })
     .await;
-    let (status, _, metrics) = http("GET", port, "/metrics", &[], b"");
+    let (status, _, metrics) = http("GET", port, "/metrics", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200);
     assert!(metrics.contains(r#"nova_rpc_requests_total{topic="compute",method="ping"}"#), "{metrics}");
 

@@ -8,15 +8,13 @@
 use std::time::Duration;
 
 use nova_rpc::mask::{mask_arg_strings, mask_password};
-use nova_tests::{eventually, free_port, http, Proc, TempDir};
+use nova_tests::{eventually, http, NovaAll, NovaAllSetup};
 use proptest::prelude::*;
 use serde_json::Value;
 
-/// `nova-all` on its defaults, traced fully, with the proxy variables of
-/// the environment all pointing at `proxy_port`.
-async fn nova_all_behind_a_proxy(dir: &TempDir, proxy_port: u16) -> (Proc, u16) {
-    let port = free_port();
-    let (listen, state) = (format!("127.0.0.1:{port}"), dir.path().join("state"));
+/// `nova-all` on its defaults as host `h1`, traced fully, with the proxy
+/// variables of the environment all pointing at `proxy_port`.
+async fn nova_all_behind_a_proxy(proxy_port: u16) -> NovaAll {
     let proxy = format!("http://127.0.0.1:{proxy_port}");
     let env = [
         ("HTTP_PROXY", proxy.as_str()),
@@ -25,27 +23,19 @@ async fn nova_all_behind_a_proxy(dir: &TempDir, proxy_port: u16) -> (Proc, u16) 
         ("ALL_PROXY", proxy.as_str()),
         ("NOVA_TRACE__SAMPLE_RATIO", "1"),
     ];
-    let args = ["--listen", listen.as_str(), "--state-path", state.to_str().unwrap(), "--host", "h1"];
-    let proc = Proc::spawn_env("nova-all", &args, &env, dir.path());
-    eventually("nova-all serves", Duration::from_secs(30), || async {
-        let (status, _, body) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
-        (status == 200 && body.matches("\"up\"").count() == 3).then_some(())
-    })
-    .await;
-    (proc, port)
+    NovaAll::start_with(NovaAllSetup { args: &["--host", "h1"], env: &env, ..NovaAllSetup::default() }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_ignore_proxy_variables_and_secrets_show_nowhere() {
-    let dir = TempDir::new("outbound");
     let (proxy_port, proxied) = nova_core::testing::http_receiver();
-    let (all, port) = nova_all_behind_a_proxy(&dir, proxy_port).await;
+    let all = nova_all_behind_a_proxy(proxy_port).await;
+    let port = all.port;
     let submit = |id: &str, rid: &str, url: &str| {
         let body = serde_json::json!({"name": "echo", "args": ["--password=hunter2", "--token", "t0ken-xyz", "visible"],
             "task_id": id, "callback_url": url});
         let headers = [("X-OpenStack-Request-ID", rid)];
-        let posted =
-            std::panic::catch_unwind(|| http("POST", port, "/v1/tasks", &headers, body.to_string().as_bytes()));
+        let posted = http("POST", port, "/v1/tasks", &headers, body.to_string().as_bytes());
         let (status, _, text) = posted.unwrap_or_else(|_| panic!("nova-all is gone: {}", all.output()));
         assert_eq!(status, 202, "{text}");
     };
@@ -58,7 +48,7 @@ async fn callbacks_ignore_proxy_variables_and_secrets_show_nowhere() {
     );
     for id in ["cb-local", "cb-metadata"] {
         let task: Value = eventually(&format!("task {id}'s callback has failed"), Duration::from_secs(30), || async {
-            let (_, _, body) = http("GET", port, &format!("/v1/tasks/{id}"), &[], b"");
+            let (_, _, body) = http("GET", port, &format!("/v1/tasks/{id}"), &[], b"").expect("the gateway answers");
             let task: Value = serde_json::from_str(&body).ok()?;
             task["callback_error"].is_string().then_some(task)
         })
@@ -74,12 +64,12 @@ async fn callbacks_ignore_proxy_variables_and_secrets_show_nowhere() {
             "the task itself got its arguments"
         );
     }
-    let (_, _, local) = http("GET", port, "/v1/tasks/cb-local", &[], b"");
+    let (_, _, local) = http("GET", port, "/v1/tasks/cb-local", &[], b"").expect("the gateway answers");
     assert!(local.contains("refused") && local.contains("bob:***@localhost"), "{local}");
     assert!(proxied.try_recv().is_err(), "a callback went through the proxy of the environment");
     // The trace of the submission shows the arguments masked.
     let trace: Value = eventually("the submission's trace", Duration::from_secs(20), || async {
-        let (status, _, body) = http("GET", port, &format!("/v1/traces/{rid}"), &[], b"");
+        let (status, _, body) = http("GET", port, &format!("/v1/traces/{rid}"), &[], b"").expect("the gateway answers");
         (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
     })
     .await;

@@ -10,7 +10,7 @@ use nova_rpc::{
     transport::{self, TransportOptions},
     RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
 };
-use nova_tests::{broker::PrivateBroker, eventually, free_port, http, unique, Proc, TempDir, TestVhost};
+use nova_tests::{broker::PrivateBroker, eventually, http, unique, NovaAll, NovaAllSetup, Proc, TempDir, TestVhost};
 use serde_json::{json, Value};
 
 fn echo() -> Dispatcher {
@@ -98,25 +98,17 @@ async fn passwords_never_show() {
     assert_no_password("a service's log", &failing.output());
 
     // A working nova-all with --debug: its log, its API and its console.
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let state = dir.path().join("state");
-    let all = Proc::spawn(
-        "nova-all",
-        &["--transport-url", &good, "--listen", &listen, "--state-path", state.to_str().unwrap(), "--debug"],
-        dir.path(),
-    );
-    eventually("nova-all serves", Duration::from_secs(30), || async {
-        let (status, _, body) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
-        (status == 200 && body.contains("nova-compute")).then_some(body)
-    })
-    .await;
+    let all =
+        NovaAll::start_with(NovaAllSetup { args: &["--transport-url", &good, "--debug"], ..NovaAllSetup::default() })
+            .await;
+    let port = all.port;
     for path in ["/", "/v1/services", "/v1/services/compute/describe"] {
-        let (_, _, body) = http("GET", port, path, &[], b"");
+        let (_, _, body) = http("GET", port, path, &[], b"").expect("the gateway answers");
         assert_no_password(path, &body);
     }
     let (status, _, body) =
-        http("POST", port, "/v1/call/compute/ping?namespace=baseapi&version=1.1", &[], br#"{"arg": 1}"#);
+        http("POST", port, "/v1/call/compute/ping?namespace=baseapi&version=1.1", &[], br#"{"arg": 1}"#)
+            .expect("the gateway answers");
     assert_eq!(status, 200, "{body}");
     assert_no_password("nova-all's log", &all.output());
     ctl(&["delete_user", &user]);

@@ -4,47 +4,17 @@
 
 use std::{path::Path, time::Duration};
 
-use nova_tests::{bin_path, eventually, free_port, http, Proc, TempDir};
+use nova_tests::{bin_path, eventually, http, NovaAll, NovaAllSetup, Proc};
 use serde_json::Value;
 
-struct NovaAll {
-    port: u16,
-    dir: TempDir,
-    _proc: Proc,
+fn url(all: &NovaAll) -> String {
+    format!("http://127.0.0.1:{}", all.port)
 }
 
-impl NovaAll {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
+/// `nova-all` as host `h1`, running two tasks at once from a short allow-list.
 async fn nova_all() -> NovaAll {
-    let dir = TempDir::new("tasks-api");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let conf = dir.write(
-        "nova.conf",
-        "[compute]\nmax_tasks = 2\nallowed_commands = sh = /bin/sh -c, sleep = /bin/sleep, echo = /bin/echo\n",
-    );
-    let state = dir.path().join("state");
-    let args = [
-        "--listen",
-        &listen,
-        "--state-path",
-        state.to_str().unwrap(),
-        "--host",
-        "h1",
-        "--config-file",
-        conf.to_str().unwrap(),
-    ];
-    let proc = Proc::spawn("nova-all", &args, dir.path());
-    eventually("nova-all serves", Duration::from_secs(30), || async {
-        let (status, _, _) = std::panic::catch_unwind(|| http("GET", port, "/v1/services", &[], b"")).ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
-    NovaAll { port, dir, _proc: proc }
+    let config = "[compute]\nmax_tasks = 2\nallowed_commands = sh = /bin/sh -c, sleep = /bin/sleep, echo = /bin/echo\n";
+    NovaAll::start_with(NovaAllSetup { args: &["--host", "h1"], config: Some(config), ..NovaAllSetup::default() }).await
 }
 
 fn json(body: &str) -> Value {
@@ -71,7 +41,7 @@ fn dechunk(mut raw: &str) -> String {
 
 async fn task_when(port: u16, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     eventually("the task gets there", Duration::from_secs(30), || async {
-        let (status, _, body) = http("GET", port, &format!("/v1/tasks/{id}"), &[], b"");
+        let (status, _, body) = http("GET", port, &format!("/v1/tasks/{id}"), &[], b"").expect("the gateway answers");
         let t = json(&body);
         (status == 200 && done(&t)).then_some(t)
     })
@@ -82,7 +52,7 @@ async fn task_when(port: u16, id: &str, done: impl Fn(&Value) -> bool) -> Value 
 async fn every_route_of_the_tasks_api() {
     let all = nova_all().await;
     let port = all.port;
-    let post = |body: &str| http("POST", port, "/v1/tasks", &[], body.as_bytes());
+    let post = |body: &str| http("POST", port, "/v1/tasks", &[], body.as_bytes()).expect("the gateway answers");
 
     // Bad bodies name the field.
     let (status, _, body) = post(r#"{"nmae": "echo"}"#);
@@ -104,50 +74,52 @@ async fn every_route_of_the_tasks_api() {
     assert_eq!((status, header(&headers, "location")), (202, Some("/v1/tasks/t1")));
 
     // A followed stdout streams until the task ends.
-    let (status, headers, raw) = http("GET", port, "/v1/tasks/t1/stdout?follow=true", &[], b"");
+    let (status, headers, raw) =
+        http("GET", port, "/v1/tasks/t1/stdout?follow=true", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
     assert_eq!(dechunk(&raw), "one\ntwo\n");
     let t1 = task_when(port, "t1", |t| t["status"] == "succeeded").await;
     assert_eq!(t1["host"], "h1", "{t1}");
-    let (_, _, stderr) = http("GET", port, "/v1/tasks/t1/stderr", &[], b"");
+    let (_, _, stderr) = http("GET", port, "/v1/tasks/t1/stderr", &[], b"").expect("the gateway answers");
     assert_eq!(stderr, "oops\n");
-    let (status, _, _) = http("GET", port, "/v1/tasks/t1/stdin", &[], b"");
+    let (status, _, _) = http("GET", port, "/v1/tasks/t1/stdin", &[], b"").expect("the gateway answers");
     assert_eq!(status, 404);
 
     // Listing, with filters.
-    let (status, _, body) = http("GET", port, "/v1/tasks?status=succeeded&host=h1", &[], b"");
+    let (status, _, body) =
+        http("GET", port, "/v1/tasks?status=succeeded&host=h1", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200);
     let ids: Vec<_> = json(&body).as_array().unwrap().iter().map(|t| t["task_id"].clone()).collect();
     assert_eq!(ids, [Value::from("t1")], "ran once: {body}");
-    let (status, _, body) = http("GET", port, "/v1/tasks?status=bogus", &[], b"");
+    let (status, _, body) = http("GET", port, "/v1/tasks?status=bogus", &[], b"").expect("the gateway answers");
     assert!(status == 400 && body.contains("status"), "{body}");
-    let (status, _, body) = http("GET", port, "/v1/tasks?host=elsewhere", &[], b"");
+    let (status, _, body) = http("GET", port, "/v1/tasks?host=elsewhere", &[], b"").expect("the gateway answers");
     assert_eq!((status, json(&body)), (200, Value::Array(vec![])));
 
     // Bad ids are not found.
     for path in ["/v1/tasks/nope", "/v1/tasks/bad%20id", "/v1/tasks/nope/stdout"] {
-        let (status, _, body) = http("GET", port, path, &[], b"");
+        let (status, _, body) = http("GET", port, path, &[], b"").expect("the gateway answers");
         assert_eq!(status, 404, "{path}: {body}");
         assert_eq!(json(&body)["error"]["class"], "TaskNotFound", "{path}");
     }
-    let (status, _, _) = http("DELETE", port, "/v1/tasks/nope", &[], b"");
+    let (status, _, _) = http("DELETE", port, "/v1/tasks/nope", &[], b"").expect("the gateway answers");
     assert_eq!(status, 404);
 
     // Kill a running task.
     let (status, _, _) = post(r#"{"name": "sleep", "args": ["30"], "task_id": "t2"}"#);
     assert_eq!(status, 202);
     task_when(port, "t2", |t| t["status"] == "running").await;
-    let (status, _, body) = http("DELETE", port, "/v1/tasks/t2", &[], b"");
+    let (status, _, body) = http("DELETE", port, "/v1/tasks/t2", &[], b"").expect("the gateway answers");
     assert_eq!((status, json(&body)["status"].as_str()), (200, Some("killed")), "{body}");
 
     // Queue depth on the API and on /metrics.
-    let (status, _, body) = http("GET", port, "/v1/queues", &[], b"");
+    let (status, _, body) = http("GET", port, "/v1/queues", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200, "{body}");
     let compute = json(&body).as_array().unwrap().iter().find(|q| q["queue"] == "compute").cloned();
     let compute = compute.unwrap_or_else(|| panic!("the compute queue is listed: {body}"));
     assert_eq!(compute["messages"], 0, "{compute}");
-    let (_, _, metrics) = http("GET", port, "/metrics", &[], b"");
+    let (_, _, metrics) = http("GET", port, "/metrics", &[], b"").expect("the gateway answers");
     assert!(metrics.contains("nova_queue_messages{queue=\"compute\"} 0"), "{metrics}");
     assert!(metrics.contains("nova_queue_consumers{queue=\"compute\"}"), "{metrics}");
 }
@@ -155,7 +127,7 @@ async fn every_route_of_the_tasks_api() {
 fn nova_rpc(all: &NovaAll, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(bin_path("nova-rpc"))
         .args(args)
-        .env("NOVA_API", all.url())
+        .env("NOVA_API", url(all))
         .env("NOVA_STATE_PATH", all.dir.path())
         .output()
         .expect("run nova-rpc");
@@ -201,7 +173,7 @@ async fn tasks_mounted_as_files() {
     let all = nova_all().await;
     let mnt = all.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let url = all.url();
+    let url = url(&all);
     let mut mount = Proc::spawn("nova-rpc", &["mount", "--api", &url, mnt.to_str().unwrap()], all.dir.path());
     eventually("the tasks are mounted", Duration::from_secs(20), || async { mounted(&mnt).then_some(()) }).await;
 
@@ -242,7 +214,7 @@ async fn tasks_mounted_as_files() {
 async fn the_tasks_page_in_a_real_browser() {
     let all = nova_all().await;
     let port = all.port;
-    let post = |body: &str| http("POST", port, "/v1/tasks", &[], body.as_bytes());
+    let post = |body: &str| http("POST", port, "/v1/tasks", &[], body.as_bytes()).expect("the gateway answers");
     assert_eq!(post(r#"{"name": "sh", "args": ["echo page-output"], "task_id": "p1"}"#).0, 202);
     task_when(port, "p1", |t| t["status"] == "succeeded").await;
     assert_eq!(post(r#"{"name": "sleep", "args": ["30"], "task_id": "p2"}"#).0, 202);
@@ -264,13 +236,13 @@ async fn the_tasks_page_in_a_real_browser() {
         "{page}"
     );
     assert_eq!(page["live"], "true", "a running task keeps the page reloading: {page}");
-    let (status, headers, _) = http("GET", port, "/tasks", &[], b"");
+    let (status, headers, _) = http("GET", port, "/tasks", &[], b"").expect("the gateway answers");
     assert_eq!((status, header(&headers, "refresh")), (200, Some("2")));
-    let (status, _, _) = http("DELETE", port, "/v1/tasks/p2", &[], b"");
+    let (status, _, _) = http("DELETE", port, "/v1/tasks/p2", &[], b"").expect("the gateway answers");
     assert_eq!(status, 200);
     // Once the kill is saved, nothing runs: the page stops reloading.
     eventually("the page stops reloading", Duration::from_secs(30), || async {
-        let (_, headers, _) = http("GET", port, "/tasks", &[], b"");
+        let (_, headers, _) = http("GET", port, "/tasks", &[], b"").expect("the gateway answers");
         header(&headers, "refresh").is_none().then_some(())
     })
     .await;

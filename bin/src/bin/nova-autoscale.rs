@@ -25,7 +25,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         return Err("memory:// is in-process only: workers of another process cannot share it".into());
     }
     if let Some(addr) = setup.options.metrics_listen {
-        nova_core::metrics::serve(addr).await.map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        nova_core::metrics_listen::serve(addr).await.map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     }
     let launcher = Autoscaler::launcher_for(&options, &setup.config, &cli.common);
     let scaler = Autoscaler::new(setup.transport.clone(), options, launcher);

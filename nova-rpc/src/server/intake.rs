@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{reply::send_reply, ServerState};
 use crate::signing::Binding;
+pub(super) use crate::transport::Settle;
 use crate::{
     transport::{Acknowledge, Delivery},
     wire::{self, Request},
@@ -145,14 +146,6 @@ fn remember_signed(
         Some(s) => s.remember(&format!("{}.{}", shared.topic, shared.server), &request.unique_id, timestamp_ms),
         None => Ok(()),
     }
-}
-
-/// How a delivery ends.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Settle {
-    Ack,
-    Requeue,
-    Reject,
 }
 
 /// Take a request in: `None` when it is a duplicate, already settled or

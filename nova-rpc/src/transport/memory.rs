@@ -89,7 +89,7 @@ impl Queue {
     fn offer(self: &Arc<Self>, message: Message) {
         // Inside too many requests served in place (a method that casts to
         // itself, say), queue it rather than grow the stack.
-        let Some(_nested) = Nested::enter() else { return self.enqueue(message) };
+        let Some(_nested) = InlineDepth::enter() else { return self.enqueue(message) };
         let idle = {
             let mut state = lock(&self.state);
             let direct = state.messages.is_empty() && state.waiting.front().is_some_and(|w| w.direct.get().is_some());
@@ -149,9 +149,9 @@ impl Queue {
 }
 
 /// How deep requests served in place are nested on this thread.
-struct Nested;
+struct InlineDepth;
 
-impl Nested {
+impl InlineDepth {
     const MAX: u32 = 8;
 
     thread_local! {
@@ -159,11 +159,11 @@ impl Nested {
     }
 
     fn enter() -> Option<Self> {
-        Self::DEPTH.with(|d| (d.get() < Self::MAX).then(|| d.set(d.get() + 1))).map(|()| Nested)
+        Self::DEPTH.with(|d| (d.get() < Self::MAX).then(|| d.set(d.get() + 1))).map(|()| InlineDepth)
     }
 }
 
-impl Drop for Nested {
+impl Drop for InlineDepth {
     fn drop(&mut self) {
         Self::DEPTH.with(|d| d.set(d.get() - 1));
     }

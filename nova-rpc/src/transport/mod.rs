@@ -155,6 +155,17 @@ impl Delivery {
     }
 }
 
+/// How a delivery ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with it.
+    Ack,
+    /// Give it back to the queue.
+    Requeue,
+    /// Drop it (or dead-letter it).
+    Reject,
+}
+
 /// Settles a delivery with the broker.
 #[async_trait]
 pub trait Acknowledge: Send + Sync {

@@ -21,7 +21,7 @@ pub fn decode_message(body: &[u8]) -> Result<Map<String, Value>, Malformed> {
 /// unescaped inner text for the exact envelope, else through the general path.
 fn decode<T: Fields>(body: &[u8]) -> Result<T, Malformed> {
     if let Some(inner) = envelope::open_exact(body) {
-        return serde_json::from_str::<Collect<T>>(&inner).map(|c| c.0).map_err(inner_error);
+        return serde_json::from_str::<ReadFields<T>>(&inner).map(|c| c.0).map_err(inner_error);
     }
     let text = std::str::from_utf8(body).map_err(|e| Malformed::new(format!("body is not UTF-8: {e}")))?;
     let outer: Value = serde_json::from_str(text).map_err(|e| Malformed::new(format!("body is not JSON: {e}")))?;
@@ -30,7 +30,7 @@ fn decode<T: Fields>(body: &[u8]) -> Result<T, Malformed> {
     };
     let Some(version) = outer.get("oslo.version") else {
         // A bare message, from before the envelope: the body is the message.
-        return serde_json::from_str::<Collect<T>>(text).map(|c| c.0).map_err(inner_error);
+        return serde_json::from_str::<ReadFields<T>>(text).map(|c| c.0).map_err(inner_error);
     };
     let major = version.as_str().and_then(|v| v.split('.').next()).unwrap_or("");
     if major != "2" {
@@ -41,7 +41,7 @@ fn decode<T: Fields>(body: &[u8]) -> Result<T, Malformed> {
         Some(_) => return Err(Malformed::new("oslo.message is not a string")),
         None => return Err(Malformed::new("envelope has no oslo.message")),
     };
-    serde_json::from_str::<Collect<T>>(&inner).map(|c| c.0).map_err(inner_error)
+    serde_json::from_str::<ReadFields<T>>(&inner).map(|c| c.0).map_err(inner_error)
 }
 
 fn inner_error(e: serde_json::Error) -> Malformed {
@@ -65,24 +65,24 @@ impl Fields for Map<String, Value> {
 }
 
 /// Reads a JSON object into `T` key by key, never building the object.
-struct Collect<T>(T);
+struct ReadFields<T>(T);
 
-impl<'de, T: Fields> serde::Deserialize<'de> for Collect<T> {
+impl<'de, T: Fields> serde::Deserialize<'de> for ReadFields<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Keys<T>(std::marker::PhantomData<T>);
         impl<'de, T: Fields> serde::de::Visitor<'de> for Keys<T> {
-            type Value = Collect<T>;
+            type Value = ReadFields<T>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Collect<T>, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ReadFields<T>, A::Error> {
                 let mut fields = T::default();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                while let Some(ObjectKey(key)) = map.next_key::<ObjectKey<'de>>()? {
                     fields.accept(&key, &mut map)?;
                 }
-                Ok(Collect(fields))
+                Ok(ReadFields(fields))
             }
         }
         d.deserialize_map(Keys(std::marker::PhantomData))
@@ -90,27 +90,27 @@ impl<'de, T: Fields> serde::Deserialize<'de> for Collect<T> {
 }
 
 /// An object key, borrowed from the input where it has no escapes.
-struct Key<'de>(std::borrow::Cow<'de, str>);
+struct ObjectKey<'de>(std::borrow::Cow<'de, str>);
 
-impl<'de> serde::Deserialize<'de> for Key<'de> {
+impl<'de> serde::Deserialize<'de> for ObjectKey<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl<'de> serde::de::Visitor<'de> for Text {
-            type Value = Key<'de>;
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = ObjectKey<'de>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string key")
             }
 
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<ObjectKey<'de>, E> {
+                Ok(ObjectKey(std::borrow::Cow::Borrowed(v)))
             }
 
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            fn visit_str<E>(self, v: &str) -> Result<ObjectKey<'de>, E> {
+                Ok(ObjectKey(std::borrow::Cow::Owned(v.to_owned())))
             }
         }
-        d.deserialize_str(Text)
+        d.deserialize_str(KeyVisitor)
     }
 }
 
@@ -130,67 +130,67 @@ pub fn json_type(v: &Value) -> &'static str {
 /// is instead (a word for the error message). Reading it builds no
 /// [`Value`]: a string is read straight into its `String`, anything else
 /// is skipped.
-enum Text {
+enum StringOrType {
     Str(String),
     Other(&'static str),
 }
 
-impl Text {
+impl StringOrType {
     /// The string; `None` for anything else.
     fn into_string(self) -> Option<String> {
         match self {
-            Text::Str(s) => Some(s),
-            Text::Other(_) => None,
+            StringOrType::Str(s) => Some(s),
+            StringOrType::Other(_) => None,
         }
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Text {
+impl<'de> serde::Deserialize<'de> for StringOrType {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Any;
         impl<'de> serde::de::Visitor<'de> for Any {
-            type Value = Text;
+            type Value = StringOrType;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON value")
             }
 
-            fn visit_str<E>(self, v: &str) -> Result<Text, E> {
-                Ok(Text::Str(v.to_owned()))
+            fn visit_str<E>(self, v: &str) -> Result<StringOrType, E> {
+                Ok(StringOrType::Str(v.to_owned()))
             }
 
-            fn visit_string<E>(self, v: String) -> Result<Text, E> {
-                Ok(Text::Str(v))
+            fn visit_string<E>(self, v: String) -> Result<StringOrType, E> {
+                Ok(StringOrType::Str(v))
             }
 
-            fn visit_unit<E>(self) -> Result<Text, E> {
-                Ok(Text::Other("null"))
+            fn visit_unit<E>(self) -> Result<StringOrType, E> {
+                Ok(StringOrType::Other("null"))
             }
 
-            fn visit_bool<E>(self, _: bool) -> Result<Text, E> {
-                Ok(Text::Other("boolean"))
+            fn visit_bool<E>(self, _: bool) -> Result<StringOrType, E> {
+                Ok(StringOrType::Other("boolean"))
             }
 
-            fn visit_i64<E>(self, _: i64) -> Result<Text, E> {
-                Ok(Text::Other("number"))
+            fn visit_i64<E>(self, _: i64) -> Result<StringOrType, E> {
+                Ok(StringOrType::Other("number"))
             }
 
-            fn visit_u64<E>(self, _: u64) -> Result<Text, E> {
-                Ok(Text::Other("number"))
+            fn visit_u64<E>(self, _: u64) -> Result<StringOrType, E> {
+                Ok(StringOrType::Other("number"))
             }
 
-            fn visit_f64<E>(self, _: f64) -> Result<Text, E> {
-                Ok(Text::Other("number"))
+            fn visit_f64<E>(self, _: f64) -> Result<StringOrType, E> {
+                Ok(StringOrType::Other("number"))
             }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringOrType, A::Error> {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Text::Other("array"))
+                Ok(StringOrType::Other("array"))
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StringOrType, A::Error> {
                 while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Text::Other("object"))
+                Ok(StringOrType::Other("object"))
             }
         }
         d.deserialize_any(Any)
@@ -198,11 +198,11 @@ impl<'de> serde::Deserialize<'de> for Text {
 }
 
 /// A string, or nothing (absent or `null`); anything else is refused.
-fn opt_string(key: &str, v: Option<Text>) -> Result<Option<String>, String> {
+fn opt_string(key: &str, v: Option<StringOrType>) -> Result<Option<String>, String> {
     match v {
-        None | Some(Text::Other("null")) => Ok(None),
-        Some(Text::Str(s)) => Ok(Some(s)),
-        Some(Text::Other(kind)) => Err(format!("{key} must be a string, not {kind}")),
+        None | Some(StringOrType::Other("null")) => Ok(None),
+        Some(StringOrType::Str(s)) => Ok(Some(s)),
+        Some(StringOrType::Other(kind)) => Err(format!("{key} must be a string, not {kind}")),
     }
 }
 
@@ -214,14 +214,14 @@ fn raw<'de, A: serde::de::MapAccess<'de>>(map: &mut A) -> Result<Option<Payload>
 /// A request's keys as read, checked once all are in.
 #[derive(Default)]
 struct RequestFields {
-    method: Option<Text>,
+    method: Option<StringOrType>,
     args: Option<Payload>,
-    namespace: Option<Text>,
-    version: Option<Text>,
-    msg_id: Option<Text>,
-    reply_q: Option<Text>,
+    namespace: Option<StringOrType>,
+    version: Option<StringOrType>,
+    msg_id: Option<StringOrType>,
+    reply_q: Option<StringOrType>,
     timeout: Option<Value>,
-    unique_id: Option<Text>,
+    unique_id: Option<StringOrType>,
     context: crate::context::ContextFields,
 }
 
@@ -263,15 +263,16 @@ pub fn decode_request(body: &[u8]) -> Result<Request, Malformed> {
 /// Decode a request or cast from the inner message text itself (the
 /// `oslo.message` a signature vouched for; see [`crate::signing`]).
 pub fn decode_request_message(message: &str) -> Result<Request, Malformed> {
-    request_of(serde_json::from_str::<Collect<RequestFields>>(message).map(|c| c.0).map_err(inner_error)?)
+    request_of(serde_json::from_str::<ReadFields<RequestFields>>(message).map(|c| c.0).map_err(inner_error)?)
 }
 
 fn request_of(f: RequestFields) -> Result<Request, Malformed> {
-    let (msg_id, reply_q) = (f.msg_id.and_then(Text::into_string), f.reply_q.and_then(Text::into_string));
+    let (msg_id, reply_q) =
+        (f.msg_id.and_then(StringOrType::into_string), f.reply_q.and_then(StringOrType::into_string));
     let with_address = |reason: String| Malformed { reason, msg_id: msg_id.clone(), reply_q: reply_q.clone() };
     let method = match f.method {
-        Some(Text::Str(s)) => s,
-        Some(Text::Other(kind)) => return Err(with_address(format!("method must be a string, not {kind}"))),
+        Some(StringOrType::Str(s)) => s,
+        Some(StringOrType::Other(kind)) => return Err(with_address(format!("method must be a string, not {kind}"))),
         None => return Err(with_address("message has no method".into())),
     };
     let args = match f.args {
@@ -308,8 +309,8 @@ struct ReplyFields {
     result: Option<Payload>,
     failure: Option<Value>,
     ending: Option<Value>,
-    msg_id: Option<Text>,
-    unique_id: Option<Text>,
+    msg_id: Option<StringOrType>,
+    unique_id: Option<StringOrType>,
 }
 
 impl Fields for ReplyFields {
@@ -347,7 +348,7 @@ pub fn decode_reply(body: &[u8]) -> Result<Reply, Malformed> {
 /// Decode a reply from the inner message text itself (what a signature
 /// vouched for).
 pub fn decode_reply_message(message: &str) -> Result<Reply, Malformed> {
-    reply_of(serde_json::from_str::<Collect<ReplyFields>>(message).map(|c| c.0).map_err(inner_error)?)
+    reply_of(serde_json::from_str::<ReadFields<ReplyFields>>(message).map(|c| c.0).map_err(inner_error)?)
 }
 
 fn reply_of(f: ReplyFields) -> Result<Reply, Malformed> {

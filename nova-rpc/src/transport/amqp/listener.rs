@@ -49,7 +49,7 @@ use super::{
     topology::{Arg, Exchange, ExchangeKind, Queue, Subscription},
 };
 use crate::{
-    transport::{Acknowledge, Delivery, Flow, Health, Listener, ReplyQueue, ReplySink},
+    transport::{Acknowledge, Delivery, Flow, Health, Listener, ReplyQueue, ReplySink, Settle},
     Result, RpcError,
 };
 
@@ -616,12 +616,6 @@ impl ConsumeLoop {
 }
 
 struct AmqpAck(Acker);
-
-enum Settle {
-    Ack,
-    Requeue,
-    Reject,
-}
 
 /// How long settling a delivery may hold its request. A settle on a
 /// connection that has just died may never be answered; the broker then
