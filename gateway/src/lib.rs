@@ -410,32 +410,18 @@ async fn invoke(
         }
         gw.authorize(&format!("{topic}.{method}"), caller)?;
         let args = parse_body(&body)?;
-        let topic_name = topic.clone();
-        let mut target = Target::new(topic);
-        target.server = server;
-        target.namespace = q.namespace;
-        target.version = q.version;
-        let mut client = gw.client.with_target(target);
-        if let Some(t) = q.timeout {
-            if !(0.001..=3600.0).contains(&t) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "timeout must be between 0.001 and 3600 seconds",
-                ));
-            }
-            client = client.with_timeout(Duration::from_secs_f64(t));
-        }
+        let client = gw.client_for(&topic, server, &q)?;
+        let (topic_name, fanout) = (topic, q.fanout);
         let mut ctx = caller.context(id.clone());
         let span = traces::Root::enter(gw.tracer.as_ref(), &mut ctx, &topic_name, &method, call, &args);
         let outcome = async {
             if call {
-                if q.fanout {
+                if fanout {
                     return Err(ApiError::new(StatusCode::BAD_REQUEST, "InvalidTarget", "a call cannot be fanned out"));
                 }
                 Ok((StatusCode::OK, Json(client.call(&ctx, &method, args).await?)).into_response())
             } else {
-                client.with_fanout(q.fanout).cast(&ctx, &method, args).await?;
+                client.with_fanout(fanout).cast(&ctx, &method, args).await?;
                 Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
             }
         }
@@ -447,6 +433,23 @@ async fn invoke(
     }
     .await;
     with_request_id(outcome.unwrap_or_else(IntoResponse::into_response), &id)
+}
+
+impl Gateway {
+    /// The client a request to `topic` (and `server`) uses, with the
+    /// namespace, version and timeout its query asks for.
+    fn client_for(&self, topic: &str, server: Option<String>, q: &CallQuery) -> Result<RpcClient, ApiError> {
+        let mut target = Target::new(topic);
+        target.server = server;
+        target.namespace = q.namespace.clone();
+        target.version = q.version.clone();
+        let client = self.client.with_target(target);
+        match q.timeout {
+            None => Ok(client),
+            Some(t) if (0.001..=3600.0).contains(&t) => Ok(client.with_timeout(Duration::from_secs_f64(t))),
+            Some(_) => Err(ApiError::bad_request("timeout must be between 0.001 and 3600 seconds")),
+        }
+    }
 }
 
 type MaybeQuery = Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>;
@@ -616,6 +619,30 @@ async fn read_body(
     }
 }
 
+/// Serve one connection until it ends, or, once `stopped` turns true,
+/// until its request in flight is answered.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    header_read_timeout: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 /// Serve the gateway until `shutdown` resolves, then let the requests in
 /// flight finish. Each connection has `[api] header_read_timeout` to send
 /// its headers (hyper closes it otherwise) and, once the caller is
@@ -659,22 +686,9 @@ pub async fn serve(
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut stop = stopped.clone();
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(options.header_read_timeout);
+        let connection = serve_connection(stream, service, options.header_read_timeout, stopped.clone());
         tokio::spawn(async move {
-            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let stopping = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stopping => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            connection.await;
             drop((client, permit));
         });
     }

@@ -120,21 +120,7 @@ pub async fn run_periodic_tasks(
                 continue;
             }
             last[i] = Some(Instant::now());
-            tracing::debug!(task = %task.name, "running periodic task");
-            // A failure or a panic is logged; the task runs again at its next spacing.
-            let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (task.run)())) {
-                Ok(run) => std::panic::AssertUnwindSafe(run).catch_unwind().await,
-                Err(panic) => Err(panic),
-            };
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(task = %task.name, error = %e, "periodic task failed"),
-                Err(panic) => tracing::error!(
-                    task = %task.name,
-                    panic = panic_message(panic.as_ref()),
-                    "periodic task panicked; it runs again at its next spacing"
-                ),
-            }
+            run_guarded(task).await;
             if *stop.borrow() {
                 return;
             }
@@ -150,6 +136,25 @@ pub async fn run_periodic_tasks(
         if sleep_or_stop(idle, &mut stop).await {
             return;
         }
+    }
+}
+
+/// Run `task` once; a failure or a panic is logged, and the task runs
+/// again at its next spacing.
+async fn run_guarded(task: &PeriodicTask) {
+    tracing::debug!(task = %task.name, "running periodic task");
+    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (task.run)())) {
+        Ok(run) => std::panic::AssertUnwindSafe(run).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(task = %task.name, error = %e, "periodic task failed"),
+        Err(panic) => tracing::error!(
+            task = %task.name,
+            panic = panic_message(panic.as_ref()),
+            "periodic task panicked; it runs again at its next spacing"
+        ),
     }
 }
 

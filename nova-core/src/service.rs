@@ -259,44 +259,65 @@ impl Service {
     /// # });
     /// ```
     pub async fn start(self) -> Result<RunningService, ServiceError> {
-        let Service { info, manager, transport, records, options, layers } = self;
-        let hooks = manager.hooks.clone();
+        let hooks = self.manager.hooks.clone();
         let hook = |hook: &'static str| move |error| ServiceError::Hook { hook, error };
-        if let Some(r) = &records {
+        let (info, records) = (&self.info, &self.records);
+        if let Some(r) = records {
             match r.get(&info.host, &info.binary).await? {
                 Some(existing) => tracing::debug!(id = existing.id, "found existing service record"),
                 None => tracing::debug!("no service record yet"),
             }
         }
-        hooks.init_host(&info).await.map_err(hook("init_host"))?;
-        let record_id = match &records {
+        hooks.init_host(info).await.map_err(hook("init_host"))?;
+        let record_id = match records {
             Some(r) => Some(r.create_or_update(&info.host, &info.binary, &info.topic).await?.id),
             None => None,
         };
-        hooks.pre_start_hook(&info).await.map_err(hook("pre_start_hook"))?;
+        hooks.pre_start_hook(info).await.map_err(hook("pre_start_hook"))?;
+        let grace = self.options.graceful_shutdown_timeout;
+        let (main, work) = self.servers();
+        let servers = start_servers(main, work, grace).await?;
+        if let Err(e) = hooks.post_start_hook(info).await {
+            servers.stop(grace).await;
+            return Err(hook("post_start_hook")(e));
+        }
+        let (stop, stopped) = watch::channel(false);
+        let loops = self.loops(record_id, &servers, stopped);
+        let Service { info, manager, .. } = self;
+        tracing::info!(host = %info.host, binary = %info.binary, topic = %info.topic, manager = %manager.name, "service started");
+        Ok(RunningService { info, manager, servers, stop, loops, graceful: grace })
+    }
+
+    /// `server` with the service's layers: metrics, tracing, then its own.
+    fn layered(&self, mut server: RpcServer) -> RpcServer {
+        let (options, info) = (&self.options, &self.info);
+        if options.metrics {
+            server = server.with_layer(Arc::new(MetricsLayer));
+        }
+        if options.trace {
+            let tracer =
+                Tracer::new(self.transport.clone(), &info.binary, &info.host).with_sampler(options.trace_sampler);
+            server = server.with_layer(Arc::new(TraceLayer::new(tracer)));
+        }
+        for layer in self.layers.iter() {
+            server = server.with_layer(layer.clone());
+        }
+        server
+    }
+
+    /// The service's servers: its own (queue `topic.host`, the shared
+    /// queue, the fanout) and, for a manager with a work queue, the work
+    /// server. The shared queue of such a manager is served by the work
+    /// server: every method, each holding a slot while it runs. Its own
+    /// queue and fanout serve the rest, but not the work methods, which
+    /// would run there without a slot.
+    fn servers(&self) -> (RpcServer, Option<RpcServer>) {
+        let (info, manager, transport) = (&self.info, &self.manager, &self.transport);
         let admin_role = transport.options().signing.as_ref().and_then(|s| s.admin_role().map(str::to_owned));
         let base =
-            baseapi::endpoint(&info, &manager.name, std::slice::from_ref(&manager.endpoint), admin_role.as_deref());
+            baseapi::endpoint(info, &manager.name, std::slice::from_ref(&manager.endpoint), admin_role.as_deref());
         let base: Arc<dyn nova_rpc::dispatcher::Endpoint> = Arc::new(base);
         let target = Target::new(&info.topic).with_server(&info.host);
-        let layered = |mut server: RpcServer| {
-            if options.metrics {
-                server = server.with_layer(Arc::new(MetricsLayer));
-            }
-            if options.trace {
-                let tracer =
-                    Tracer::new(transport.clone(), &info.binary, &info.host).with_sampler(options.trace_sampler);
-                server = server.with_layer(Arc::new(TraceLayer::new(tracer)));
-            }
-            for layer in layers.iter() {
-                server = server.with_layer(layer.clone());
-            }
-            server
-        };
-        // The shared queue of a manager with a work queue is served by a
-        // work server: every method, each holding a slot while it runs. Its
-        // own queue and fanout serve the rest, but not the work methods,
-        // which would run there without a slot.
         let (endpoint, work) = match &manager.work {
             None => (manager.endpoint.clone(), None),
             Some(w) => {
@@ -309,47 +330,33 @@ impl Service {
                 }
                 let own: Arc<dyn nova_rpc::dispatcher::Endpoint> =
                     Arc::new(EndpointWithoutWork { inner: manager.endpoint.clone(), names: w.methods.clone() });
-                (own, Some(layered(server)))
+                (own, Some(self.layered(server)))
             }
         };
         let mut server = RpcServer::new(transport.clone(), target, Dispatcher::new(vec![endpoint, base]))
-            .with_executor_size(options.executor_thread_pool_size);
+            .with_executor_size(self.options.executor_thread_pool_size);
         if work.is_some() {
             server = server.without_shared_queue();
         }
-        // The two servers declare different queues: they connect and
-        // declare at the same time, and if either fails the other stops.
-        let work = async {
-            match work {
-                Some(w) => w.start().await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let grace = options.graceful_shutdown_timeout;
-        let servers = match tokio::join!(layered(server).start(), work) {
-            (Ok(main), Ok(work)) => Servers { main, work },
-            (Err(e), Ok(Some(work))) => {
-                work.stop(grace).await;
-                return Err(e.into());
-            }
-            (Ok(main), Err(e)) => {
-                main.stop(grace).await;
-                return Err(e.into());
-            }
-            (Err(e), _) => return Err(e.into()),
-        };
-        let (stop, stopped) = watch::channel(false);
+        (self.layered(server), work)
+    }
+
+    /// The report loop (with a record to report into) and the periodic
+    /// loop, as the options say.
+    fn loops(
+        &self,
+        record_id: Option<i64>,
+        servers: &Servers,
+        stopped: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let options = &self.options;
         let mut loops = Vec::new();
-        if let Err(e) = hooks.post_start_hook(&info).await {
-            servers.stop(options.graceful_shutdown_timeout).await;
-            return Err(hook("post_start_hook")(e));
-        }
-        if let (Some(r), Some(id)) = (&records, record_id) {
+        if let (Some(r), Some(id)) = (&self.records, record_id) {
             if !options.report_interval.is_zero() {
                 let report = Report {
                     records: r.clone(),
                     id,
-                    info: info.clone(),
+                    info: self.info.clone(),
                     every: options.report_interval,
                     health: servers.health(),
                     deaf_limit: options.service_down_time,
@@ -359,14 +366,37 @@ impl Service {
         }
         if options.periodic_enable {
             loops.push(tokio::spawn(periodic::run_periodic_tasks(
-                manager.periodic_tasks.clone(),
+                self.manager.periodic_tasks.clone(),
                 options.periodic_fuzzy_delay,
                 options.periodic_interval_max,
                 stopped,
             )));
         }
-        tracing::info!(host = %info.host, binary = %info.binary, topic = %info.topic, manager = %manager.name, "service started");
-        Ok(RunningService { info, manager, servers, stop, loops, graceful: options.graceful_shutdown_timeout })
+        loops
+    }
+}
+
+/// Start the main server and the work server together: they declare
+/// different queues, connect and declare at the same time, and if either
+/// fails the other stops.
+async fn start_servers(main: RpcServer, work: Option<RpcServer>, grace: Duration) -> Result<Servers, ServiceError> {
+    let work = async {
+        match work {
+            Some(w) => w.start().await.map(Some),
+            None => Ok(None),
+        }
+    };
+    match tokio::join!(main.start(), work) {
+        (Ok(main), Ok(work)) => Ok(Servers { main, work }),
+        (Err(e), Ok(Some(work))) => {
+            work.stop(grace).await;
+            Err(e.into())
+        }
+        (Ok(main), Err(e)) => {
+            main.stop(grace).await;
+            Err(e.into())
+        }
+        (Err(e), _) => Err(e.into()),
     }
 }
 

@@ -376,13 +376,7 @@ impl RpcClient {
     }
 
     async fn call_args(&self, ctx: &RequestContext, method: &str, args: Args) -> Result<Payload> {
-        if self.target.fanout {
-            return Err(RpcError::InvalidTarget {
-                target: self.target.to_string(),
-                reason: "a call cannot be fanned out".into(),
-            });
-        }
-        self.check_version()?;
+        self.check_callable()?;
         let timeout = self.timeout.unwrap_or(self.shared.transport.options().rpc_response_timeout);
         let started = Instant::now();
         let deadline = started + timeout;
@@ -424,16 +418,18 @@ impl RpcClient {
         expected.sent();
         // The router closes the inbox once the call is past its deadline
         // (or its call-monitor timeout passed without a heartbeat).
-        loop {
-            let Some(reply) = expected.next().await else { return Err(timed_out()) };
-            if !reply.ending {
-                continue;
-            }
-            return match reply.failure {
-                Some(failure) => Err(RpcError::from_failure(failure)),
-                None => Ok(reply.result),
-            };
+        expected.ending().await.ok_or_else(timed_out)?
+    }
+
+    /// A call goes to one server (or the topic), at a version the cap allows.
+    fn check_callable(&self) -> Result<()> {
+        if self.target.fanout {
+            return Err(RpcError::InvalidTarget {
+                target: self.target.to_string(),
+                reason: "a call cannot be fanned out".into(),
+            });
         }
+        self.check_version()
     }
 
     /// Call and deserialise the result into `T`.

@@ -25,7 +25,7 @@ use crate::{
     lock,
     transport::{ReplyQueue, Transport},
     wire::{self, Reply},
-    Result,
+    Payload, Result, RpcError,
 };
 
 /// Where one call's replies wait for it: what a channel does, in one
@@ -316,6 +316,21 @@ pub(crate) struct Expected<'a> {
 }
 
 impl Expected<'_> {
+    /// The call's answer: its ending reply's result or failure, the
+    /// heartbeats and partial replies before it skipped; `None` once the
+    /// inbox closed (the deadline, or a call-monitor timeout, passed).
+    pub(crate) async fn ending(&mut self) -> Option<crate::Result<Payload>> {
+        loop {
+            let reply = self.next().await?;
+            if reply.ending {
+                return Some(match reply.failure {
+                    Some(failure) => Err(RpcError::from_failure(failure)),
+                    None => Ok(reply.result),
+                });
+            }
+        }
+    }
+
     /// The request is on its way: a call-monitor timeout starts counting.
     pub(crate) fn sent(&self) {
         if let Some(monitor) = self.monitor {

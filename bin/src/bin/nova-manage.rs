@@ -104,42 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let records = ServiceRecords::new(db);
     let (host, binary, action) = match cmd {
         ServiceCommand::List { json, topic } => {
-            let now = chrono::Utc::now().naive_utc();
-            let rows = records.list(topic.as_deref()).await?;
-            if json {
-                let out: Vec<_> = rows
-                    .iter()
-                    .map(|r| {
-                        let mut v = serde_json::to_value(r).unwrap_or_default();
-                        v["state"] = (if is_up(r, options.service_down_time, now) { "up" } else { "down" }).into();
-                        v["status"] = (if r.disabled { "disabled" } else { "enabled" }).into();
-                        v
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                println!(
-                    "{:<5} {:<20} {:<16} {:<12} {:<6} {:<9} {:<20} Disabled Reason",
-                    "Id", "Host", "Binary", "Topic", "State", "Status", "Updated At"
-                );
-                for r in rows {
-                    let state = if is_up(&r, options.service_down_time, now) { "up" } else { "down" };
-                    let status = if r.disabled { "disabled" } else { "enabled" };
-                    let updated = r.updated_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-                    println!(
-                        "{:<5} {:<20} {:<16} {:<12} {:<6} {:<9} {:<20} {}",
-                        r.id,
-                        r.host,
-                        r.binary,
-                        r.topic,
-                        state,
-                        status,
-                        updated,
-                        r.disabled_reason.unwrap_or_default()
-                    );
-                }
-            }
-            return Ok(());
+            return list(&records, topic.as_deref(), options.service_down_time, json).await;
         }
         ServiceCommand::Enable { host, binary } => (host, binary, AdminAction::Enable),
         ServiceCommand::Disable { host, binary, reason } => (host, binary, AdminAction::Disable(reason)),
@@ -150,6 +115,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("no service {binary} on host {host}");
     }
     println!("{action:?}: {binary} on {host}");
+    Ok(())
+}
+
+/// `nova-manage service list`: a table, or JSON, with each record's state.
+async fn list(
+    records: &ServiceRecords,
+    topic: Option<&str>,
+    down_after: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().naive_utc();
+    let rows = records.list(topic).await?;
+    let state = |r: &nova_core::db::services::ServiceRecord| if is_up(r, down_after, now) { "up" } else { "down" };
+    let status = |r: &nova_core::db::services::ServiceRecord| if r.disabled { "disabled" } else { "enabled" };
+    if json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["state"] = state(r).into();
+                v["status"] = status(r).into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<20} {:<16} {:<12} {:<6} {:<9} {:<20} Disabled Reason",
+        "Id", "Host", "Binary", "Topic", "State", "Status", "Updated At"
+    );
+    for r in &rows {
+        let updated = r.updated_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+        let reason = r.disabled_reason.as_deref().unwrap_or_default();
+        let (id, host, binary, topic) = (r.id, &r.host, &r.binary, &r.topic);
+        let (state, status) = (state(r), status(r));
+        println!("{id:<5} {host:<20} {binary:<16} {topic:<12} {state:<6} {status:<9} {updated:<20} {reason}");
+    }
     Ok(())
 }
 

@@ -5,12 +5,16 @@
 //! so with exit code 4; anything else exits 3. Exit code 2 is clap's: the
 //! command line itself was wrong. `--help` shows the table.
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use nova_bin::cli::{mount, tasks_api};
 use nova_core::config::CommonArgs;
-use nova_rpc::{layer::trace, transport, RequestContext, RpcClient, RpcError, Target};
+use nova_rpc::{
+    layer::trace,
+    transport::{self, Transport},
+    RequestContext, RpcClient, RpcError, Target,
+};
 
 /// What `--help` says of exit codes.
 const EXIT_CODES: &str = "Exit codes:
@@ -231,88 +235,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     // CLI's direct calls see every project's tasks.
     let ctx = RequestContext::new().with_roles(["admin"]);
     let outcome = match cli.command {
-        Command::Call { to, method, args, timeout, trace } => {
-            let args = parse_args(&args)?;
-            let mut ctx = ctx.clone();
-            if trace {
-                // The CLI is where this request enters: it decides, and every hop follows.
-                let id = ctx.request_id.clone();
-                trace::enter(&mut ctx, &id, &trace::new_span_id(), true);
-                eprintln!("request id: {id}");
-            }
-            let mut c = client(t.clone(), &to);
-            if let Some(s) = timeout {
-                c = c.with_timeout(Duration::from_secs_f64(s.max(0.001)));
-            }
-            let result = c.call(&ctx, &method, args).await?;
-            println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
-            Ok(())
-        }
+        Command::Call { to, method, args, timeout, trace } => call(&t, ctx, &to, &method, &args, timeout, trace).await,
         Command::Cast { to, method, args, fanout } => {
             let args = parse_args(&args)?;
-            client(t.clone(), &to).with_fanout(fanout).cast(&ctx, &method, args).await?;
-            Ok(())
+            client(t.clone(), &to).with_fanout(fanout).cast(&ctx, &method, args).await.map_err(Failure::from)
         }
-        Command::LogLevel { topic, filter, server, fanout } => {
-            let to = Address { topic, server, namespace: Some("baseapi".into()), version: Some("1.1".into()) };
-            let c = client(t.clone(), &to);
-            match (filter, fanout) {
-                (Some(f), true) => {
-                    c.with_fanout(true).cast(&ctx, "set_log_level", serde_json::json!({ "filter": f })).await?
-                }
-                (Some(f), false) => {
-                    println!("{}", c.call(&ctx, "set_log_level", serde_json::json!({ "filter": f })).await?)
-                }
-                (None, _) => println!("{}", c.call(&ctx, "get_log_level", serde_json::json!({})).await?),
-            }
-            Ok(())
-        }
-        Command::Trace { request_id } => {
-            let c = RpcClient::new(t.clone(), Target::new(trace::TRACE_TOPIC));
-            let spans: Vec<trace::Span> =
-                c.call_as(&ctx, "get_trace", serde_json::json!({ "trace_id": request_id })).await?;
-            if spans.is_empty() {
-                return Err(Failure::Usage(format!("no trace {request_id} (is a trace collector running?)")));
-            }
-            for (depth, s) in trace::walk(&spans) {
-                let outcome = if s.outcome == "ok" { String::new() } else { format!("  [{}]", s.outcome) };
-                println!(
-                    "{:indent$}{}.{}  {} on {}  {:.2} ms{outcome}",
-                    "",
-                    s.topic,
-                    s.method,
-                    s.service,
-                    s.host,
-                    s.duration_ms,
-                    indent = depth * 2
-                );
-            }
-            Ok(())
-        }
+        Command::LogLevel { topic, filter, server, fanout } => log_level(&t, &ctx, topic, server, filter, fanout).await,
+        Command::Trace { request_id } => show_trace(&t, &ctx, &request_id).await,
         Command::Queues { topics, server, management_url } => {
-            let topics = if topics.is_empty() { vec!["compute".into(), "scheduler".into()] } else { topics };
-            let mut names = Vec::new();
-            for topic in &topics {
-                names.push(topic.clone());
-                names.extend(server.iter().map(|s| format!("{topic}.{s}")));
-            }
-            let mut stats = t.queue_stats(&names).await?;
             let management =
                 management_url.or_else(|| setup.config.raw("api", "rabbit_management_url").map(str::to_owned));
-            if let Some(api) = management.filter(|u| !u.is_empty()) {
-                nova_gateway::queues::fill(&mut stats, &api, &t.options().transport_url)
-                    .await
-                    .map_err(|e| Failure::Usage(e.to_string()))?;
-            }
-            println!("{:<40} {:>10} {:>10} {:>12}", "QUEUE", "MESSAGES", "CONSUMERS", "OLDEST (s)");
-            for q in &stats {
-                let age = q.oldest_age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}"));
-                println!("{:<40} {:>10} {:>10} {:>12}", q.queue, q.messages, q.consumers, age);
-            }
-            for missing in names.iter().filter(|n| !stats.iter().any(|q| &q.queue == *n)) {
-                eprintln!("{missing}: no such queue");
-            }
-            Ok(())
+            queues(&t, topics, server, management).await
         }
         Command::Task { api, command } => task(&tasks_api(&setup.config, api)?, command).await,
         Command::Mount { api, dir } => mount::mount(tasks_api(&setup.config, api)?, &dir)
@@ -321,6 +254,97 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     t.close().await;
     outcome
+}
+
+/// `nova-rpc call`: print the result; with `trace`, this request is traced
+/// from here (the CLI is where it enters: it decides, and every hop follows).
+async fn call(
+    t: &Arc<dyn Transport>,
+    mut ctx: RequestContext,
+    to: &Address,
+    method: &str,
+    args: &str,
+    timeout: Option<f64>,
+    traced: bool,
+) -> Result<(), Failure> {
+    let args = parse_args(args)?;
+    if traced {
+        let id = ctx.request_id.clone();
+        trace::enter(&mut ctx, &id, &trace::new_span_id(), true);
+        eprintln!("request id: {id}");
+    }
+    let mut c = client(t.clone(), to);
+    if let Some(s) = timeout {
+        c = c.with_timeout(Duration::from_secs_f64(s.max(0.001)));
+    }
+    let result = c.call(&ctx, method, args).await?;
+    println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+    Ok(())
+}
+
+/// `nova-rpc log-level`: read or set a service's log filter.
+async fn log_level(
+    t: &Arc<dyn Transport>,
+    ctx: &RequestContext,
+    topic: String,
+    server: Option<String>,
+    filter: Option<String>,
+    fanout: bool,
+) -> Result<(), Failure> {
+    let to = Address { topic, server, namespace: Some("baseapi".into()), version: Some("1.1".into()) };
+    let c = client(t.clone(), &to);
+    match (filter, fanout) {
+        (Some(f), true) => c.with_fanout(true).cast(ctx, "set_log_level", serde_json::json!({ "filter": f })).await?,
+        (Some(f), false) => println!("{}", c.call(ctx, "set_log_level", serde_json::json!({ "filter": f })).await?),
+        (None, _) => println!("{}", c.call(ctx, "get_log_level", serde_json::json!({})).await?),
+    }
+    Ok(())
+}
+
+/// `nova-rpc trace`: a request's spans as an indented tree.
+async fn show_trace(t: &Arc<dyn Transport>, ctx: &RequestContext, request_id: &str) -> Result<(), Failure> {
+    let c = RpcClient::new(t.clone(), Target::new(trace::TRACE_TOPIC));
+    let spans: Vec<trace::Span> = c.call_as(ctx, "get_trace", serde_json::json!({ "trace_id": request_id })).await?;
+    if spans.is_empty() {
+        return Err(Failure::Usage(format!("no trace {request_id} (is a trace collector running?)")));
+    }
+    for (depth, s) in trace::walk(&spans) {
+        let outcome = if s.outcome == "ok" { String::new() } else { format!("  [{}]", s.outcome) };
+        let (what, indent) = (format!("{}.{}", s.topic, s.method), depth * 2);
+        println!("{:indent$}{what}  {} on {}  {:.2} ms{outcome}", "", s.service, s.host, s.duration_ms);
+    }
+    Ok(())
+}
+
+/// `nova-rpc queues`: backlog, consumers and (with the management API)
+/// the oldest message's age of each topic's queues.
+async fn queues(
+    t: &Arc<dyn Transport>,
+    topics: Vec<String>,
+    server: Vec<String>,
+    management: Option<String>,
+) -> Result<(), Failure> {
+    let topics = if topics.is_empty() { vec!["compute".into(), "scheduler".into()] } else { topics };
+    let mut names = Vec::new();
+    for topic in &topics {
+        names.push(topic.clone());
+        names.extend(server.iter().map(|s| format!("{topic}.{s}")));
+    }
+    let mut stats = t.queue_stats(&names).await?;
+    if let Some(api) = management.filter(|u| !u.is_empty()) {
+        nova_gateway::queues::fill(&mut stats, &api, &t.options().transport_url)
+            .await
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+    }
+    println!("{:<40} {:>10} {:>10} {:>12}", "QUEUE", "MESSAGES", "CONSUMERS", "OLDEST (s)");
+    for q in &stats {
+        let age = q.oldest_age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}"));
+        println!("{:<40} {:>10} {:>10} {:>12}", q.queue, q.messages, q.consumers, age);
+    }
+    for missing in names.iter().filter(|n| !stats.iter().any(|q| &q.queue == *n)) {
+        eprintln!("{missing}: no such queue");
+    }
+    Ok(())
 }
 
 /// The gateway's tasks API: `--api`, else `http://` + `[api] listen`.
@@ -350,30 +374,11 @@ async fn task(api: &tasks_api::TasksApi, command: TaskCommand) -> Result<(), Fai
         TaskCommand::Submit { name, args, id, callback_url, wait } => {
             let new = tasks_api::NewTask { name, args, task_id: id, callback_url };
             let task = api.submit(&new).await?;
-            if !wait {
-                println!("{}", task.task_id);
-                return Ok(());
-            }
-            let mut out = std::io::stdout();
-            api.output(&task.task_id, "stdout", true, |chunk| {
-                let _ = out.write_all(chunk);
-                let _ = out.flush();
-            })
-            .await?;
-            let done = api.show(&task.task_id).await?;
-            if done.status == TaskStatus::Succeeded {
-                Ok(())
+            if wait {
+                follow_to_the_end(api, &task.task_id).await
             } else {
-                Err(Failure::Api(tasks_api::ApiFailure::Refused {
-                    status: 200,
-                    class: "TaskFailed".into(),
-                    message: format!(
-                        "task {} {}: {}",
-                        done.task_id,
-                        done.status.as_str(),
-                        done.error.unwrap_or_default()
-                    ),
-                }))
+                println!("{}", task.task_id);
+                Ok(())
             }
         }
         TaskCommand::List { status, host } => {
@@ -406,6 +411,24 @@ async fn task(api: &tasks_api::TasksApi, command: TaskCommand) -> Result<(), Fai
             Ok(())
         }
     }
+}
+
+/// `task submit --wait`: print the task's output as it comes, and fail
+/// unless it succeeded.
+async fn follow_to_the_end(api: &tasks_api::TasksApi, task_id: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    api.output(task_id, "stdout", true, |chunk| {
+        let _ = out.write_all(chunk);
+        let _ = out.flush();
+    })
+    .await?;
+    let done = api.show(task_id).await?;
+    if done.status == nova_services::api::compute::TaskStatus::Succeeded {
+        return Ok(());
+    }
+    let message = format!("task {} {}: {}", done.task_id, done.status.as_str(), done.error.unwrap_or_default());
+    Err(Failure::Api(tasks_api::ApiFailure::Refused { status: 200, class: "TaskFailed".into(), message }))
 }
 
 fn main() -> ExitCode {

@@ -175,27 +175,35 @@ impl Database {
         const TABLE: &str =
             "CREATE TABLE IF NOT EXISTS nova_migrations (id VARCHAR(255) PRIMARY KEY, applied_at TIMESTAMP NOT NULL)";
         let now = chrono::Utc::now().naive_utc();
-        match self {
-            Database::Sqlite(pool) => {
-                sqlx::raw_sql(TABLE).execute(pool).await.map_err(DbError::sql("creating nova_migrations"))?;
+        // The same steps on either database, through `$on` (a pool, or a
+        // transaction re-borrowed at each use), with `$sql` the migration's
+        // text for that database.
+        macro_rules! apply {
+            ($on:expr, $sql:ident) => {
+                sqlx::raw_sql(TABLE).execute($on).await.map_err(DbError::sql("creating nova_migrations"))?;
                 for m in migrations {
                     let done: Option<(String,)> = sqlx::query_as("SELECT id FROM nova_migrations WHERE id = $1")
                         .bind(m.id)
-                        .fetch_optional(pool)
+                        .fetch_optional($on)
                         .await
                         .map_err(DbError::sql("reading nova_migrations"))?;
                     if done.is_some() {
                         continue;
                     }
-                    sqlx::raw_sql(m.sqlite).execute(pool).await.map_err(DbError::sql(format!("migration {}", m.id)))?;
+                    sqlx::raw_sql(m.$sql).execute($on).await.map_err(DbError::sql(format!("migration {}", m.id)))?;
                     sqlx::query("INSERT INTO nova_migrations (id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                         .bind(m.id)
                         .bind(now)
-                        .execute(pool)
+                        .execute($on)
                         .await
                         .map_err(DbError::sql("recording a migration"))?;
                     tracing::info!(migration = m.id, "applied migration");
                 }
+            };
+        }
+        match self {
+            Database::Sqlite(pool) => {
+                apply!(pool, sqlite);
             }
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(DbError::sql("starting migrations"))?;
@@ -204,28 +212,7 @@ impl Database {
                     .execute(&mut *tx)
                     .await
                     .map_err(DbError::sql("locking for migrations"))?;
-                sqlx::raw_sql(TABLE).execute(&mut *tx).await.map_err(DbError::sql("creating nova_migrations"))?;
-                for m in migrations {
-                    let done: Option<(String,)> = sqlx::query_as("SELECT id FROM nova_migrations WHERE id = $1")
-                        .bind(m.id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(DbError::sql("reading nova_migrations"))?;
-                    if done.is_some() {
-                        continue;
-                    }
-                    sqlx::raw_sql(m.postgres)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(DbError::sql(format!("migration {}", m.id)))?;
-                    sqlx::query("INSERT INTO nova_migrations (id, applied_at) VALUES ($1, $2)")
-                        .bind(m.id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(DbError::sql("recording a migration"))?;
-                    tracing::info!(migration = m.id, "applied migration");
-                }
+                apply!(&mut *tx, postgres);
                 tx.commit().await.map_err(DbError::sql("committing migrations"))?;
             }
         }

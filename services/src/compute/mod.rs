@@ -146,6 +146,42 @@ fn allow_list(c: &nova_core::config::Config) -> Result<Commands, String> {
     Commands::parse(entries).map_err(|e| e.to_string())?.with_arg_rules(&rules).map_err(|e| e.to_string())
 }
 
+/// `[compute] task_*`: what every task runs under.
+fn task_limits(c: &nova_core::config::Config) -> Result<TaskLimits, BoxError> {
+    let seconds = |name: &str| -> Result<Duration, BoxError> {
+        let s: f64 = c.require("compute", name)?;
+        Ok(Duration::from_secs_f64(s.clamp(0.0, 1e7)))
+    };
+    let text = |name: &str| -> Result<String, BoxError> { Ok(c.get::<String>("compute", name)?.unwrap_or_default()) };
+    Ok(TaskLimits {
+        env: TaskLimits::env_from(&text("task_env")?),
+        kill_grace: seconds("task_kill_grace")?,
+        timeout: Some(seconds("task_timeout")?).filter(|t| !t.is_zero()),
+        user: TaskLimits::user_from(&text("task_user")?)?,
+        rlimits: TaskLimits::rlimits_from(&text("task_rlimits")?)?,
+        cgroups: match text("task_cgroups")?.as_str() {
+            "off" => None,
+            "auto" | "" => cgroup::TaskCgroups::detect().map(Arc::new),
+            other => return Err(format!("[compute] task_cgroups: {other:?} is not auto or off").into()),
+        },
+    })
+}
+
+/// `[compute] callback_*`: the client callbacks are posted with.
+fn callbacks(c: &nova_core::config::Config) -> Result<HttpClient, BoxError> {
+    let allowed_hosts: Vec<String> = c
+        .get::<String>("compute", "callback_allowed_hosts")?
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let callback_ca =
+        c.get::<String>("compute", "callback_ca_file")?.filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    let callback_proxy = c.get::<String>("compute", "callback_proxy")?.filter(|p| !p.is_empty());
+    Ok(HttpClient::guarded_via(&allowed_hosts, callback_ca.as_deref(), callback_proxy.as_deref())?)
+}
+
 /// `wait_task`s one host lets wait at once. A wait holds no request slot
 /// (see `wait_task`), so this, not `executor_thread_pool_size`, bounds them.
 pub const MAX_WAITERS: usize = 1024;
@@ -212,32 +248,7 @@ impl ComputeManager {
                 )
             }
         };
-        let seconds = |name: &str| -> Result<Duration, BoxError> {
-            let s: f64 = c.require("compute", name)?;
-            Ok(Duration::from_secs_f64(s.clamp(0.0, 1e7)))
-        };
-        let allowed_hosts: Vec<String> = c
-            .get::<String>("compute", "callback_allowed_hosts")?
-            .unwrap_or_default()
-            .split(',')
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .collect();
-        let callback_ca =
-            c.get::<String>("compute", "callback_ca_file")?.filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
-        let callback_proxy = c.get::<String>("compute", "callback_proxy")?.filter(|p| !p.is_empty());
-        let limits = TaskLimits {
-            env: TaskLimits::env_from(&c.get::<String>("compute", "task_env")?.unwrap_or_default()),
-            kill_grace: seconds("task_kill_grace")?,
-            timeout: Some(seconds("task_timeout")?).filter(|t| !t.is_zero()),
-            user: TaskLimits::user_from(&c.get::<String>("compute", "task_user")?.unwrap_or_default())?,
-            rlimits: TaskLimits::rlimits_from(&c.get::<String>("compute", "task_rlimits")?.unwrap_or_default())?,
-            cgroups: match c.get::<String>("compute", "task_cgroups")?.as_deref().unwrap_or("auto") {
-                "off" => None,
-                "auto" => cgroup::TaskCgroups::detect().map(Arc::new),
-                other => return Err(format!("[compute] task_cgroups: {other:?} is not auto or off").into()),
-            },
-        };
+        let limits = task_limits(c)?;
         Ok(Self::new(
             &deps.service.host,
             commands,
@@ -249,11 +260,7 @@ impl ComputeManager {
         )
         .with_task_limits(limits)
         .with_at_least_once(at_least_once)
-        .with_callbacks(HttpClient::guarded_via(
-            &allowed_hosts,
-            callback_ca.as_deref(),
-            callback_proxy.as_deref(),
-        )?))
+        .with_callbacks(callbacks(c)?))
     }
 
     /// Submitted tasks acknowledged when they end, and dead-lettered after
@@ -558,6 +565,56 @@ fn check_task_id(task_id: &str) -> Result<(), ComputeError> {
     }
 }
 
+/// How long a `wait_task` waits: no longer than asked (30 s when not
+/// said), and short of when its caller stops waiting, so that it hears
+/// "still running" rather than a timeout.
+fn wait_for(timeout: Option<f64>) -> Duration {
+    let asked = Duration::from_secs_f64(timeout.unwrap_or(30.0).clamp(0.0, 3600.0));
+    match nova_rpc::server::deadline() {
+        Some(caller) => {
+            let left = caller.saturating_duration_since(std::time::Instant::now());
+            asked.min(left - (left / 10).min(Duration::from_secs(1)))
+        }
+        None => asked,
+    }
+}
+
+impl ComputeManager {
+    /// A task refused before it ran. Refused arguments are recorded, so a
+    /// caller that cast it (the scheduler places tasks by cast) reads why;
+    /// a command not allowed is only answered.
+    async fn refuse(&self, mut info: TaskInfo, refused: commands::CommandRefused) -> ComputeError {
+        if !matches!(refused, commands::CommandRefused::Arguments { .. }) {
+            return refused.into();
+        }
+        let refused = ComputeError::from(refused);
+        info.status = TaskStatus::Failed;
+        info.error = Some(refused.to_string());
+        info.finished_at = Some(chrono::Utc::now().naive_utc());
+        if let Err(e) = self.store.insert(&info).await {
+            return e.into();
+        }
+        self.started.notify_waiters();
+        refused
+    }
+
+    /// Start `info` in the free `slot`, which it holds until it ends.
+    async fn run_in(self: &Arc<Self>, slot: OwnedSemaphorePermit, info: TaskInfo) -> Result<RunOutcome, ComputeError> {
+        Ok(match self.start(info).await? {
+            Ok(task) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.clone().finish(task).await;
+                    drop(slot);
+                    let _ = me.report_capacity(RequestContext::new()).await;
+                });
+                RunOutcome { started: true, reason: None }
+            }
+            Err(failed) => RunOutcome { started: false, reason: failed.error },
+        })
+    }
+}
+
 impl ComputeApi for ComputeManager {
     async fn run_task(
         self: &Arc<Self>,
@@ -571,22 +628,10 @@ impl ComputeApi for ComputeManager {
         let _arriving = Arriving::new(self, &task_id);
         check_task_id(&task_id)?;
         let checked = self.commands().command_line(&name, &args);
-        let mut info =
+        let info =
             TaskInfo::queued(task_id.clone(), self.host.clone(), name, args, notify, callback_url).owned_by(&ctx);
-        match checked {
-            Ok(_) => {}
-            Err(refused @ commands::CommandRefused::Arguments { .. }) => {
-                // The task is recorded as refused, so a caller that cast it
-                // (the scheduler places tasks by cast) reads why.
-                let refused = ComputeError::from(refused);
-                info.status = TaskStatus::Failed;
-                info.error = Some(refused.to_string());
-                info.finished_at = Some(chrono::Utc::now().naive_utc());
-                self.store.insert(&info).await?;
-                self.started.notify_waiters();
-                return Err(refused);
-            }
-            Err(not_allowed) => return Err(not_allowed.into()),
+        if let Err(refused) = checked {
+            return Err(self.refuse(info, refused).await);
         }
         // Held until the task is either started or registered as queued, so
         // a kill never finds it in neither place.
@@ -597,19 +642,7 @@ impl ComputeApi for ComputeManager {
         }
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             drop(queued);
-            let task = self.start(info).await?;
-            return Ok(match task {
-                Ok(task) => {
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        me.clone().finish(task).await;
-                        drop(slot);
-                        let _ = me.report_capacity(RequestContext::new()).await;
-                    });
-                    RunOutcome { started: true, reason: None }
-                }
-                Err(failed) => RunOutcome { started: false, reason: failed.error },
-            });
+            return self.run_in(slot, info).await;
         }
         let (cancel, cancelled) = oneshot::channel();
         queued.insert(task_id.clone(), cancel);
@@ -665,16 +698,7 @@ impl ComputeApi for ComputeManager {
         let _waiter =
             self.waiters.clone().try_acquire_owned().map_err(|_| ComputeError::TooManyWaiters(MAX_WAITERS))?;
         nova_rpc::server::release_slot();
-        // No longer than asked, and short of when the caller stops waiting,
-        // so that it hears "still running" rather than a timeout.
-        let asked = Duration::from_secs_f64(timeout.unwrap_or(30.0).clamp(0.0, 3600.0));
-        let wait = match nova_rpc::server::deadline() {
-            Some(caller) => {
-                let left = caller.saturating_duration_since(std::time::Instant::now());
-                asked.min(left - (left / 10).min(Duration::from_secs(1)))
-            }
-            None => asked,
-        };
+        let wait = wait_for(timeout);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before looking, so a start in between is not missed.
