@@ -24,6 +24,7 @@ pub(crate) fn client(spec: &ClientSpec<'_>) -> Tokens {
     let with_namespace = spec.namespace.map(|n| quote!(.with_namespace(#n)));
     let doc = format!("Typed RPC client for [`{}`], pinned to API version {version}.", spec.api);
     let methods = spec.methods.iter().map(method);
+    let setup = setup(version, with_namespace);
     quote! {
         #[doc = #doc]
         #[derive(Debug, Clone)]
@@ -32,50 +33,58 @@ pub(crate) fn client(spec: &ClientSpec<'_>) -> Tokens {
         }
 
         impl #ident {
-            /// The API version this client sends.
-            pub const VERSION: &'static str = #version;
-
-            /// Connect to the broker at `url` (`rabbit://user:pass@host:5672/`,
-            /// `memory://name`) and aim at `topic`, where the API is served.
-            ///
-            /// # Errors
-            ///
-            /// A URL that cannot be read, or a broker that cannot be reached.
-            pub async fn connect(url: &str, topic: &str) -> ::core::result::Result<Self, #p::RpcError> {
-                ::core::result::Result::Ok(Self::new(#p::RpcClient::connect(url, #p::Target::new(topic)).await?))
-            }
-
-            /// Wrap an [`RpcClient`](nova_rpc::RpcClient) aimed at the API's topic.
-            pub fn new(client: #p::RpcClient) -> Self {
-                Self { client: client.with_version(#version) #with_namespace }
-            }
-
-            /// The same client, aimed at one server (`topic.host`).
-            pub fn with_server(&self, host: impl ::core::convert::Into<::std::string::String>) -> Self {
-                Self { client: self.client.with_server(host) }
-            }
-
-            /// The same client, to every server of the topic (casts only).
-            pub fn with_fanout(&self) -> Self {
-                Self { client: self.client.with_fanout(true) }
-            }
-
-            /// The same client, capped at `cap` (Nova's `version_cap`).
-            pub fn with_version_cap(&self, cap: #p::Version) -> Self {
-                Self { client: self.client.with_version_cap(cap) }
-            }
-
-            /// Whether `version` may be sent under the cap.
-            pub fn can_send_version(&self, version: &str) -> bool {
-                self.client.can_send_version(version)
-            }
-
-            /// The underlying client.
-            pub fn rpc_client(&self) -> &#p::RpcClient {
-                &self.client
-            }
+            #setup
 
             #(#methods)*
+        }
+    }
+}
+
+/// The client's constructors and settings, the same for every API.
+fn setup(version: &str, with_namespace: Option<Tokens>) -> Tokens {
+    let p = crate::private();
+    quote! {
+        /// The API version this client sends.
+        pub const VERSION: &'static str = #version;
+
+        /// Connect to the broker at `url` (`rabbit://user:pass@host:5672/`,
+        /// `memory://name`) and aim at `topic`, where the API is served.
+        ///
+        /// # Errors
+        ///
+        /// A URL that cannot be read, or a broker that cannot be reached.
+        pub async fn connect(url: &str, topic: &str) -> ::core::result::Result<Self, #p::RpcError> {
+            ::core::result::Result::Ok(Self::new(#p::RpcClient::connect(url, #p::Target::new(topic)).await?))
+        }
+
+        /// Wrap an [`RpcClient`](nova_rpc::RpcClient) aimed at the API's topic.
+        pub fn new(client: #p::RpcClient) -> Self {
+            Self { client: client.with_version(#version) #with_namespace }
+        }
+
+        /// The same client, aimed at one server (`topic.host`).
+        pub fn with_server(&self, host: impl ::core::convert::Into<::std::string::String>) -> Self {
+            Self { client: self.client.with_server(host) }
+        }
+
+        /// The same client, to every server of the topic (casts only).
+        pub fn with_fanout(&self) -> Self {
+            Self { client: self.client.with_fanout(true) }
+        }
+
+        /// The same client, capped at `cap` (Nova's `version_cap`).
+        pub fn with_version_cap(&self, cap: #p::Version) -> Self {
+            Self { client: self.client.with_version_cap(cap) }
+        }
+
+        /// Whether `version` may be sent under the cap.
+        pub fn can_send_version(&self, version: &str) -> bool {
+            self.client.can_send_version(version)
+        }
+
+        /// The underlying client.
+        pub fn rpc_client(&self) -> &#p::RpcClient {
+            &self.client
         }
     }
 }

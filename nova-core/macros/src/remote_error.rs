@@ -74,36 +74,7 @@ pub(crate) fn derive(input: &DeriveInput) -> syn::Result<Tokens> {
     }
     let ty = &input.ident;
     let module = module(input)?;
-    let mut other = None;
-    let (mut to_remote, mut messages, mut from_remote) = (Vec::new(), Vec::new(), Vec::new());
-    for v in &data.variants {
-        let attrs = variant_attrs(&v.attrs)?;
-        let name = &v.ident;
-        if attrs.other {
-            let single = matches!(&v.fields, Fields::Unnamed(f) if f.unnamed.len() == 1);
-            if !single || other.is_some() {
-                return Err(syn::Error::new(
-                    v.span(),
-                    "one #[remote(other)] variant holds the RpcError: `#[remote(other)] Rpc(RpcError)`",
-                ));
-            }
-            other = Some(name.clone());
-            continue;
-        }
-        let class = attrs.class.map_or_else(|| name.to_string(), |c| c.value());
-        let (pattern, args, kwargs, rebuild) = variant_shape(ty, v, attrs.opaque);
-        to_remote.push(quote!(#ty::#pattern => (#class, #args, #kwargs),));
-        messages.push(match &attrs.message {
-            Some(m) => quote!(#ty::#pattern => ::std::string::String::from(#m),),
-            None => quote!(#ty::#pattern => ::std::string::ToString::to_string(&e),),
-        });
-        if let Some(rebuild) = rebuild {
-            from_remote.push(quote!(#class => if let ::core::option::Option::Some(v) = (|| #rebuild)() { return v; },));
-        }
-    }
-    let Some(other) = other else {
-        return Err(syn::Error::new(ty.span(), "add a variant for everything else, `#[remote(other)] Rpc(RpcError)`: a typed client returns the transport's errors, and classes this enum does not know, there"));
-    };
+    let Arms { other, to_remote, messages, from_remote } = arms(ty, data)?;
     Ok(quote! {
         impl ::core::convert::From<#ty> for #p::RpcError {
             #[allow(unused_variables)]
@@ -151,6 +122,52 @@ pub(crate) fn derive(input: &DeriveInput) -> syn::Result<Tokens> {
             }
         }
     })
+}
+
+/// What each variant contributes to the three impls.
+struct Arms {
+    /// The `#[remote(other)]` variant.
+    other: syn::Ident,
+    /// `Variant(..) => (class, args, kwargs)`.
+    to_remote: Vec<Tokens>,
+    /// `Variant(..) => message`.
+    messages: Vec<Tokens>,
+    /// `"Class" => rebuild`.
+    from_remote: Vec<Tokens>,
+}
+
+fn arms(ty: &syn::Ident, data: &syn::DataEnum) -> syn::Result<Arms> {
+    let mut other = None;
+    let (mut to_remote, mut messages, mut from_remote) = (Vec::new(), Vec::new(), Vec::new());
+    for v in &data.variants {
+        let attrs = variant_attrs(&v.attrs)?;
+        let name = &v.ident;
+        if attrs.other {
+            let single = matches!(&v.fields, Fields::Unnamed(f) if f.unnamed.len() == 1);
+            if !single || other.is_some() {
+                return Err(syn::Error::new(
+                    v.span(),
+                    "one #[remote(other)] variant holds the RpcError: `#[remote(other)] Rpc(RpcError)`",
+                ));
+            }
+            other = Some(name.clone());
+            continue;
+        }
+        let class = attrs.class.map_or_else(|| name.to_string(), |c| c.value());
+        let (pattern, args, kwargs, rebuild) = variant_shape(ty, v, attrs.opaque);
+        to_remote.push(quote!(#ty::#pattern => (#class, #args, #kwargs),));
+        messages.push(match &attrs.message {
+            Some(m) => quote!(#ty::#pattern => ::std::string::String::from(#m),),
+            None => quote!(#ty::#pattern => ::std::string::ToString::to_string(&e),),
+        });
+        if let Some(rebuild) = rebuild {
+            from_remote.push(quote!(#class => if let ::core::option::Option::Some(v) = (|| #rebuild)() { return v; },));
+        }
+    }
+    let Some(other) = other else {
+        return Err(syn::Error::new(ty.span(), "add a variant for everything else, `#[remote(other)] Rpc(RpcError)`: a typed client returns the transport's errors, and classes this enum does not know, there"));
+    };
+    Ok(Arms { other, to_remote, messages, from_remote })
 }
 
 /// A variant's pattern (binding its fields), its fields as `args` and

@@ -362,15 +362,7 @@ impl ConsumeLoop {
                     continue;
                 }
             };
-            if let Some(r) = ready.take() {
-                let _ = r.send(Ok(()));
-            } else {
-                metrics::metrics().reconnects.inc();
-                tracing::info!(purpose = self.plan.purpose, queues = ?self.queues().collect::<Vec<_>>(), "topology re-declared; consuming again");
-            }
-            for q in self.queues() {
-                self.health.consumed(q);
-            }
+            self.consuming(ready.take());
             round = 0;
             let (streams, mut subs) = ConsumerStreams::start(&self.plan, subscribed);
             match self.forward((&connector, &conn), &mut subs, streams, &output, &mut stop, &mut flow).await {
@@ -381,21 +373,35 @@ impl ConsumeLoop {
                     tracing::warn!(purpose = self.plan.purpose, error = %why, "AMQP connection lost; reconnecting");
                     let _ = conn.close(200, "lost".into()).await;
                 }
-                Ended::Stopped => {
-                    self.stop(&conn, &subs).await;
-                    // Deliveries already handed out are settled on these
-                    // channels: let the receiver drain, then keep them open
-                    // until the listener is dropped (its stop switch goes away).
-                    drop(output);
-                    while stop.changed().await.is_ok() {}
-                    for sub in &subs {
-                        let _ = sub.channel.close(200, "stopped".into()).await;
-                    }
-                    let _ = conn.close(200, "stopped".into()).await;
-                    return;
-                }
+                Ended::Stopped => return self.stopped(conn, subs, output, stop).await,
             }
         }
+    }
+
+    /// Consuming, on a first connection (`ready` is told) or again after a loss.
+    fn consuming(&self, ready: Option<oneshot::Sender<Result<()>>>) {
+        if let Some(r) = ready {
+            let _ = r.send(Ok(()));
+        } else {
+            metrics::metrics().reconnects.inc();
+            tracing::info!(purpose = self.plan.purpose, queues = ?self.queues().collect::<Vec<_>>(), "topology re-declared; consuming again");
+        }
+        for q in self.queues() {
+            self.health.consumed(q);
+        }
+    }
+
+    /// Told to stop: cancel the consumers; deliveries already handed out
+    /// are settled on these channels, so let the receiver drain, then keep
+    /// them open until the listener is dropped (its stop switch goes away).
+    async fn stopped(&self, conn: Connection, subs: Vec<Subscribed>, output: Output, mut stop: watch::Receiver<bool>) {
+        self.stop(&conn, &subs).await;
+        drop(output);
+        while stop.changed().await.is_ok() {}
+        for sub in &subs {
+            let _ = sub.channel.close(200, "stopped".into()).await;
+        }
+        let _ = conn.close(200, "stopped".into()).await;
     }
 
     async fn stop(&self, conn: &Connection, subs: &[Subscribed]) {
@@ -426,7 +432,7 @@ impl ConsumeLoop {
         let mut again = FuturesUnordered::new();
         // Whatever a consumer stream does when its connection dies, a lost
         // connection is noticed within a second.
-        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now(), Duration::from_secs(1));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -436,11 +442,9 @@ impl ConsumeLoop {
                     return Ended::Lost("connection closed".into());
                 },
                 Some((consume, done)) = next_flow(&mut flow.commands) => {
-                    if consume != flow.consuming {
-                        flow.consuming = consume;
-                        for i in self.switch(subs, &mut streams, consume).await {
-                            again.push(self.consume_again(connector, conn, i, true));
-                        }
+                    let switched = consume != std::mem::replace(&mut flow.consuming, consume);
+                    for i in if switched { self.switch(subs, &mut streams, consume).await } else { Vec::new() } {
+                        again.push(self.consume_again(connector, conn, i, true));
                     }
                     let _ = done.send(());
                 },
@@ -462,15 +466,21 @@ impl ConsumeLoop {
                     None if !conn.status().connected() => return Ended::Lost("connection closed".into()),
                     None if subs[i].live != Some(generation) => {}
                     None => {
-                        let queue = &self.plan.subscriptions[i].queue.name;
-                        metrics::metrics().consumer_cancels.inc();
-                        self.health.not_consumed(queue, "the broker cancelled its consumer");
-                        tracing::warn!(queue = %queue, purpose = self.plan.purpose, "the broker cancelled a consumer (queue deleted, its node lost, or its leader moved); declaring and consuming it again");
+                        self.cancelled_by_the_broker(i);
                         again.push(self.consume_again(connector, conn, i, flow.consuming));
                     }
                 },
             }
         }
+    }
+
+    /// The broker ended subscription `i`'s consumer: counted, and its queue
+    /// not consumed until it is declared and consumed again.
+    fn cancelled_by_the_broker(&self, i: usize) {
+        let queue = &self.plan.subscriptions[i].queue.name;
+        metrics::metrics().consumer_cancels.inc();
+        self.health.not_consumed(queue, "the broker cancelled its consumer");
+        tracing::warn!(queue = %queue, purpose = self.plan.purpose, "the broker cancelled a consumer (queue deleted, its node lost, or its leader moved); declaring and consuming it again");
     }
 
     /// Consume every subscription (a work queue resumed) or cancel every
@@ -563,32 +573,13 @@ impl ConsumeLoop {
         output: &Output,
         stop: &mut watch::Receiver<bool>,
     ) -> std::result::Result<(), Ended> {
-        let header = |name: &str| -> Option<i64> {
-            match d.properties.headers().as_ref()?.inner().get(name)? {
-                AMQPValue::LongLongInt(n) => Some(*n),
-                AMQPValue::LongInt(n) => Some(i64::from(*n)),
-                AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-                AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-                _ => None,
-            }
-        };
-        if let Some(offset) = header("x-stream-offset") {
+        if let Some(offset) = int_header(&d, "x-stream-offset") {
             self.offsets[i].store(offset + 1, Ordering::Relaxed);
         }
         let tx = match output {
             Output::Channel(tx) => tx,
             Output::Sink(sink) => {
-                // A reply: the caller first, then the broker. An ack on a
-                // connection that is going away may never complete: it must
-                // not hold up the loop that would notice the loss.
-                let acker = d.acker;
-                sink(d.data.into());
-                let mut ack = Box::pin(AmqpAck(acker).settle(Settle::Ack));
-                if (&mut ack).now_or_never().is_none() {
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(10), ack).await;
-                    });
-                }
+                reply_to(sink, d);
                 return Ok(());
             }
         };
@@ -598,7 +589,7 @@ impl ConsumeLoop {
             .as_ref()
             .and_then(|e| e.as_str().parse::<u64>().ok())
             .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let delivery_count = header("x-delivery-count").and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        let delivery_count = int_header(&d, "x-delivery-count").and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
         let mut delivery = Delivery::new(d.data.into(), Box::new(AmqpAck(d.acker)));
         delivery.redelivered = d.redelivered;
         delivery.deadline = deadline;
@@ -612,6 +603,32 @@ impl ConsumeLoop {
             _ = crate::transport::stopped(stop) => return Err(Ended::Stopped),
         }
         Ok(())
+    }
+}
+
+/// A whole-number header of a delivery (RabbitMQ's stream offset and
+/// delivery count come in several integer types).
+fn int_header(d: &AmqpDelivery, name: &str) -> Option<i64> {
+    match d.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// A reply: to the caller first, then acknowledged to the broker. An ack
+/// on a connection that is going away may never complete: it must not hold
+/// up the loop that would notice the loss.
+fn reply_to(sink: &ReplySink, d: AmqpDelivery) {
+    let acker = d.acker;
+    sink(d.data.into());
+    let mut ack = Box::pin(AmqpAck(acker).settle(Settle::Ack));
+    if (&mut ack).now_or_never().is_none() {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), ack).await;
+        });
     }
 }
 
