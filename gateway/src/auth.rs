@@ -42,49 +42,131 @@ use sha2::{Digest, Sha256};
 
 use super::ApiError;
 
-macro_rules! api_opt {
-    ($name:expr, $default:expr, $help:expr) => {
-        OptSpec { section: "api", name: $name, default: $default, help: $help }
-    };
+/// `[api]`, each option declared once.
+pub mod opts {
+    use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+    use nova_core::config::{parse, Invalid, Opt};
+
+    /// `[api] listen`.
+    pub const LISTEN: Opt<SocketAddr> =
+        Opt::new("api", "listen", "127.0.0.1:8774", "Address of the HTTP gateway and console.", parse::number);
+    /// `[api] auth_strategy`: whether tokens are asked for.
+    pub const AUTH_STRATEGY: Opt<bool> = Opt::new(
+        "api",
+        "auth_strategy",
+        "noauth",
+        "noauth (anyone who reaches the gateway; refused off loopback unless --insecure) or token (X-Auth-Token).",
+        token_auth,
+    );
+    /// `[api] token_file`.
+    pub const TOKEN_FILE: Opt<Option<PathBuf>> = Opt::new(
+        "api",
+        "token_file",
+        "",
+        "JSON file of tokens: {\"tokens\": [{\"sha256\", \"user_id\", \"project_id\", \"roles\"}]}; re-read on SIGHUP.",
+        parse::optional_path,
+    );
+    /// `[api] policy_file`.
+    pub const POLICY_FILE: Opt<Option<PathBuf>> = Opt::new(
+        "api",
+        "policy_file",
+        "",
+        "JSON file of rules per target (\"compute.run_task\": \"role:admin\", \"default\": \"@\"); re-read on SIGHUP.",
+        parse::optional_path,
+    );
+    /// `[api] allowed_hosts`.
+    pub const ALLOWED_HOSTS: Opt<Vec<String>> = Opt::new(
+        "api",
+        "allowed_hosts",
+        "",
+        "Comma-separated Host names (host or host:port) the gateway answers besides its own.",
+        host_names,
+    );
+    /// `[api] request_timeout`.
+    pub const REQUEST_TIMEOUT: Opt<Duration> = Opt::new(
+        "api",
+        "request_timeout",
+        "120",
+        "Seconds a request may take, body included, before it gets 408.",
+        timeout,
+    );
+    /// `[api] header_read_timeout`.
+    pub const HEADER_READ_TIMEOUT: Opt<Duration> = Opt::new(
+        "api",
+        "header_read_timeout",
+        "10",
+        "Seconds a client has to send its request headers (slowloris guard).",
+        timeout,
+    );
+    /// `[api] body_read_timeout`.
+    pub const BODY_READ_TIMEOUT: Opt<Duration> = Opt::new(
+        "api",
+        "body_read_timeout",
+        "10",
+        "Seconds a client has to send a request's body once its headers are in (slow bodies get 408).",
+        timeout,
+    );
+    /// `[api] max_connections`.
+    pub const MAX_CONNECTIONS: Opt<usize> = Opt::new(
+        "api",
+        "max_connections",
+        "512",
+        "Connections served at once; more wait to be accepted.",
+        at_least_one,
+    );
+    /// `[api] max_connections_per_client`.
+    pub const MAX_CONNECTIONS_PER_CLIENT: Opt<usize> = Opt::new(
+        "api",
+        "max_connections_per_client",
+        "64",
+        "Connections one client address may hold at once; more are closed as they arrive.",
+        at_least_one,
+    );
+    /// `[api] rabbit_management_url`.
+    pub const RABBIT_MANAGEMENT_URL: Opt<Option<String>> = Opt::new(
+        "api",
+        "rabbit_management_url",
+        "",
+        "RabbitMQ's management API (http://user:pass@host:15672), read for the age of each queue's oldest message; empty: ages are not shown.",
+        parse::optional_text,
+    );
+
+    fn token_auth(v: &str) -> Result<bool, Invalid> {
+        match v {
+            "noauth" => Ok(false),
+            "token" => Ok(true),
+            _ => Err("expected noauth or token".into()),
+        }
+    }
+
+    fn host_names(v: &str) -> Result<Vec<String>, Invalid> {
+        Ok(v.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect())
+    }
+
+    /// From a tenth of a second to a day.
+    fn timeout(v: &str) -> Result<Duration, Invalid> {
+        parse::seconds(v).map(|d| d.clamp(Duration::from_millis(100), Duration::from_secs(86_400)))
+    }
+
+    fn at_least_one(v: &str) -> Result<usize, Invalid> {
+        parse::number::<usize>(v).map(|n| n.max(1))
+    }
 }
 
 /// The gateway's options, `[api]`.
 pub const API_OPTIONS: &[OptSpec] = &[
-    api_opt!("listen", "127.0.0.1:8774", "Address of the HTTP gateway and console."),
-    api_opt!(
-        "auth_strategy",
-        "noauth",
-        "noauth (anyone who reaches the gateway; refused off loopback unless --insecure) or token (X-Auth-Token)."
-    ),
-    api_opt!(
-        "token_file",
-        "",
-        "JSON file of tokens: {\"tokens\": [{\"sha256\", \"user_id\", \"project_id\", \"roles\"}]}; re-read on SIGHUP."
-    ),
-    api_opt!(
-        "policy_file",
-        "",
-        "JSON file of rules per target (\"compute.run_task\": \"role:admin\", \"default\": \"@\"); re-read on SIGHUP."
-    ),
-    api_opt!(
-        "allowed_hosts",
-        "",
-        "Comma-separated Host names (host or host:port) the gateway answers besides its own."
-    ),
-    api_opt!("request_timeout", "120", "Seconds a request may take, body included, before it gets 408."),
-    api_opt!("header_read_timeout", "10", "Seconds a client has to send its request headers (slowloris guard)."),
-    api_opt!("body_read_timeout", "10", "Seconds a client has to send a request's body once its headers are in (slow bodies get 408)."),
-    api_opt!("max_connections", "512", "Connections served at once; more wait to be accepted."),
-    api_opt!(
-        "max_connections_per_client",
-        "64",
-        "Connections one client address may hold at once; more are closed as they arrive."
-    ),
-    api_opt!(
-        "rabbit_management_url",
-        "",
-        "RabbitMQ's management API (http://user:pass@host:15672), read for the age of each queue's oldest message; empty: ages are not shown."
-    ),
+    opts::LISTEN.spec,
+    opts::AUTH_STRATEGY.spec,
+    opts::TOKEN_FILE.spec,
+    opts::POLICY_FILE.spec,
+    opts::ALLOWED_HOSTS.spec,
+    opts::REQUEST_TIMEOUT.spec,
+    opts::HEADER_READ_TIMEOUT.spec,
+    opts::BODY_READ_TIMEOUT.spec,
+    opts::MAX_CONNECTIONS.spec,
+    opts::MAX_CONNECTIONS_PER_CLIENT.spec,
+    opts::RABBIT_MANAGEMENT_URL.spec,
 ];
 
 /// How the gateway is reached and guarded.
@@ -120,15 +202,9 @@ impl ApiOptions {
     pub fn from_config(c: &Config, listen: Option<SocketAddr>, insecure: bool) -> Result<Self, ConfigError> {
         let listen = match listen {
             Some(l) => l,
-            None => c.require("api", "listen")?,
+            None => c.value(&opts::LISTEN)?,
         };
-        let token_auth = c
-            .parse_with("api", "auth_strategy", |v| match v {
-                "noauth" => Ok(false),
-                "token" => Ok(true),
-                _ => Err("expected noauth or token".to_owned()),
-            })?
-            .unwrap_or(false);
+        let token_auth = c.value(&opts::AUTH_STRATEGY)?;
         if !token_auth && !listen.ip().is_loopback() && !insecure {
             return Err(c.invalid(
                 "api",
@@ -136,35 +212,22 @@ impl ApiOptions {
                 format!("noauth lets anyone who reaches {listen} call any method; use token, listen on loopback, or pass --insecure"),
             ));
         }
-        let path = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
-            Ok(c.get::<String>("api", name)?.filter(|p| !p.is_empty()).map(PathBuf::from))
-        };
-        let token_file = path("token_file")?;
+        let token_file = c.value(&opts::TOKEN_FILE)?;
         if token_auth && token_file.is_none() {
             return Err(c.invalid("api", "token_file", "auth_strategy = token needs a token_file"));
         }
-        let secs = |name: &str| -> Result<Duration, ConfigError> {
-            let s: f64 = c.require("api", name)?;
-            Ok(Duration::from_secs_f64(s.clamp(0.1, 86_400.0)))
-        };
         Ok(Self {
             listen,
             token_auth,
             token_file,
-            policy_file: path("policy_file")?,
-            allowed_hosts: c
-                .get::<String>("api", "allowed_hosts")?
-                .unwrap_or_default()
-                .split(',')
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
-            request_timeout: secs("request_timeout")?,
-            header_read_timeout: secs("header_read_timeout")?,
-            body_read_timeout: secs("body_read_timeout")?,
-            max_connections: c.require::<usize>("api", "max_connections")?.max(1),
-            max_connections_per_client: c.require::<usize>("api", "max_connections_per_client")?.max(1),
-            rabbit_management_url: c.get::<String>("api", "rabbit_management_url")?.filter(|u| !u.is_empty()),
+            policy_file: c.value(&opts::POLICY_FILE)?,
+            allowed_hosts: c.value(&opts::ALLOWED_HOSTS)?,
+            request_timeout: c.value(&opts::REQUEST_TIMEOUT)?,
+            header_read_timeout: c.value(&opts::HEADER_READ_TIMEOUT)?,
+            body_read_timeout: c.value(&opts::BODY_READ_TIMEOUT)?,
+            max_connections: c.value(&opts::MAX_CONNECTIONS)?,
+            max_connections_per_client: c.value(&opts::MAX_CONNECTIONS_PER_CLIENT)?,
+            rabbit_management_url: c.value(&opts::RABBIT_MANAGEMENT_URL)?,
         })
     }
 

@@ -32,8 +32,9 @@ mod intake;
 mod reply;
 mod request;
 mod serving;
+mod slot;
 
-pub use serving::{deadline, release_slot, MAX_WAITING};
+pub use slot::{deadline, release_slot, MAX_WAITING};
 
 use std::{
     sync::{Arc, Mutex},
@@ -240,7 +241,7 @@ impl RpcServer {
             max_deliveries: self.max_deliveries,
             layers: self.layers,
             server,
-            waiting: Arc::new(Semaphore::new(serving::MAX_WAITING as usize)),
+            waiting: Arc::new(Semaphore::new(slot::MAX_WAITING as usize)),
         });
         let (stop, stopped) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(self.executor_size));

@@ -62,7 +62,7 @@ async fn take_in(shared: &ServerState, delivery: Delivery) -> Option<Admitted> {
 /// once per call, and its size counts.
 fn serve(shared: &ServerState, admitted: Admitted, served: Served) -> impl Future<Output = ()> + Send + '_ {
     let Admitted { mut request, acker, deadline, delivery_count } = admitted;
-    super::serving::set_deadline(deadline);
+    super::slot::set_deadline(deadline);
     // What is needed after the dispatch is taken out of the request, not copied.
     let (msg_id, reply_q) = (request.msg_id.take(), request.reply_q.take());
     let unique_id = std::mem::take(&mut request.unique_id);

@@ -2,80 +2,19 @@
 //! work queue's), and serving in the sender's task ([`InlineServer`]).
 
 use std::{
-    cell::Cell,
     future::Future,
     sync::Arc,
     task::{Context, Waker},
-    time::Instant,
 };
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::{
     request::{handle, Served},
+    slot::{RequestSlot, MAX_WAITING},
     ServerState, StopReport,
 };
 use crate::transport::{Delivery, InlineServing, Listener};
-
-tokio::task_local! {
-    /// The slot and deadline of the request this task serves.
-    static REQUEST: RequestSlot;
-}
-
-/// What a request holds while it runs: its slot of the server's
-/// `executor_thread_pool_size`, and when its caller stops waiting.
-struct RequestSlot {
-    slot: Cell<Option<OwnedSemaphorePermit>>,
-    deadline: Cell<Option<Instant>>,
-    /// The server's count of requests that gave their slot back, which a
-    /// stop waits for too, and this request's place in it once it did.
-    waiting: Arc<Semaphore>,
-    waiter: Cell<Option<OwnedSemaphorePermit>>,
-}
-
-/// Requests of one server that may wait without a slot at once.
-pub const MAX_WAITING: u32 = 1 << 16;
-
-/// Give back the request slot the calling method holds, so that a long
-/// wait (for a task to end, say) does not keep other requests out: the
-/// server takes another request at once. Whether there was a slot to give
-/// back (`false` outside a request, in a work queue's request, or the
-/// second time).
-///
-/// The method goes on running, and its reply is sent as usual; a server
-/// that stops waits for it as for the others (up to its graceful timeout).
-/// A method that gives its slot back should bound how many do (a semaphore
-/// of its own); past [`MAX_WAITING`] per server the slot is kept.
-pub fn release_slot() -> bool {
-    REQUEST
-        .try_with(|r| {
-            let Some(slot) = r.slot.take() else { return false };
-            match r.waiting.clone().try_acquire_owned() {
-                Ok(waiter) => {
-                    r.waiter.set(Some(waiter));
-                    drop(slot);
-                    true
-                }
-                Err(_) => {
-                    r.slot.set(Some(slot));
-                    false
-                }
-            }
-        })
-        .unwrap_or(false)
-}
-
-/// When the caller of the request being served stops waiting for its reply
-/// (its call timeout, sent as the message's TTL), if it said: a method
-/// that waits should wait no longer.
-pub fn deadline() -> Option<Instant> {
-    REQUEST.try_with(|r| r.deadline.get()).ok().flatten()
-}
-
-/// Record the deadline of the request this task serves.
-pub(super) fn set_deadline(deadline: Option<Instant>) {
-    let _ = REQUEST.try_with(|r| r.deadline.set(deadline));
-}
 
 pub(super) async fn serve(
     shared: Arc<ServerState>,
@@ -172,13 +111,8 @@ fn run_request(shared: Arc<ServerState>, delivery: Delivery, slot: OwnedSemaphor
     // The slot lives in the request's task-local state, so its method may
     // give it back while it waits ([`release_slot`]); otherwise it is
     // freed with the request.
-    let held = RequestSlot {
-        slot: Cell::new(Some(slot)),
-        deadline: Cell::new(None),
-        waiting: shared.waiting.clone(),
-        waiter: Cell::new(None),
-    };
-    let mut request = Box::pin(REQUEST.scope(held, async move { handle(&shared, delivery, served).await }));
+    let held = RequestSlot::new(slot, shared.waiting.clone());
+    let mut request = Box::pin(held.scope(async move { handle(&shared, delivery, served).await }));
     if request.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
         tokio::spawn(request);
     }
