@@ -154,7 +154,11 @@ fn methods_table(topic: &str, description: &Value) -> Markup {
                     tr {
                         td { (if ns.is_empty() { "(default)" } else { ns }) }
                         td { (version) }
-                        td.method { (name) @if m["cast"] == true { " " span.cast title="the typed client casts it" { "(cast)" } } }
+                        td.method {
+                            (name)
+                            @if m["cast"] == true { " " span.cast title="the typed client casts it" { "(cast)" } }
+                            @if let Some(since) = m["since"].as_str() { " " span.since title="the API version that added it" { "since " (since) } }
+                        }
                         td {
                             @for a in m["args"].as_array().into_iter().flatten() {
                                 code { (str_of(a, "name")) ": " (str_of(a, "type")) } " "

@@ -263,7 +263,7 @@ impl From<RpcError> for ApiError {
     fn from(e: RpcError) -> Self {
         let status = match &e {
             RpcError::NoSuchMethod { .. } => StatusCode::NOT_FOUND,
-            RpcError::UnsupportedVersion { .. } => StatusCode::CONFLICT,
+            RpcError::UnsupportedVersion { .. } | RpcError::PinnedBelow { .. } => StatusCode::CONFLICT,
             RpcError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             RpcError::Remote(f) => remote_status(&f.class),
             RpcError::InvalidTarget { .. }

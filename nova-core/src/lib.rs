@@ -95,7 +95,13 @@ pub use nova_macros::async_trait;
 /// by name, and returns `Result<T, E>` with `T: Serialize` and
 /// `E: Into<RpcError>`. On a method:
 ///
-/// - `#[rpc(cast)]`: the typed client casts it instead of calling it;
+/// - `#[rpc(cast)]`: the typed client casts it instead of calling it
+///   (`#[rpc(cast, callable)]` when it returns a value callers who call it get);
+/// - `#[rpc(since = "1.1")]`: added after the API's first version; the
+///   typed client sends each method at the oldest version that carries it
+///   (raised by an argument marked `#[rpc(since = "1.2")]` that does not
+///   hold its default), and refuses locally what its version cap cannot
+///   carry;
 /// - `#[rpc(blocking)]`: a plain `fn`, run on tokio's blocking pool;
 /// - `#[rpc(skip)]`: a `pub` method kept out of the RPC surface.
 ///

@@ -167,6 +167,48 @@ impl RpcClient {
         }
     }
 
+    /// The version to send `method` at, and the arguments to leave out:
+    /// the method's own version (`since`, the oldest that carries it),
+    /// raised to each newer argument that does not hold its default (`args`:
+    /// name, since, whether it holds its default). One at its default is
+    /// left out (the server reads it as its default), so it never raises
+    /// the version; one the pin cannot carry is refused, as is a method
+    /// newer than the pin.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::PinnedBelow`], naming the method, what it needs and the pin.
+    pub fn version_for(
+        &self,
+        method: &str,
+        since: &str,
+        args: &[(&'static str, &str, bool)],
+    ) -> Result<(String, Vec<&'static str>)> {
+        let refuse = |needs: &str| RpcError::PinnedBelow {
+            method: method.to_owned(),
+            needs: needs.to_owned(),
+            pin: self.version_cap.as_ref().map(ToString::to_string).unwrap_or_default(),
+        };
+        let mut version: Version = since.parse()?;
+        let mut dropped = Vec::new();
+        for &(name, arg_since, default) in args {
+            let needs: Version = arg_since.parse()?;
+            if default {
+                // The server reads an absent argument as its default.
+                dropped.push(name);
+            } else if !self.can_send_version(arg_since) {
+                return Err(refuse(arg_since));
+            } else if needs.major == version.major && needs.minor > version.minor {
+                version = needs;
+            }
+        }
+        let version = version.to_string();
+        if !self.can_send_version(&version) {
+            return Err(refuse(&version));
+        }
+        Ok((version, dropped))
+    }
+
     fn check_version(&self) -> Result<()> {
         if let (Some(cap), Some(v)) = (&self.version_cap, &self.target.version) {
             if !self.can_send_version(v) {

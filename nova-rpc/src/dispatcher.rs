@@ -34,6 +34,9 @@ pub struct MethodInfo {
     pub blocking: bool,
     /// Whether its typed client casts it (no answer is awaited).
     pub cast: bool,
+    /// The API version that added it (`None`: the API's first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     /// One line of documentation.
     pub doc: String,
 }
@@ -195,7 +198,14 @@ impl Router {
 
     fn insert(mut self, name: &str, handler: Handler, blocking: bool) -> Self {
         assert!(!name.starts_with('_'), "RPC method names must not start with `_`: {name}");
-        let info = MethodInfo { name: name.to_owned(), args: Vec::new(), blocking, cast: false, doc: String::new() };
+        let info = MethodInfo {
+            name: name.to_owned(),
+            args: Vec::new(),
+            blocking,
+            cast: false,
+            since: None,
+            doc: String::new(),
+        };
         self.methods.insert(name.to_owned(), Method { handler, info });
         self
     }
@@ -248,6 +258,14 @@ impl Router {
         if let Some(m) = self.methods.get_mut(name) {
             m.info.args = args.iter().map(|(n, t)| ArgInfo { name: (*n).to_owned(), ty: (*t).to_owned() }).collect();
             m.info.doc = doc.to_owned();
+        }
+        self
+    }
+
+    /// Record the API version that added `name`.
+    pub fn since(mut self, name: &str, version: &str) -> Self {
+        if let Some(m) = self.methods.get_mut(name) {
+            m.info.since = Some(version.to_owned());
         }
         self
     }

@@ -103,6 +103,18 @@ pub enum RpcError {
         /// The cap in force.
         cap: String,
     },
+    /// A typed client pinned below what a method (or one of its arguments)
+    /// needs: refused here, never sent for the server to refuse (oslo's
+    /// class `UnsupportedVersion`).
+    #[error("{method} needs RPC version {needs}, but this client is pinned to {pin} (version cap or [upgrade_levels]); it was not sent")]
+    PinnedBelow {
+        /// The method.
+        method: String,
+        /// The version it needs as called (its own, or an argument's).
+        needs: String,
+        /// The pin in force.
+        pin: String,
+    },
     /// The transport URL could not be parsed or names an unknown scheme.
     #[error("invalid transport URL {url}: {reason}")]
     InvalidUrl {
@@ -195,6 +207,7 @@ impl RpcError {
             RpcError::UnsupportedVersion { .. } => "UnsupportedVersion",
             RpcError::InvalidTarget { .. } => "InvalidTarget",
             RpcError::VersionCap { .. } => "RPCVersionCapError",
+            RpcError::PinnedBelow { .. } => "UnsupportedVersion",
             RpcError::InvalidUrl { .. } => "InvalidTransportURL",
             RpcError::Transport(_) | RpcError::Unroutable { .. } => "MessageDeliveryFailure",
             RpcError::Serialization(_) => "SerializationError",

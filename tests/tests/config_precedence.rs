@@ -176,4 +176,12 @@ fn nova_rpc_exit_codes() {
     let bus = format!("memory://{}", nova_tests::unique("cli"));
     let timeout = ["call", "nobody", "ping", "--timeout", "0.2", "--transport-url", bus.as_str()];
     assert_eq!(run(&timeout).0, Some(4), "a timeout");
+    // Above its --version-cap, a call fails here, unsent (it would time out if sent).
+    let out = Command::new(bin_path("nova-rpc"))
+        .args(["call", "nobody", "ping", "--version", "1.1", "--version-cap", "1.0", "--transport-url", bus.as_str()])
+        .output()
+        .expect("nova-rpc runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() != Some(0) && out.status.code() != Some(4), "{:?} {said}", out.status);
+    assert!(said.contains("version cap is 1.0"), "{said}");
 }

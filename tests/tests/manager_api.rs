@@ -104,7 +104,10 @@ async fn typed_methods_client_and_argument_errors() {
     .await;
     let capped = client.with_version_cap(Version::new(2, 2));
     assert!(!capped.can_send_version(CounterManagerClient::VERSION));
-    assert!(matches!(capped.add(&ctx, 1, 1, None).await, Err(RpcError::VersionCap { .. })));
+    // `add` dates from 2.0 (no `since`): it goes at 2.0, under a 2.2 cap.
+    assert_eq!(capped.add(&ctx, 1, 1, None).await.unwrap(), 2);
+    let other_major = client.with_version_cap(Version::new(1, 9));
+    assert!(matches!(other_major.add(&ctx, 1, 1, None).await, Err(RpcError::PinnedBelow { .. })));
     nova_tests::eventually("periodic task runs at its spacing", Duration::from_secs(3), || async {
         (m.ticks.load(Ordering::SeqCst) >= 4).then_some(())
     })

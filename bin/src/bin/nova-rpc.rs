@@ -47,6 +47,10 @@ struct Address {
     /// API version to ask for.
     #[arg(long)]
     version: Option<String>,
+    /// Send nothing above this version (Nova's version_cap, what
+    /// [upgrade_levels] pins): a newer --version fails here, unsent.
+    #[arg(long, value_name = "X.Y")]
+    version_cap: Option<nova_rpc::Version>,
 }
 
 #[derive(Subcommand)]
@@ -196,7 +200,11 @@ fn client(t: std::sync::Arc<dyn transport::Transport>, to: &Address) -> RpcClien
     target.server = to.server.clone();
     target.namespace = to.namespace.clone();
     target.version = to.version.clone();
-    RpcClient::new(t, target)
+    let client = RpcClient::new(t, target);
+    match to.version_cap {
+        Some(cap) => client.with_version_cap(cap),
+        None => client,
+    }
 }
 
 fn parse_args(args: &str) -> Result<serde_json::Value, Failure> {
@@ -291,7 +299,8 @@ async fn log_level(
     filter: Option<String>,
     fanout: bool,
 ) -> Result<(), Failure> {
-    let to = Address { topic, server, namespace: Some("baseapi".into()), version: Some("1.1".into()) };
+    let to =
+        Address { topic, server, namespace: Some("baseapi".into()), version: Some("1.1".into()), version_cap: None };
     let c = client(t.clone(), &to);
     match (filter, fanout) {
         (Some(f), true) => c.with_fanout(true).cast(ctx, "set_log_level", serde_json::json!({ "filter": f })).await?,

@@ -23,7 +23,7 @@ pub(crate) fn client(spec: &ClientSpec<'_>) -> Tokens {
     let (ident, version) = (spec.ident, spec.version);
     let with_namespace = spec.namespace.map(|n| quote!(.with_namespace(#n)));
     let doc = format!("Typed RPC client for [`{}`], pinned to API version {version}.", spec.api);
-    let methods = spec.methods.iter().map(method);
+    let methods = spec.methods.iter().map(|m| method(m, spec.version));
     let setup = setup(version, with_namespace);
     quote! {
         #[doc = #doc]
@@ -89,23 +89,47 @@ fn setup(version: &str, with_namespace: Option<Tokens>) -> Tokens {
     }
 }
 
-fn method(m: &Method) -> Tokens {
+fn method(m: &Method, api_version: &str) -> Tokens {
     let p = crate::private();
     let name = &m.name;
     let name_str = name.to_string();
     let params = m.args.iter().map(|(n, t)| quote!(#n: #t));
     // The arguments are written by name, in order, straight from the
     // parameters: a struct of references, serialised once (no map of
-    // JSON values built in between).
-    let fields = m.args.iter().map(|(n, t)| quote!(#n: &'__a #t));
-    let inits = m.args.iter().map(|(n, _)| quote!(#n: &#n));
+    // JSON values built in between). An argument newer than its method is
+    // left out when the pin cannot carry it and it holds its default.
+    let newer = |n: &syn::Ident| m.args_since.iter().find(|(a, _)| a == n).map(|(_, v)| v);
+    let fields = m.args.iter().map(|(n, t)| match newer(n) {
+        Some(_) => quote!(#[serde(skip_serializing_if = "Option::is_none")] #n: ::core::option::Option<&'__a #t>),
+        None => quote!(#n: &'__a #t),
+    });
+    let inits = m.args.iter().map(|(n, _)| match newer(n) {
+        Some(_) => {
+            let key = n.to_string();
+            quote!(#n: (!__dropped.contains(&#key)).then_some(&#n))
+        }
+        None => quote!(#n: &#n),
+    });
+    let newer_args = m.args_since.iter().map(|(n, since)| {
+        let key = n.to_string();
+        let ty = m.args.iter().find(|(a, _)| a == n).map(|(_, t)| t);
+        let is_default = match ty {
+            Some(t) if crate::parse::is_option(t) => quote!(#n.is_none()),
+            _ => quote!(#n == &::core::default::Default::default()),
+        };
+        quote!((#key, #since, { let #n = &#n; #is_default }))
+    });
+    let since = m
+        .since
+        .as_ref()
+        .map_or_else(|| format!("{}.0", api_version.split('.').next().unwrap_or("1")), syn::LitStr::value);
     let (ok, err) = (&m.ok, &m.err);
     let doc = &m.doc;
     let doc_attr = (!doc.is_empty()).then(|| quote!(#[doc = #doc]));
     let (body, ret) = if m.cast {
-        (quote!(self.client.cast(ctx, #name_str, __args).await), quote!(()))
+        (quote!(__client.cast(ctx, #name_str, __args).await), quote!(()))
     } else {
-        (quote!(self.client.call_as::<#ok>(ctx, #name_str, __args).await), quote!(#ok))
+        (quote!(__client.call_as::<#ok>(ctx, #name_str, __args).await), quote!(#ok))
     };
     quote! {
         #doc_attr
@@ -117,6 +141,12 @@ fn method(m: &Method) -> Tokens {
                 #[serde(skip)]
                 __lifetime: ::core::marker::PhantomData<&'__a ()>,
             }
+            // Sent at the oldest version that carries it as called.
+            let (__version, __dropped) = self
+                .client
+                .version_for(#name_str, #since, &[#(#newer_args),*])
+                .map_err(<#err as ::nova_core::RemoteError>::from_rpc)?;
+            let __client = self.client.with_version(__version);
             let __args = __Args { #(#inits,)* __lifetime: ::core::marker::PhantomData };
             #body.map_err(<#err as ::nova_core::RemoteError>::from_rpc)
         }

@@ -146,6 +146,7 @@ fn expand_trait(api: ApiArgs, mut tr: ItemTrait) -> syn::Result<Tokens> {
         return Err(syn::Error::new(tr.generics.span(), "an API trait cannot be generic"));
     }
     let methods = trait_methods(&mut tr)?;
+    methods.iter().try_for_each(|m| parse::check_since(m, &api.version))?;
     let p = private();
     let (ident, version, namespace) = (&tr.ident, &api.version, namespace_expr(&api));
     let body = router::router_body(ident, &methods, version, &namespace);
@@ -236,6 +237,7 @@ fn expand_impl(api: ApiArgs, mut imp: ItemImpl) -> syn::Result<Tokens> {
     }
     .ok_or_else(|| syn::Error::new(self_ty.span(), "expected a type name"))?;
     let (methods, periodics) = impl_methods(&mut imp, api.serves.is_some())?;
+    methods.iter().try_for_each(|m| parse::check_since(m, &api.version))?;
     let tasks = periodic::tasks(&periodics);
     let p = private();
     let (api_impl, client) = match &api.serves {

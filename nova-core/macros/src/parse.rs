@@ -71,6 +71,8 @@ pub(crate) struct RpcFlags {
     pub(crate) cast: bool,
     /// A cast whose value callers who call it get (`#[rpc(cast, callable)]`).
     pub(crate) callable: bool,
+    /// The version that added the method (`#[rpc(since = "1.1")]`).
+    pub(crate) since: Option<syn::LitStr>,
     pub(crate) blocking: bool,
     pub(crate) skip: bool,
     /// Where the attribute was, for errors about it.
@@ -105,12 +107,16 @@ pub(crate) fn take_method_attrs(attrs: &mut Vec<Attribute>) -> syn::Result<Metho
                     flags.cast = true;
                 } else if m.path.is_ident("callable") {
                     flags.callable = true;
+                } else if m.path.is_ident("since") {
+                    let v: syn::LitStr = m.value()?.parse()?;
+                    check_version(&v)?;
+                    flags.since = Some(v);
                 } else if m.path.is_ident("blocking") {
                     flags.blocking = true;
                 } else if m.path.is_ident("skip") {
                     flags.skip = true;
                 } else {
-                    return Err(m.error("expected cast, callable, blocking or skip"));
+                    return Err(m.error("expected cast, callable, blocking, skip or since = \"1.1\""));
                 }
                 Ok(())
             })?;
@@ -172,6 +178,10 @@ pub(crate) struct Method {
     pub(crate) args: Vec<(syn::Ident, Type)>,
     /// Arguments marked `#[rpc(default)]`: a caller may leave them out.
     pub(crate) defaults: Vec<syn::Ident>,
+    /// The method's own version (`#[rpc(since = "1.1")]`); none: the API's first.
+    pub(crate) since: Option<syn::LitStr>,
+    /// Arguments added after their method (`#[rpc(since = "1.2")]`).
+    pub(crate) args_since: Vec<(syn::Ident, syn::LitStr)>,
     pub(crate) ok: Type,
     /// `E` of its `Result<T, E>`: what the typed client returns too.
     pub(crate) err: Type,
@@ -181,7 +191,7 @@ pub(crate) struct Method {
 /// Read and check an RPC method's signature (removing `#[rpc(default)]`
 /// from its arguments).
 pub(crate) fn method(sig: &mut Signature, attrs: &MethodAttrs) -> syn::Result<Method> {
-    let defaults = take_defaults(sig)?;
+    let (defaults, args_since) = take_arg_attrs(sig)?;
     no_generics(sig, "an RPC method")?;
     let is_async = sig.asyncness.is_some();
     match (attrs.flags.blocking, sig.asyncness) {
@@ -217,6 +227,15 @@ pub(crate) fn method(sig: &mut Signature, attrs: &MethodAttrs) -> syn::Result<Me
         }
         args.push((id.ident.clone(), (*t.ty).clone()));
     }
+    for (name, since) in &args_since {
+        let optional = args.iter().any(|(n, t)| n == name && is_option(t)) || defaults.contains(name);
+        if !optional {
+            return Err(syn::Error::new(
+                since.span(),
+                format!("`{name}` came after its method, so older callers leave it out: make it Option<T>, or add #[rpc(default)]"),
+            ));
+        }
+    }
     let (ok, err) = result_types(sig, "an RPC method returns Result<T, E> (T: Serialize, E: nova_core::RemoteError)")?;
     let unit = matches!(&ok, Type::Tuple(t) if t.elems.is_empty());
     if attrs.flags.cast && !unit && !attrs.flags.callable {
@@ -237,6 +256,8 @@ pub(crate) fn method(sig: &mut Signature, attrs: &MethodAttrs) -> syn::Result<Me
         doc: attrs.doc.clone(),
         args,
         defaults,
+        since: attrs.flags.since.clone(),
+        args_since,
         ok,
         err,
         is_async,
@@ -306,34 +327,90 @@ pub(crate) fn is_context(ty: &Type) -> bool {
     matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "RequestContext"))
 }
 
-fn take_defaults(sig: &mut Signature) -> syn::Result<Vec<syn::Ident>> {
-    let mut defaults = Vec::new();
+/// What `#[rpc(…)]` says of a method's arguments: those a caller may leave
+/// out (`default`), and those added in a later version (`since`).
+type ArgAttrs = (Vec<syn::Ident>, Vec<(syn::Ident, syn::LitStr)>);
+
+fn take_arg_attrs(sig: &mut Signature) -> syn::Result<ArgAttrs> {
+    let (mut defaults, mut since) = (Vec::new(), Vec::new());
     for input in sig.inputs.iter_mut() {
         let FnArg::Typed(t) = input else { continue };
-        if take_default(&mut t.attrs)? {
-            if let Pat::Ident(id) = t.pat.as_ref() {
+        let (default, added) = take_arg_attr(&mut t.attrs)?;
+        if let Pat::Ident(id) = t.pat.as_ref() {
+            if default {
                 defaults.push(id.ident.clone());
+            }
+            if let Some(v) = added {
+                since.push((id.ident.clone(), v));
             }
         }
     }
-    Ok(defaults)
+    Ok((defaults, since))
 }
 
-/// Remove `#[rpc(default)]` from an argument; whether it was there.
-fn take_default(attrs: &mut Vec<Attribute>) -> syn::Result<bool> {
-    let mut found = false;
+/// Remove `#[rpc(default)]` and `#[rpc(since = "…")]` from an argument.
+fn take_arg_attr(attrs: &mut Vec<Attribute>) -> syn::Result<(bool, Option<syn::LitStr>)> {
+    let (mut default, mut since) = (false, None);
     let mut error = None;
     attrs.retain(|a| {
         if !a.path().is_ident("rpc") {
             return true;
         }
-        match a.parse_args::<syn::Ident>() {
-            Ok(id) if id == "default" => found = true,
-            _ => error = Some(syn::Error::new(a.span(), "an RPC argument takes only #[rpc(default)]")),
+        let parsed = a.parse_nested_meta(|m| {
+            if m.path.is_ident("default") {
+                default = true;
+                Ok(())
+            } else if m.path.is_ident("since") {
+                let v: syn::LitStr = m.value()?.parse()?;
+                check_version(&v)?;
+                since = Some(v);
+                Ok(())
+            } else {
+                Err(m.error("an RPC argument takes #[rpc(default)] and #[rpc(since = \"1.2\")]"))
+            }
+        });
+        if let Err(e) = parsed {
+            error = Some(e);
         }
         false
     });
-    error.map_or(Ok(found), Err)
+    error.map_or(Ok((default, since)), Err)
+}
+
+/// `major.minor` as numbers.
+fn version_pair(v: &str) -> Option<(u32, u32)> {
+    let (major, minor) = v.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Check the `since` versions of a method and its arguments against its
+/// API's `version`: the same major, no newer than the API, and an
+/// argument newer than its method.
+pub(crate) fn check_since(m: &Method, version: &str) -> syn::Result<()> {
+    let Some(api) = version_pair(version) else { return Ok(()) };
+    let method = m.since.as_ref().and_then(|s| version_pair(&s.value())).unwrap_or((api.0, 0));
+    let mut all: Vec<(&syn::LitStr, &str)> = m.args_since.iter().map(|(_, v)| (v, "an argument")).collect();
+    all.extend(m.since.iter().map(|v| (v, "a method")));
+    for (lit, what) in all {
+        let Some(v) = version_pair(&lit.value()) else { continue };
+        if v.0 != api.0 || v > api {
+            let range = format!("{}.0 to {version}", api.0);
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("{what} since {} is not in this API (version {version}): since is from {range}", lit.value()),
+            ));
+        }
+        if what == "an argument" && v <= method {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!(
+                    "this argument came with its method ({}.{}): since names a later version, or leave it out",
+                    method.0, method.1
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `T` and `E` of a `Result<T, E>` return type.

@@ -33,6 +33,7 @@ fn route(api: &syn::Ident, m: &Method) -> Tokens {
     });
     let doc = &m.doc;
     let mark_cast = m.cast.then(|| quote!(router = router.cast(#name_str);));
+    let mark_since = m.since.as_ref().map(|v| quote!(router = router.since(#name_str, #v);));
     let register = if m.is_async {
         quote! {
             router = router.method(#name_str, move |ctx: #p::RequestContext, a: #args_ident| {
@@ -55,6 +56,7 @@ fn route(api: &syn::Ident, m: &Method) -> Tokens {
         }
         router = router.describe(#name_str, &[#(#describe_args),*], #doc);
         #mark_cast
+        #mark_since
     }
 }
 

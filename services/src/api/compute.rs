@@ -32,8 +32,10 @@ pub trait ComputeApi {
     /// Run task `task_id` and answer when it ends (the work queue: cast to
     /// the shared `compute` topic, this is taken by whichever host has a
     /// free slot, and the slot is held until the task ends). A task id that
-    /// exists already is not run again: its record is returned.
-    #[rpc(cast, callable)]
+    /// exists already is not run again: its record is returned. New in 1.1
+    /// (the work queue); the other methods date from 1.0, and a client
+    /// sends each at its own version, so a 1.0 host still serves them.
+    #[rpc(cast, callable, since = "1.1")]
     async fn submit_task(
         self: &Arc<Self>,
         ctx: RequestContext,

@@ -1,0 +1,188 @@
+//! A fleet at two versions of one API: the same trait at 1.0 (an old
+//! host) and at 1.1 (a new client), on memory:// and RabbitMQ.
+//!
+//! - every 1.0 method of a 1.1 client reaches a 1.0 server, sent at 1.0;
+//! - a 1.1-only method fails locally under a 1.0 pin (`UnsupportedVersion`,
+//!   naming the pin and the method), and the server never sees it;
+//! - an argument added in 1.1 is left out at its default (the method goes
+//!   at 1.0), refused under a 1.0 pin otherwise, and travels at 1.1 unpinned;
+//! - `describe` shows each method's `since`.
+
+#![allow(unreachable_pub)] // `#[rpc_api]` methods are `pub` by design
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use nova_core::{prelude::*, ManagerHandle, Service};
+use nova_rpc::{transport::Transport, Version};
+use nova_tests::{transport_suite, Bus, Kind};
+use serde_json::json;
+
+/// The API as the old host has it.
+mod v1_0 {
+    use nova_core::prelude::*;
+
+    #[rpc_api(version = "1.0")]
+    pub trait InventoryApi {
+        /// How many of `item` are in stock.
+        async fn count(&self, ctx: RequestContext, item: String) -> Result<u32, RpcError>;
+        /// Take `n` of `item`.
+        async fn take(&self, ctx: RequestContext, item: String, n: u32) -> Result<u32, RpcError>;
+    }
+}
+
+/// The API as the new client has it: `take` gained `reason` in 1.1, and
+/// `restock` is new in 1.1.
+mod v1_1 {
+    use nova_core::prelude::*;
+
+    #[rpc_api(version = "1.1")]
+    pub trait InventoryApi {
+        /// How many of `item` are in stock.
+        async fn count(&self, ctx: RequestContext, item: String) -> Result<u32, RpcError>;
+        /// Take `n` of `item`, saying why.
+        async fn take(
+            &self,
+            ctx: RequestContext,
+            item: String,
+            n: u32,
+            #[rpc(since = "1.1")] reason: Option<String>,
+        ) -> Result<u32, RpcError>;
+        /// Put `n` of `item` back.
+        #[rpc(since = "1.1")]
+        async fn restock(&self, ctx: RequestContext, item: String, n: u32) -> Result<u32, RpcError>;
+    }
+}
+
+/// An old host: serves 1.0 and counts what reaches it.
+#[derive(Default)]
+struct OldHost {
+    served: AtomicUsize,
+}
+
+impl v1_0::InventoryApi for OldHost {
+    async fn count(&self, _ctx: RequestContext, _item: String) -> Result<u32, RpcError> {
+        self.served.fetch_add(1, Ordering::SeqCst);
+        Ok(7)
+    }
+
+    async fn take(&self, _ctx: RequestContext, _item: String, n: u32) -> Result<u32, RpcError> {
+        self.served.fetch_add(1, Ordering::SeqCst);
+        Ok(7 - n)
+    }
+}
+
+#[rpc_api(serves = v1_0::InventoryApi)]
+impl OldHost {}
+
+impl Manager for OldHost {}
+
+/// A new host: serves 1.1, and says what `take` was told.
+#[derive(Default)]
+struct NewHost;
+
+impl v1_1::InventoryApi for NewHost {
+    async fn count(&self, _ctx: RequestContext, _item: String) -> Result<u32, RpcError> {
+        Ok(9)
+    }
+
+    async fn take(&self, _ctx: RequestContext, _item: String, n: u32, reason: Option<String>) -> Result<u32, RpcError> {
+        Ok(if reason.is_some() { 100 + n } else { n })
+    }
+
+    async fn restock(&self, _ctx: RequestContext, _item: String, n: u32) -> Result<u32, RpcError> {
+        Ok(n)
+    }
+}
+
+#[rpc_api(serves = v1_1::InventoryApi)]
+impl NewHost {}
+
+impl Manager for NewHost {}
+
+async fn serve<M: Manager + RpcApi>(
+    t: Arc<dyn Transport>,
+    topic: &str,
+    host: &str,
+    m: Arc<M>,
+) -> nova_core::RunningService {
+    let options = nova_core::ServiceOptions { periodic_enable: false, trace: false, ..Default::default() };
+    Service::create(t, ManagerHandle::new(m)).topic(topic).host(host).options(options).start().await.expect("serves")
+}
+
+async fn a_new_client_talks_to_an_old_host(kind: Kind) {
+    let bus = Bus::new(kind);
+    let t = bus.transport().await;
+    let topic = nova_tests::unique("inventory");
+    let old = Arc::new(OldHost::default());
+    let running = serve(t.clone(), &topic, "old", old.clone()).await;
+    let ctx = RequestContext::new();
+    let client = v1_1::InventoryClient::new(RpcClient::new(t.clone(), Target::new(&topic)));
+
+    // Unpinned, the 1.0 methods still go at 1.0: the old host serves them.
+    assert_eq!(client.count(&ctx, "nut".into()).await.unwrap(), 7);
+    assert_eq!(client.take(&ctx, "nut".into(), 2, None).await.unwrap(), 5, "a default 1.1 argument is not sent");
+    // Without a pin, a 1.1 method reaches the old host, which refuses it.
+    match client.restock(&ctx, "nut".into(), 1).await {
+        Err(RpcError::UnsupportedVersion { version, method }) => {
+            assert_eq!((version.as_str(), method.as_str()), ("1.1", "restock"))
+        }
+        other => panic!("the old host refuses 1.1: {other:?}"),
+    }
+    let served = old.served.load(Ordering::SeqCst);
+    assert_eq!(served, 2);
+
+    // Pinned to 1.0, as [upgrade_levels] would pin it.
+    let pinned = client.with_version_cap(Version::new(1, 0));
+    assert_eq!(pinned.count(&ctx, "nut".into()).await.unwrap(), 7);
+    assert_eq!(pinned.take(&ctx, "nut".into(), 3, None).await.unwrap(), 4, "dropped at its default");
+    for refused in [
+        pinned.restock(&ctx, "nut".into(), 1).await.map(drop),
+        pinned.take(&ctx, "nut".into(), 1, Some("audit".into())).await.map(drop),
+    ] {
+        match refused {
+            Err(e @ RpcError::PinnedBelow { .. }) => {
+                assert_eq!(e.class(), "UnsupportedVersion");
+                let text = e.to_string();
+                assert!(text.contains("1.1") && text.contains("pinned to 1.0"), "{text}");
+            }
+            other => panic!("refused locally: {other:?}"),
+        }
+    }
+    assert!(
+        matches!(pinned.restock(&ctx, "x".into(), 1).await, Err(RpcError::PinnedBelow { ref method, .. }) if method == "restock")
+    );
+    assert_eq!(old.served.load(Ordering::SeqCst), served + 2, "nothing refused locally reached the host");
+    running.stop().await;
+}
+
+async fn newer_arguments_travel_unpinned_and_describe_shows_since(kind: Kind) {
+    let bus = Bus::new(kind);
+    let t = bus.transport().await;
+    let topic = nova_tests::unique("inventory");
+    let running = serve(t.clone(), &topic, "new", Arc::new(NewHost)).await;
+    let ctx = RequestContext::new();
+    let client = v1_1::InventoryClient::new(RpcClient::new(t.clone(), Target::new(&topic)));
+    assert_eq!(client.take(&ctx, "nut".into(), 2, Some("audit".into())).await.unwrap(), 102, "the argument arrived");
+    assert_eq!(client.take(&ctx, "nut".into(), 2, None).await.unwrap(), 2);
+    assert_eq!(client.restock(&ctx, "nut".into(), 4).await.unwrap(), 4);
+    // An old client (1.0) is served by the new host.
+    let old_client = v1_0::InventoryClient::new(RpcClient::new(t.clone(), Target::new(&topic)));
+    assert_eq!(old_client.take(&ctx, "nut".into(), 3).await.unwrap(), 3);
+    let base = RpcClient::new(t.clone(), Target::new(&topic).with_namespace("baseapi").with_version("1.1"))
+        .with_timeout(Duration::from_secs(10));
+    let d = base.call(&ctx, "describe", json!({})).await.unwrap();
+    let since = |name: &str| {
+        let methods = d["endpoints"][0]["methods"].as_array().unwrap();
+        methods.iter().find(|m| m["name"] == name).map(|m| m["since"].clone())
+    };
+    assert_eq!((since("restock"), since("count")), (Some(json!("1.1")), Some(serde_json::Value::Null)));
+    running.stop().await;
+}
+
+transport_suite!(a_new_client_talks_to_an_old_host, newer_arguments_travel_unpinned_and_describe_shows_since);
