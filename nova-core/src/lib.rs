@@ -24,6 +24,7 @@ pub mod registry;
 pub mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod upgrade;
 
 pub use background::Background;
 pub use launcher::{connect_client, launch, launch_manager, Bootstrap, ClientSetup, LaunchError};

@@ -195,6 +195,8 @@ pub struct ManagerHandle {
     pub periodic_tasks: Vec<PeriodicTask>,
     /// Methods served from the topic's shared queue as work (see [`WorkQueue`]).
     pub work: Option<WorkQueue>,
+    /// The service version its record carries (see [`crate::upgrade`]).
+    pub service_version: i64,
 }
 
 /// A manager's work queue: the topic's shared queue is served as a work
@@ -229,6 +231,7 @@ impl ManagerHandle {
             periodic_tasks: manager.periodic_tasks(),
             hooks: manager,
             work: None,
+            service_version: crate::db::services::SERVICE_VERSION,
         }
     }
 

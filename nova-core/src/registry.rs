@@ -48,6 +48,8 @@ pub struct ManagerEntry {
     pub migrations: &'static [Migration],
     /// Topics this manager is the default for.
     pub default_for: Vec<String>,
+    /// Its binary's service version and history (none: version 1, one API).
+    pub versions: Option<crate::upgrade::ServiceVersions>,
     factory: Factory,
 }
 
@@ -76,7 +78,16 @@ impl ManagerEntry {
             options: &[],
             migrations: &[],
             default_for: Vec::new(),
+            versions: None,
         }
+    }
+
+    /// Declare its binary's service version and history (see
+    /// [`upgrade`](crate::upgrade)): its records carry the version, and
+    /// `[upgrade_levels] = auto` reads them.
+    pub fn service_versions(mut self, versions: crate::upgrade::ServiceVersions) -> Self {
+        self.versions = Some(versions);
+        self
     }
 
     /// Declare the manager's options.
@@ -99,7 +110,11 @@ impl ManagerEntry {
 
     /// Build the manager.
     pub async fn build(&self, deps: ManagerDeps) -> Result<ManagerHandle, BoxError> {
-        (self.factory)(deps).await
+        let mut handle = (self.factory)(deps).await?;
+        if let Some(v) = self.versions {
+            handle.service_version = v.current;
+        }
+        Ok(handle)
     }
 }
 

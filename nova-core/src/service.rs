@@ -270,7 +270,10 @@ impl Service {
         }
         hooks.init_host(info).await.map_err(hook("init_host"))?;
         let record_id = match records {
-            Some(r) => Some(r.create_or_update(&info.host, &info.binary, &info.topic).await?.id),
+            Some(r) => {
+                let version = self.manager.service_version;
+                Some(r.create_or_update(&info.host, &info.binary, &info.topic, version).await?.id)
+            }
             None => None,
         };
         hooks.pre_start_hook(info).await.map_err(hook("pre_start_hook"))?;
@@ -356,6 +359,7 @@ impl Service {
                 let report = Report {
                     records: r.clone(),
                     id,
+                    version: self.manager.service_version,
                     info: self.info.clone(),
                     every: options.report_interval,
                     health: servers.health(),
@@ -473,6 +477,8 @@ impl Servers {
 struct Report {
     records: ServiceRecords,
     id: i64,
+    /// The service version the record carries.
+    version: i64,
     info: ServiceInfo,
     every: Duration,
     health: Vec<nova_rpc::transport::Health>,
@@ -513,7 +519,11 @@ impl Report {
             Ok(true) => Ok(()),
             Ok(false) => {
                 tracing::warn!(host = %info.host, binary = %info.binary, "service record was deleted; creating it again");
-                self.records.create_or_update(&info.host, &info.binary, &info.topic).await.map(|r| self.id = r.id)
+                let version = self.version;
+                self.records
+                    .create_or_update(&info.host, &info.binary, &info.topic, version)
+                    .await
+                    .map(|r| self.id = r.id)
             }
             Err(e) => Err(e),
         };

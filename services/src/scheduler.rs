@@ -6,18 +6,28 @@
 //! allows the command — the one with the most free slots — casts `run_task`
 //! to `compute.<host>`, and returns the host and the task id. No such host
 //! is a `NoValidHost` remote error, as in Nova.
+//!
+//! Its compute client sends under `[upgrade_levels] compute` (a version, a
+//! release, or `auto`: the oldest live compute host's API), worked out at
+//! start and again on SIGHUP.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use nova_core::{
+    config::{Config, OptSpec},
     db::services::{is_up, ServiceRecords},
-    rpc_api, BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo,
+    rpc_api,
+    upgrade::{self, UpgradeError},
+    BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo,
 };
-use nova_rpc::{RequestContext, RpcClient, RpcError, Target};
+use nova_rpc::{RequestContext, RpcClient, RpcError, Target, Version};
 use tokio::sync::Mutex;
 
-use crate::api::compute::{ComputeClient, NotifyTarget};
 pub use crate::api::scheduler::{HostState, Placement, SchedulerApi, SchedulerClient};
+use crate::{
+    api::compute::{ComputeClient, NotifyTarget},
+    compute,
+};
 
 /// The registry name of this manager.
 pub const NAME: &str = "nova_services::scheduler::SchedulerManager";
@@ -27,8 +37,19 @@ pub struct SchedulerManager {
     hosts: Mutex<HashMap<String, HostState>>,
     records: ServiceRecords,
     service_down_time: Duration,
-    compute: ComputeClient,
+    /// The compute client, under the pin in force (replaced on SIGHUP).
+    compute: std::sync::RwLock<ComputeClient>,
+    /// The same, unpinned: what a new pin starts from.
+    unpinned: ComputeClient,
 }
+
+/// The scheduler's options: the pin of its compute client.
+pub const OPTIONS: &[OptSpec] = &[OptSpec {
+    section: "upgrade_levels",
+    name: "compute",
+    default: "",
+    help: "Pin the compute API the scheduler sends: a version (1.0), a release (placement, work-queues), or auto (the oldest live nova-compute's); empty: no pin. Worked out at start and on SIGHUP.",
+}];
 
 impl std::fmt::Debug for SchedulerManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,8 +62,10 @@ pub fn entry() -> ManagerEntry {
     ManagerEntry::new(NAME, |deps: ManagerDeps| async move {
         let rpc = RpcClient::new(deps.transport.clone(), Target::new("compute"));
         let m = SchedulerManager::new(ServiceRecords::new(deps.db.clone()), deps.options.service_down_time, rpc);
+        m.pin(&deps.config).await?;
         Ok::<_, BoxError>(ManagerHandle::new(Arc::new(m)))
     })
+    .options(OPTIONS)
     .default_for("scheduler")
 }
 
@@ -57,8 +80,25 @@ impl SchedulerManager {
             hosts: Mutex::default(),
             records,
             service_down_time,
-            compute: ComputeClient::new(rpc.with_target(Target::new("compute"))),
+            compute: std::sync::RwLock::new(ComputeClient::new(rpc.with_target(Target::new("compute")))),
+            unpinned: ComputeClient::new(rpc.with_target(Target::new("compute"))),
         }
+    }
+
+    /// The compute client, as pinned now.
+    fn compute(&self) -> ComputeClient {
+        self.compute.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Pin the compute client as `[upgrade_levels] compute` says (see
+    /// [`nova_core::upgrade`]); returns the pin.
+    pub async fn pin(&self, config: &Config) -> Result<Option<Version>, UpgradeError> {
+        let pin = upgrade::pin(config, "compute", &compute::VERSIONS, &self.records, self.service_down_time).await?;
+        *self.compute.write().unwrap_or_else(|p| p.into_inner()) = match pin {
+            Some(v) => self.unpinned.with_version_cap(v),
+            None => self.unpinned.clone(),
+        };
+        Ok(pin)
     }
 }
 
@@ -131,7 +171,7 @@ impl SchedulerApi for SchedulerManager {
         }
         drop(hosts);
         let task_id = task_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        self.compute.with_server(&best).run_task(&ctx, name, args, task_id.clone(), notify, callback_url).await?;
+        self.compute().with_server(&best).run_task(&ctx, name, args, task_id.clone(), notify, callback_url).await?;
         tracing::info!(host = %best, %task_id, "task scheduled");
         Ok(Placement { host: best, task_id })
     }
@@ -144,7 +184,15 @@ impl SchedulerManager {}
 #[async_trait::async_trait]
 impl Manager for SchedulerManager {
     async fn post_start_hook(&self, _service: &ServiceInfo) -> Result<(), BoxError> {
-        self.compute.with_fanout().report_capacity(&RequestContext::new()).await?;
+        self.compute().with_fanout().report_capacity(&RequestContext::new()).await?;
         Ok(())
+    }
+
+    /// SIGHUP: the pin is worked out again (an upgraded fleet is unpinned
+    /// by `auto` here, never in the middle of a request stream).
+    async fn reload(&self, config: &Config) {
+        if let Err(e) = self.pin(config).await {
+            tracing::error!(error = %e, "keeping the compute pin: [upgrade_levels] compute cannot be worked out");
+        }
     }
 }

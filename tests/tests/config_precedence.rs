@@ -185,3 +185,25 @@ fn nova_rpc_exit_codes() {
     assert!(out.status.code() != Some(0) && out.status.code() != Some(4), "{:?} {said}", out.status);
     assert!(said.contains("version cap is 1.0"), "{said}");
 }
+
+/// `nova-manage service list` shows each record's service version.
+#[tokio::test]
+async fn service_list_shows_each_records_version() {
+    let dir = TempDir::new("manage-list");
+    let url = format!("sqlite:///{}", dir.path().join("nova.sqlite").display());
+    let db = nova_core::db::Database::connect(&url).await.unwrap();
+    db.migrate(nova_core::db::services::MIGRATIONS).await.unwrap();
+    let records = nova_core::db::services::ServiceRecords::new(db.clone());
+    records.create_or_update("c1", "nova-compute", "compute", 2).await.unwrap();
+    records.create_or_update("c0", "nova-compute", "compute", 0).await.unwrap();
+    db.close().await;
+    let state = dir.path().display().to_string();
+    let table = manage(&["--database-connection", &url, "--state-path", &state, "service", "list"]);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("Version"), "{table}");
+    let row =
+        |host: &str| table.lines().find(|l| l.contains(host)).map(|l| l.split_whitespace().nth(4).map(str::to_owned));
+    assert_eq!((row("c1"), row("c0")), (Some(Some("2".into())), Some(Some("0".into()))), "{table}");
+    let json = manage(&["--database-connection", &url, "--state-path", &state, "service", "list", "--json"]);
+    assert!(json.contains("\"version\": 2") && json.contains("\"version\": 0"), "{json}");
+}

@@ -221,7 +221,7 @@ async fn console_shows_hostile_names_as_text_and_runs_none() {
             .unwrap();
     let records = nova_core::db::services::ServiceRecords::new(db);
     for (host, binary) in evil {
-        let r = records.create_or_update(host, binary, topic).await.unwrap();
+        let r = records.create_or_update(host, binary, topic, 1).await.unwrap();
         records.report(r.id).await.unwrap();
     }
     let page_url = format!("http://127.0.0.1:{}/", all.port);

@@ -150,7 +150,7 @@ async fn service_records_over_postgres_verify_full() {
     let db = Database::connect(&url(&pg.dir.join("ca.pem"))).await.expect("TLS with the right CA");
     db.migrate(MIGRATIONS).await.unwrap();
     let records = ServiceRecords::new(db);
-    let r = records.create_or_update("tls-host", "nova-compute", "compute").await.unwrap();
+    let r = records.create_or_update("tls-host", "nova-compute", "compute", 1).await.unwrap();
     assert!(records.report(r.id).await.unwrap());
     assert_eq!(records.list(Some("compute")).await.unwrap().len(), 1);
 

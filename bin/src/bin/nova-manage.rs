@@ -143,15 +143,17 @@ async fn list(
         return Ok(());
     }
     println!(
-        "{:<5} {:<20} {:<16} {:<12} {:<6} {:<9} {:<20} Disabled Reason",
-        "Id", "Host", "Binary", "Topic", "State", "Status", "Updated At"
+        "{:<5} {:<20} {:<16} {:<12} {:<8} {:<6} {:<9} {:<20} Disabled Reason",
+        "Id", "Host", "Binary", "Topic", "Version", "State", "Status", "Updated At"
     );
     for r in &rows {
         let updated = r.updated_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
         let reason = r.disabled_reason.as_deref().unwrap_or_default();
-        let (id, host, binary, topic) = (r.id, &r.host, &r.binary, &r.topic);
+        let (id, host, binary, topic, version) = (r.id, &r.host, &r.binary, &r.topic, r.version);
         let (state, status) = (state(r), status(r));
-        println!("{id:<5} {host:<20} {binary:<16} {topic:<12} {state:<6} {status:<9} {updated:<20} {reason}");
+        println!(
+            "{id:<5} {host:<20} {binary:<16} {topic:<12} {version:<8} {state:<6} {status:<9} {updated:<20} {reason}"
+        );
     }
     Ok(())
 }

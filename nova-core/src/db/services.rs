@@ -98,7 +98,7 @@ pub struct ServiceRecord {
     pub deleted: i64,
 }
 
-/// The record version this code writes.
+/// The service version a binary that declares none writes.
 pub const SERVICE_VERSION: i64 = 1;
 
 /// Nova's servicegroup rule: up when not forced down and seen within `down_time`.
@@ -184,16 +184,22 @@ impl ServiceRecords {
 
     /// Create the record if absent (safe against a concurrent creator) and
     /// mark it as (re)started; returns it.
-    pub async fn create_or_update(&self, host: &str, binary: &str, topic: &str) -> Result<ServiceRecord, DbError> {
+    pub async fn create_or_update(
+        &self,
+        host: &str,
+        binary: &str,
+        topic: &str,
+        version: i64,
+    ) -> Result<ServiceRecord, DbError> {
         let t = now();
         let uuid = uuid::Uuid::new_v4().to_string();
         let insert = r#"INSERT INTO services (uuid, host, "binary", topic, report_count, disabled, forced_down, version, created_at, updated_at, deleted)
             VALUES ($1, $2, $3, $4, 0, FALSE, FALSE, $5, $6, $6, 0) ON CONFLICT DO NOTHING"#;
         let update = r#"UPDATE services SET version = $1, topic = $2, updated_at = $3 WHERE host = $4 AND "binary" = $5 AND deleted = 0"#;
         with_pool!(&self.db, pool => {
-            sqlx::query(insert).bind(&uuid).bind(host).bind(binary).bind(topic).bind(SERVICE_VERSION).bind(t)
+            sqlx::query(insert).bind(&uuid).bind(host).bind(binary).bind(topic).bind(version).bind(t)
                 .execute(pool).await.map_err(DbError::sql("creating the service record"))?;
-            sqlx::query(update).bind(SERVICE_VERSION).bind(topic).bind(t).bind(host).bind(binary)
+            sqlx::query(update).bind(version).bind(topic).bind(t).bind(host).bind(binary)
                 .execute(pool).await.map_err(DbError::sql("updating the service record"))?;
         });
         self.get(host, binary).await?.ok_or_else(|| DbError::Sql {

@@ -30,8 +30,8 @@ pub mod tasks;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use nova_core::{
-    config::OptSpec, db::Database, rpc_api, BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo,
-    WorkQueue,
+    config::OptSpec, db::Database, rpc_api, upgrade::ServiceVersions, BoxError, Manager, ManagerDeps, ManagerEntry,
+    ManagerHandle, ServiceInfo, WorkQueue,
 };
 use nova_rpc::{RequestContext, RpcClient, RpcError, Target};
 use tokio::sync::{oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
@@ -232,7 +232,16 @@ pub fn entry() -> ManagerEntry {
     .options(OPTIONS)
     .migrations(tasks::MIGRATIONS)
     .default_for("compute")
+    .service_versions(VERSIONS)
 }
+
+/// `nova-compute`'s service versions: 2 serves the compute API 1.1 (the
+/// work queue's `submit_task`); 1 and older records (0) serve 1.0.
+pub const VERSIONS: ServiceVersions = ServiceVersions {
+    current: 2,
+    history: &[(0, "1.0"), (1, "1.0"), (2, "1.1")],
+    releases: &[("work-queues", "1.1"), ("placement", "1.0")],
+};
 
 impl ComputeManager {
     /// Build from the service's configuration, database and transport.
