@@ -12,6 +12,9 @@
          "namespace", "version", "timeout", "context"} ->
         {"ok": result} or {"error": {"class", "exc_type", "message"}}.
 
+    --compute-1.0 serves, instead of the test endpoint, a compute host still
+    at the compute API 1.0 (prints "PLACED <task_id>" for each run_task).
+
     --modern sets what OpenStack deployments set today: rabbit_quorum_queue,
     rabbit_transient_quorum_queue, rabbit_stream_fanout (with
     rabbit_qos_prefetch_count = 10) and use_queue_manager.
@@ -90,11 +93,35 @@ class Endpoint:
             return list(self.casts)
 
 
+class Compute10:
+    """A compute host still at the compute API 1.0: it has no submit_task,
+    and refuses anything sent above 1.0 (oslo's UnsupportedVersion)."""
+
+    target = oslo_messaging.Target(version="1.0")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.placed = []
+
+    def run_task(self, ctxt, name, task_id, args=None, notify=None, callback_url=None):
+        with self.lock:
+            self.placed.append(task_id)
+        print(f"PLACED {task_id}", flush=True)
+        return {"started": True, "reason": None}
+
+    def report_capacity(self, ctxt):
+        return None
+
+    def placed_tasks(self, ctxt):
+        with self.lock:
+            return list(self.placed)
+
+
 def serve(url, exchange, topic, server, flags):
     conf, transport = transport_for(url, exchange, flags)
     target = oslo_messaging.Target(topic=topic, server=server)
-    rpc = oslo_messaging.get_rpc_server(transport, target, [Endpoint(server, transport)],
-                                        executor="threading")
+    endpoint = Compute10() if "--compute-1.0" in flags else Endpoint(server, transport)
+    rpc = oslo_messaging.get_rpc_server(transport, target, [endpoint], executor="threading")
     rpc.start()
     print("READY", flush=True)
     sys.stdin.read()

@@ -111,6 +111,19 @@ impl PyPeer {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad answer {line:?}: {e}"))
     }
 
+    /// Wait up to `timeout` for a line it prints that starts with
+    /// `prefix` (skipping others); the line.
+    pub fn line_starting(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let line = self.next_line(left)?;
+            if line.starts_with(prefix) {
+                return Some(line);
+            }
+        }
+    }
+
     /// What it printed on stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -186,3 +186,72 @@ async fn newer_arguments_travel_unpinned_and_describe_shows_since(kind: Kind) {
 }
 
 transport_suite!(a_new_client_talks_to_an_old_host, newer_arguments_travel_unpinned_and_describe_shows_since);
+
+/// A scheduler of this code (compute API 1.1, pinned by `auto` to the 1.0
+/// host it sees) places tasks on a Python oslo.messaging compute host that
+/// serves the compute API 1.0: each `run_task` arrives at 1.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_scheduler_places_tasks_on_a_python_compute_at_1_0() {
+    use nova_services::scheduler::{SchedulerClient, SchedulerManager};
+    let bus = Bus::new(Kind::Rabbit);
+    let dir = nova_tests::TempDir::new("py-compute");
+    let mut python =
+        nova_tests::interop::PyPeer::server(&bus.url, &bus.exchange, "compute", "py1", &["--compute-1.0"], dir.path());
+    let url = format!("sqlite:///{}", dir.path().join("nova.sqlite").display());
+    let db = nova_core::db::Database::connect(&url).await.unwrap();
+    db.migrate(nova_core::db::services::MIGRATIONS).await.unwrap();
+    let records = nova_core::db::services::ServiceRecords::new(db);
+    records.create_or_update("py1", "nova-compute", "compute", 1).await.unwrap();
+    let t = bus.transport().await;
+    let scheduler = Arc::new(SchedulerManager::new(
+        records.clone(),
+        Duration::from_secs(60),
+        RpcClient::new(t.clone(), Target::new("compute")),
+    ));
+    let mut config = nova_core::config::Config::with_defaults(nova_services::scheduler::OPTIONS);
+    config.set("upgrade_levels", "compute", "auto".into(), nova_core::config::Origin::Code);
+    assert_eq!(scheduler.pin(&config).await.unwrap(), Some(Version::new(1, 0)));
+    let running = serve(t.clone(), "scheduler", "s1", scheduler).await;
+    let ctx = RequestContext::new();
+    let client = SchedulerClient::new(RpcClient::new(t.clone(), Target::new("scheduler")));
+    client.update_host_state(&ctx, "py1".into(), 4, 4, vec!["echo".into()]).await.unwrap();
+    for i in 0..3 {
+        let placed = nova_tests::eventually("the scheduler places the task", Duration::from_secs(30), || async {
+            client.schedule_task(&ctx, "echo".into(), vec![], Some(format!("py-task-{i}")), None, None).await.ok()
+        })
+        .await;
+        assert_eq!(placed.host, "py1");
+        let line = python.line_starting("PLACED ", Duration::from_secs(30));
+        assert_eq!(line, Some(format!("PLACED py-task-{i}")), "run_task arrived at 1.0: {}", python.stderr());
+    }
+    running.stop().await;
+}
+
+/// A Python client pinned to the compute API 1.0 drives a nova-compute of
+/// this code (which serves 1.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_pinned_to_1_0_drives_a_new_compute() {
+    let bus = Bus::new(Kind::Rabbit);
+    let dir = nova_tests::TempDir::new("py-client");
+    let state = dir.path().join("state");
+    let args = ["--transport-url", &bus.url, "--control-exchange", &bus.exchange, "--host", "c1"];
+    let compute = nova_tests::Proc::spawn(
+        "nova-compute",
+        &[&args[..], &["--state-path", state.to_str().unwrap()]].concat(),
+        dir.path(),
+    );
+    let mut python = nova_tests::interop::PyPeer::client(&bus.url, &bus.exchange, &[], dir.path());
+    let request =
+        json!({"op": "call", "topic": "compute", "server": "c1", "method": "list_tasks", "version": "1.0", "args": {}});
+    nova_tests::eventually("nova-compute serves", Duration::from_secs(30), || async {
+        compute.output().contains("service started").then_some(())
+    })
+    .await;
+    let answer = python.request(request);
+    assert_eq!(answer["ok"], json!([]), "{answer} {}", compute.output());
+    // At 1.2, which no compute serves, oslo's own refusal comes back.
+    let newer =
+        json!({"op": "call", "topic": "compute", "server": "c1", "method": "list_tasks", "version": "1.2", "args": {}});
+    let refused = python.request(newer);
+    assert_eq!(refused["error"]["exc_type"], "UnsupportedVersion", "{refused}");
+}
