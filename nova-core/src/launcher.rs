@@ -59,6 +59,12 @@ pub enum LaunchError {
     /// A program's own settings cannot work together.
     #[error("{0}")]
     Invalid(String),
+    /// The database schema lacks migrations this release needs.
+    #[error("the database schema is older than this release needs (missing migrations {}): run `nova-manage db sync`", missing.join(", "))]
+    SchemaTooOld {
+        /// The migrations it lacks.
+        missing: Vec<&'static str>,
+    },
 }
 
 /// Everything a process needs before it starts services: configuration,
@@ -141,6 +147,35 @@ pub async fn connect_client(args: &CommonArgs, extra: &[OptSpec]) -> Result<Clie
     Ok(ClientSetup { config, options, transport })
 }
 
+/// Every migration a registry's services need, the service records' first.
+pub fn migrations(registry: &ManagerRegistry) -> Vec<crate::db::Migration> {
+    let mut migrations = crate::db::services::MIGRATIONS.to_vec();
+    for e in registry.entries() {
+        migrations.extend_from_slice(e.migrations);
+    }
+    migrations
+}
+
+/// Bring the schema to what `registry` needs (`auto_migrate`), or check
+/// that it is there. A schema a newer release migrated is logged and used:
+/// within a release pair, migrations only add.
+async fn schema(db: &Database, registry: &ManagerRegistry, auto_migrate: bool) -> Result<(), LaunchError> {
+    let migrations = migrations(registry);
+    let state = db.schema(&migrations).await?;
+    if !state.unknown.is_empty() {
+        tracing::warn!(
+            unknown = ?state.unknown,
+            "the database schema is newer than this release knows (a newer release migrated it); running on it"
+        );
+    }
+    if auto_migrate {
+        db.migrate(&migrations).await?;
+    } else if !state.missing.is_empty() {
+        return Err(LaunchError::SchemaTooOld { missing: state.missing });
+    }
+    Ok(())
+}
+
 impl Bootstrap {
     /// Load config, start logging, connect transport and database, migrate.
     pub async fn new(args: CommonArgs, registry: ManagerRegistry, extra: &[OptSpec]) -> Result<Self, LaunchError> {
@@ -154,11 +189,7 @@ impl Bootstrap {
             tracing::warn!(option = %unknown, "ignoring unknown option");
         }
         let db = Database::connect(&options.database_connection).await?;
-        let mut migrations = crate::db::services::MIGRATIONS.to_vec();
-        for e in registry.entries() {
-            migrations.extend_from_slice(e.migrations);
-        }
-        db.migrate(&migrations).await?;
+        schema(&db, &registry, options.auto_migrate).await?;
         let transport = transport::connect(options.transport.clone()).await?;
         Ok(Self { args, specs, config: Arc::new(config), options, transport, db, registry })
     }

@@ -33,6 +33,27 @@ enum Top {
     /// The gateway's policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The database schema.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Rolling upgrades.
+    #[command(subcommand)]
+    Upgrade(UpgradeCommand),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply every migration this release's services need.
+    Sync,
+    /// Print the schema's migrations: applied, missing, and unknown to this release.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum UpgradeCommand {
+    /// Report compute hosts too old for this release, and pins left set
+    /// once every host is upgraded (exit 0 fine, 1 warning, 2 failure).
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +118,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Top::Service(cmd) => cmd,
+        Top::Db(cmd) => return db(&cli.common, cmd).await,
+        Top::Upgrade(UpgradeCommand::Check) => return upgrade_check(&cli.common).await,
     };
     let (_, options) = nova_bin::tool_options(&cli.common)?;
     let db = Database::connect(&options.database_connection).await?;
@@ -115,6 +138,69 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("no service {binary} on host {host}");
     }
     println!("{action:?}: {binary} on {host}");
+    Ok(())
+}
+
+/// `nova-manage db sync|version`.
+async fn db(common: &CommonArgs, cmd: DbCommand) -> anyhow::Result<()> {
+    let (_, options) = nova_bin::tool_options(common)?;
+    let db = Database::connect(&options.database_connection).await?;
+    let migrations = nova_core::launcher::migrations(&nova_services::registry());
+    if let DbCommand::Sync = cmd {
+        db.migrate(&migrations).await?;
+    }
+    let state = db.schema(&migrations).await?;
+    println!(
+        "schema: {} migration(s) applied, latest {}",
+        state.applied.len(),
+        state.applied.last().map_or("none", String::as_str)
+    );
+    if !state.missing.is_empty() {
+        println!("missing (run `nova-manage db sync`): {}", state.missing.join(", "));
+    }
+    if !state.unknown.is_empty() {
+        println!("newer than this release: {}", state.unknown.join(", "));
+    }
+    Ok(())
+}
+
+/// `nova-manage upgrade check`, as `nova-status upgrade check` reports.
+async fn upgrade_check(common: &CommonArgs) -> anyhow::Result<()> {
+    use nova_services::compute::VERSIONS;
+    let (config, options) = nova_bin::tool_options(common)?;
+    let db = Database::connect(&options.database_connection).await?;
+    db.migrate(MIGRATIONS).await?;
+    let now = chrono::Utc::now().naive_utc();
+    let live: Vec<_> = ServiceRecords::new(db)
+        .list(Some("compute"))
+        .await?
+        .into_iter()
+        .filter(|r| r.binary == "nova-compute" && r.deleted == 0 && is_up(r, options.service_down_time, now))
+        .collect();
+    // As Nova: this release works with hosts one release (service version) behind.
+    let too_old: Vec<String> = live
+        .iter()
+        .filter(|r| r.version < VERSIONS.current - 1)
+        .map(|r| format!("{} (service version {})", r.host, r.version))
+        .collect();
+    let pin = config.raw("upgrade_levels", "compute").unwrap_or("").trim().to_owned();
+    let all_current = !live.is_empty() && live.iter().all(|r| r.version >= VERSIONS.current);
+    let mut worst = 0;
+    if too_old.is_empty() {
+        println!("compute hosts: OK ({} live, this release is service version {})", live.len(), VERSIONS.current);
+    } else {
+        worst = 2;
+        println!("compute hosts: Failure: too old for this release (upgrade them first): {}", too_old.join(", "));
+    }
+    if all_current && !pin.is_empty() && pin != "auto" {
+        worst = worst.max(1);
+        println!("[upgrade_levels] compute = {pin}: Warning: every live host is at service version {}; remove the pin and SIGHUP the schedulers", VERSIONS.current);
+    } else {
+        println!("[upgrade_levels] compute: OK ({})", if pin.is_empty() { "not pinned" } else { pin.as_str() });
+    }
+    if worst > 0 {
+        std::process::exit(worst);
+    }
     Ok(())
 }
 

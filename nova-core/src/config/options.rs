@@ -237,6 +237,15 @@ pub mod database {
     #[allow(unused_imports)]
     use super::checks::*;
 
+    /// `[database] auto_migrate`.
+    pub const AUTO_MIGRATE: Opt<bool> = Opt::new(
+        "database",
+        "auto_migrate",
+        "true",
+        "Apply this release's migrations at start (the embedded defaults). Off, as in a fleet: migrations come from `nova-manage db sync`, and a service whose schema lacks one refuses to start.",
+        parse::boolean,
+    );
+
     /// `[database] connection`.
     pub const CONNECTION: Opt<Option<String>> =
         Opt::new("database", "connection", "", "Database URL: postgresql://user@host/db, or SQLite as SQLAlchemy writes it: sqlite:////var/lib/nova/nova.sqlite (four slashes: an absolute path) or sqlite:///nova.sqlite (three: relative to the working directory); the path is logged at start (default: SQLite under state_path).", parse::optional_text);
@@ -669,6 +678,7 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
     default::METRICS_ENABLED.spec,
     default::METRICS_LISTEN.spec,
     database::CONNECTION.spec,
+    database::AUTO_MIGRATE.spec,
     rabbit::HEARTBEAT_TIMEOUT_THRESHOLD.spec,
     rabbit::AMQP_DURABLE_QUEUES.spec,
     rabbit::FRAME_MAX.spec,
@@ -740,6 +750,8 @@ pub struct CoreOptions {
     pub state_path: PathBuf,
     /// `[database] connection`, resolved (SQLite under `state_path` by default).
     pub database_connection: String,
+    /// `[database] auto_migrate`.
+    pub auto_migrate: bool,
     /// `debug`.
     pub debug: bool,
     /// `log_json`.
@@ -854,6 +866,7 @@ impl CoreOptions {
             graceful_shutdown_timeout: c.value(&GRACEFUL_SHUTDOWN_TIMEOUT)?,
             state_path,
             database_connection,
+            auto_migrate: c.value(&database::AUTO_MIGRATE)?,
             debug: c.value(&DEBUG)?,
             log_json: c.value(&LOG_JSON)?,
             metrics_listen: c.value(&METRICS_LISTEN)?,

@@ -98,6 +98,18 @@ fn mask(url: &str) -> String {
     nova_rpc::transport::TransportUrl::mask(url)
 }
 
+/// The schema as a release sees it (see [`Database::schema`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaState {
+    /// Every migration applied, by id, in order.
+    pub applied: Vec<String>,
+    /// What this release needs that is not applied (run `nova-manage db sync`).
+    pub missing: Vec<&'static str>,
+    /// Applied by a newer release: the schema is ahead of this code, which
+    /// runs on it (migrations only add within a release pair).
+    pub unknown: Vec<String>,
+}
+
 impl Database {
     /// Connect (creating the SQLite file and its directory when needed),
     /// and log where the database is: SQLite's file as an absolute path,
@@ -217,6 +229,22 @@ impl Database {
             }
         }
         Ok(())
+    }
+
+    /// Which of `migrations` the schema has, which it lacks, and which
+    /// applied migrations this code does not know (a newer release ran).
+    pub async fn schema(&self, migrations: &[Migration]) -> Result<SchemaState, DbError> {
+        let query = "SELECT id FROM nova_migrations ORDER BY id";
+        let applied: Vec<(String,)> = match with_pool!(self, pool => sqlx::query_as(query).fetch_all(pool).await) {
+            Ok(rows) => rows,
+            // No table yet: nothing applied.
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(DbError::sql("reading nova_migrations")(e)),
+        };
+        let applied: Vec<String> = applied.into_iter().map(|(id,)| id).collect();
+        let missing = migrations.iter().map(|m| m.id).filter(|id| !applied.iter().any(|a| a == id)).collect();
+        let unknown = applied.iter().filter(|a| !migrations.iter().any(|m| m.id == a.as_str())).cloned().collect();
+        Ok(SchemaState { applied, missing, unknown })
     }
 
     /// Close the pool.
