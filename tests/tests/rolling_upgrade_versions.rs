@@ -255,3 +255,237 @@ async fn a_python_client_pinned_to_1_0_drives_a_new_compute() {
     let refused = python.request(newer);
     assert_eq!(refused["error"]["exc_type"], "UnsupportedVersion", "{refused}");
 }
+
+/// Grenade-style: a stream of 200 tasks is scheduled while the fleet is at
+/// two versions: a compute host built from the previous compute API (1.0)
+/// beside one of this code (1.1), and the scheduler itself upgraded in the
+/// middle of the stream (an old one pinned to 1.0 stops, a new one with
+/// `[upgrade_levels] compute = auto` takes over). Every task is placed
+/// exactly once, or refused with an error the caller sees (`NoValidHost`,
+/// for a call served by the new scheduler before any compute reported to
+/// it); none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_tasks_crosses_a_scheduler_upgrade() {
+    use nova_services::scheduler::{SchedulerClient, SchedulerManager};
+    let bus = Bus::new(Kind::Rabbit);
+    let t = bus.transport().await;
+    let dir = nova_tests::TempDir::new("grenade");
+    let url = format!("sqlite:///{}", dir.path().join("nova.sqlite").display());
+    let db = nova_core::db::Database::connect(&url).await.unwrap();
+    db.migrate(nova_core::db::services::MIGRATIONS).await.unwrap();
+    let records = nova_core::db::services::ServiceRecords::new(db);
+    records.create_or_update("old", "nova-compute", "compute", 1).await.unwrap();
+    records.create_or_update("new", "nova-compute", "compute", 2).await.unwrap();
+    let old_host = Arc::new(Placed::default());
+    let new_host = Arc::new(PlacedNew::default());
+    let computes = [
+        serve(t.clone(), "compute", "old", old_host.clone()).await,
+        serve(t.clone(), "compute", "new", new_host.clone()).await,
+    ];
+    let scheduler_with = |level: &str| {
+        let mut config = nova_core::config::Config::with_defaults(nova_services::scheduler::OPTIONS);
+        config.set("upgrade_levels", "compute", level.into(), nova_core::config::Origin::Code);
+        let m = SchedulerManager::new(
+            records.clone(),
+            Duration::from_secs(60),
+            RpcClient::new(t.clone(), Target::new("compute")),
+        );
+        async move {
+            m.pin(&config).await.unwrap();
+            Arc::new(m)
+        }
+    };
+    let client =
+        SchedulerClient::new(RpcClient::new(t.clone(), Target::new("scheduler")).with_timeout(Duration::from_secs(60)));
+    let report = |c: SchedulerClient| async move {
+        for host in ["old", "new"] {
+            c.update_host_state(&RequestContext::new(), host.into(), 1000, 1000, vec!["echo".into()]).await.unwrap();
+        }
+    };
+    let mut scheduler = serve(t.clone(), "scheduler", "s1", scheduler_with("1.0").await).await;
+    report(client.clone()).await;
+    // The stream runs on its own; the upgrade happens while it flows.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stream = tokio::spawn({
+        let (client, answered) = (client.clone(), answered.clone());
+        async move {
+            let (mut placed, mut refused) = (Vec::new(), Vec::new());
+            for i in 0..200 {
+                let ctx = RequestContext::new();
+                match client.schedule_task(&ctx, "echo".into(), vec![], Some(format!("g-{i}")), None, None).await {
+                    Ok(p) => placed.push(p.task_id),
+                    Err(e) => refused.push(format!("g-{i}: {e}")),
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+            (placed, refused)
+        }
+    });
+    nova_tests::eventually("half the stream is answered", Duration::from_secs(60), || async {
+        (answered.load(Ordering::SeqCst) >= 100).then_some(())
+    })
+    .await;
+    // The upgrade: the old scheduler drains and stops; calls made meanwhile
+    // wait in the scheduler's queue for the new one.
+    scheduler.stop().await;
+    let during = answered.load(Ordering::SeqCst);
+    scheduler = serve(t.clone(), "scheduler", "s2", scheduler_with("auto").await).await;
+    report(client.clone()).await;
+    let (placed, refused) = stream.await.unwrap();
+    assert!(during < 200, "the upgrade happened mid-stream ({during} answered)");
+    // Casts of run_task arrive after the calls that made them answer.
+    nova_tests::eventually("every placed task reached its host", Duration::from_secs(30), || async {
+        (old_host.ids().len() + new_host.ids().len() == placed.len()).then_some(())
+    })
+    .await;
+    let mut reached: Vec<String> = [old_host.ids(), new_host.ids()].concat();
+    reached.sort();
+    let mut expected = placed.clone();
+    expected.sort();
+    assert_eq!(reached, expected, "each placed task reached one host, once");
+    // A call that waited through the swap may reach the new scheduler
+    // before it has heard from any compute: it is refused, clearly.
+    assert!(refused.iter().all(|r| r.contains("NoValidHost")), "refusals say why: {refused:?}");
+    assert_eq!(placed.len() + refused.len(), 200, "every task was answered");
+    assert!(placed.len() >= 190, "{} placed, refused: {refused:?}", placed.len());
+    assert!(!old_host.ids().is_empty() && !new_host.ids().is_empty(), "both hosts served");
+    scheduler.stop().await;
+    for c in computes {
+        c.stop().await;
+    }
+}
+
+/// The compute API as a host of the previous release has it.
+mod compute_1_0 {
+    use nova_core::prelude::*;
+
+    #[rpc_api(version = "1.0")]
+    pub trait ComputeApi {
+        /// Run a placed task.
+        #[rpc(cast, callable)]
+        async fn run_task(
+            &self,
+            ctx: RequestContext,
+            name: String,
+            #[rpc(default)] args: Vec<String>,
+            task_id: String,
+            notify: Option<serde_json::Value>,
+            callback_url: Option<String>,
+        ) -> Result<serde_json::Value, RpcError>;
+        /// Report capacity (a no-op here: the test reports for the hosts).
+        #[rpc(cast)]
+        async fn report_capacity(&self, ctx: RequestContext) -> Result<(), RpcError>;
+    }
+}
+
+/// A host of the previous release: records what it was asked to run.
+#[derive(Default)]
+struct Placed(std::sync::Mutex<Vec<String>>);
+
+impl Placed {
+    fn ids(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl compute_1_0::ComputeApi for Placed {
+    async fn run_task(
+        &self,
+        _ctx: RequestContext,
+        _name: String,
+        _args: Vec<String>,
+        task_id: String,
+        _notify: Option<serde_json::Value>,
+        _callback_url: Option<String>,
+    ) -> Result<serde_json::Value, RpcError> {
+        self.0.lock().unwrap().push(task_id);
+        Ok(json!({"started": true}))
+    }
+
+    async fn report_capacity(&self, _ctx: RequestContext) -> Result<(), RpcError> {
+        Ok(())
+    }
+}
+
+#[rpc_api(serves = compute_1_0::ComputeApi)]
+impl Placed {}
+
+impl Manager for Placed {}
+
+/// A host of this release: the real compute API 1.1, recording runs.
+#[derive(Default)]
+struct PlacedNew(Placed);
+
+impl PlacedNew {
+    fn ids(&self) -> Vec<String> {
+        self.0.ids()
+    }
+}
+
+impl nova_services::api::compute::ComputeApi for PlacedNew {
+    async fn run_task(
+        self: &Arc<Self>,
+        ctx: RequestContext,
+        name: String,
+        args: Vec<String>,
+        task_id: String,
+        _notify: Option<nova_services::api::compute::NotifyTarget>,
+        callback_url: Option<String>,
+    ) -> Result<nova_services::api::compute::RunOutcome, nova_services::api::compute::ComputeError> {
+        let _ = compute_1_0::ComputeApi::run_task(&self.0, ctx, name, args, task_id, None, callback_url).await;
+        Ok(nova_services::api::compute::RunOutcome { started: true, reason: None })
+    }
+
+    async fn submit_task(
+        self: &Arc<Self>,
+        _ctx: RequestContext,
+        _name: String,
+        _args: Vec<String>,
+        task_id: String,
+        _notify: Option<nova_services::api::compute::NotifyTarget>,
+        _callback_url: Option<String>,
+    ) -> Result<nova_services::api::compute::TaskInfo, nova_services::api::compute::ComputeError> {
+        Err(nova_services::api::compute::ComputeError::TaskNotFound(task_id))
+    }
+
+    async fn get_task(
+        &self,
+        _ctx: RequestContext,
+        task_id: String,
+    ) -> Result<nova_services::api::compute::TaskInfo, nova_services::api::compute::ComputeError> {
+        Err(nova_services::api::compute::ComputeError::TaskNotFound(task_id))
+    }
+
+    async fn wait_task(
+        &self,
+        _ctx: RequestContext,
+        task_id: String,
+        _timeout: Option<f64>,
+    ) -> Result<nova_services::api::compute::TaskInfo, nova_services::api::compute::ComputeError> {
+        Err(nova_services::api::compute::ComputeError::TaskNotFound(task_id))
+    }
+
+    async fn kill_task(
+        &self,
+        _ctx: RequestContext,
+        task_id: String,
+    ) -> Result<nova_services::api::compute::TaskInfo, nova_services::api::compute::ComputeError> {
+        Err(nova_services::api::compute::ComputeError::TaskNotFound(task_id))
+    }
+
+    async fn list_tasks(
+        &self,
+        _ctx: RequestContext,
+    ) -> Result<Vec<nova_services::api::compute::TaskInfo>, nova_services::api::compute::ComputeError> {
+        Ok(Vec::new())
+    }
+
+    async fn report_capacity(&self, _ctx: RequestContext) -> Result<(), RpcError> {
+        Ok(())
+    }
+}
+
+#[rpc_api(serves = nova_services::api::compute::ComputeApi)]
+impl PlacedNew {}
+
+impl Manager for PlacedNew {}
