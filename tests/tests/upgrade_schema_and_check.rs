@@ -76,3 +76,37 @@ async fn upgrade_check_reports_old_hosts_and_forgotten_pins() {
     assert_eq!(code, Some(0), "{report}");
     db.close().await;
 }
+
+/// `nova-scheduler` with `[upgrade_levels] compute = auto`: the pin as an
+/// operator sees it in the log at start, and lifted by SIGHUP once every
+/// compute host is upgraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_logs_its_pin_and_sighup_lifts_it() {
+    let dir = TempDir::new("pin-log");
+    let url = format!("sqlite:///{}", dir.path().join("nova.sqlite").display());
+    let db = Database::connect(&url).await.unwrap();
+    db.migrate(nova_core::db::services::MIGRATIONS).await.unwrap();
+    let records = ServiceRecords::new(db.clone());
+    records.create_or_update("c1", "nova-compute", "compute", 1).await.unwrap();
+    records.create_or_update("c2", "nova-compute", "compute", 2).await.unwrap();
+    records.create_or_update("c3", "nova-compute", "compute", 1).await.unwrap();
+    let state = dir.path().join("state");
+    let args = ["--database-connection", url.as_str(), "--state-path", state.to_str().unwrap(), "--host", "s1"];
+    let scheduler = Proc::spawn_env("nova-scheduler", &args, &[("NOVA_UPGRADE_LEVELS__COMPUTE", "auto")], dir.path());
+    eventually("the pin is logged", Duration::from_secs(30), || async {
+        scheduler.output().contains("pinning compute to 1.0 because of 2 host(s) at service version 1").then_some(())
+    })
+    .await;
+    for host in ["c1", "c3"] {
+        records.create_or_update(host, "nova-compute", "compute", 2).await.unwrap();
+    }
+    scheduler.signal("HUP");
+    eventually("SIGHUP lifts the pin", Duration::from_secs(30), || async {
+        scheduler
+            .output()
+            .contains("not pinning compute: every live nova-compute (3) serves this code's API")
+            .then_some(())
+    })
+    .await;
+    db.close().await;
+}
