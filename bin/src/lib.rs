@@ -30,3 +30,32 @@ pub fn option_specs() -> Vec<nova_core::config::OptSpec> {
     specs.extend_from_slice(nova_autoscale::AUTOSCALE_OPTIONS);
     specs
 }
+
+/// The pin of the gateway's compute client (`[upgrade_levels] compute`):
+/// worked out now, and again on every SIGHUP with the configuration read
+/// again, for as long as the process runs.
+pub async fn compute_pin(
+    bootstrap: &nova_core::Bootstrap,
+) -> Result<nova_services::gateway::ComputePin, nova_core::LaunchError> {
+    let pin = nova_services::gateway::ComputePin::default();
+    let records = nova_core::db::services::ServiceRecords::new(bootstrap.db.clone());
+    let down_after = bootstrap.options.service_down_time;
+    pin.refresh(&bootstrap.config, &records, down_after)
+        .await
+        .map_err(|e| nova_core::LaunchError::Invalid(e.to_string()))?;
+    let (args, specs, watched) = (bootstrap.args.clone(), bootstrap.specs.clone(), pin.clone());
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| nova_core::LaunchError::Invalid(format!("cannot wait for SIGHUP: {e}")))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let refreshed = match nova_core::launcher::load_config(&args, &specs) {
+                Ok(config) => watched.refresh(&config, &records, down_after).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = refreshed {
+                tracing::error!(error = %e, "keeping the gateway's compute pin");
+            }
+        }
+    });
+    Ok(pin)
+}

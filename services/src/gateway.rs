@@ -73,7 +73,13 @@ fn location(id: &str) -> String {
 
 /// The tasks resource for `gateway`: its routes, OpenAPI paths and console page.
 pub fn resource(gateway: &Gateway) -> Resource {
-    let tasks = Tasks { client: gateway.client().clone(), store: TaskStore::new(gateway.records().database().clone()) };
+    resource_pinned(gateway, ComputePin::default())
+}
+
+/// The tasks resource, its compute client under `pin` (see [`ComputePin`]).
+pub fn resource_pinned(gateway: &Gateway, pin: ComputePin) -> Resource {
+    let store = TaskStore::new(gateway.records().database().clone());
+    let tasks = Tasks { client: gateway.client().clone(), store, pin };
     let routes = Routes::new()
         .get("/v1/tasks", list)
         .post("/v1/tasks", submit)
@@ -89,17 +95,54 @@ pub fn resource(gateway: &Gateway) -> Resource {
 /// The resource's part of the gateway's OpenAPI document.
 const OPENAPI: &str = include_str!("gateway.openapi.json");
 
-/// What the handlers share: the gateway's client and the task table.
+/// The pin of the gateway's compute client, `[upgrade_levels] compute`
+/// (see [`nova_core::upgrade`]): worked out at start and on SIGHUP by the
+/// binary, read by every request. Under a pin below 1.1, a submitted task
+/// is refused here (409 `UnsupportedVersion`) instead of being cast where
+/// an old host would refuse it.
+#[derive(Debug, Clone, Default)]
+pub struct ComputePin(std::sync::Arc<std::sync::RwLock<Option<nova_rpc::Version>>>);
+
+impl ComputePin {
+    /// Work the pin out again from `config` and the service records.
+    pub async fn refresh(
+        &self,
+        config: &nova_core::config::Config,
+        records: &nova_core::db::services::ServiceRecords,
+        down_after: Duration,
+    ) -> Result<Option<nova_rpc::Version>, nova_core::upgrade::UpgradeError> {
+        let versions = &crate::compute::VERSIONS;
+        let pin = nova_core::upgrade::pin(config, TASK_TOPIC, versions, records, down_after).await?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = pin;
+        Ok(pin)
+    }
+
+    fn get(&self) -> Option<nova_rpc::Version> {
+        *self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the handlers share: the gateway's client, the task table, the pin.
 #[derive(Clone)]
 struct Tasks {
     client: RpcClient,
     store: TaskStore,
+    pin: ComputePin,
 }
 
 impl Tasks {
+    /// The compute client to `target`, under the pin.
+    fn pinned(&self, target: Target) -> ComputeClient {
+        let client = ComputeClient::new(self.client.with_target(target));
+        match self.pin.get() {
+            Some(v) => client.with_version_cap(v),
+            None => client,
+        }
+    }
+
     fn compute(&self, host: &str) -> ComputeClient {
         let target = Target::new(TASK_TOPIC).with_server(host);
-        ComputeClient::new(self.client.with_target(target).with_timeout(Duration::from_secs(3)))
+        ComputeClient::new(self.pinned(target).rpc_client().with_timeout(Duration::from_secs(3)))
     }
 
     /// A task as it stands: its record, or, while it runs, its host's live
@@ -148,7 +191,7 @@ impl Tasks {
             return existing
                 .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "TaskExists", format!("task {id} exists already")));
         }
-        let queue = ComputeClient::new(self.client.with_target(Target::new(TASK_TOPIC)));
+        let queue = self.pinned(Target::new(TASK_TOPIC));
         if let Err(e) = queue.submit_task(ctx, s.name, s.args, id.clone(), s.notify, s.callback_url).await {
             let mut failed = info;
             failed.status = TaskStatus::Failed;

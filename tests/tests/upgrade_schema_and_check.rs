@@ -110,3 +110,24 @@ async fn a_scheduler_logs_its_pin_and_sighup_lifts_it() {
     .await;
     db.close().await;
 }
+
+/// The gateway's tasks resource sends under `[upgrade_levels] compute`: a
+/// task submitted while pinned below the work queue's 1.1 is refused at
+/// the gateway (409 `UnsupportedVersion`), not cast where an old host would
+/// refuse it; unpinned, the same request is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_submits_tasks_under_the_pin() {
+    let submit = |all: &nova_tests::NovaAll, id: &str| {
+        let body = serde_json::json!({"name": "echo", "args": ["hi"], "task_id": id}).to_string();
+        all.http("POST", "/v1/tasks", &[], body.as_bytes()).expect("the gateway answers")
+    };
+    let config = Some("[upgrade_levels]\ncompute = 1.0\n");
+    let pinned = nova_tests::NovaAll::start_with(nova_tests::NovaAllSetup { config, ..Default::default() }).await;
+    let (status, _, body) = submit(&pinned, "pinned-1");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("UnsupportedVersion") && body.contains("pinned to 1.0"), "{body}");
+    assert!(pinned.output().contains("pinning compute to 1.0"), "{}", pinned.output());
+    let unpinned = nova_tests::NovaAll::start().await;
+    let (status, _, body) = submit(&unpinned, "free-1");
+    assert_eq!(status, 202, "{body}");
+}

@@ -59,7 +59,8 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
         Some(tokio::spawn(Autoscaler::new(bootstrap.transport.clone(), scaling, launcher).run(scaling_stopped)))
     };
     let gw = Gateway::from_bootstrap(&bootstrap, auth);
-    let gw = gw.clone().with_resource(nova_services::gateway::resource(&gw));
+    let pin = nova_bin::compute_pin(&bootstrap).await?;
+    let gw = gw.clone().with_resource(nova_services::gateway::resource_pinned(&gw, pin));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(gateway::serve(gw, async {
         let _ = stop_rx.await;

@@ -27,7 +27,8 @@ async fn run(cli: Cli) -> Result<(), LaunchError> {
     let listen = auth.options().listen;
     bootstrap.serve_metrics().await?;
     let gw = Gateway::from_bootstrap(&bootstrap, auth);
-    let gw = gw.clone().with_resource(nova_services::gateway::resource(&gw));
+    let pin = nova_bin::compute_pin(&bootstrap).await?;
+    let gw = gw.clone().with_resource(nova_services::gateway::resource_pinned(&gw, pin));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -15,6 +15,8 @@ pub(crate) struct ClientSpec<'a> {
     pub(crate) version: &'a str,
     pub(crate) namespace: Option<&'a str>,
     pub(crate) methods: &'a [Method],
+    /// Release names and the API version of each.
+    pub(crate) releases: &'a [(String, String)],
 }
 
 /// The client struct and its methods.
@@ -25,6 +27,8 @@ pub(crate) fn client(spec: &ClientSpec<'_>) -> Tokens {
     let doc = format!("Typed RPC client for [`{}`], pinned to API version {version}.", spec.api);
     let methods = spec.methods.iter().map(|m| method(m, spec.version));
     let setup = setup(version, with_namespace);
+    let release_names = spec.releases.iter().map(|(n, _)| n);
+    let release_versions = spec.releases.iter().map(|(_, v)| v);
     quote! {
         #[doc = #doc]
         #[derive(Debug, Clone)]
@@ -33,6 +37,10 @@ pub(crate) fn client(spec: &ClientSpec<'_>) -> Tokens {
         }
 
         impl #ident {
+            /// Release names an operator may pin this API to
+            /// (`[upgrade_levels]`), with the API version of each.
+            pub const RELEASES: &'static [(&'static str, &'static str)] = &[#((#release_names, #release_versions)),*];
+
             #setup
 
             #(#methods)*

@@ -147,6 +147,7 @@ fn expand_trait(api: ApiArgs, mut tr: ItemTrait) -> syn::Result<Tokens> {
     }
     let methods = trait_methods(&mut tr)?;
     methods.iter().try_for_each(|m| parse::check_since(m, &api.version))?;
+    parse::check_releases(&api)?;
     let p = private();
     let (ident, version, namespace) = (&tr.ident, &api.version, namespace_expr(&api));
     let body = router::router_body(ident, &methods, version, &namespace);
@@ -174,6 +175,7 @@ fn expand_trait(api: ApiArgs, mut tr: ItemTrait) -> syn::Result<Tokens> {
         version,
         namespace: api.namespace.as_deref(),
         methods: &methods,
+        releases: &api.releases,
     };
     let client = client::client(&spec);
     Ok(quote!(#tr #client))
@@ -238,6 +240,7 @@ fn expand_impl(api: ApiArgs, mut imp: ItemImpl) -> syn::Result<Tokens> {
     .ok_or_else(|| syn::Error::new(self_ty.span(), "expected a type name"))?;
     let (methods, periodics) = impl_methods(&mut imp, api.serves.is_some())?;
     methods.iter().try_for_each(|m| parse::check_since(m, &api.version))?;
+    parse::check_releases(&api)?;
     let tasks = periodic::tasks(&periodics);
     let p = private();
     let (api_impl, client) = match &api.serves {
@@ -274,8 +277,14 @@ fn own_api(
     let (version, namespace) = (&api.version, namespace_expr(api));
     let body = router::router_body(type_ident, methods, version, &namespace);
     let client_ident = api.client.clone().unwrap_or_else(|| format_ident!("{}Client", type_ident));
-    let spec =
-        ClientSpec { ident: &client_ident, api: type_ident, version, namespace: api.namespace.as_deref(), methods };
+    let spec = ClientSpec {
+        ident: &client_ident,
+        api: type_ident,
+        version,
+        namespace: api.namespace.as_deref(),
+        methods,
+        releases: &api.releases,
+    };
     let api_impl = quote! {
         impl ::nova_core::RpcApi for #self_ty {
             const API_VERSION: &'static str = #version;

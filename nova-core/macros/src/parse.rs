@@ -19,11 +19,23 @@ pub(crate) struct ApiArgs {
     pub(crate) serves: Option<syn::Path>,
     /// Whether `version` was given.
     pub(crate) versioned: Option<proc_macro2::Span>,
+    /// Release names an operator may pin to (`releases = "epoxy=1.0"`).
+    pub(crate) releases: Vec<(String, String)>,
+    /// Where `releases` was written, for errors about it.
+    pub(crate) releases_lit: Option<syn::LitStr>,
 }
 
 pub(crate) fn api_args(attr: Tokens) -> syn::Result<ApiArgs> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
-    let mut out = ApiArgs { version: "1.0".into(), namespace: None, client: None, serves: None, versioned: None };
+    let mut out = ApiArgs {
+        version: "1.0".into(),
+        namespace: None,
+        client: None,
+        serves: None,
+        versioned: None,
+        releases: Vec::new(),
+        releases_lit: None,
+    };
     for meta in metas {
         let Meta::NameValue(nv) = &meta else {
             return Err(syn::Error::new(meta.span(), "expected `key = value`"));
@@ -46,10 +58,40 @@ pub(crate) fn api_args(attr: Tokens) -> syn::Result<ApiArgs> {
             }
             Some("namespace") => out.namespace = Some(s.value()),
             Some("client") => out.client = Some(syn::Ident::new(&s.value(), s.span())),
-            _ => return Err(syn::Error::new(nv.path.span(), "expected version, namespace, client or serves")),
+            Some("releases") => {
+                for pair in s.value().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let (name, version) = pair.split_once('=').ok_or_else(|| {
+                        syn::Error::new(
+                            s.span(),
+                            format!("releases are name=version pairs, comma separated; {pair:?} has no ="),
+                        )
+                    })?;
+                    check_version(&syn::LitStr::new(version.trim(), s.span()))?;
+                    out.releases.push((name.trim().to_owned(), version.trim().to_owned()));
+                }
+                out.releases_lit = Some(s.clone());
+            }
+            _ => {
+                return Err(syn::Error::new(nv.path.span(), "expected version, namespace, client, releases or serves"))
+            }
         }
     }
     Ok(out)
+}
+
+/// Each release names a version of this API (the same major, no newer).
+pub(crate) fn check_releases(api: &ApiArgs) -> syn::Result<()> {
+    let (Some(lit), Some(newest)) = (&api.releases_lit, version_pair(&api.version)) else { return Ok(()) };
+    for (name, version) in &api.releases {
+        let ok = version_pair(version).is_some_and(|v| v.0 == newest.0 && v <= newest);
+        if !ok {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("release {name} = {version} is not a version of this API ({}.0 to {})", newest.0, api.version),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A version is `major.minor`, both numbers.

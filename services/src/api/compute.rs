@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// The compute API; see the [module docs](self).
 ///
 /// 1.1 added `submit_task`.
-#[rpc_api(version = "1.1", client = "ComputeClient")]
+#[rpc_api(version = "1.1", client = "ComputeClient", releases = "placement=1.0, work-queues=1.1")]
 pub trait ComputeApi {
     /// Run task `task_id` on this host (Nova-style placement, cast to
     /// `compute.<host>`): the allow-listed command `name` (or `name@version`)

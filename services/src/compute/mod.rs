@@ -240,7 +240,7 @@ pub fn entry() -> ManagerEntry {
 pub const VERSIONS: ServiceVersions = ServiceVersions {
     current: 2,
     history: &[(0, "1.0"), (1, "1.0"), (2, "1.1")],
-    releases: &[("work-queues", "1.1"), ("placement", "1.0")],
+    releases: crate::api::compute::ComputeClient::RELEASES,
 };
 
 impl ComputeManager {
