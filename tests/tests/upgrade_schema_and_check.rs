@@ -127,7 +127,16 @@ async fn the_gateway_submits_tasks_under_the_pin() {
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("UnsupportedVersion") && body.contains("pinned to 1.0"), "{body}");
     assert!(pinned.output().contains("pinning compute to 1.0"), "{}", pinned.output());
-    let unpinned = nova_tests::NovaAll::start().await;
-    let (status, _, body) = submit(&unpinned, "free-1");
+    // The pin is removed from nova.conf; SIGHUP lifts it in the gateway.
+    pinned.dir.write("nova.conf", "");
+    pinned.proc().signal("HUP");
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
+    let (status, body) = nova_tests::eventually("SIGHUP lifts the gateway's pin", Duration::from_secs(30), || async {
+        let id = format!("after-hup-{}", attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let (status, _, body) = submit(&pinned, &id);
+        (status != 409).then_some((status, body))
+    })
+    .await;
     assert_eq!(status, 202, "{body}");
+    assert!(body.contains("\"status\":\"queued\""), "a new task, queued: {body}");
 }
