@@ -17,7 +17,10 @@ fn ctx() -> RequestContext {
 
 /// Processes whose command line contains `needle`.
 fn pgrep(needle: &str) -> Vec<String> {
-    let out = std::process::Command::new("pgrep").args(["-f", needle]).output().expect("pgrep");
+    // Anchored: the process itself, not a shell whose command line names
+    // it (`sh -c "sleep A & sleep B"` matches `sleep A` before it forks).
+    let anchored = format!("^{needle}$");
+    let out = std::process::Command::new("pgrep").args(["-f", &anchored]).output().expect("pgrep");
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
