@@ -36,8 +36,8 @@ pub fn option_specs() -> Vec<nova_core::config::OptSpec> {
 /// again, for as long as the process runs.
 pub async fn compute_pin(
     bootstrap: &nova_core::Bootstrap,
-) -> Result<nova_services::gateway::ComputePin, nova_core::LaunchError> {
-    let pin = nova_services::gateway::ComputePin::default();
+) -> Result<nova_services::compute::ComputePin, nova_core::LaunchError> {
+    let pin = nova_services::compute::ComputePin::default();
     let records = nova_core::db::services::ServiceRecords::new(bootstrap.db.clone());
     let down_after = bootstrap.options.service_down_time;
     pin.refresh(&bootstrap.config, &records, down_after)

@@ -38,7 +38,7 @@ use serde::Deserialize;
 
 use crate::{
     api::compute::{ComputeClient, NotifyTarget, TaskInfo, TaskStatus},
-    compute::tasks::TaskStore,
+    compute::{tasks::TaskStore, ComputePin},
 };
 
 /// The topic whose shared queue takes submitted tasks.
@@ -76,7 +76,9 @@ pub fn resource(gateway: &Gateway) -> Resource {
     resource_pinned(gateway, ComputePin::default())
 }
 
-/// The tasks resource, its compute client under `pin` (see [`ComputePin`]).
+/// The tasks resource, its compute client under `pin`: under a pin below
+/// 1.1, a submitted task is refused here (409 `UnsupportedVersion`) instead
+/// of being cast where an old host would refuse it.
 pub fn resource_pinned(gateway: &Gateway, pin: ComputePin) -> Resource {
     let store = TaskStore::new(gateway.records().database().clone());
     let tasks = Tasks { client: gateway.client().clone(), store, pin };
@@ -95,33 +97,6 @@ pub fn resource_pinned(gateway: &Gateway, pin: ComputePin) -> Resource {
 /// The resource's part of the gateway's OpenAPI document.
 const OPENAPI: &str = include_str!("gateway.openapi.json");
 
-/// The pin of the gateway's compute client, `[upgrade_levels] compute`
-/// (see [`nova_core::upgrade`]): worked out at start and on SIGHUP by the
-/// binary, read by every request. Under a pin below 1.1, a submitted task
-/// is refused here (409 `UnsupportedVersion`) instead of being cast where
-/// an old host would refuse it.
-#[derive(Debug, Clone, Default)]
-pub struct ComputePin(std::sync::Arc<std::sync::RwLock<Option<nova_rpc::Version>>>);
-
-impl ComputePin {
-    /// Work the pin out again from `config` and the service records.
-    pub async fn refresh(
-        &self,
-        config: &nova_core::config::Config,
-        records: &nova_core::db::services::ServiceRecords,
-        down_after: Duration,
-    ) -> Result<Option<nova_rpc::Version>, nova_core::upgrade::UpgradeError> {
-        let versions = &crate::compute::VERSIONS;
-        let pin = nova_core::upgrade::pin(config, TASK_TOPIC, versions, records, down_after).await?;
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = pin;
-        Ok(pin)
-    }
-
-    fn get(&self) -> Option<nova_rpc::Version> {
-        *self.0.read().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// What the handlers share: the gateway's client, the task table, the pin.
 #[derive(Clone)]
 struct Tasks {
@@ -133,11 +108,7 @@ struct Tasks {
 impl Tasks {
     /// The compute client to `target`, under the pin.
     fn pinned(&self, target: Target) -> ComputeClient {
-        let client = ComputeClient::new(self.client.with_target(target));
-        match self.pin.get() {
-            Some(v) => client.with_version_cap(v),
-            None => client,
-        }
+        self.pin.apply(ComputeClient::new(self.client.with_target(target)))
     }
 
     fn compute(&self, host: &str) -> ComputeClient {

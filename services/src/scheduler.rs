@@ -17,7 +17,7 @@ use nova_core::{
     config::{Config, OptSpec},
     db::services::{is_up, ServiceRecords},
     rpc_api,
-    upgrade::{self, UpgradeError},
+    upgrade::UpgradeError,
     BoxError, Manager, ManagerDeps, ManagerEntry, ManagerHandle, ServiceInfo,
 };
 use nova_rpc::{RequestContext, RpcClient, RpcError, Target, Version};
@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 pub use crate::api::scheduler::{HostState, Placement, SchedulerApi, SchedulerClient};
 use crate::{
     api::compute::{ComputeClient, NotifyTarget},
-    compute,
+    compute::ComputePin,
 };
 
 /// The registry name of this manager.
@@ -37,10 +37,10 @@ pub struct SchedulerManager {
     hosts: Mutex<HashMap<String, HostState>>,
     records: ServiceRecords,
     service_down_time: Duration,
-    /// The compute client, under the pin in force (replaced on SIGHUP).
-    compute: std::sync::RwLock<ComputeClient>,
-    /// The same, unpinned: what a new pin starts from.
-    unpinned: ComputeClient,
+    /// The compute client, unpinned.
+    compute: ComputeClient,
+    /// Its pin (worked out again on SIGHUP).
+    pin: ComputePin,
 }
 
 /// The scheduler's options: the pin of its compute client.
@@ -80,25 +80,20 @@ impl SchedulerManager {
             hosts: Mutex::default(),
             records,
             service_down_time,
-            compute: std::sync::RwLock::new(ComputeClient::new(rpc.with_target(Target::new("compute")))),
-            unpinned: ComputeClient::new(rpc.with_target(Target::new("compute"))),
+            compute: ComputeClient::new(rpc.with_target(Target::new("compute"))),
+            pin: ComputePin::default(),
         }
     }
 
     /// The compute client, as pinned now.
     fn compute(&self) -> ComputeClient {
-        self.compute.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.pin.apply(self.compute.clone())
     }
 
     /// Pin the compute client as `[upgrade_levels] compute` says (see
     /// [`nova_core::upgrade`]); returns the pin.
     pub async fn pin(&self, config: &Config) -> Result<Option<Version>, UpgradeError> {
-        let pin = upgrade::pin(config, "compute", &compute::VERSIONS, &self.records, self.service_down_time).await?;
-        *self.compute.write().unwrap_or_else(|p| p.into_inner()) = match pin {
-            Some(v) => self.unpinned.with_version_cap(v),
-            None => self.unpinned.clone(),
-        };
-        Ok(pin)
+        self.pin.refresh(config, &self.records, self.service_down_time).await
     }
 }
 

@@ -235,6 +235,34 @@ pub fn entry() -> ManagerEntry {
     .service_versions(VERSIONS)
 }
 
+/// The pin of a compute client, `[upgrade_levels] compute` (see
+/// [`nova_core::upgrade`]): worked out at start and on SIGHUP by whoever
+/// owns it (the scheduler, the gateway), read by every call.
+#[derive(Debug, Clone, Default)]
+pub struct ComputePin(Arc<std::sync::RwLock<Option<nova_rpc::Version>>>);
+
+impl ComputePin {
+    /// Work the pin out again from `config` and the service records.
+    pub async fn refresh(
+        &self,
+        config: &nova_core::config::Config,
+        records: &nova_core::db::services::ServiceRecords,
+        down_after: Duration,
+    ) -> Result<Option<nova_rpc::Version>, nova_core::upgrade::UpgradeError> {
+        let pin = nova_core::upgrade::pin(config, "compute", &VERSIONS, records, down_after).await?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = pin;
+        Ok(pin)
+    }
+
+    /// `client`, under the pin in force.
+    pub fn apply(&self, client: ComputeClient) -> ComputeClient {
+        match *self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(v) => client.with_version_cap(v),
+            None => client,
+        }
+    }
+}
+
 /// `nova-compute`'s service versions: 2 serves the compute API 1.1 (the
 /// work queue's `submit_task`); 1 and older records (0) serve 1.0.
 pub const VERSIONS: ServiceVersions = ServiceVersions {

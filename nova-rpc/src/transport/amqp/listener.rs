@@ -432,7 +432,7 @@ impl ConsumeLoop {
         let mut again = FuturesUnordered::new();
         // Whatever a consumer stream does when its connection dies, a lost
         // connection is noticed within a second.
-        let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now(), Duration::from_secs(1));
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
