@@ -85,6 +85,8 @@ pub struct Bootstrap {
     pub db: Database,
     /// The managers this process knows.
     pub registry: ManagerRegistry,
+    /// Notifications (`[oslo_messaging_notifications]`, `[notifications]`).
+    pub notifications: crate::notifications::Notifications,
 }
 
 impl std::fmt::Debug for Bootstrap {
@@ -191,7 +193,8 @@ impl Bootstrap {
         let db = Database::connect(&options.database_connection).await?;
         schema(&db, &registry, options.auto_migrate).await?;
         let transport = transport::connect(options.transport.clone()).await?;
-        Ok(Self { args, specs, config: Arc::new(config), options, transport, db, registry })
+        let notifications = crate::notifications::Notifications::from_config(&config, transport.clone()).await?;
+        Ok(Self { args, specs, config: Arc::new(config), options, transport, db, registry, notifications })
     }
 
     /// Serve `/metrics` on `metrics_listen`, when it is set.
@@ -220,7 +223,9 @@ impl Bootstrap {
         };
         let entry = self.registry.resolve(&name)?;
         let info = ServiceInfo::new(&self.options.host, binary, &topic);
+        let notifier = self.notifications.prepare(&format!("{binary}:{}", self.options.host));
         let deps = ManagerDeps {
+            notifier: notifier.clone(),
             service: info.clone(),
             config: self.config.clone(),
             options: self.options.clone(),
@@ -231,6 +236,7 @@ impl Bootstrap {
         Ok(Service::create(self.transport.clone(), manager)
             .info(info)
             .records(ServiceRecords::new(self.db.clone()))
+            .notifications(notifier)
             .options(ServiceOptions::from(&self.options)))
     }
 

@@ -16,6 +16,7 @@ pub mod launcher;
 pub mod logging;
 pub mod manager;
 pub mod metrics_listen;
+pub mod notifications;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod periodic;

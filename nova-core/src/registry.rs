@@ -27,6 +27,10 @@ pub struct ManagerDeps {
     pub transport: Arc<dyn Transport>,
     /// The database (migrated with the manager's migrations).
     pub db: Database,
+    /// Notifications, sent as `<binary>:<host>` (`nova-compute:host1`) in
+    /// the formats the configuration asks for; sends nothing unless
+    /// `[oslo_messaging_notifications] driver` is set.
+    pub notifier: crate::notifications::Notifications,
 }
 
 impl std::fmt::Debug for ManagerDeps {

@@ -18,8 +18,9 @@ use nova_rpc::{
         trace::{Sampler, TraceLayer, Tracer},
         Layer, Layers,
     },
+    notify::Priority,
     transport::Transport,
-    RpcServer, RunningServer, StopReport, Target,
+    RequestContext, RpcServer, RunningServer, StopReport, Target,
 };
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -28,8 +29,13 @@ use crate::{
     config::CoreOptions,
     db::{services::ServiceRecords, DbError},
     manager::{BoxError, ManagerHandle, ServiceInfo},
+    notifications::{Notifications, ServiceStatusPayload},
     periodic,
 };
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +131,7 @@ pub struct Service {
     manager: ManagerHandle,
     transport: Arc<dyn Transport>,
     records: Option<ServiceRecords>,
+    notifications: Notifications,
     options: ServiceOptions,
     layers: Layers,
 }
@@ -141,6 +148,7 @@ impl Service {
             manager,
             transport,
             records: None,
+            notifications: Notifications::disabled(),
             options: ServiceOptions::default(),
             layers: Layers::default(),
         }
@@ -183,6 +191,13 @@ impl Service {
     /// Keep the service record in this database.
     pub fn records(mut self, records: ServiceRecords) -> Self {
         self.records = Some(records);
+        self
+    }
+
+    /// Announce record changes (`service.update`: up, down, disabled,
+    /// forced down) through `notifications`.
+    pub fn notifications(mut self, notifications: Notifications) -> Self {
+        self.notifications = notifications;
         self
     }
 
@@ -269,10 +284,10 @@ impl Service {
             }
         }
         hooks.init_host(info).await.map_err(hook("init_host"))?;
-        let record_id = match records {
+        let record = match records {
             Some(r) => {
                 let version = self.manager.service_version;
-                Some(r.create_or_update(&info.host, &info.binary, &info.topic, version).await?.id)
+                Some(r.create_or_update(&info.host, &info.binary, &info.topic, version).await?)
             }
             None => None,
         };
@@ -285,10 +300,14 @@ impl Service {
             return Err(hook("post_start_hook")(e));
         }
         let (stop, stopped) = watch::channel(false);
-        let loops = self.loops(record_id, &servers, stopped);
-        let Service { info, manager, .. } = self;
+        let status = Arc::new(std::sync::Mutex::new(record.as_ref().map(|r| ServiceStatusPayload::new(r, true))));
+        let loops = self.loops(record.map(|r| r.id), &status, &servers, stopped);
+        if let Some(up) = lock(&status).as_ref() {
+            self.notifications.emit(&RequestContext::new(), Priority::Info, "service.update", up);
+        }
+        let Service { info, manager, notifications, .. } = self;
         tracing::info!(host = %info.host, binary = %info.binary, topic = %info.topic, manager = %manager.name, "service started");
-        Ok(RunningService { info, manager, servers, stop, loops, graceful: grace })
+        Ok(RunningService { info, manager, servers, stop, loops, graceful: grace, notifications, status })
     }
 
     /// `server` with the service's layers: metrics, tracing, then its own.
@@ -349,6 +368,7 @@ impl Service {
     fn loops(
         &self,
         record_id: Option<i64>,
+        status: &Arc<std::sync::Mutex<Option<ServiceStatusPayload>>>,
         servers: &Servers,
         stopped: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -359,6 +379,8 @@ impl Service {
                 let report = Report {
                     records: r.clone(),
                     id,
+                    notifications: self.notifications.clone(),
+                    status: status.clone(),
                     version: self.manager.service_version,
                     info: self.info.clone(),
                     every: options.report_interval,
@@ -477,6 +499,10 @@ impl Servers {
 struct Report {
     records: ServiceRecords,
     id: i64,
+    /// Where a change of the record (or of being up) is announced.
+    notifications: Notifications,
+    /// What was last announced.
+    status: Arc<std::sync::Mutex<Option<ServiceStatusPayload>>>,
     /// The service version the record carries.
     version: i64,
     info: ServiceInfo,
@@ -499,6 +525,7 @@ impl Report {
                     if !deaf {
                         tracing::error!(queue, seconds = for_.as_secs(), reason = why, "cannot consume a queue for longer than service_down_time; no longer reporting this service up");
                         deaf = true;
+                        self.announce(|s| s.up = false);
                     }
                     continue;
                 }
@@ -509,6 +536,34 @@ impl Report {
                 None => {}
             }
             lost = self.report(lost).await;
+            if !lost {
+                self.notice_changes().await;
+            }
+        }
+    }
+
+    /// Announce the status `change` makes, if it changes anything.
+    fn announce(&self, change: impl FnOnce(&mut ServiceStatusPayload)) {
+        let mut status = lock(&self.status);
+        if let Some(s) = status.as_mut() {
+            let before = s.clone();
+            change(s);
+            if s.differs(&before) {
+                self.notifications.emit(&RequestContext::new(), Priority::Info, "service.update", &*s);
+            }
+        }
+    }
+
+    /// Read the record back and announce what an operator changed
+    /// (disabled, forced down), or that the service is up again.
+    async fn notice_changes(&self) {
+        if !self.notifications.is_enabled() {
+            return;
+        }
+        match self.records.get(&self.info.host, &self.info.binary).await {
+            Ok(Some(record)) => self.announce(|s| *s = ServiceStatusPayload::new(&record, true)),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the service record back"),
         }
     }
 
@@ -556,6 +611,9 @@ pub struct RunningService {
     stop: watch::Sender<bool>,
     loops: Vec<JoinHandle<()>>,
     graceful: Duration,
+    notifications: Notifications,
+    /// The service's status as last announced (`None`: it keeps no record).
+    status: Arc<std::sync::Mutex<Option<ServiceStatusPayload>>>,
 }
 
 impl RunningService {
@@ -593,6 +651,12 @@ impl RunningService {
             Ok(Err(e)) => tracing::error!(error = %e, "cleanup_host failed"),
             Err(_) => tracing::warn!("cleanup_host did not finish within graceful_shutdown_timeout"),
             Ok(Ok(())) => {}
+        }
+        let down = lock(&self.status).take().map(|s| ServiceStatusPayload { up: false, ..s });
+        if let Some(down) = down {
+            self.notifications.emit(&RequestContext::new(), Priority::Info, "service.update", &down);
+            // Notifications wait for no one: a second to say so, then go.
+            self.notifications.flush(Duration::from_secs(1)).await;
         }
         tracing::info!(binary = %self.info.binary, requeued = report.requeued, "service stopped");
         report

@@ -52,6 +52,7 @@ pub mod id;
 pub mod layer;
 pub mod mask;
 pub mod metrics;
+pub mod notify;
 pub mod payload;
 pub mod pyjson;
 pub mod reply;

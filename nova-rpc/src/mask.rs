@@ -26,7 +26,8 @@ use serde_json::Value;
 pub const SECRET_WORDS: &[&str] =
     &["password", "passwd", "passphrase", "token", "secret", "credential", "api_key", "apikey", "private_key"];
 
-const MASK: &str = "***";
+/// What a secret is replaced with.
+pub const MASK: &str = "***";
 
 /// Whether a key or flag name (`--admin-password`, `authToken`) names a secret.
 pub fn is_secret_key(name: &str) -> bool {

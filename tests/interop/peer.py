@@ -12,7 +12,18 @@
          "namespace", "version", "timeout", "context"} ->
         {"ok": result} or {"error": {"class", "exc_type", "message"}}.
 
-    --compute-1.0 serves, instead of the test endpoint, a compute host still
+        peer.py notifier URL EXCHANGE [--driver=messaging] [--modern]
+        Read one JSON notification per line from standard input and send it
+        with an oslo Notifier: {"topic", "publisher_id", "priority",
+        "event_type", "payload"} -> {"ok": null}.
+
+    peer.py listener URL EXCHANGE TOPIC [--pool=NAME] [--modern]
+        A NotificationListener on TOPIC with an endpoint for every priority;
+        prints "READY", then one JSON line per notification with what oslo
+        hands the endpoint: {"priority", "ctxt", "publisher_id",
+        "event_type", "payload", "metadata"}.
+
+--compute-1.0 serves, instead of the test endpoint, a compute host still
     at the compute API 1.0 (prints "PLACED <task_id>" for each run_task).
 
     --modern sets what OpenStack deployments set today: rabbit_quorum_queue,
@@ -32,7 +43,7 @@ from oslo_config import cfg
 from oslo_messaging._drivers import amqp, impl_rabbit
 
 
-def transport_for(url, exchange, flags):
+def transport_for(url, exchange, flags, notifications=False):
     conf = cfg.CONF
     conf([], project="nova-rs-interop")
     oslo_messaging.set_transport_defaults(control_exchange=exchange)
@@ -52,7 +63,63 @@ def transport_for(url, exchange, flags):
         # oslo's queue manager takes an oslo.concurrency file lock.
         from oslo_concurrency import lockutils
         lockutils.set_defaults(os.path.join(tempfile.gettempdir(), "nova-rs-interop-locks"))
+    if notifications:
+        return conf, oslo_messaging.get_notification_transport(conf, url=url)
     return conf, oslo_messaging.get_rpc_transport(conf, url=url)
+
+
+def flag_value(flags, name):
+    for f in flags:
+        if f.startswith(name + "="):
+            return f.split("=", 1)[1]
+    return None
+
+
+def notifier(url, exchange, flags):
+    conf, transport = transport_for(url, exchange, flags, notifications=True)
+    driver = flag_value(flags, "--driver") or "messagingv2"
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        n = json.loads(line)
+        sender = oslo_messaging.Notifier(transport, publisher_id=n["publisher_id"],
+                                         driver=driver, topics=[n["topic"]])
+        getattr(sender, n["priority"].lower())({}, n["event_type"], n["payload"])
+        print(json.dumps({"ok": None}), flush=True)
+    transport.cleanup()
+
+
+class Printer:
+    """An endpoint for every priority: prints what oslo hands it."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __getattr__(self, priority):
+        if priority not in ("audit", "debug", "info", "warn", "error", "critical", "sample"):
+            raise AttributeError(priority)
+
+        def endpoint(ctxt, publisher_id, event_type, payload, metadata):
+            with self.lock:
+                print(json.dumps({"priority": priority.upper(), "ctxt": ctxt,
+                                  "publisher_id": publisher_id, "event_type": event_type,
+                                  "payload": payload, "metadata": metadata}), flush=True)
+            return oslo_messaging.NotificationResult.HANDLED
+        return endpoint
+
+
+def listener(url, exchange, topic, flags):
+    conf, transport = transport_for(url, exchange, flags, notifications=True)
+    targets = [oslo_messaging.Target(topic=topic)]
+    server = oslo_messaging.get_notification_listener(
+        transport, targets, [Printer()], executor="threading", pool=flag_value(flags, "--pool"))
+    server.start()
+    print("READY", flush=True)
+    sys.stdin.read()
+    server.stop()
+    server.wait()
+    transport.cleanup()
 
 
 class Endpoint:
@@ -169,5 +236,9 @@ if __name__ == "__main__":
     pos = [a for a in args if not a.startswith("--")]
     if mode == "server":
         serve(*pos, flags)
+    elif mode == "notifier":
+        notifier(*pos, flags)
+    elif mode == "listener":
+        listener(*pos, flags)
     else:
         client(*pos, flags)

@@ -97,6 +97,28 @@ impl PyPeer {
         Self::start(&args, log_dir)
     }
 
+    /// An oslo.messaging Notifier that sends what it is sent (see
+    /// `peer.py`); `flags`: `--driver=messaging`, `--modern`.
+    pub fn notifier(url: &str, exchange: &str, flags: &[&str], log_dir: &std::path::Path) -> Self {
+        let mut args = vec!["notifier", url, exchange];
+        args.extend_from_slice(flags);
+        Self::start(&args, log_dir)
+    }
+
+    /// An oslo.messaging NotificationListener on `topic` that prints each
+    /// notification as a JSON line; `flags`: `--pool=NAME`, `--modern`.
+    pub fn listener(url: &str, exchange: &str, topic: &str, flags: &[&str], log_dir: &std::path::Path) -> Self {
+        let mut args = vec!["listener", url, exchange, topic];
+        args.extend_from_slice(flags);
+        Self::start(&args, log_dir)
+    }
+
+    /// The next JSON line it prints within `timeout`, if any.
+    pub fn next_json(&mut self, timeout: Duration) -> Option<Value> {
+        let line = self.next_line(timeout)?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}")))
+    }
+
     fn next_line(&mut self, timeout: Duration) -> Option<String> {
         self.lines.recv_timeout(timeout).ok()
     }

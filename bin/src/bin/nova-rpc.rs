@@ -114,6 +114,30 @@ enum Command {
         #[arg(long, value_name = "URL")]
         management_url: Option<String>,
     },
+    /// Print notifications as they arrive, one JSON object per line, until
+    /// Ctrl-C, SIGTERM or --count.
+    Listen {
+        /// Topics (default: [oslo_messaging_notifications] topics).
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Read from this pool's queue, sharing its notifications with the
+        /// pool's other listeners (default: a queue of this command's own,
+        /// which takes nothing from anybody else and goes when it stops).
+        #[arg(long)]
+        pool: Option<String>,
+        /// Only event types matching REGEX (from their start, as oslo's filters).
+        #[arg(long, value_name = "REGEX")]
+        event_type: Option<String>,
+        /// Only these priorities (default: all).
+        #[arg(long, value_name = "PRIORITY")]
+        priority: Vec<String>,
+        /// The exchange (default: control_exchange).
+        #[arg(long)]
+        exchange: Option<String>,
+        /// Stop after N notifications.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Mount tasks as files on DIR (FUSE) until Ctrl-C or SIGTERM.
     Mount {
         #[command(flatten)]
@@ -255,6 +279,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 management_url.or_else(|| setup.config.raw("api", "rabbit_management_url").map(str::to_owned));
             queues(&t, topics, server, management).await
         }
+        Command::Listen { topics, pool, event_type, priority, exchange, count } => {
+            let topics = match topics {
+                t if t.is_empty() => setup
+                    .config
+                    .value(&nova_core::notifications::options::TOPICS)
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+                t => t,
+            };
+            let watch = Watch { topics, pool, event_type, priorities: priority, exchange, count };
+            listen(&t, watch).await
+        }
         Command::Task { api, command } => task(&tasks_api(&setup.config, api)?, command).await,
         Command::Mount { api, dir } => mount::mount(tasks_api(&setup.config, api)?, &dir)
             .await
@@ -287,6 +322,75 @@ async fn call(
     }
     let result = c.call(&ctx, method, args).await?;
     println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+    Ok(())
+}
+
+/// What `nova-rpc listen` watches.
+struct Watch {
+    topics: Vec<String>,
+    pool: Option<String>,
+    event_type: Option<String>,
+    priorities: Vec<String>,
+    exchange: Option<String>,
+    count: Option<u64>,
+}
+
+/// `nova-rpc listen`: print notifications as JSON lines. With `--count`,
+/// what arrives past the count goes back to the queue unprinted.
+async fn listen(t: &Arc<dyn Transport>, w: Watch) -> Result<(), Failure> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use nova_rpc::notify::{
+        handler, NotificationFilter, NotificationListener, NotificationResult, NotificationTarget, Priority,
+    };
+
+    let priorities = match w.priorities.as_slice() {
+        [] => Priority::ALL.to_vec(),
+        names => names
+            .iter()
+            .map(|p| Priority::parse(p).ok_or_else(|| Failure::Usage(format!("unknown priority {p:?}"))))
+            .collect::<Result<_, _>>()?,
+    };
+    let mut filter = NotificationFilter::new();
+    if let Some(re) = &w.event_type {
+        filter = filter.event_type(re).map_err(|e| Failure::Usage(format!("--event-type: {e}")))?;
+    }
+    let limit = w.count.unwrap_or(u64::MAX);
+    let (printed, (done_tx, mut done)) = (Arc::new(AtomicU64::new(0)), tokio::sync::mpsc::channel::<()>(1));
+    let endpoint = handler(move |n| {
+        let (printed, done_tx) = (printed.clone(), done_tx.clone());
+        async move {
+            if printed.fetch_add(1, Ordering::SeqCst) >= limit {
+                return NotificationResult::Requeue;
+            }
+            println!("{}", serde_json::to_string(&n).unwrap_or_default());
+            if printed.load(Ordering::SeqCst) >= limit {
+                let _ = done_tx.try_send(());
+            }
+            NotificationResult::Handled
+        }
+    })
+    .priorities(priorities)
+    .filter(filter);
+    let targets = w.topics.iter().map(|topic| match &w.exchange {
+        Some(x) => NotificationTarget::on_exchange(topic, x),
+        None => NotificationTarget::new(topic),
+    });
+    let listener = NotificationListener::new(t.clone(), targets).endpoint(endpoint);
+    let listener = match w.pool {
+        Some(p) => listener.pool(p),
+        None => listener.private(),
+    };
+    let running = listener.start().await?;
+    eprintln!("listening for notifications on {}", w.topics.join(", "));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::Usage(format!("cannot watch for SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = done.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    running.stop().await;
     Ok(())
 }
 

@@ -723,6 +723,13 @@ pub const CORE_OPTIONS: &[OptSpec] = &[
     rabbit::SSL_CA_FILE.spec,
     rabbit::SSL_CERT_FILE.spec,
     rabbit::SSL_KEY_FILE.spec,
+    crate::notifications::options::DRIVER.spec,
+    crate::notifications::options::TRANSPORT_URL.spec,
+    crate::notifications::options::TOPICS.spec,
+    crate::notifications::options::RETRY.spec,
+    crate::notifications::options::ROUTING_CONFIG.spec,
+    crate::notifications::options::NOTIFICATION_FORMAT.spec,
+    crate::notifications::options::VERSIONED_NOTIFICATIONS_TOPICS.spec,
 ];
 
 /// The framework's options, parsed and checked.

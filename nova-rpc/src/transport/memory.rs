@@ -25,8 +25,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{
-    Acknowledge, Delivery, Destination, InlineServing, ListenSpec, Listener, Outgoing, QueueStats, ReplyQueue,
-    ReplySink, Source, Transport, TransportOptions, TransportUrl,
+    Acknowledge, Delivery, Destination, InlineServing, ListenSpec, Listener, NotificationQueue, NotificationSpec,
+    Outgoing, QueueStats, ReplyQueue, ReplySink, Source, Transport, TransportOptions, TransportUrl,
 };
 use crate::{lock, Result, RpcError};
 
@@ -69,7 +69,14 @@ struct QueueState {
 struct Queue {
     state: Mutex<QueueState>,
     dead_letter: OnceLock<DeadLetter>,
+    /// At most this many ready messages, the oldest dropped first (a
+    /// notification queue nobody reads must not grow without end here).
+    limit: OnceLock<usize>,
 }
+
+/// How many notifications a default notification queue keeps for a
+/// listener that has not come yet.
+pub const NOTIFICATION_BACKLOG: usize = 10_000;
 
 impl Queue {
     /// Take a message back; past the at-least-once limit it goes to the
@@ -107,6 +114,11 @@ impl Queue {
         let waiter = {
             let mut state = lock(&self.state);
             state.messages.push_back(message);
+            if let Some(&limit) = self.limit.get() {
+                while state.messages.len() > limit {
+                    state.messages.pop_front();
+                }
+            }
             state.waiting.pop_front()
         };
         if let Some(w) = waiter {
@@ -183,9 +195,20 @@ struct Bus {
 }
 
 impl Bus {
+    /// Declare queue `name` (if new) and bind it to `exchange` with `key`.
+    fn bind(&mut self, exchange: &str, key: &str, name: &str) -> Arc<Queue> {
+        let queue = self.queues.entry(name.to_owned()).or_default().clone();
+        let bound = self.bindings.entry(exchange.to_owned()).or_default().entry(key.to_owned()).or_default();
+        if !bound.iter().any(|q| q == name) {
+            bound.push(name.to_owned());
+        }
+        queue
+    }
+
     fn delete_queue(&mut self, name: &str) {
         self.queues.remove(name);
-        for queues in self.fanout.values_mut() {
+        let bound = self.bindings.values_mut().flat_map(|keys| keys.values_mut());
+        for queues in self.fanout.values_mut().chain(bound) {
             queues.retain(|q| q != name);
         }
     }
@@ -230,6 +253,21 @@ impl MemoryTransport {
 
     fn declare(&self, name: &str) -> Arc<Queue> {
         self.lock().queues.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// A consumer of `queues`, counted on each.
+    fn consumer(&self, queues: Vec<Arc<Queue>>, delete_on_stop: Vec<String>) -> Listener {
+        for q in &queues {
+            lock(&q.state).consumers += 1;
+        }
+        Listener::from_source(Consumer {
+            queues,
+            me: Arc::default(),
+            turn: 0,
+            stopped: false,
+            bus: self.bus.clone(),
+            delete_on_stop,
+        })
     }
 }
 
@@ -367,8 +405,12 @@ impl Transport for MemoryTransport {
                 None => Err(RpcError::Transport(format!("reply queue {queue} does not exist (NO_ROUTE)"))),
             };
         }
+        let mut bus = bus;
+        if let Destination::Notification { exchange, routing_key } = destination {
+            let _ = bus.bind(exchange, routing_key, routing_key).limit.set(NOTIFICATION_BACKLOG);
+        }
         let names: &[String] = match destination {
-            Destination::Topic { exchange, routing_key } => {
+            Destination::Topic { exchange, routing_key } | Destination::Notification { exchange, routing_key } => {
                 let bound = bus.bindings.get(exchange.as_ref()).and_then(|keys| keys.get(routing_key.as_ref()));
                 bound.map(Vec::as_slice).unwrap_or_default()
             }
@@ -397,14 +439,9 @@ impl Transport for MemoryTransport {
         let mut queues = Vec::new();
         let keys = [(&spec.topic, spec.queues.shared()), (&server_key, spec.queues.own())];
         for (key, _) in keys.into_iter().filter(|(_, consumed)| *consumed) {
-            let q = self.declare(key);
+            let q = self.lock().bind(&spec.exchange, key, key);
             if let Some((max, dead)) = &dead {
                 let _ = q.dead_letter.set(DeadLetter { max: *max, dead: dead.clone() });
-            }
-            let mut bus = self.lock();
-            let bound = bus.bindings.entry(spec.exchange.clone()).or_default().entry(key.clone()).or_default();
-            if !bound.contains(key) {
-                bound.push(key.clone());
             }
             queues.push(q);
         }
@@ -414,17 +451,30 @@ impl Transport for MemoryTransport {
             self.lock().fanout.entry(spec.topic.clone()).or_default().push(fanout_name.clone());
             delete_on_stop.push(fanout_name);
         }
-        for q in &queues {
-            lock(&q.state).consumers += 1;
+        Ok(self.consumer(queues, delete_on_stop))
+    }
+
+    async fn listen_notifications(&self, spec: NotificationSpec) -> Result<Listener> {
+        let private = format!("notifications_listen_{}", crate::id::new_id());
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        let mut bus = self.lock();
+        for (exchange, key) in &spec.bindings {
+            let name = match &spec.queue {
+                NotificationQueue::Shared => key,
+                NotificationQueue::Pool(pool) => pool,
+                NotificationQueue::Private => &private,
+            };
+            let q = bus.bind(exchange, key, name);
+            if spec.queue == NotificationQueue::Shared {
+                let _ = q.limit.set(NOTIFICATION_BACKLOG);
+            }
+            if !queues.iter().any(|known| Arc::ptr_eq(known, &q)) {
+                queues.push(q);
+            }
         }
-        Ok(Listener::from_source(Consumer {
-            queues,
-            me: Arc::default(),
-            turn: 0,
-            stopped: false,
-            bus: self.bus.clone(),
-            delete_on_stop,
-        }))
+        drop(bus);
+        let delete_on_stop = if spec.queue == NotificationQueue::Private { vec![private] } else { Vec::new() };
+        Ok(self.consumer(queues, delete_on_stop))
     }
 
     async fn listen_replies(&self, queue: &str, sink: ReplySink) -> Result<ReplyQueue> {

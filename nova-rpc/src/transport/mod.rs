@@ -44,6 +44,16 @@ pub enum Destination<'a> {
         /// The topic.
         topic: Cow<'a, str>,
     },
+    /// A notification: the topic exchange, routing key `<topic>.<priority>`.
+    /// A queue of that name is declared and bound first (once per
+    /// connection), so notifications wait there until a listener comes, as
+    /// oslo's notifier does.
+    Notification {
+        /// The exchange (`control_exchange` unless the target says otherwise).
+        exchange: Cow<'a, str>,
+        /// `<topic>.<priority>`.
+        routing_key: Cow<'a, str>,
+    },
     /// A client's reply queue, through the default exchange, `mandatory`.
     Reply {
         /// The `reply_<uuid>` queue.
@@ -95,6 +105,33 @@ pub struct ListenSpec {
     pub max_deliveries: Option<u32>,
     /// Which of the server's queues to consume.
     pub queues: Queues,
+}
+
+/// What a notification listener consumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationSpec {
+    /// `(exchange, <topic>.<priority>)` for each target and priority.
+    pub bindings: Vec<(String, String)>,
+    /// Which queue they are read from.
+    pub queue: NotificationQueue,
+    /// How many unacknowledged notifications the broker may hand over at once.
+    pub prefetch: u16,
+}
+
+/// Where a notification listener reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationQueue {
+    /// oslo's default: the queue named after each routing key, shared with
+    /// every other listener that names no pool (and filled by the notifier
+    /// even before anyone listens).
+    Shared,
+    /// A named pool: one queue of that name bound to every routing key, so
+    /// each pool gets every notification and a pool's listeners share them.
+    Pool(String),
+    /// A queue of this listener's own, deleted when it stops (and expiring
+    /// if it is left behind): it sees every notification from now on and
+    /// takes none from anybody else. For watching (`nova-rpc listen`).
+    Private,
 }
 
 /// Which of a server's queues a listener consumes.
@@ -420,6 +457,10 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// Start consuming a server's queues. Returns once the topology is
     /// declared and the consumers are running.
     async fn listen(&self, spec: ListenSpec) -> Result<Listener>;
+
+    /// Declare and consume a notification listener's queue(s). Returns once
+    /// they are declared and consumed; reconnects as [`Transport::listen`] does.
+    async fn listen_notifications(&self, spec: NotificationSpec) -> Result<Listener>;
 
     /// Declare and consume a client's reply queue, handing each reply to
     /// `sink` as it arrives (no task between the transport and the caller).

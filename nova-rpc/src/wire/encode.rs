@@ -11,8 +11,14 @@ use crate::{
     RemoteFailure, RequestContext,
 };
 
-/// The request context, as `_context_*` keys of the message `w` writes.
-fn write_context(w: &mut ObjectWriter, context: &RequestContext) -> Result<(), crate::RpcError> {
+/// The request context, as `_context_*` keys of the message `w` writes;
+/// `redacted`: secrets masked, as oslo.context's `redacted_copy` masks them
+/// (what a notification carries).
+pub(crate) fn write_context(
+    w: &mut ObjectWriter,
+    context: &RequestContext,
+    redacted: bool,
+) -> Result<(), crate::RpcError> {
     let mut written = Ok(());
     context.for_each_entry(|k, v| {
         if written.is_err() {
@@ -20,8 +26,10 @@ fn write_context(w: &mut ObjectWriter, context: &RequestContext) -> Result<(), c
         }
         let w = w.key("_context_", k);
         match v {
+            _ if redacted && crate::mask::is_secret_key(k) => w.string(crate::mask::MASK),
             Entry::Text(s) => w.string(s),
             Entry::Texts(list) => w.strings(list),
+            Entry::Json(v) if redacted => written = w.value(&crate::mask::mask_value(v)),
             Entry::Json(v) => written = w.value(v),
         }
     });
@@ -87,7 +95,7 @@ impl RequestRef<'_> {
             w.field("_timeout").value(&r.monitor_timeout.map(python_number))?;
         }
         w.field("_unique_id").string(r.unique_id);
-        write_context(&mut w, r.context)?;
+        write_context(&mut w, r.context, false)?;
         Ok(w.finish())
     }
 }

@@ -29,11 +29,12 @@ pub mod tasks;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use nova_core::notifications::{Notifications, VersionedPayload};
 use nova_core::{
     config::OptSpec, db::Database, rpc_api, upgrade::ServiceVersions, BoxError, Manager, ManagerDeps, ManagerEntry,
     ManagerHandle, ServiceInfo, WorkQueue,
 };
-use nova_rpc::{RequestContext, RpcClient, RpcError, Target};
+use nova_rpc::{notify::Priority, RequestContext, RpcClient, RpcError, Target};
 use tokio::sync::{oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 
 use self::commands::Commands;
@@ -214,6 +215,54 @@ pub struct ComputeManager {
     waiters: Arc<Semaphore>,
     schedulers: SchedulerClient,
     rpc: RpcClient,
+    /// `task.run.start`, `.end` and `.error`.
+    notifier: Notifications,
+}
+
+/// The payload of `task.run.start`, `task.run.end` and `task.run.error`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskRunPayload {
+    /// The caller's id for it.
+    pub task_id: String,
+    /// The allow-listed command.
+    pub name: String,
+    /// The compute host running it.
+    pub host: String,
+    /// Where it stands: running, succeeded, failed, killed.
+    pub status: TaskStatus,
+    /// Its exit code, once it exited normally.
+    pub exit_code: Option<i32>,
+    /// Accepted (UTC, ISO 8601).
+    pub submitted_at: Option<String>,
+    /// Started.
+    pub started_at: Option<String>,
+    /// Ended.
+    pub finished_at: Option<String>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+impl VersionedPayload for TaskRunPayload {
+    const NAME: &'static str = "TaskRunPayload";
+    const VERSION: &'static str = "1.0";
+    const NAMESPACE: &'static str = "nova-rs";
+}
+
+impl TaskRunPayload {
+    fn of(info: &TaskInfo) -> Self {
+        let time = |t: Option<chrono::NaiveDateTime>| t.map(|t| t.and_utc().to_rfc3339());
+        Self {
+            task_id: info.task_id.clone(),
+            name: info.name.clone(),
+            host: info.host.clone(),
+            status: info.status,
+            exit_code: info.exit_code,
+            submitted_at: time(info.submitted_at),
+            started_at: time(info.started_at),
+            finished_at: time(info.finished_at),
+            error: info.error.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ComputeManager {
@@ -297,7 +346,8 @@ impl ComputeManager {
         )
         .with_task_limits(limits)
         .with_at_least_once(at_least_once)
-        .with_callbacks(callbacks(c)?))
+        .with_callbacks(callbacks(c)?)
+        .with_notifications(deps.notifier.clone()))
     }
 
     /// Submitted tasks acknowledged when they end, and dead-lettered after
@@ -371,7 +421,26 @@ impl ComputeManager {
             waiters: Arc::new(Semaphore::new(MAX_WAITERS)),
             schedulers: SchedulerClient::new(rpc.with_target(Target::new("scheduler"))).with_fanout(),
             rpc,
+            notifier: Notifications::disabled(),
         }
+    }
+
+    /// Announce tasks starting and ending through `notifier`.
+    pub fn with_notifications(mut self, notifier: Notifications) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// `task.run.start` for a task that started; `.end` (INFO) or
+    /// `.error` (ERROR) for one that ended, by how.
+    fn announce(&self, info: &TaskInfo) {
+        let (priority, event) = match info.status {
+            TaskStatus::Queued => return,
+            TaskStatus::Running => (Priority::Info, "task.run.start"),
+            TaskStatus::Succeeded | TaskStatus::Killed => (Priority::Info, "task.run.end"),
+            TaskStatus::Failed => (Priority::Error, "task.run.error"),
+        };
+        self.notifier.emit(&RequestContext::new(), priority, event, &TaskRunPayload::of(info));
     }
 
     /// POST callbacks with `client` (its guard and trusted CAs).
@@ -398,6 +467,7 @@ impl ComputeManager {
                 info.finished_at = Some(chrono::Utc::now().naive_utc());
                 self.store.update(&info).await?;
                 self.started.notify_waiters();
+                self.announce(&info);
                 return Ok(Err(info));
             }
         };
@@ -410,6 +480,7 @@ impl ComputeManager {
                 drop(running);
                 self.started.notify_waiters();
                 tracing::info!(task_id = %info.task_id, name = %info.name, "task started");
+                self.announce(&task.snapshot());
                 Ok(Ok(task))
             }
             Err(e) => {
@@ -418,6 +489,7 @@ impl ComputeManager {
                 info.finished_at = Some(chrono::Utc::now().naive_utc());
                 self.store.update(&info).await?;
                 self.started.notify_waiters();
+                self.announce(&info);
                 Ok(Err(info))
             }
         }
@@ -476,6 +548,7 @@ impl ComputeManager {
             tracing::error!(error = %e, task_id = %info.task_id, "cannot save the finished task");
         }
         self.running.lock().await.remove(&info.task_id);
+        self.announce(&info);
         self.kill_adopted().await;
         self.deliver_result(&mut info).await;
         info

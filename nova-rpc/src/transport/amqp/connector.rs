@@ -106,6 +106,13 @@ impl Connector {
     /// Connect to the first host that answers, starting with the last good
     /// one. After a full round of failures wait the backoff delay; give up
     /// after `retry` rounds (`None`: keep trying).
+    /// About how long [`connect`](Self::connect) takes to give up after
+    /// `retry` retries: each round tries every host, then waits.
+    pub(crate) fn retry_budget(&self, retry: u32) -> std::time::Duration {
+        let hosts = u32::try_from(self.url.hosts.len()).unwrap_or(u32::MAX);
+        (0..=retry).map(|round| self.options.connection_timeout * hosts + self.options.reconnect_delay(round)).sum()
+    }
+
     pub(crate) async fn connect(&self, purpose: &str, retry: Option<u32>) -> Result<Connection> {
         let hosts = &self.url.hosts;
         let mut round = 0u32;

@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     connector::Connector,
     metrics,
-    topology::{Arg, Exchange, ExchangeKind, Queue, Subscription},
+    topology::{Arg, Binding, Exchange, ExchangeKind, Queue, Subscription},
 };
 use crate::{
     transport::{Acknowledge, Delivery, Flow, Health, Listener, ReplyQueue, ReplySink, Settle},
@@ -149,6 +149,21 @@ async fn declare_queue(channel: &Channel, q: &Queue) -> Result<()> {
     Ok(())
 }
 
+/// Declare `queue`, and each binding's exchange and the binding.
+pub(crate) async fn declare_bound_queue(channel: &Channel, queue: &Queue, bindings: &[Binding]) -> Result<()> {
+    for b in bindings {
+        declare_exchange(channel, &b.exchange).await?;
+    }
+    declare_queue(channel, queue).await?;
+    for b in bindings {
+        let (queue, exchange, key) = (queue.name.as_str(), b.exchange.name.as_str(), b.routing_key.as_str());
+        channel
+            .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    Ok(())
+}
+
 /// One subscription's channel, declared, and consuming when `consume`.
 async fn subscribe(
     conn: &Connection,
@@ -161,21 +176,7 @@ async fn subscribe(
     if prefetch > 0 {
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     }
-    if let Some(exchange) = &sub.exchange {
-        declare_exchange(&channel, exchange).await?;
-    }
-    declare_queue(&channel, &sub.queue).await?;
-    if let Some(exchange) = &sub.exchange {
-        channel
-            .queue_bind(
-                sub.queue.name.as_str().into(),
-                exchange.name.as_str().into(),
-                sub.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    declare_bound_queue(&channel, &sub.queue, &sub.bindings).await?;
     if !consume {
         return Ok((channel, None));
     }

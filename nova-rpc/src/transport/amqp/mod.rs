@@ -25,8 +25,8 @@ use async_trait::async_trait;
 
 use self::{connector::Connector, listener::Plan, publisher::Publisher, topology::Topology};
 use super::{
-    Destination, ListenSpec, Listener, Outgoing, QueueStats, ReplyQueue, ReplySink, Transport, TransportOptions,
-    TransportUrl,
+    Destination, ListenSpec, Listener, NotificationSpec, Outgoing, QueueStats, ReplyQueue, ReplySink, Transport,
+    TransportOptions, TransportUrl,
 };
 use crate::{Result, RpcError};
 
@@ -86,6 +86,17 @@ impl Transport for AmqpTransport {
             prelude: server.dead_letter.into_iter().collect(),
             subscriptions: server.subscriptions,
             work,
+        };
+        listener::start(self.connector.clone(), plan).await
+    }
+
+    async fn listen_notifications(&self, spec: NotificationSpec) -> Result<Listener> {
+        let plan = Plan {
+            purpose: "notifications",
+            prefetch: self.prefetch(spec.prefetch),
+            prelude: Vec::new(),
+            subscriptions: self.topology.notifications(&spec),
+            work: false,
         };
         listener::start(self.connector.clone(), plan).await
     }

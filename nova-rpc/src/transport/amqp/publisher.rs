@@ -20,7 +20,12 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
 };
 
-use super::{connector::Connector, listener::declare_exchange, metrics, topology::Topology};
+use super::{
+    connector::Connector,
+    listener::{declare_bound_queue, declare_exchange},
+    metrics,
+    topology::Topology,
+};
 use crate::{
     transport::{Destination, Outgoing},
     Result, RpcError,
@@ -86,7 +91,20 @@ impl Publisher {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let _guard = self.reconnecting.lock().await;
+        // A sender with a retry budget waits for another's reconnecting no
+        // longer than its own attempts would take.
+        let _guard = match retry {
+            None => self.reconnecting.lock().await,
+            Some(r) => match tokio::time::timeout(self.connector.retry_budget(r), self.reconnecting.lock()).await {
+                Ok(guard) => guard,
+                Err(_) => {
+                    return Err(RpcError::Transport(format!(
+                        "AMQP server unreachable: still reconnecting after the time {} attempt(s) take",
+                        r + 1
+                    )))
+                }
+            },
+        };
         if let Some(c) = self.current() {
             return Ok(c);
         }
@@ -202,6 +220,24 @@ impl Publisher {
         Ok(())
     }
 
+    /// A notification's default queue, declared and bound once per connection.
+    async fn declare_default_queue_once(
+        &self,
+        pc: &PubChannel,
+        queue: &super::topology::Queue,
+        binding: &super::topology::Binding,
+    ) -> Result<(), Failure> {
+        let key = format!("{} <- {}", queue.name, binding.exchange.name);
+        if crate::lock(&pc.declared).contains(&key) {
+            return Ok(());
+        }
+        if let Err(e) = declare_bound_queue(&pc.channel, queue, std::slice::from_ref(binding)).await {
+            return Err(self.classify(pc, e));
+        }
+        crate::lock(&pc.declared).insert(key);
+        Ok(())
+    }
+
     fn classify(&self, pc: &PubChannel, e: RpcError) -> Failure {
         if pc.conn.status().connected() {
             if !pc.channel.status().connected() {
@@ -229,6 +265,9 @@ impl Publisher {
             if let Some(exchange) = self.topology.exchange_to_declare(destination) {
                 self.declare_once(pc, &exchange).await?;
             }
+        }
+        if let Some((queue, binding)) = self.topology.notification_default_queue(destination) {
+            self.declare_default_queue_once(pc, &queue, &binding).await?;
         }
         let options = BasicPublishOptions { mandatory: route.mandatory || message.mandatory, ..Default::default() };
         let confirm = pc

@@ -32,7 +32,9 @@ use std::{
     sync::Mutex,
 };
 
-use crate::transport::{dead_letter_queue, Destination, ListenSpec, RabbitOptions};
+use crate::transport::{
+    dead_letter_queue, Destination, ListenSpec, NotificationQueue, NotificationSpec, RabbitOptions,
+};
 
 /// A queue or consumer argument value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,15 +101,23 @@ impl Queue {
     }
 }
 
+/// A queue's binding to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The exchange, declared before binding.
+    pub exchange: Exchange,
+    /// The binding's routing key.
+    pub routing_key: String,
+}
+
 /// One consumed queue: what to declare before consuming it, and how to consume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
-    /// The exchange the queue is bound to (`None`: the default exchange).
-    pub exchange: Option<Exchange>,
     /// The queue.
     pub queue: Queue,
-    /// The binding's routing key (with `exchange`).
-    pub routing_key: String,
+    /// Its bindings (none: only the default exchange reaches it). A
+    /// notification pool's queue has one per target and priority.
+    pub bindings: Vec<Binding>,
     /// `basic.consume` arguments (`x-cancel-on-ha-failover`; a stream's
     /// `x-stream-offset` is added by the consumer, which tracks the offset).
     pub consumer_arguments: Vec<(String, Arg)>,
@@ -243,9 +253,8 @@ impl Topology {
         ];
         for (key, _) in keys.into_iter().filter(|(_, consumed)| *consumed) {
             subscriptions.push(Subscription {
-                exchange: Some(exchange.clone()),
                 queue: self.topic_queue(key.clone(), spec),
-                routing_key: key,
+                bindings: vec![Binding { exchange: exchange.clone(), routing_key: key }],
                 consumer_arguments: self.consumer_arguments(),
                 delete_on_stop: false,
             });
@@ -272,19 +281,69 @@ impl Topology {
             format!("{}_fanout_{}", spec.topic, self.unique_suffix())
         };
         Subscription {
-            exchange: Some(self.fanout_exchange(&spec.topic)),
             queue: Queue {
                 name,
                 durable: o.rabbit_transient_quorum_queue || stream,
                 auto_delete: false,
                 arguments: self.queue_arguments(self.transient_ttl(), o.rabbit_transient_quorum_queue, stream),
             },
-            routing_key: spec.topic.clone(),
+            bindings: vec![Binding { exchange: self.fanout_exchange(&spec.topic), routing_key: spec.topic.clone() }],
             consumer_arguments: self.consumer_arguments(),
             // A stream is the topic's, and queue-manager names are reused
             // by the next start; a random name is nobody's once we stop.
             delete_on_stop: !stream && self.names.is_none(),
         }
+    }
+
+    /// A notification queue: the one oslo's notifier declares for each
+    /// routing key, a pool's, or a listener's own (`private`: transient,
+    /// expiring, deleted on stop). Shared and pool queues are declared as
+    /// oslo's `declare_topic_consumer` declares them, so Python listeners
+    /// and notifiers agree on their flags.
+    fn notification_queue(&self, name: String, private: bool) -> Queue {
+        let o = &self.options;
+        if private {
+            let quorum = o.rabbit_transient_quorum_queue;
+            let arguments = self.queue_arguments(self.transient_ttl(), quorum, false);
+            return Queue { name, durable: quorum, auto_delete: false, arguments };
+        }
+        let arguments = self.queue_arguments(0, o.rabbit_quorum_queue, false);
+        Queue { name, durable: o.topic_durable(), auto_delete: o.amqp_auto_delete, arguments }
+    }
+
+    /// What a notification listener declares and consumes: each queue once,
+    /// bound with every routing key that leads to it.
+    pub fn notifications(&self, spec: &NotificationSpec) -> Vec<Subscription> {
+        let mut subscriptions: Vec<Subscription> = Vec::new();
+        let private = format!("notifications_listen_{}", self.unique_suffix());
+        for (exchange, key) in &spec.bindings {
+            let name = match &spec.queue {
+                NotificationQueue::Shared => key.clone(),
+                NotificationQueue::Pool(pool) => pool.clone(),
+                NotificationQueue::Private => private.clone(),
+            };
+            let binding = Binding { exchange: self.topic_exchange(exchange), routing_key: key.clone() };
+            match subscriptions.iter_mut().find(|s| s.queue.name == name) {
+                Some(s) if !s.bindings.contains(&binding) => s.bindings.push(binding),
+                Some(_) => {}
+                None => subscriptions.push(Subscription {
+                    queue: self.notification_queue(name, spec.queue == NotificationQueue::Private),
+                    bindings: vec![binding],
+                    consumer_arguments: self.consumer_arguments(),
+                    delete_on_stop: spec.queue == NotificationQueue::Private,
+                }),
+            }
+        }
+        subscriptions
+    }
+
+    /// The queue a notification to `destination` fills until a listener
+    /// comes: named after its routing key, bound to it (oslo's
+    /// `_publish_and_creates_default_queue`). `None` for other messages.
+    pub fn notification_default_queue(&self, destination: &Destination<'_>) -> Option<(Queue, Binding)> {
+        let Destination::Notification { exchange, routing_key } = destination else { return None };
+        let queue = self.notification_queue(routing_key.to_string(), false);
+        Some((queue, Binding { exchange: self.topic_exchange(exchange), routing_key: routing_key.to_string() }))
     }
 
     /// A name for a new reply queue: `reply_<uuid>`, or `reply_<host>:<process>:<n>`.
@@ -296,14 +355,13 @@ impl Topology {
     pub fn reply(&self, queue: &str) -> Subscription {
         let o = &self.options;
         Subscription {
-            exchange: None,
             queue: Queue {
                 name: queue.to_owned(),
                 durable: o.rabbit_transient_quorum_queue,
                 auto_delete: false,
                 arguments: self.queue_arguments(self.transient_ttl(), o.rabbit_transient_quorum_queue, false),
             },
-            routing_key: String::new(),
+            bindings: Vec::new(),
             consumer_arguments: self.consumer_arguments(),
             delete_on_stop: self.names.is_none(),
         }
@@ -313,7 +371,7 @@ impl Topology {
     /// default exchange, `mandatory` unless `direct_mandatory_flag` is off.
     pub fn publish<'a>(&self, destination: &'a Destination<'_>) -> Publish<'a> {
         match destination {
-            Destination::Topic { exchange, routing_key } => {
+            Destination::Topic { exchange, routing_key } | Destination::Notification { exchange, routing_key } => {
                 Publish { exchange: Cow::Borrowed(exchange), routing_key, mandatory: false }
             }
             Destination::Fanout { topic } => {
@@ -331,7 +389,9 @@ impl Topology {
     /// connection); `None` for the default exchange.
     pub fn exchange_to_declare(&self, destination: &Destination<'_>) -> Option<Exchange> {
         match destination {
-            Destination::Topic { exchange, .. } => Some(self.topic_exchange(exchange)),
+            Destination::Topic { exchange, .. } | Destination::Notification { exchange, .. } => {
+                Some(self.topic_exchange(exchange))
+            }
             Destination::Fanout { topic } => Some(self.fanout_exchange(topic)),
             Destination::Reply { .. } => None,
         }
@@ -453,7 +513,7 @@ mod tests {
         assert!(s.subscriptions[..2].iter().all(|s| !s.queue.durable && s.queue.arguments.is_empty()));
         let fanout = &s.subscriptions[2];
         assert_eq!(fanout.queue.arguments, [("x-expires".to_owned(), Arg::Int(1_800_000))]);
-        assert!(!fanout.exchange.as_ref().unwrap().durable);
+        assert!(!fanout.bindings[0].exchange.durable);
         assert!(t.publish(&Destination::Reply { queue: "reply_x".into() }).mandatory);
     }
 
@@ -485,7 +545,7 @@ mod tests {
         assert_eq!(fanout.queue.name, "compute_fanout");
         assert!(fanout.queue.durable && fanout.queue.is_stream() && !fanout.delete_on_stop);
         assert_eq!(fanout.queue.argument("x-max-age"), Some(&Arg::Str("1800s".into())));
-        assert!(fanout.exchange.as_ref().unwrap().durable);
+        assert!(fanout.bindings[0].exchange.durable);
         let reply = t.reply("reply_x").queue;
         assert!(reply.durable);
         assert_eq!(reply.argument("x-queue-type"), Some(&Arg::Str("quorum".into())));
