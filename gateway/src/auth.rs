@@ -374,7 +374,12 @@ pub const ADMIN_API_RULE: &str = "role:admin";
 pub const BUILT_IN_TARGETS: &[(&str, &str)] = &[
     ("api:services", "`GET /v1/services`, `describe`, `GET /v1/queues` and the console's services"),
     ("api:traces", "`GET /v1/traces/{id}` and the console's trace pages"),
+    ("api:events", "`GET /v1/events` and the console's events page: every project's notifications"),
 ];
+
+/// Built-in targets that default to the `admin_api` rule, not `default`:
+/// they show every project's data.
+pub const ADMIN_TARGETS: &[&str] = &["api:events"];
 
 /// Rules per target, and a default; see the module docs.
 #[derive(Debug, Clone)]
@@ -431,7 +436,8 @@ impl Policy {
             ADMIN_METHODS.iter().map(|m| format!("`<topic>.{m}`")).collect::<Vec<_>>().join(", ")
         ));
         for (target, guards) in BUILT_IN_TARGETS {
-            out.push_str(&format!("| `{target}` | (`default`) | {guards} |\n"));
+            let rule = if ADMIN_TARGETS.contains(target) { "(`admin_api`)" } else { "(`default`)" };
+            out.push_str(&format!("| `{target}` | {rule} | {guards} |\n"));
         }
         out.push_str(
             "| `compute.submit_task`, `compute.list_tasks`, `compute.get_task`, `compute.kill_task` | (`default`) | \
@@ -445,7 +451,8 @@ impl Policy {
     /// Whether `caller` may reach `target`: its own rule, else `admin_api`
     /// for an [`ADMIN_METHODS`] target, else `default`.
     pub fn allows(&self, target: &str, caller: &Caller) -> bool {
-        let admin = target.rsplit_once('.').is_some_and(|(_, method)| ADMIN_METHODS.contains(&method));
+        let admin = ADMIN_TARGETS.contains(&target)
+            || target.rsplit_once('.').is_some_and(|(_, method)| ADMIN_METHODS.contains(&method));
         let fallback = if admin { &self.admin_api } else { &self.default };
         self.rules.get(target).unwrap_or(fallback).allows(caller)
     }

@@ -222,7 +222,7 @@ pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension
         "nova-rs console",
         html! {
             h1 { "nova-rs console" }
-            p { @for (i, (path, label)) in gw.links.iter().enumerate() { @if i > 0 { " · " } a href=(path) { (label) } } }
+            p { a href="/events" { "events" } @for (path, label) in gw.links.iter() { " · " a href=(path) { (label) } } }
             h2 { "Services" }
             @if let Some(t) = trouble { p.disabled { (t) } }
             p.note { span #services-refreshed { "refreshed every 5 s" } }
@@ -264,7 +264,9 @@ label{display:inline-block;min-width:7em}input,textarea,select{font-family:monos
 .err span{background:#b32}
 .note{color:#666;font-size:.9em}.chart{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
 .chart svg{border:1px solid #ddd;background:#fcfcfc}.chart .rate{stroke:#3a7bd5}.chart .p50{stroke:#2a7d2a}.chart .p99{stroke:#b32}
-.queued{color:#865}.running{color:#3a7bd5}.succeeded{color:#2a7d2a}.failed,.killed{color:#b32}";
+.queued{color:#865}.running{color:#3a7bd5}.succeeded{color:#2a7d2a}.failed,.killed{color:#b32}
+.error,.critical{color:#b32}.warn{color:#b60}.info,.audit,.sample{color:#3a7bd5}.debug{color:#666}
+#events code{display:inline-block;max-width:50em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}";
 
 const SCRIPT: &str = r#"'use strict';
 function token() { return sessionStorage.getItem('nova_token') || ''; }
@@ -374,7 +376,46 @@ async function refreshCharts() {
     charts.dataset.refreshed = String(Date.now());
   } catch (e) {}
 }
+function followEvents() {
+  const table = document.getElementById('events');
+  const form = document.getElementById('event-filter');
+  if (!table || !form) return;
+  const state = document.getElementById('events-state');
+  let source = null;
+  const open = () => {
+    if (source) source.close();
+    for (const row of [...table.querySelectorAll('tr')].slice(1)) row.remove();
+    table.dataset.count = '0';
+    const q = new URLSearchParams();
+    if (form.event_type.value) q.set('event_type', form.event_type.value);
+    if (form.priority.value) q.set('priority', form.priority.value);
+    source = new EventSource('/events/stream?' + q.toString());
+    source.onopen = () => { state.textContent = 'following'; table.dataset.open = '1'; };
+    source.onerror = () => { state.textContent = 'reconnecting…'; };
+    source.addEventListener('lagged', (e) => { state.textContent = 'missed ' + e.data + ' (too many at once)'; });
+    source.onmessage = (e) => {
+      const n = JSON.parse(e.data);
+      const tr = document.createElement('tr');
+      tr.dataset.eventType = n.event_type;
+      tr.dataset.priority = n.priority;
+      const payload = document.createElement('td');
+      const code = document.createElement('code');
+      code.textContent = JSON.stringify(n.payload);
+      code.title = JSON.stringify(n.payload, null, 2);
+      payload.appendChild(code);
+      tr.append(cell(n.metadata.timestamp), cell(n.priority, n.priority.toLowerCase()), cell(n.event_type),
+                cell(n.publisher_id), payload);
+      const header = table.rows[0];
+      header.parentNode.insertBefore(tr, header.nextSibling);
+      while (table.rows.length > 501) table.deleteRow(-1);
+      table.dataset.count = String(Number(table.dataset.count) + 1);
+    };
+  };
+  form.addEventListener('submit', (ev) => { ev.preventDefault(); open(); });
+  open();
+}
 document.addEventListener('DOMContentLoaded', () => {
+  followEvents();
   if (document.getElementById('services')) {
     refreshCharts();
     setInterval(refreshServices, 5000);

@@ -11,6 +11,7 @@
 //! | `GET /v1/openapi.json` | this API as an OpenAPI 3 document |
 //! | `GET /v1/metrics/history` | per method, rate and p50/p99 latency over the last minutes ([`history`]) |
 //! | `GET /v1/queues` | backlog, consumers and oldest message of every topic's queues ([`queues`]) |
+//! | `GET /v1/events` | notifications as they arrive, as Server-Sent Events ([`events`]); the console follows them at `/events` |
 //! | what a [`Resource`] adds | e.g. `/v1/tasks…` and the console's `/tasks`, from `nova_services::gateway` |
 //! | `GET /traces/{request_id}` | the trace as a timeline in the console |
 //! | `GET /metrics` | Prometheus metrics |
@@ -28,6 +29,7 @@
 
 pub mod auth;
 pub mod console;
+pub mod events;
 pub mod history;
 pub mod queues;
 mod resource;
@@ -73,6 +75,8 @@ pub struct Gateway {
     links: Arc<Vec<(&'static str, &'static str)>>,
     /// This API with the resources' paths, as served at `/v1/openapi.json`.
     openapi: Arc<Value>,
+    /// Notifications, live ([`events`]).
+    events: events::Events,
 }
 
 impl Gateway {
@@ -96,13 +100,33 @@ impl Gateway {
             resources: Vec::new(),
             links: Arc::default(),
             openapi: Arc::new(resource::base_openapi()),
+            events: events::Events::new(vec!["notifications".into(), "versioned_notifications".into()]),
         }
+    }
+
+    /// Follow these notification topics at `/v1/events` (default:
+    /// `notifications` and `versioned_notifications`).
+    pub fn with_event_topics(mut self, topics: Vec<String>) -> Self {
+        self.events = events::Events::new(topics);
+        self
     }
 
     /// The gateway of a started process: its transport, service records and
     /// options (tracing on when `trace_enabled`).
     pub fn from_bootstrap(b: &nova_core::Bootstrap, auth: Auth) -> Self {
         let gw = Self::new(b.transport.clone(), ServiceRecords::new(b.db.clone()), b.options.service_down_time, auth);
+        let mut topics = Vec::new();
+        for opt in [
+            &nova_core::notifications::options::TOPICS,
+            &nova_core::notifications::options::VERSIONED_NOTIFICATIONS_TOPICS,
+        ] {
+            for t in b.config.value(opt).unwrap_or_default() {
+                if !topics.contains(&t) {
+                    topics.push(t);
+                }
+            }
+        }
+        let gw = gw.with_event_topics(topics);
         if b.options.trace_enabled {
             gw.with_tracer(
                 Tracer::new(b.transport.clone(), "nova-gateway", &b.options.host).with_sampler(b.options.trace_sampler),
@@ -152,6 +176,9 @@ impl Gateway {
             .get("/v1/openapi.json", openapi)
             .get("/v1/queues", queues::list)
             .get("/v1/metrics/history", metrics_history)
+            .get("/v1/events", events::stream)
+            .get("/events", events::page)
+            .get("/events/stream", events::stream)
     }
 
     /// Every route the router serves, its own and the resources', as

@@ -198,7 +198,25 @@ impl Notifications {
     /// An option that cannot be read, an unknown driver, or a routing file
     /// that cannot be read.
     pub async fn from_config(c: &Config, transport: Arc<dyn Transport>) -> Result<Self, ConfigError> {
-        let names = c.value(&options::DRIVER)?;
+        Self::from_config_or(c, transport, &[]).await
+    }
+
+    /// As [`from_config`](Self::from_config), with `drivers` when the
+    /// configuration names none (`nova-all` on its embedded defaults
+    /// sends `messagingv2`, so its console has events to show).
+    ///
+    /// # Errors
+    ///
+    /// As [`from_config`](Self::from_config).
+    pub async fn from_config_or(
+        c: &Config,
+        transport: Arc<dyn Transport>,
+        drivers: &[&str],
+    ) -> Result<Self, ConfigError> {
+        let mut names = c.value(&options::DRIVER)?;
+        if c.raw("oslo_messaging_notifications", "driver").is_none() {
+            names = drivers.iter().map(|d| (*d).to_owned()).collect();
+        }
         let (format, retry) = (c.value(&options::NOTIFICATION_FORMAT)?, c.value(&options::RETRY)?);
         let (topics, versioned_topics) =
             (c.value(&options::TOPICS)?, c.value(&options::VERSIONED_NOTIFICATIONS_TOPICS)?);

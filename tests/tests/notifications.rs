@@ -351,3 +351,163 @@ async fn a_broker_outage_while_a_task_ends() {
     running.stop().await;
     listener.stop().await;
 }
+
+/// A manager with nothing to say.
+pub struct Quiet;
+
+#[nova_core::rpc_api(version = "1.0")]
+impl Quiet {
+    /// Answers.
+    pub async fn ping(&self, _ctx: RequestContext) -> Result<String, nova_rpc::RpcError> {
+        Ok("pong".into())
+    }
+}
+
+impl nova_core::Manager for Quiet {}
+
+/// A service announces its record: up when it starts, disabled when an
+/// operator disables it, down when it stops (Nova's `service.update`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_announces_its_record_changes() {
+    use nova_core::{
+        db::{
+            services::{AdminAction, ServiceRecords},
+            Database,
+        },
+        ManagerHandle, Service,
+    };
+
+    let bus = Bus::new(Kind::Memory);
+    let t = bus.transport().await;
+    let (seen, listener) = collecting(&t, "versioned_notifications", "ops").await;
+    let db = nova_tests::TestDb::sqlite();
+    let database = Database::connect(&db.url).await.unwrap();
+    database.migrate(nova_core::db::services::MIGRATIONS).await.unwrap();
+    let records = ServiceRecords::new(database);
+    let notifications = Notifications::new(None, Some(notifier(&t, "versioned_notifications", "messagingv2")));
+    let manager = ManagerHandle::new(Arc::new(Quiet));
+    let service = Service::create(t.clone(), manager)
+        .binary("nova-echo")
+        .host("e1")
+        .records(records.clone())
+        .notifications(notifications.prepare("nova-echo:e1"))
+        .report_interval(Duration::from_millis(100));
+    let running = service.start().await.unwrap();
+    let updates = |seen: &Seen| -> Vec<Value> {
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .filter(|n| n.event_type == "service.update")
+            .map(|n| n.payload["nova_object.data"].clone())
+            .collect()
+    };
+    let up =
+        eventually("service.update: up", Duration::from_secs(30), || async { updates(&seen).first().cloned() }).await;
+    assert_eq!(
+        (up["host"].as_str(), up["binary"].as_str(), up["up"].as_bool()),
+        (Some("e1"), Some("nova-echo"), Some(true))
+    );
+    assert_eq!(seen.lock().unwrap()[0].payload["nova_object.name"], "ServiceStatusPayload");
+    records.admin("e1", "nova-echo", &AdminAction::Disable(Some("maintenance".into()))).await.unwrap();
+    let disabled = eventually("service.update: disabled", Duration::from_secs(30), || async {
+        updates(&seen).into_iter().find(|u| u["disabled"] == true)
+    })
+    .await;
+    assert_eq!(disabled["disabled_reason"], "maintenance");
+    running.stop().await;
+    let down = eventually("service.update: down", Duration::from_secs(30), || async {
+        updates(&seen).into_iter().find(|u| u["up"] == false)
+    })
+    .await;
+    assert_eq!(down["disabled"], true);
+    assert_eq!(updates(&seen).len(), 3, "one per change, none per heartbeat: {:?}", updates(&seen));
+    listener.stop().await;
+}
+
+/// The listener's own rules: filters, requeue, batches, what is not a
+/// notification, and an endpoint that panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_filters_requeues_and_batches() {
+    use nova_rpc::notify::NotificationFilter;
+
+    let bus = Bus::new(Kind::Memory);
+    let t = bus.transport().await;
+    let errors: Seen = Arc::default();
+    let keep = errors.clone();
+    let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = tries.clone();
+    let filtered = NotificationListener::new(t.clone(), ["filtered"])
+        .pool("f")
+        .endpoint(
+            handler(move |n| {
+                let (keep, counted) = (keep.clone(), counted.clone());
+                async move {
+                    // The first try of each is refused: it must come again.
+                    if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
+                        return NotificationResult::Requeue;
+                    }
+                    keep.lock().unwrap().push(n);
+                    NotificationResult::Handled
+                }
+            })
+            .priorities([Priority::Error])
+            .filter(NotificationFilter::new().publisher_id("nova-compute:").unwrap().event_type(r"task\.").unwrap()),
+        )
+        .start()
+        .await
+        .unwrap();
+    let n = notifier(&t, "filtered", "messagingv2");
+    let ctx = RequestContext::new();
+    n.error(&ctx, "task.run.error", json!({"i": 1}));
+    n.info(&ctx, "task.run.end", json!({"i": 2}));
+    n.error(&ctx, "service.update", json!({"i": 3}));
+    n.prepare("nova-scheduler:s1").error(&ctx, "task.run.error", json!({"i": 4}));
+    n.error(&ctx, "task.run.error", json!({"i": 5}));
+    let got = eventually("the two that pass, each after a requeue", Duration::from_secs(30), || async {
+        let e = errors.lock().unwrap();
+        (e.len() == 2).then(|| e.iter().map(|n| n.payload["i"].as_u64().unwrap()).collect::<HashSet<_>>())
+    })
+    .await;
+    assert_eq!(got, HashSet::from([1, 5]));
+
+    // Batches of up to 3, and a panicking endpoint's batch comes again.
+    let batches: Arc<Mutex<Vec<usize>>> = Arc::default();
+    struct Batcher(Arc<Mutex<Vec<usize>>>, std::sync::atomic::AtomicBool);
+    #[async_trait::async_trait]
+    impl nova_rpc::notify::NotificationEndpoint for Batcher {
+        async fn notify(&self, _: Notification) -> NotificationResult {
+            unreachable!("a batching listener hands batches")
+        }
+        async fn notify_batch(&self, batch: Vec<Notification>) -> NotificationResult {
+            if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("the first batch fails");
+            }
+            self.0.lock().unwrap().push(batch.len());
+            NotificationResult::Handled
+        }
+    }
+    let n = notifier(&t, "batched", "messagingv2");
+    for i in 0..7 {
+        n.info(&ctx, "x", json!({"i": i}));
+    }
+    assert!(n.flush(Duration::from_secs(10)).await);
+    let malformed_before = nova_rpc::notify::metrics().malformed();
+    let dest =
+        transport::Destination::Topic { exchange: bus.exchange.as_str().into(), routing_key: "batched.info".into() };
+    t.send(&dest, transport::Outgoing::new(&b"{\"not\": \"a notification\"}"[..])).await.unwrap();
+    let batcher = Batcher(batches.clone(), std::sync::atomic::AtomicBool::new(false));
+    let listener = NotificationListener::new(t.clone(), ["batched"])
+        .endpoint(batcher)
+        .batch(3, Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let sizes = eventually("all seven in batches", Duration::from_secs(30), || async {
+        let b = batches.lock().unwrap();
+        (b.iter().sum::<usize>() == 7).then(|| b.clone())
+    })
+    .await;
+    assert!(sizes.iter().all(|&s| (1..=3).contains(&s)), "{sizes:?}");
+    assert_eq!(nova_rpc::notify::metrics().malformed(), malformed_before + 1, "dropped and counted, not requeued");
+    listener.stop().await;
+    filtered.stop().await;
+}

@@ -1,7 +1,9 @@
 //! `nova-all`: every service in one process, plus the HTTP gateway and
 //! console. With nothing configured it runs on the embedded defaults:
 //! `memory://` messaging, SQLite under `./nova-state`, and a compute allow-list
-//! of harmless commands (`echo`, `sleep`, `true`, `false`). With
+//! of harmless commands (`echo`, `sleep`, `true`, `false`), and
+//! notifications on (`messagingv2`, shown live on the console's events
+//! page) unless `[oslo_messaging_notifications] driver` says otherwise. With
 //! `--transport-url`/`--database-connection` it runs the same on RabbitMQ
 //! and PostgreSQL.
 
@@ -12,6 +14,7 @@ use nova_autoscale::{self as autoscale, AutoscaleOptions, Autoscaler};
 use nova_core::{
     config::CommonArgs,
     launcher::{shutdown, stop_all, wait_for_stop_signal},
+    notifications::Notifications,
     Bootstrap, LaunchError,
 };
 use nova_gateway::{self as gateway, Gateway};
@@ -32,7 +35,10 @@ struct Cli {
 
 async fn run(cli: Cli) -> Result<(), LaunchError> {
     let own = [gateway::API_OPTIONS, autoscale::AUTOSCALE_OPTIONS].concat();
-    let bootstrap = Bootstrap::new(cli.common, nova_services::registry(), &own).await?;
+    let mut bootstrap = Bootstrap::new(cli.common, nova_services::registry(), &own).await?;
+    // On its own defaults too, nova-all tells its console what happens.
+    bootstrap.notifications =
+        Notifications::from_config_or(&bootstrap.config, bootstrap.transport.clone(), &["messagingv2"]).await?;
     let auth = gateway::ApiOptions::auth(&bootstrap.config, cli.listen, cli.insecure)?;
     let listen = auth.options().listen;
     bootstrap.serve_metrics().await?;
