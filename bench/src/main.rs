@@ -95,6 +95,9 @@ enum Command {
         /// Bytes of JSON arguments (and so of result).
         #[arg(long, default_value_t = 100)]
         payload: usize,
+        /// What each one is.
+        #[arg(long, value_enum, default_value_t = Op::Call)]
+        op: Op,
     },
     /// Instructions per memory:// call, counted by valgrind's callgrind:
     /// two runs of `memory-calls`, the difference over the difference in calls.
@@ -104,6 +107,10 @@ enum Command {
         /// Bytes of JSON arguments (and so of result).
         #[arg(long, default_value_t = 100)]
         payload: usize,
+        /// What is counted: a call (and its reply), a cast served, or a
+        /// notification sent and handled by a listener.
+        #[arg(long, value_enum, default_value_t = Op::Call)]
+        op: Op,
     },
     /// Requests through a fresh `nova-all`'s gateway with tracing off,
     /// sampled at the default ratio, and always on: resident memory,
@@ -269,25 +276,75 @@ async fn run_transport(url: &str, a: &RunArgs, r: &mut Report) -> anyhow::Result
     Ok(())
 }
 
-/// `calls` sequential calls through nova-rs on `memory://`, with `payload`
-/// bytes of arguments.
-async fn memory_calls(calls: usize, payload: usize) -> anyhow::Result<()> {
+/// What `memory-calls` and `callgrind` send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Op {
+    /// A call and its reply.
+    Call,
+    /// A cast, served.
+    Cast,
+    /// A notification, sent (`messagingv2`) and handled by a listener.
+    Notify,
+}
+
+/// `calls` sequential operations through nova-rs on `memory://`, with
+/// `payload` bytes of arguments; casts and notifications are waited for
+/// until every one was handled.
+async fn memory_calls(calls: usize, payload: usize, op: Op) -> anyhow::Result<()> {
     let options = bench::api::options("memory://callgrind", "callgrind", true);
+    if op == Op::Notify {
+        return notifications(options, calls, payload).await;
+    }
     let p: Arc<dyn Pattern> =
         Arc::new(NovaPattern::start(options, "bench", bench::payload(payload), 64, false, None).await?);
     for _ in 0..calls {
-        p.call().await?;
+        match op {
+            Op::Call => p.call().await?,
+            _ => p.cast().await?,
+        }
+    }
+    while p.received().await? < calls && op == Op::Cast {
+        tokio::task::yield_now().await;
     }
     p.close().await;
     Ok(())
 }
 
-/// Instructions callgrind counts for `memory-calls --calls n --payload p`.
-fn instructions(n: usize, payload: usize) -> anyhow::Result<u64> {
+/// `n` notifications sent and handled.
+async fn notifications(options: nova_rpc::transport::TransportOptions, n: usize, payload: usize) -> anyhow::Result<()> {
+    use nova_rpc::notify::{handler, NotificationListener, NotificationResult, Notifier, NotifierOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let t = nova_rpc::transport::connect(options).await?;
+    let (handled, wake) = (Arc::new(AtomicUsize::new(0)), Arc::new(tokio::sync::Notify::new()));
+    let (counter, woken) = (handled.clone(), wake.clone());
+    let listener = NotificationListener::new(t.clone(), ["notifications"])
+        .endpoint(handler(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            woken.notify_one();
+            async { NotificationResult::Handled }
+        }))
+        .start()
+        .await?;
+    let notifier = Notifier::new(t, NotifierOptions::default()).prepare("nova-bench:b1");
+    let (ctx, data) = (nova_rpc::RequestContext::new(), bench::payload(payload));
+    for sent in 1..=n {
+        notifier.info(&ctx, "bench.event", &data);
+        while handled.load(Ordering::Relaxed) < sent {
+            wake.notified().await;
+        }
+    }
+    listener.stop().await;
+    Ok(())
+}
+
+/// Instructions callgrind counts for `memory-calls --calls n --payload p --op op`.
+fn instructions(n: usize, payload: usize, op: Op) -> anyhow::Result<u64> {
+    let op = clap::ValueEnum::to_possible_value(&op).map(|v| v.get_name().to_owned()).unwrap_or_default();
     let out = std::process::Command::new("valgrind")
         .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(std::env::current_exe()?)
-        .args(["memory-calls", "--calls", &n.to_string(), "--payload", &payload.to_string()])
+        .args(["memory-calls", "--calls", &n.to_string(), "--payload", &payload.to_string(), "--op", &op])
         .env("RUST_LOG", "off")
         .output()
         .map_err(|e| anyhow::anyhow!("valgrind is needed (apt-get install valgrind): {e}"))?;
@@ -301,9 +358,9 @@ fn instructions(n: usize, payload: usize) -> anyhow::Result<u64> {
 }
 
 /// Instructions per call: two runs, `calls` apart, so start-up cancels out.
-fn callgrind(calls: usize, payload: usize) -> anyhow::Result<f64> {
-    let few = instructions(100, payload)?;
-    let many = instructions(100 + calls, payload)?;
+fn callgrind(calls: usize, payload: usize, op: Op) -> anyhow::Result<f64> {
+    let few = instructions(100, payload, op)?;
+    let many = instructions(100 + calls, payload, op)?;
     Ok(many.saturating_sub(few) as f64 / calls as f64)
 }
 
@@ -339,13 +396,18 @@ fn main() -> anyhow::Result<()> {
             let worker = child::Worker { topic, host, executor, work_ms, at_least_once };
             rt.block_on(child::serve(options, worker))
         }
-        Some(Command::MemoryCalls { calls, payload }) => {
+        Some(Command::MemoryCalls { calls, payload, op }) => {
             let one = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            one.block_on(memory_calls(calls, payload))
+            one.block_on(memory_calls(calls, payload, op))
         }
-        Some(Command::Callgrind { calls, payload }) => {
-            let per_call = callgrind(calls, payload)?;
-            println!("instructions per memory:// call: {per_call:.0}");
+        Some(Command::Callgrind { calls, payload, op }) => {
+            let per_call = callgrind(calls, payload, op)?;
+            let what = match op {
+                Op::Call => "call",
+                Op::Cast => "cast",
+                Op::Notify => "notification",
+            };
+            println!("instructions per memory:// {what}: {per_call:.0}");
             Ok(())
         }
         Some(Command::Soak { mut requests, mut concurrency, plot, smoke }) => {

@@ -404,8 +404,72 @@ mod tests {
         let bad = config(&[("notifications", "notification_format", "xml")]);
         let err = Notifications::from_config(&bad, t.clone()).await.unwrap_err().to_string();
         assert!(err.contains("notification_format"), "checked even while nothing is sent: {err}");
+        let bad = config(&[
+            ("oslo_messaging_notifications", "driver", "messagingv2"),
+            ("oslo_messaging_notifications", "retry", "-2"),
+        ]);
+        assert!(Notifications::from_config(&bad, t.clone()).await.unwrap_err().to_string().contains("retry"));
         let bad = config(&[("oslo_messaging_notifications", "driver", "routing")]);
         let err = Notifications::from_config(&bad, t).await.unwrap_err().to_string();
         assert!(err.contains("routing_config"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod own_broker {
+    use std::time::Duration;
+
+    use nova_rpc::notify::{handler, NotificationListener, NotificationResult};
+
+    use super::*;
+
+    /// `transport_url` sends notifications to a broker of their own, not
+    /// the RPC one; a routing file chooses drivers per event.
+    #[tokio::test]
+    async fn transport_url_and_routing_config() {
+        let rpc = transport::connect(transport::TransportOptions::new("memory://notify-rpc-bus")).await.unwrap();
+        let own = transport::connect(transport::TransportOptions::new("memory://notify-own-bus")).await.unwrap();
+        let (tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+        let listening =
+            |t: Arc<dyn Transport>, tx: tokio::sync::mpsc::UnboundedSender<(String, String)>, bus: &'static str| {
+                NotificationListener::new(t, ["notifications"])
+                    .endpoint(handler(move |n| {
+                        let _ = tx.send((bus.to_owned(), n.event_type));
+                        async { NotificationResult::Handled }
+                    }))
+                    .start()
+            };
+        let on_rpc = listening(rpc.clone(), tx.clone(), "rpc").await.unwrap();
+        let on_own = listening(own, tx, "own").await.unwrap();
+        let dir = std::env::temp_dir().join(format!("nova-routing-{}", nova_rpc::id::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let routing = dir.join("routing.yaml");
+        std::fs::write(&routing, "group_1:\n  messagingv2:\n    accepted_events: ['task.*']\n").unwrap();
+        let mut c = Config::with_defaults(crate::config::CORE_OPTIONS);
+        for (name, value) in [
+            ("driver", "routing".to_owned()),
+            ("routing_config", routing.display().to_string()),
+            ("transport_url", "memory://notify-own-bus".to_owned()),
+        ] {
+            c.set("oslo_messaging_notifications", name, value, crate::config::Origin::Code);
+        }
+        let n = Notifications::from_config(&c, rpc).await.unwrap().prepare("nova-test:h1");
+        #[derive(Serialize)]
+        struct P {
+            n: u32,
+        }
+        impl VersionedPayload for P {
+            const NAME: &'static str = "P";
+            const VERSION: &'static str = "1.0";
+        }
+        n.emit(&RequestContext::new(), Priority::Info, "service.update", &P { n: 1 });
+        n.emit(&RequestContext::new(), Priority::Info, "task.run.end", &P { n: 2 });
+        let first = tokio::time::timeout(Duration::from_secs(5), got.recv()).await.unwrap().unwrap();
+        assert_eq!(first, ("own".to_owned(), "task.run.end".to_owned()), "routed, and on the broker of their own");
+        assert!(n.flush(Duration::from_secs(5)).await);
+        assert!(got.try_recv().is_err(), "service.update matched no route");
+        on_rpc.stop().await;
+        on_own.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -311,9 +311,19 @@ impl Dispatch {
     /// Every endpoint of `priority`, each with what passes its filter,
     /// until one asks for a requeue.
     async fn dispatch(&self, priority: Priority, batch: Vec<Notification>, batched: bool) -> NotificationResult {
-        for endpoint in self.endpoints.iter().filter(|e| e.priorities().contains(&priority)) {
-            let wanted: Vec<Notification> =
-                batch.iter().filter(|n| endpoint.filter().is_none_or(|f| f.matches(n))).cloned().collect();
+        let endpoints: Vec<_> = self.endpoints.iter().filter(|e| e.priorities().contains(&priority)).collect();
+        let mut batch = Some(batch);
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            // The last endpoint takes the batch; the others see copies.
+            let all = if i + 1 == endpoints.len() {
+                batch.take().unwrap_or_default()
+            } else {
+                batch.clone().unwrap_or_default()
+            };
+            let wanted: Vec<Notification> = match endpoint.filter() {
+                Some(f) => all.into_iter().filter(|n| f.matches(n)).collect(),
+                None => all,
+            };
             if wanted.is_empty() {
                 continue;
             }
