@@ -21,6 +21,13 @@ use nova_rpc::{
 use nova_tests::{eventually, interop::PyPeer, Bus, Kind, TempDir};
 use serde_json::{json, Value};
 
+/// A bus, with this binary's log captured (first, so that the capture is
+/// the process's subscriber: the outage test reads what was logged).
+fn bus(kind: Kind) -> Bus {
+    nova_tests::log_capture();
+    Bus::new(kind)
+}
+
 fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/oslo-notify").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
@@ -85,7 +92,7 @@ fn notifier(t: &Arc<dyn Transport>, topic: &str, drivers: &str) -> Notifier {
 async fn notification_queues_are_declared_as_oslo_declares_them() {
     let expected = fixture("queues.json");
     for (options, ha) in [("default", false), ("modern", true)] {
-        let bus = Bus::new(Kind::Rabbit);
+        let bus = bus(Kind::Rabbit);
         let t = transport(&bus, ha).await;
         let n = notifier(&t, "declared", "messagingv2");
         for p in Priority::ALL {
@@ -130,7 +137,7 @@ impl VersionedPayload for TaskPayload {
 /// Every priority, from both drivers and both of Nova's formats, reaches
 /// a Python listener with what oslo hands its endpoints.
 async fn python_listener_receives_ours(ha: bool) {
-    let (bus, dir) = (Bus::new(Kind::Rabbit), TempDir::new("notify"));
+    let (bus, dir) = (bus(Kind::Rabbit), TempDir::new("notify"));
     let flags: &[&str] = if ha { &["--modern"] } else { &[] };
     let mut py = PyPeer::listener(&bus.url, &bus.exchange, "notifications", flags, dir.path());
     let t = transport(&bus, ha).await;
@@ -198,7 +205,7 @@ async fn collecting(t: &Arc<dyn Transport>, topic: &str, pool: &str) -> (Seen, R
 /// A Python notifier's notifications reach a nova-rs listener and
 /// `nova-rpc listen`, whatever their priority.
 async fn ours_receive_pythons(ha: bool) {
-    let (bus, dir) = (Bus::new(Kind::Rabbit), TempDir::new("notify"));
+    let (bus, dir) = (bus(Kind::Rabbit), TempDir::new("notify"));
     let flags: &[&str] = if ha { &["--modern"] } else { &[] };
     let t = transport(&bus, ha).await;
     let (seen, listener) = collecting(&t, "notifications", "rs").await;
@@ -252,7 +259,7 @@ async fn ours_receive_pythons_modern_options() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_each_get_everything_and_a_pools_listeners_share() {
-    let (bus, dir) = (Bus::new(Kind::Rabbit), TempDir::new("notify"));
+    let (bus, dir) = (bus(Kind::Rabbit), TempDir::new("notify"));
     let t = transport(&bus, false).await;
     let mut python_pool = PyPeer::listener(&bus.url, &bus.exchange, "pooled", &["--pool=billing"], dir.path());
     let (first, a) = collecting(&t, "pooled", "audit").await;
@@ -377,7 +384,7 @@ async fn a_service_announces_its_record_changes() {
         ManagerHandle, Service,
     };
 
-    let bus = Bus::new(Kind::Memory);
+    let bus = bus(Kind::Memory);
     let t = bus.transport().await;
     let (seen, listener) = collecting(&t, "versioned_notifications", "ops").await;
     let db = nova_tests::TestDb::sqlite();
@@ -429,7 +436,7 @@ async fn a_service_announces_its_record_changes() {
 async fn listener_filters_requeues_and_batches() {
     use nova_rpc::notify::NotificationFilter;
 
-    let bus = Bus::new(Kind::Memory);
+    let bus = bus(Kind::Memory);
     let t = bus.transport().await;
     let errors: Seen = Arc::default();
     let keep = errors.clone();
