@@ -2,7 +2,8 @@
 //! `[autoscale] topics` is set): keeps `ceil(backlog / target_per_worker)`
 //! workers per topic, clamped to `[min_workers, max_workers]`.
 //!
-//! The backlog is the messages ready in the topic's shared queue (see
+//! The backlog is the messages ready in the topic's work queue
+//! (`compute_work`, `[<topic>] work_queue`; see
 //! [`nova_rpc::transport::Transport::queue_stats`]). Scaling up waits
 //! `scale_up_cooldown` after the last scale-up and starts every worker
 //! wanted at once; scaling down stops one worker each time fewer workers
@@ -64,7 +65,7 @@ pub mod opts {
         "autoscale",
         "topics",
         "",
-        "Topics whose shared queue is scaled on (comma separated); empty: no autoscaling.",
+        "Topics whose work queue (<topic>_work, or [<topic>] work_queue) is scaled on (comma separated); empty: no autoscaling.",
         parse::list,
     );
     /// `[autoscale] min_workers`.
@@ -178,6 +179,16 @@ pub struct AutoscaleOptions {
     /// The workers serve their topic at-least-once with this many deliveries
     /// (`[compute] task_delivery`): the queue is declared as they declare it.
     pub max_deliveries: Option<u32>,
+    /// Each topic's work queue, whose backlog is scaled on
+    /// (`[<topic>] work_queue`, or `<topic>_work`).
+    pub work_queues: HashMap<String, String>,
+}
+
+impl AutoscaleOptions {
+    /// The queue `topic`'s work waits in.
+    pub fn work_queue(&self, topic: &str) -> String {
+        self.work_queues.get(topic).cloned().unwrap_or_else(|| format!("{topic}_work"))
+    }
 }
 
 impl AutoscaleOptions {
@@ -196,8 +207,12 @@ impl AutoscaleOptions {
             },
             _ => LauncherKind::Process,
         };
+        let topics = c.value(&opts::TOPICS)?;
+        let work_queues =
+            topics.iter().map(|t| (t.clone(), nova_core::manager::work_queue_name(c, t))).collect::<HashMap<_, _>>();
         Ok(Self {
-            topics: c.value(&opts::TOPICS)?,
+            work_queues,
+            topics,
             min_workers,
             max_workers,
             target_per_worker: c.value(&opts::TARGET_PER_WORKER)?,
@@ -523,11 +538,11 @@ impl Autoscaler {
         tracing::info!("autoscaler stopped");
     }
 
-    /// Declare `topic`'s shared queue (never consumed: a paused work listener).
+    /// Declare `topic`'s work queue (never consumed: a paused work listener).
     async fn declare(&self, topic: &str) -> nova_rpc::Result<nova_rpc::transport::Listener> {
         let spec = nova_rpc::transport::ListenSpec {
             exchange: self.transport.options().control_exchange.clone(),
-            topic: topic.to_owned(),
+            topic: self.options.work_queue(topic),
             server: self.options.worker_prefix.clone(),
             prefetch: 1,
             durable: self.options.max_deliveries.is_some(),
@@ -550,7 +565,7 @@ impl Autoscaler {
                 }
                 alive
             });
-            let backlog = match self.transport.queue_stats(std::slice::from_ref(topic)).await {
+            let backlog = match self.transport.queue_stats(&[self.options.work_queue(topic)]).await {
                 Ok(stats) => stats.first().map_or(0, |q| q.messages),
                 Err(e) => {
                     tracing::warn!(topic, error = %e, "cannot read the backlog; holding");
@@ -677,6 +692,7 @@ mod tests {
             launcher: LauncherKind::Process,
             worker_prefix: "auto".into(),
             max_deliveries: None,
+            work_queues: HashMap::new(),
         }
     }
 

@@ -18,7 +18,7 @@ use nova_core::db::Database;
 use nova_rpc::{transport, RequestContext, RpcClient, Target};
 use nova_services::compute::{
     tasks::{TaskStore, MIGRATIONS},
-    ComputeClient, TaskStatus,
+    ComputeClient, TaskStatus, WORK_QUEUE,
 };
 
 use nova_autoscale::{AutoscaleOptions, Autoscaler, LauncherKind, ProcessLauncher};
@@ -165,6 +165,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
         launcher: LauncherKind::Process,
         worker_prefix: "bench".into(),
         max_deliveries: None,
+        work_queues: Default::default(),
     };
     let min = options.min_workers;
     let scaler = Autoscaler::new(t.clone(), options, launcher);
@@ -180,7 +181,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new(WORK_QUEUE)).with_mandatory(true));
     let total = (demo.rate * demo.duration).round() as usize;
     let every = Duration::from_secs_f64(1.0 / demo.rate);
     let task_arg = format!("{}", demo.task_seconds);
@@ -208,7 +209,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
     let (mut produced_at, mut drained_at, mut first_backlog) = (None, None, None);
     let limit = Duration::from_secs_f64(demo.duration * 20.0 + 120.0);
     loop {
-        let backlog = t.queue_stats(&["compute".into()]).await?.first().map_or(0, |q| q.messages);
+        let backlog = t.queue_stats(&[WORK_QUEUE.into()]).await?.first().map_or(0, |q| q.messages);
         let completed = store.list(None, Some(TaskStatus::Succeeded)).await?.len();
         let now = start.elapsed().as_secs_f64();
         let w = count().await;

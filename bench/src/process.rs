@@ -78,7 +78,7 @@ pub async fn startup_and_memory(url: &str, calls: usize, report: &mut Report) ->
     report.add("process", "rss_after_pings_mib", rss_mib(child.pid())?);
     drop(child);
     transport.close().await;
-    let queues = ["compute", "compute.bench-compute", "scheduler"].map(String::from);
+    let queues = ["compute", "compute_work", "compute.bench-compute", "scheduler"].map(String::from);
     let exchanges = [exchange.clone(), "compute_fanout".into(), "scheduler_fanout".into()];
     let _ = delete_topology(url, &queues, &exchanges).await;
     let _ = std::fs::remove_dir_all(state);

@@ -77,6 +77,9 @@ pub struct Gateway {
     openapi: Arc<Value>,
     /// Notifications, live ([`events`]).
     events: events::Events,
+    /// The process's configuration, when it has one (resources read their
+    /// options from it; a work queue's name, say).
+    config: Option<Arc<nova_core::config::Config>>,
 }
 
 impl Gateway {
@@ -101,6 +104,20 @@ impl Gateway {
             links: Arc::default(),
             openapi: Arc::new(resource::base_openapi()),
             events: events::Events::new(vec!["notifications".into(), "versioned_notifications".into()]),
+            config: None,
+        }
+    }
+
+    /// The process's configuration (from [`Gateway::from_bootstrap`]).
+    pub fn config(&self) -> Option<&nova_core::config::Config> {
+        self.config.as_deref()
+    }
+
+    /// The work queue of `topic` (`[<topic>] work_queue`, or `<topic>_work`).
+    pub fn work_queue(&self, topic: &str) -> String {
+        match self.config() {
+            Some(c) => nova_core::manager::work_queue_name(c, topic),
+            None => format!("{topic}_work"),
         }
     }
 
@@ -126,7 +143,8 @@ impl Gateway {
                 }
             }
         }
-        let gw = gw.with_event_topics(topics);
+        let mut gw = gw.with_event_topics(topics);
+        gw.config = Some(b.config.clone());
         if b.options.trace_enabled {
             gw.with_tracer(
                 Tracer::new(b.transport.clone(), "nova-gateway", &b.options.host).with_sampler(b.options.trace_sampler),

@@ -1,5 +1,6 @@
-//! `GET /v1/queues`: backlog and consumers of every topic's shared queue
-//! and of each service's own queue, with the age of its oldest message.
+//! `GET /v1/queues`: backlog and consumers of every topic's shared queue,
+//! its work queue (`compute_work`), and each service's own queue, with
+//! the age of its oldest message.
 //!
 //! AMQP 0-9-1 tells a queue's depth and consumers but not how long its
 //! head has waited. RabbitMQ's management plugin does, as
@@ -59,13 +60,13 @@ pub(crate) async fn list(
 }
 
 impl Gateway {
-    /// Backlog and consumers of each known topic's shared queue and of
-    /// each service's own queue.
+    /// Backlog and consumers of each known topic's shared queue, its work
+    /// queue (where it has one), and each service's own queue.
     pub async fn queues(&self) -> Result<Vec<QueueStats>, ApiError> {
         let services = self.records.list(None).await.map_err(ApiError::database)?;
         let mut names: Vec<String> = Vec::new();
         for s in &services {
-            for name in [s.topic.clone(), format!("{}.{}", s.topic, s.host)] {
+            for name in [s.topic.clone(), self.work_queue(&s.topic), format!("{}.{}", s.topic, s.host)] {
                 if !names.contains(&name) {
                     names.push(name);
                 }

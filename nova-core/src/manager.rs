@@ -193,20 +193,24 @@ pub struct ManagerHandle {
     pub endpoint: Arc<dyn Endpoint>,
     /// The periodic tasks.
     pub periodic_tasks: Vec<PeriodicTask>,
-    /// Methods served from the topic's shared queue as work (see [`WorkQueue`]).
+    /// Methods served from a work queue of their own (see [`WorkQueue`]).
     pub work: Option<WorkQueue>,
     /// The service version its record carries (see [`crate::upgrade`]).
     pub service_version: i64,
 }
 
-/// A manager's work queue: the topic's shared queue is served as a work
-/// queue, each message holding one of `slots` while its method runs, so the
-/// broker keeps the backlog and whichever server has a free slot takes the
-/// next message (see [`nova_rpc::RpcServer::as_work_queue`]); `methods`
-/// are served only there (never from the server's own queue, where they
-/// would run without a slot).
+/// A manager's work queue: a queue of its own (`queue`, `<topic>_work` by
+/// default) served as a work queue, each message holding one of `slots`
+/// while its method runs, so the broker keeps the backlog and whichever
+/// server has a free slot takes the next message (see
+/// [`nova_rpc::RpcServer::as_work_queue`]). The topic's own queues serve
+/// everything else at once, as oslo does; a work method that arrives there
+/// (from a client that predates the work queue) is passed on to the work
+/// queue, never run without a slot.
 #[derive(Debug, Clone)]
 pub struct WorkQueue {
+    /// The work queue's topic: clients cast work to it (`compute_work`).
+    pub queue: String,
     /// Free capacity; the manager may take slots for work arriving otherwise.
     pub slots: Arc<tokio::sync::Semaphore>,
     /// The work methods.
@@ -235,7 +239,7 @@ impl ManagerHandle {
         }
     }
 
-    /// Serve `work.methods` from the topic's shared queue as a work queue.
+    /// Serve `work.methods` from a work queue of their own (see [`WorkQueue`]).
     pub fn with_work_queue(mut self, work: WorkQueue) -> Self {
         self.work = Some(work);
         self
@@ -245,5 +249,13 @@ impl ManagerHandle {
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+}
+
+/// The work queue of `topic`: `[<topic>] work_queue`, or `<topic>_work`.
+pub fn work_queue_name(config: &crate::config::Config, topic: &str) -> String {
+    match config.raw(topic, "work_queue") {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => format!("{topic}_work"),
     }
 }

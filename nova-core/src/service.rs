@@ -20,7 +20,7 @@ use nova_rpc::{
     },
     notify::Priority,
     transport::Transport,
-    RequestContext, RpcServer, RunningServer, StopReport, Target,
+    RequestContext, RpcClient, RpcServer, RunningServer, StopReport, Target,
 };
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -54,6 +54,14 @@ pub enum ServiceError {
     /// The RPC server could not start.
     #[error(transparent)]
     Rpc(#[from] nova_rpc::RpcError),
+    /// `[rpc] signed_topics` lists the topic but not its work queue.
+    #[error("[rpc] signed_topics lists {topic} but not its work queue {queue}: add {queue}, or work would be accepted unsigned")]
+    UnsignedWorkQueue {
+        /// The topic.
+        topic: String,
+        /// Its work queue.
+        queue: String,
+    },
 }
 
 /// The loop timings and limits of a service (Nova's defaults).
@@ -293,7 +301,7 @@ impl Service {
         };
         hooks.pre_start_hook(info).await.map_err(hook("pre_start_hook"))?;
         let grace = self.options.graceful_shutdown_timeout;
-        let (main, work) = self.servers();
+        let (main, work) = self.servers()?;
         let servers = start_servers(main, work, grace).await?;
         if let Err(e) = hooks.post_start_hook(info).await {
             servers.stop(grace).await;
@@ -327,13 +335,12 @@ impl Service {
         server
     }
 
-    /// The service's servers: its own (queue `topic.host`, the shared
-    /// queue, the fanout) and, for a manager with a work queue, the work
-    /// server. The shared queue of such a manager is served by the work
-    /// server: every method, each holding a slot while it runs. Its own
-    /// queue and fanout serve the rest, but not the work methods, which
-    /// would run there without a slot.
-    fn servers(&self) -> (RpcServer, Option<RpcServer>) {
+    /// The service's servers: its own (`topic`, `topic.host`, the fanout)
+    /// and, for a manager with a work queue, the work server on that queue,
+    /// which serves every method, each holding a slot while it runs. The
+    /// service's own queues serve the rest at once; a work method arriving
+    /// there is passed on to the work queue.
+    fn servers(&self) -> Result<(RpcServer, Option<RpcServer>), ServiceError> {
         let (info, manager, transport) = (&self.info, &self.manager, &self.transport);
         let admin_role = transport.options().signing.as_ref().and_then(|s| s.admin_role().map(str::to_owned));
         let base =
@@ -343,24 +350,35 @@ impl Service {
         let (endpoint, work) = match &manager.work {
             None => (manager.endpoint.clone(), None),
             Some(w) => {
+                if let Some(s) = transport.options().signing.as_ref() {
+                    if s.applies_to(&info.topic) && !s.applies_to(&w.queue) {
+                        return Err(ServiceError::UnsignedWorkQueue {
+                            topic: info.topic.clone(),
+                            queue: w.queue.clone(),
+                        });
+                    }
+                }
                 let dispatcher = Dispatcher::new(vec![manager.endpoint.clone(), base.clone()]);
-                let mut server = RpcServer::new(transport.clone(), target.clone(), dispatcher)
-                    .as_work_queue(w.slots.clone())
-                    .with_executor_size(w.slots.available_permits());
+                let mut server =
+                    RpcServer::new(transport.clone(), Target::new(&w.queue).with_server(&info.host), dispatcher)
+                        .as_work_queue(w.slots.clone())
+                        .with_executor_size(w.slots.available_permits());
                 if let Some(max) = w.max_deliveries {
                     server = server.with_at_least_once(max);
                 }
-                let own: Arc<dyn nova_rpc::dispatcher::Endpoint> =
-                    Arc::new(EndpointWithoutWork { inner: manager.endpoint.clone(), names: w.methods.clone() });
+                let forward = RpcClient::new(transport.clone(), Target::new(&w.queue)).with_mandatory(true);
+                let own: Arc<dyn nova_rpc::dispatcher::Endpoint> = Arc::new(WorkPassedOn {
+                    inner: manager.endpoint.clone(),
+                    names: w.methods.clone(),
+                    forward,
+                    told: std::sync::atomic::AtomicBool::new(false),
+                });
                 (own, Some(self.layered(server)))
             }
         };
-        let mut server = RpcServer::new(transport.clone(), target, Dispatcher::new(vec![endpoint, base]))
+        let server = RpcServer::new(transport.clone(), target, Dispatcher::new(vec![endpoint, base]))
             .with_executor_size(self.options.executor_thread_pool_size);
-        if work.is_some() {
-            server = server.without_shared_queue();
-        }
-        (self.layered(server), work)
+        Ok((self.layered(server), work))
     }
 
     /// The report loop (with a record to report into) and the periodic
@@ -426,14 +444,19 @@ async fn start_servers(main: RpcServer, work: Option<RpcServer>, grace: Duration
     }
 }
 
-/// A manager's endpoint without its work methods: what the topic's own
-/// queue serves when the work methods have a work queue.
-struct EndpointWithoutWork {
+/// A manager's endpoint on the service's own queues: its work methods are
+/// passed on to the work queue (cast there, with the same context and
+/// arguments), so a client that still sends work to the bare topic loses
+/// nothing and no work runs without a slot.
+struct WorkPassedOn {
     inner: Arc<dyn nova_rpc::dispatcher::Endpoint>,
     names: Vec<String>,
+    forward: RpcClient,
+    /// Whether the first pass was logged.
+    told: std::sync::atomic::AtomicBool,
 }
 
-impl nova_rpc::dispatcher::Endpoint for EndpointWithoutWork {
+impl nova_rpc::dispatcher::Endpoint for WorkPassedOn {
     fn namespace(&self) -> Option<&str> {
         self.inner.namespace()
     }
@@ -443,7 +466,7 @@ impl nova_rpc::dispatcher::Endpoint for EndpointWithoutWork {
     }
 
     fn has_method(&self, method: &str) -> bool {
-        self.inner.has_method(method) && !self.names.iter().any(|n| n == method)
+        self.inner.has_method(method)
     }
 
     fn call(
@@ -452,11 +475,27 @@ impl nova_rpc::dispatcher::Endpoint for EndpointWithoutWork {
         method: &str,
         args: nova_rpc::Args,
     ) -> nova_rpc::dispatcher::BoxFuture<nova_rpc::Result<nova_rpc::Payload>> {
-        self.inner.call(ctx, method, args)
+        if !self.names.iter().any(|n| n == method) {
+            return self.inner.call(ctx, method, args);
+        }
+        let to = self.forward.target().topic.clone();
+        if !self.told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(method, work_queue = %to, "work arrived on the topic's own queue; passing it on to the work queue (send it there)");
+        }
+        let mut forward = self.forward.clone();
+        if let Some(ns) = self.inner.namespace() {
+            forward = forward.with_target(Target::new(&to).with_namespace(ns));
+        }
+        let (method, version) = (method.to_owned(), self.inner.version().to_string());
+        Box::pin(async move {
+            let args: serde_json::Value =
+                serde_json::from_str(args.as_str()).map_err(|e| nova_rpc::RpcError::Serialization(e.to_string()))?;
+            forward.with_version(&version).cast(&ctx, &method, args).await?;
+            Ok(nova_rpc::Payload::null())
+        })
     }
 
     fn methods(&self) -> Vec<nova_rpc::dispatcher::MethodInfo> {
-        // `describe` shows every method, wherever it is served.
         self.inner.methods()
     }
 }

@@ -12,8 +12,8 @@
 //! | `GET /tasks[?id=]` | the console's tasks page |
 //!
 //! A submitted task is recorded `queued` (no host yet) and cast to the
-//! shared `compute` queue as `submit_task`; the first host with a free slot
-//! takes it. The gateway finds a task's host from its record. Policy
+//! work queue (`compute_work`, `[compute] work_queue`) as `submit_task`;
+//! the first host with a free slot takes it. The gateway finds a task's host from its record. Policy
 //! targets are the compute methods: `compute.submit_task`,
 //! `compute.list_tasks`, `compute.get_task`, `compute.kill_task`.
 //!
@@ -41,7 +41,7 @@ use crate::{
     compute::{tasks::TaskStore, ComputePin},
 };
 
-/// The topic whose shared queue takes submitted tasks.
+/// The topic of the tasks' hosts (and of the policy targets).
 pub const TASK_TOPIC: &str = "compute";
 
 /// How often a followed output is read again while its task runs.
@@ -81,7 +81,8 @@ pub fn resource(gateway: &Gateway) -> Resource {
 /// of being cast where an old host would refuse it.
 pub fn resource_pinned(gateway: &Gateway, pin: ComputePin) -> Resource {
     let store = TaskStore::new(gateway.records().database().clone());
-    let tasks = Tasks { client: gateway.client().clone(), store, pin };
+    let work_queue = gateway.work_queue(TASK_TOPIC);
+    let tasks = Tasks { client: gateway.client().clone(), store, pin, work_queue };
     let routes = Routes::new()
         .get("/v1/tasks", list)
         .post("/v1/tasks", submit)
@@ -103,6 +104,8 @@ struct Tasks {
     client: RpcClient,
     store: TaskStore,
     pin: ComputePin,
+    /// Where submitted tasks are cast.
+    work_queue: String,
 }
 
 impl Tasks {
@@ -162,7 +165,7 @@ impl Tasks {
             return existing
                 .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "TaskExists", format!("task {id} exists already")));
         }
-        let queue = self.pinned(Target::new(TASK_TOPIC));
+        let queue = self.pinned(Target::new(&self.work_queue));
         if let Err(e) = queue.submit_task(ctx, s.name, s.args, id.clone(), s.notify, s.callback_url).await {
             let mut failed = info;
             failed.status = TaskStatus::Failed;

@@ -26,6 +26,7 @@ fn options(topic: &str, launcher: LauncherKind) -> AutoscaleOptions {
         launcher,
         worker_prefix: "t".into(),
         max_deliveries: None,
+        work_queues: Default::default(),
     }
 }
 
@@ -55,7 +56,7 @@ async fn workers_follow_the_backlog_and_scale_in_gracefully() {
     let count = || async { workers.lock().await.get("compute").map_or(0, |s| s.workers.len()) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(scaler.run(stopped));
-    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute_work")).with_mandatory(true));
     let ctx = RequestContext::new();
     // The queue exists before any worker: the autoscaler declared (and
     // bound) it before its first look at the backlog.
@@ -63,7 +64,7 @@ async fn workers_follow_the_backlog_and_scale_in_gracefully() {
         workers.lock().await.contains_key("compute").then_some(())
     })
     .await;
-    assert!(!t.queue_stats(&["compute".into()]).await.unwrap().is_empty(), "the queue exists");
+    assert!(!t.queue_stats(&["compute_work".into()]).await.unwrap().is_empty(), "the work queue exists");
     assert_eq!(count().await, 0, "min_workers = 0: nothing runs while idle");
 
     // A burst of six: ceil(6 / 2) = 3 workers, from zero.
@@ -98,7 +99,7 @@ async fn workers_follow_the_backlog_and_scale_in_gracefully() {
     assert_eq!((finished.status, finished.host.as_str()), (TaskStatus::Succeeded, busy.host.as_str()), "{finished:?}");
     stop.send_replace(true);
     running.await.unwrap();
-    let left = t.queue_stats(&["compute".into()]).await.unwrap();
+    let left = t.queue_stats(&["compute_work".into()]).await.unwrap();
     assert_eq!(left.first().map(|q| q.messages), Some(0), "{left:?}");
 }
 
@@ -122,7 +123,7 @@ async fn the_command_launcher_runs_the_operators_script() {
         workers.lock().await.contains_key("work").then_some(())
     })
     .await;
-    let client = RpcClient::new(t.clone(), Target::new("work"));
+    let client = RpcClient::new(t.clone(), Target::new("work_work"));
     for i in 0..5 {
         client.cast(&RequestContext::new(), "job", serde_json::json!({ "n": i })).await.unwrap();
     }
@@ -136,7 +137,7 @@ async fn the_command_launcher_runs_the_operators_script() {
     let mut taker = t
         .listen(transport::ListenSpec {
             exchange: t.options().control_exchange.clone(),
-            topic: "work".into(),
+            topic: "work_work".into(),
             server: "taker".into(),
             prefetch: 1,
             durable: false,

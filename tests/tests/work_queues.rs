@@ -1,7 +1,9 @@
 //! Work queues: submitted tasks wait in the broker (not on a busy host),
 //! at most `max_tasks` run at once per host, a host started later takes
 //! its share of the backlog, and a placed task at capacity waits instead
-//! of failing. Once on RabbitMQ, once on memory://, with PostgreSQL.
+//! of failing. Once on RabbitMQ, once on memory://, with PostgreSQL. The
+//! work waits in a queue of its own: the bare topic answers at once
+//! however busy the slots are.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -26,7 +28,7 @@ async fn database(db: &TestDb) -> Database {
     database
 }
 
-/// A compute host serving `submit_task` from the shared queue.
+/// A compute host serving `submit_task` from its work queue (`compute_work`).
 async fn compute(t: &Arc<dyn Transport>, db: &Database, host: &str, max_tasks: usize) -> RunningService {
     let rpc = RpcClient::new(t.clone(), Target::new("scheduler"));
     let commands = Commands::parse(vec![("sleep".into(), "/bin/sleep".into())]).unwrap();
@@ -66,15 +68,15 @@ async fn backlog_stays_in_the_broker(kind: Kind) {
     let database = database(&db).await;
     let store = TaskStore::new(database.clone());
     let first = compute(&t, &database, "w1", 2).await;
-    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute_work")));
     let ctx = RequestContext::new();
     for i in 0..10 {
         submit.submit_task(&ctx, "sleep".into(), vec!["1".into()], format!("t{i}"), None, None).await.unwrap();
     }
     // Two run; the other eight wait in the shared queue, not on the host.
     let stats = eventually("eight tasks wait in the broker", Duration::from_secs(30), || async {
-        let s = t.queue_stats(&["compute".into()]).await.unwrap();
-        s.into_iter().find(|q| q.queue == "compute" && q.messages == 8)
+        let s = t.queue_stats(&["compute_work".into()]).await.unwrap();
+        s.into_iter().find(|q| q.queue == "compute_work" && q.messages == 8)
     })
     .await;
     assert_eq!(stats.consumers, if kind == Kind::Memory { 1 } else { 0 }, "{stats:?}");
@@ -99,7 +101,7 @@ async fn backlog_stays_in_the_broker(kind: Kind) {
         assert!(most_at_once(&all, host) <= 2, "{host} ran more than max_tasks at once: {all:#?}");
     }
     assert_eq!(most_at_once(&all, "w1"), 2, "w1 ran two at once while the backlog lasted");
-    let drained = t.queue_stats(&["compute".into()]).await.unwrap();
+    let drained = t.queue_stats(&["compute_work".into()]).await.unwrap();
     assert_eq!(drained.first().map(|q| q.messages), Some(0), "{drained:?}");
     second.stop().await;
     first.stop().await;
@@ -151,10 +153,10 @@ async fn a_placed_task_at_capacity_waits() {
     host.stop().await;
 }
 
-/// Wait until `consumers` servers consume the shared `compute` work queue.
+/// Wait until `consumers` servers consume the `compute_work` work queue.
 async fn work_queue_consumed(t: &Arc<dyn Transport>, consumers: u32) {
     eventually("the work queue is consumed", Duration::from_secs(30), || async {
-        let stats = t.queue_stats(&["compute".into()]).await.ok()?;
+        let stats = t.queue_stats(&["compute_work".into()]).await.ok()?;
         stats.first().filter(|q| q.consumers >= consumers).map(|_| ())
     })
     .await;
@@ -195,7 +197,7 @@ async fn a_host_killed_mid_task_gives_it_back() {
     // consume the work queue (declared, bound and consumed: a queue that is
     // declared but not yet bound would refuse the mandatory cast).
     work_queue_consumed(&t, 2).await;
-    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute_work")).with_mandatory(true));
     let script = format!("sleep 2; echo done >> {}", marks.display());
     submit.submit_task(&RequestContext::new(), "sh".into(), vec![script], "once".into(), None, None).await.unwrap();
     let first = eventually("the task runs", Duration::from_secs(30), || async {
@@ -213,9 +215,9 @@ async fn a_host_killed_mid_task_gives_it_back() {
     assert_ne!(done.host, first.host, "{done:?}");
     let completions = std::fs::read_to_string(&marks).unwrap_or_default();
     assert_eq!(completions.lines().count(), 1, "ran to completion once: {completions:?}");
-    let left = t.queue_stats(&["compute".into()]).await.unwrap();
+    let left = t.queue_stats(&["compute_work".into()]).await.unwrap();
     assert_eq!(left.first().map(|q| q.messages), Some(0), "{left:?}");
-    // The same from the shell: depth and consumers of the topic and a host's queue.
+    // The same from the shell: depth and consumers of the topic, its work queue and a host's queue.
     let host = done.host.clone();
     let out = std::process::Command::new(nova_tests::bin_path("nova-rpc"))
         .args(["--transport-url", &vhost.url(), "queues", "compute", "--server", &host, "--server", "gone"])
@@ -224,8 +226,9 @@ async fn a_host_killed_mid_task_gives_it_back() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     let row = |q: &str| stdout.lines().find(|l| l.split_whitespace().next() == Some(q)).map(str::to_owned);
-    let compute = row("compute").unwrap_or_else(|| panic!("{stdout}"));
+    let compute = row("compute_work").unwrap_or_else(|| panic!("{stdout}"));
     assert_eq!(compute.split_whitespace().nth(1), Some("0"), "{stdout}");
+    assert!(row("compute").is_some(), "{stdout}");
     let own = row(&format!("compute.{host}")).unwrap_or_else(|| panic!("{stdout}"));
     assert_eq!(own.split_whitespace().nth(2), Some("1"), "the host consumes its own queue: {stdout}");
     assert!(stderr.contains("compute.gone: no such queue"), "{stderr}");
@@ -264,7 +267,7 @@ async fn a_reload_mid_task_changes_new_tasks_only() {
     // The record is written before the servers start: wait until it
     // consumes the work queue too.
     work_queue_consumed(&t, 1).await;
-    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute_work")).with_mandatory(true));
     let ctx = RequestContext::new();
     submit.submit_task(&ctx, "job".into(), vec![], "before".into(), None, None).await.unwrap();
     let running = eventually("the first task runs", Duration::from_secs(30), || async {
@@ -345,4 +348,59 @@ async fn the_oldest_messages_age_from_the_management_api() {
     assert_eq!(missing[0].oldest_age_seconds, None);
     let refused = nova_gateway::queues::fill(&mut missing, "http://127.0.0.1:1", &url).await;
     assert!(refused.is_err());
+}
+
+/// Every slot busy and tasks waiting: the bare `compute` topic still
+/// answers at once; work an old client casts there is passed on to the
+/// work queue; and a Python oslo client reaches the work queue by its topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bare_topic_answers_while_every_slot_is_busy() {
+    let (bus, dir) = (Bus::new(Kind::Rabbit), TempDir::new("bare"));
+    let t = bus.transport().await;
+    let db = TestDb::postgres();
+    let database = database(&db).await;
+    let store = TaskStore::new(database.clone());
+    let host = compute(&t, &database, "b1", 1).await;
+    let submit = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute_work")).with_mandatory(true));
+    let ctx = RequestContext::new();
+    for i in 0..3 {
+        submit.submit_task(&ctx, "sleep".into(), vec!["3".into()], format!("busy-{i}"), None, None).await.unwrap();
+    }
+    eventually("one runs, two wait in the work queue", Duration::from_secs(30), || async {
+        let waiting = t.queue_stats(&["compute_work".into()]).await.ok()?.first()?.messages;
+        let running = store.list(None, Some(TaskStatus::Running)).await.ok()?.len();
+        (waiting == 2 && running == 1).then_some(())
+    })
+    .await;
+    // A generous bound for a slow machine: the point is that it does not
+    // wait for a slot (the first task alone holds it for 3 s, the queue 9 s).
+    let ping = RpcClient::new(t.clone(), Target::new("compute").with_namespace("baseapi").with_version("1.1"))
+        .with_timeout(Duration::from_secs(2));
+    let asked = std::time::Instant::now();
+    let pong = ping.call(&ctx, "ping", serde_json::json!({"arg": "hello"})).await.unwrap();
+    assert_eq!(pong["arg"], "hello");
+    let list =
+        ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_timeout(Duration::from_secs(2)));
+    assert_eq!(list.list_tasks(&ctx).await.unwrap().len(), 1, "the one it runs");
+    assert!(asked.elapsed() < Duration::from_secs(4), "answered while busy, in {:?}", asked.elapsed());
+    // An old client's submit_task on the bare topic waits its turn in the work queue.
+    let old = ComputeClient::new(RpcClient::new(t.clone(), Target::new("compute")).with_mandatory(true));
+    old.submit_task(&ctx, "sleep".into(), vec!["0".into()], "old-client".into(), None, None).await.unwrap();
+    eventually("passed on to the work queue", Duration::from_secs(30), || async {
+        let waiting = t.queue_stats(&["compute_work".into()]).await.ok()?.first()?.messages;
+        (waiting >= 2).then_some(())
+    })
+    .await;
+    // A Python oslo client casts to the work topic.
+    let mut py = nova_tests::interop::PyPeer::client(&bus.url, &bus.exchange, &[], dir.path());
+    let sent = py.request(serde_json::json!({"op": "cast", "topic": "compute_work", "method": "submit_task",
+        "version": "1.1", "args": {"name": "sleep", "args": ["0"], "task_id": "from-python"}}));
+    assert_eq!(sent, serde_json::json!({"ok": null}), "{}", py.stderr());
+    let all = eventually("every task ran, one at a time", Duration::from_secs(90), || async {
+        let all = store.list(None, None).await.ok()?;
+        (all.len() == 5 && all.iter().all(|t| t.status == TaskStatus::Succeeded)).then_some(all)
+    })
+    .await;
+    assert_eq!(most_at_once(&all, "b1"), 1, "{all:#?}");
+    host.stop().await;
 }

@@ -103,7 +103,8 @@ enum Command {
         /// The request id (`req-…`), as the gateway returns it in X-OpenStack-Request-ID.
         request_id: String,
     },
-    /// Backlog (ready messages) and consumers of topics' queues.
+    /// Backlog (ready messages) and consumers of topics' queues, their work
+    /// queues (compute_work) and servers' own queues.
     Queues {
         /// Topics (default: compute and scheduler).
         topics: Vec<String>,
@@ -170,7 +171,7 @@ struct ApiArgs {
 
 #[derive(Subcommand)]
 enum TaskCommand {
-    /// Submit NAME ARGS… to the shared queue; prints the task id.
+    /// Submit NAME ARGS… to the work queue; prints the task id.
     Submit {
         /// The allow-listed command (name or name@version).
         name: String,
@@ -277,7 +278,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Queues { topics, server, management_url } => {
             let management =
                 management_url.or_else(|| setup.config.raw("api", "rabbit_management_url").map(str::to_owned));
-            queues(&t, topics, server, management).await
+            queues(&t, &setup.config, topics, server, management).await
         }
         Command::Listen { topics, pool, event_type, priority, exchange, count } => {
             let topics = match topics {
@@ -433,17 +434,21 @@ async fn show_trace(t: &Arc<dyn Transport>, ctx: &RequestContext, request_id: &s
 /// the oldest message's age of each topic's queues.
 async fn queues(
     t: &Arc<dyn Transport>,
+    config: &nova_core::config::Config,
     topics: Vec<String>,
     server: Vec<String>,
     management: Option<String>,
 ) -> Result<(), Failure> {
     let topics = if topics.is_empty() { vec!["compute".into(), "scheduler".into()] } else { topics };
-    let mut names = Vec::new();
+    let (mut names, mut work) = (Vec::new(), Vec::new());
     for topic in &topics {
         names.push(topic.clone());
+        // A topic's work queue is shown where it has one.
+        work.push(nova_core::manager::work_queue_name(config, topic));
         names.extend(server.iter().map(|s| format!("{topic}.{s}")));
     }
-    let mut stats = t.queue_stats(&names).await?;
+    let asked: Vec<String> = names.iter().chain(&work).cloned().collect();
+    let mut stats = t.queue_stats(&asked).await?;
     if let Some(api) = management.filter(|u| !u.is_empty()) {
         nova_gateway::queues::fill(&mut stats, &api, &t.options().transport_url)
             .await

@@ -30,7 +30,7 @@ pub trait ComputeApi {
     ) -> Result<RunOutcome, ComputeError>;
 
     /// Run task `task_id` and answer when it ends (the work queue: cast to
-    /// the shared `compute` topic, this is taken by whichever host has a
+    /// `compute_work`, this is taken by whichever host has a
     /// free slot, and the slot is held until the task ends). A task id that
     /// exists already is not run again: its record is returned. New in 1.1
     /// (the work queue); the other methods date from 1.0, and a client
@@ -137,7 +137,7 @@ pub struct NotifyTarget {
 pub struct TaskInfo {
     /// The caller's id for it.
     pub task_id: String,
-    /// The compute host running it (empty while it waits in the shared queue).
+    /// The compute host running it (empty while it waits in the work queue).
     pub host: String,
     /// The allow-listed command name (`name@version` once resolved to a version).
     pub name: String,

@@ -9,8 +9,9 @@
 //!
 //! Two ways in:
 //!
-//! * `submit_task`, cast to the shared `compute` queue, is a work queue (the
-//!   pull model): a host takes a message only when it has a free slot, so
+//! * `submit_task`, cast to the `compute_work` queue (`[compute]
+//!   work_queue`), is a work queue (the pull model): a host takes a message
+//!   only when it has a free slot, so
 //!   the backlog stays in the broker, where any free host (or one an
 //!   autoscaler adds) takes the next task, and where its depth can be read.
 //!   With `task_delivery = at_least_once` the message is acknowledged when
@@ -18,7 +19,9 @@
 //! * `run_task`, cast to `compute.<host>` (Nova-style placement by the
 //!   scheduler): it waits on the host for a free slot, shown as `queued`.
 //!
-//! At capacity a task never fails; it waits.
+//! At capacity a task never fails; it waits. Everything else sent to
+//! `compute` (a `ping`, `list_tasks`) is served at once, however busy the
+//! slots are.
 //! A finished task is cast to its `notify` target and POSTed to its
 //! `callback_url`. Tasks live in the database, so a restarted compute still
 //! answers for them, and marks the ones that were running as failed.
@@ -47,6 +50,9 @@ pub use crate::api::compute::{
 use crate::api::scheduler::SchedulerClient;
 use crate::outbound::HttpClient;
 
+/// Where submitted tasks wait unless `[compute] work_queue` says otherwise.
+pub const WORK_QUEUE: &str = "compute_work";
+
 /// The registry name of this manager.
 pub const NAME: &str = "nova_services::compute::ComputeManager";
 
@@ -58,12 +64,18 @@ pub const OPTIONS: &[OptSpec] = &[
         default: "echo = /bin/echo, sleep = /bin/sleep, true = /bin/true, false = /bin/false",
         help: "Commands tasks may run, as name = argv (one per line or comma separated); task args are appended, never through a shell.",
     },
-    OptSpec { section: "compute", name: "max_tasks", default: "4", help: "Tasks this host runs at once (also how many submitted tasks it takes from the shared queue)." },
+    OptSpec { section: "compute", name: "max_tasks", default: "4", help: "Tasks this host runs at once (also how many submitted tasks it takes from the work queue at once)." },
+    OptSpec {
+        section: "compute",
+        name: "work_queue",
+        default: "compute_work",
+        help: "The queue submitted tasks wait in, served by every compute host with a free slot (the topic's own queue serves everything else at once).",
+    },
     OptSpec {
         section: "compute",
         name: "task_delivery",
         default: "at_most_once",
-        help: "Submitted tasks (the shared compute queue): at_most_once acknowledges a task when it starts; at_least_once when it ends, so a host that dies mid-task gives it back to the queue (which becomes a quorum queue: every compute must agree).",
+        help: "Submitted tasks (the work queue, compute_work): at_most_once acknowledges a task when it starts; at_least_once when it ends, so a host that dies mid-task gives it back to the queue (which becomes a quorum queue: every compute must agree).",
     },
     OptSpec {
         section: "compute",
@@ -217,6 +229,8 @@ pub struct ComputeManager {
     rpc: RpcClient,
     /// `task.run.start`, `.end` and `.error`.
     notifier: Notifications,
+    /// Where submitted tasks wait (`[compute] work_queue`).
+    work_queue: String,
 }
 
 /// The payload of `task.run.start`, `task.run.end` and `task.run.error`.
@@ -347,7 +361,8 @@ impl ComputeManager {
         .with_task_limits(limits)
         .with_at_least_once(at_least_once)
         .with_callbacks(callbacks(c)?)
-        .with_notifications(deps.notifier.clone()))
+        .with_notifications(deps.notifier.clone())
+        .with_work_queue(nova_core::manager::work_queue_name(c, "compute")))
     }
 
     /// Submitted tasks acknowledged when they end, and dead-lettered after
@@ -359,7 +374,12 @@ impl ComputeManager {
 
     /// The work queue a service serves `submit_task` from, on this host's slots.
     pub fn work_queue(&self) -> WorkQueue {
-        WorkQueue { slots: self.slots.clone(), methods: vec!["submit_task".into()], max_deliveries: self.at_least_once }
+        WorkQueue {
+            queue: self.work_queue.clone(),
+            slots: self.slots.clone(),
+            methods: vec!["submit_task".into()],
+            max_deliveries: self.at_least_once,
+        }
     }
 
     /// The task as it stands (live while it runs), if it exists and `ctx`
@@ -422,7 +442,14 @@ impl ComputeManager {
             schedulers: SchedulerClient::new(rpc.with_target(Target::new("scheduler"))).with_fanout(),
             rpc,
             notifier: Notifications::disabled(),
+            work_queue: WORK_QUEUE.into(),
         }
+    }
+
+    /// Serve submitted tasks from `queue` (default [`WORK_QUEUE`]).
+    pub fn with_work_queue(mut self, queue: impl Into<String>) -> Self {
+        self.work_queue = queue.into();
+        self
     }
 
     /// Announce tasks starting and ending through `notifier`.
