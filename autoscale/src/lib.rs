@@ -1,15 +1,20 @@
 //! The autoscaler (`nova-autoscale`, and inside `nova-all` when
-//! `[autoscale] topics` is set): keeps `ceil(backlog / target_per_worker)`
-//! workers per topic, clamped to `[min_workers, max_workers]`.
+//! `[autoscale] topics` is set): keeps `ceil((backlog + in_flight) /
+//! target_per_worker)` workers per topic, clamped to `[min_workers,
+//! max_workers]`.
 //!
 //! The backlog is the messages ready in the topic's work queue
 //! (`compute_work`, `[<topic>] work_queue`; see
-//! [`nova_rpc::transport::Transport::queue_stats`]). Scaling up waits
-//! `scale_up_cooldown` after the last scale-up and starts every worker
-//! wanted at once; scaling down stops one worker each time fewer workers
-//! were enough for `scale_down_idle` without a break (a backlog that is
-//! empty only because every worker is busy comes back before the next one
-//! goes). `min_workers = 0` scales to zero when idle.
+//! [`nova_rpc::transport::Transport::queue_stats`]); the work in flight is
+//! the workers' busy slots, from the capacity each reports to the
+//! schedulers (at every task's start and end, and periodically). Counting
+//! both, a drained queue whose workers are all busy still wants them all:
+//! a steady load holds steady. Scaling up waits `scale_up_cooldown` after
+//! the last scale-up and starts every worker wanted at once; scaling in is
+//! stabilised as Kubernetes' HPA does it: down only to the highest number
+//! wanted over the last `scale_down_window`, so a dip lets nobody go that
+//! the load brings back. A worker being stopped no longer counts.
+//! `min_workers = 0` scales to zero when idle.
 //!
 //! Scaling in is graceful: a worker is sent SIGTERM (or the operator's
 //! `down` command), stops consuming, finishes what it holds within its
@@ -47,7 +52,7 @@ pub const AUTOSCALE_OPTIONS: &[OptSpec] = &[
     opts::MAX_WORKERS.spec,
     opts::TARGET_PER_WORKER.spec,
     opts::SCALE_UP_COOLDOWN.spec,
-    opts::SCALE_DOWN_IDLE.spec,
+    opts::SCALE_DOWN_WINDOW.spec,
     opts::INTERVAL.spec,
     opts::LAUNCHER.spec,
     opts::COMMAND.spec,
@@ -84,18 +89,18 @@ pub mod opts {
         "autoscale",
         "target_per_worker",
         "4",
-        "Backlog (ready messages) one worker should face: workers = ceil(backlog / target_per_worker).",
+        "Work one worker should face: workers = ceil((backlog + in-flight) / target_per_worker); set it to the workers' max_tasks to keep busy workers.",
         at_least_one,
     );
     /// `[autoscale] scale_up_cooldown`.
     pub const SCALE_UP_COOLDOWN: Opt<Duration> =
         Opt::new("autoscale", "scale_up_cooldown", "10", "Seconds after a scale-up before the next one.", up_to_a_day);
-    /// `[autoscale] scale_down_idle`.
-    pub const SCALE_DOWN_IDLE: Opt<Duration> = Opt::new(
+    /// `[autoscale] scale_down_window`.
+    pub const SCALE_DOWN_WINDOW: Opt<Duration> = Opt::new(
         "autoscale",
-        "scale_down_idle",
+        "scale_down_window",
         "60",
-        "Seconds fewer workers must have been enough before workers are stopped.",
+        "Scale-in stabilisation, as Kubernetes' HPA: workers are stopped only down to the highest number wanted over this many seconds (older name: scale_down_idle).",
         up_to_a_day,
     );
     /// `[autoscale] interval`.
@@ -127,6 +132,9 @@ pub mod opts {
             _ => Err("expected a whole number, at least 1".into()),
         }
     }
+
+    /// How `scale_down_window` (and its older name) is read.
+    pub(super) const SCALE_DOWN_WINDOW_PARSE: fn(&str) -> Result<Duration, Invalid> = up_to_a_day;
 
     fn up_to_a_day(v: &str) -> Result<Duration, Invalid> {
         parse::seconds(v).and_then(|d| {
@@ -168,8 +176,8 @@ pub struct AutoscaleOptions {
     pub target_per_worker: usize,
     /// Between scale-ups.
     pub scale_up_cooldown: Duration,
-    /// Low backlog needed before a scale-down.
-    pub scale_down_idle: Duration,
+    /// Scale-in stabilisation: the highest recommendation over this window.
+    pub scale_down_window: Duration,
     /// Between looks.
     pub interval: Duration,
     /// The launcher.
@@ -217,7 +225,13 @@ impl AutoscaleOptions {
             max_workers,
             target_per_worker: c.value(&opts::TARGET_PER_WORKER)?,
             scale_up_cooldown: c.value(&opts::SCALE_UP_COOLDOWN)?,
-            scale_down_idle: c.value(&opts::SCALE_DOWN_IDLE)?,
+            scale_down_window: match c.raw("autoscale", "scale_down_idle") {
+                // The option's older name, still read where the new one is unset.
+                Some(v) if c.raw("autoscale", "scale_down_window").is_none() => {
+                    opts::SCALE_DOWN_WINDOW_PARSE(v).map_err(|e| c.invalid("autoscale", "scale_down_idle", e.0))?
+                }
+                _ => c.value(&opts::SCALE_DOWN_WINDOW)?,
+            },
             interval: c.value(&opts::INTERVAL)?.max(Duration::from_millis(50)),
             launcher,
             worker_prefix: c.value(&opts::WORKER_PREFIX)?,
@@ -426,9 +440,10 @@ impl Launcher for CommandLauncher {
 }
 
 /// What to do about one topic now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Decision {
     /// Keep the workers.
+    #[default]
     Hold,
     /// Start this many.
     Up(usize),
@@ -439,34 +454,42 @@ pub enum Decision {
 /// One topic's scaling state.
 #[derive(Debug, Default)]
 pub struct TopicState {
-    /// Running workers, oldest first.
+    /// Running workers, oldest first (one being drained is no longer here).
     pub workers: Vec<String>,
     next: usize,
     last_up: Option<Instant>,
-    enough_since: Option<Instant>,
+    /// Recommendations over the scale-down window, oldest first.
+    recent: std::collections::VecDeque<(Instant, usize)>,
+    /// The first look: no scale-in before a whole window was seen.
+    since: Option<Instant>,
 }
 
 impl TopicState {
-    /// Decide for `backlog` at `now` (and note when fewer workers became enough).
-    pub fn decide(&mut self, backlog: u64, o: &AutoscaleOptions, now: Instant) -> Decision {
-        let wanted = usize::try_from(backlog.div_ceil(o.target_per_worker as u64)).unwrap_or(usize::MAX);
+    /// Decide for `backlog` ready messages and `in_flight` ones the workers
+    /// hold, at `now`: `ceil((backlog + in_flight) / target_per_worker)`
+    /// workers, clamped. Up at once (after the cool-down); down only to
+    /// the highest recommendation of the last `scale_down_window`, as
+    /// Kubernetes' HPA stabilises scale-in, so a dip never lets a worker
+    /// go that the load brings back.
+    pub fn decide(&mut self, backlog: u64, in_flight: u64, o: &AutoscaleOptions, now: Instant) -> Decision {
+        let work = backlog.saturating_add(in_flight);
+        let wanted = usize::try_from(work.div_ceil(o.target_per_worker as u64)).unwrap_or(usize::MAX);
         let wanted = wanted.clamp(o.min_workers, o.max_workers);
+        while self.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > o.scale_down_window) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, wanted));
         let have = self.workers.len();
         if wanted > have {
-            self.enough_since = None;
             let cooled = self.last_up.is_none_or(|t| now.duration_since(t) >= o.scale_up_cooldown);
             return if cooled { Decision::Up(wanted - have) } else { Decision::Hold };
         }
-        if wanted == have {
-            self.enough_since = None;
-            return Decision::Hold;
-        }
-        // One worker per `scale_down_idle`: a backlog that only stays empty
-        // because every worker is busy shows up again before the next one goes.
-        let since = *self.enough_since.get_or_insert(now);
-        if now.duration_since(since) >= o.scale_down_idle {
-            self.enough_since = Some(now);
-            Decision::Down(1)
+        // Scale-in looks back a whole window, so none before one was seen.
+        let since = *self.since.get_or_insert(now);
+        let seen_a_window = now.saturating_duration_since(since) >= o.scale_down_window;
+        let stable = self.recent.iter().map(|(_, w)| *w).max().unwrap_or(wanted);
+        if stable < have && seen_a_window {
+            Decision::Down(have - stable)
         } else {
             Decision::Hold
         }
@@ -479,6 +502,28 @@ pub struct Autoscaler {
     options: AutoscaleOptions,
     launcher: Arc<dyn Launcher>,
     state: Arc<Mutex<HashMap<String, TopicState>>>,
+    /// Where the workers' busy slots are read.
+    schedulers: nova_rpc::RpcClient,
+    /// Whether no scheduler answered the last time.
+    no_scheduler: std::sync::atomic::AtomicBool,
+    last: Arc<Mutex<Option<Look>>>,
+}
+
+/// One look at a topic: what the autoscaler saw, and what it decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Look {
+    /// The topic.
+    pub topic: String,
+    /// Ready messages in its work queue.
+    pub backlog: u64,
+    /// Busy slots of its workers.
+    pub in_flight: u64,
+    /// Its workers before the decision.
+    pub workers: usize,
+    /// How many looks came before this one (all topics).
+    pub number: u64,
+    /// The decision.
+    pub decision: Decision,
 }
 
 impl std::fmt::Debug for Autoscaler {
@@ -490,7 +535,11 @@ impl std::fmt::Debug for Autoscaler {
 impl Autoscaler {
     /// Scale `options.topics` on `transport`'s queues with `launcher`.
     pub fn new(transport: Arc<dyn Transport>, options: AutoscaleOptions, launcher: Arc<dyn Launcher>) -> Self {
-        Self { transport, options, launcher, state: Arc::default() }
+        let schedulers = nova_rpc::RpcClient::new(transport.clone(), nova_rpc::Target::new("scheduler"))
+            .with_timeout(Duration::from_secs(2))
+            .with_mandatory(true);
+        let no_scheduler = std::sync::atomic::AtomicBool::new(false);
+        Self { transport, options, launcher, state: Arc::default(), schedulers, no_scheduler, last: Arc::default() }
     }
 
     /// The launcher the options name: processes beside this program, or the command.
@@ -552,6 +601,47 @@ impl Autoscaler {
         self.transport.listen(spec).await
     }
 
+    /// The work `workers` hold now: their busy slots, as their capacity
+    /// reports to the schedulers say (`max_tasks - free_slots`). Without a
+    /// scheduler to ask, the backlog alone is scaled on (logged once).
+    async fn in_flight(&self, topic: &str, workers: &[String]) -> u64 {
+        #[derive(serde::Deserialize)]
+        struct HostState {
+            host: String,
+            free_slots: u64,
+            max_tasks: u64,
+        }
+        if workers.is_empty() {
+            return 0;
+        }
+        let ctx = nova_rpc::RequestContext::new();
+        let asked = self.schedulers.call_as::<Vec<HostState>>(&ctx, "list_host_states", serde_json::json!({})).await;
+        let blind = &self.no_scheduler;
+        match asked {
+            Ok(hosts) => {
+                if blind.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(topic, "reading the workers' busy slots from a scheduler again");
+                }
+                hosts
+                    .iter()
+                    .filter(|h| workers.contains(&h.host))
+                    .map(|h| h.max_tasks.saturating_sub(h.free_slots))
+                    .sum()
+            }
+            Err(e) => {
+                if !blind.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(topic, error = %e, "no scheduler tells the workers' busy slots; scaling on the backlog alone");
+                }
+                0
+            }
+        }
+    }
+
+    /// What the last look saw and decided (for the console and the bench).
+    pub fn last_look(&self) -> Arc<Mutex<Option<Look>>> {
+        self.last.clone()
+    }
+
     /// One look at every topic.
     pub async fn tick(&self) {
         let gone = self.launcher.ended().await;
@@ -572,16 +662,22 @@ impl Autoscaler {
                     continue;
                 }
             };
-            match s.decide(backlog, &self.options, Instant::now()) {
+            let in_flight = self.in_flight(topic, &s.workers).await;
+            let decision = s.decide(backlog, in_flight, &self.options, Instant::now());
+            let mut last = self.last.lock().await;
+            let number = last.as_ref().map_or(0, |l| l.number + 1);
+            *last = Some(Look { topic: topic.clone(), backlog, in_flight, workers: s.workers.len(), decision, number });
+            drop(last);
+            match decision {
                 Decision::Hold => {}
-                Decision::Up(n) => self.scale_up(topic, s, n, backlog).await,
-                Decision::Down(n) => self.scale_down(topic, s, n, backlog).await,
+                Decision::Up(n) => self.scale_up(topic, s, n, backlog, in_flight).await,
+                Decision::Down(n) => self.scale_down(topic, s, n, backlog, in_flight).await,
             }
             metrics().workers.get_or_create(&TopicLabels { topic: topic.clone() }).set(s.workers.len() as i64);
         }
     }
 
-    async fn scale_up(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64) {
+    async fn scale_up(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64, in_flight: u64) {
         let from = s.workers.len();
         s.last_up = Some(Instant::now());
         for _ in 0..n {
@@ -592,11 +688,11 @@ impl Autoscaler {
                 Err(e) => tracing::error!(topic, worker = %host, error = %e, "cannot start a worker"),
             }
         }
-        tracing::info!(topic, backlog, from, to = s.workers.len(), "scaled up");
+        tracing::info!(topic, backlog, in_flight, from, to = s.workers.len(), "scaled up");
         count(topic, "up");
     }
 
-    async fn scale_down(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64) {
+    async fn scale_down(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64, in_flight: u64) {
         let from = s.workers.len();
         for _ in 0..n {
             let Some(host) = s.workers.pop() else { break };
@@ -604,7 +700,7 @@ impl Autoscaler {
                 tracing::error!(topic, worker = %host, error = %e, "cannot stop a worker");
             }
         }
-        tracing::info!(topic, backlog, from, to = s.workers.len(), "scaled down");
+        tracing::info!(topic, backlog, in_flight, from, to = s.workers.len(), "scaled down");
         count(topic, "down");
     }
 }
@@ -687,7 +783,7 @@ mod tests {
             max_workers: 6,
             target_per_worker: 4,
             scale_up_cooldown: Duration::from_secs(10),
-            scale_down_idle: Duration::from_secs(30),
+            scale_down_window: Duration::from_secs(30),
             interval: Duration::from_secs(1),
             launcher: LauncherKind::Process,
             worker_prefix: "auto".into(),
@@ -696,32 +792,92 @@ mod tests {
         }
     }
 
+    /// `o`'s decisions for `looks`, one a second from `t0`:
+    /// (backlog, in flight), applying each to the workers.
+    fn run(s: &mut TopicState, o: &AutoscaleOptions, t0: Instant, looks: &[(u64, u64)]) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for (i, &(backlog, in_flight)) in looks.iter().enumerate() {
+            let now = t0 + Duration::from_secs(i as u64);
+            let d = s.decide(backlog, in_flight, o, now);
+            match d {
+                Decision::Up(n) => {
+                    s.last_up = Some(now);
+                    for _ in 0..n {
+                        s.workers.push(format!("w{}", s.workers.len()));
+                    }
+                }
+                Decision::Down(n) => s.workers.truncate(s.workers.len() - n),
+                Decision::Hold => {}
+            }
+            out.push(d);
+        }
+        out
+    }
+
     #[test]
-    fn scales_to_the_backlog_with_cooldowns() {
+    fn up_at_once_after_the_cooldown_and_clamped() {
         let o = options();
-        let mut s = TopicState::default();
-        let t0 = Instant::now();
-        assert_eq!(s.decide(0, &o, t0), Decision::Hold);
-        assert_eq!(s.decide(9, &o, t0), Decision::Up(3));
+        let (mut s, t0) = (TopicState::default(), Instant::now());
+        assert_eq!(s.decide(0, 0, &o, t0), Decision::Hold);
+        assert_eq!(s.decide(9, 0, &o, t0), Decision::Up(3));
         s.workers = vec!["a".into(), "b".into(), "c".into()];
         s.last_up = Some(t0);
-        // More backlog, but within the cool-down.
-        assert_eq!(s.decide(40, &o, t0 + Duration::from_secs(5)), Decision::Hold);
-        // Clamped to max_workers.
-        assert_eq!(s.decide(40, &o, t0 + Duration::from_secs(10)), Decision::Up(3));
-        s.workers.truncate(3);
-        // Idle: down only after scale_down_idle without a break.
-        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(20)), Decision::Hold);
-        assert_eq!(s.decide(12, &o, t0 + Duration::from_secs(30)), Decision::Hold);
-        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(35)), Decision::Hold);
-        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(65)), Decision::Down(1));
-        s.workers.truncate(2);
-        // The next one only after another scale_down_idle.
-        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(80)), Decision::Hold);
-        assert_eq!(s.decide(0, &o, t0 + Duration::from_secs(95)), Decision::Down(1));
+        assert_eq!(s.decide(40, 12, &o, t0 + Duration::from_secs(5)), Decision::Hold, "within the cool-down");
+        assert_eq!(s.decide(40, 12, &o, t0 + Duration::from_secs(10)), Decision::Up(3), "clamped to max_workers");
+    }
+
+    #[test]
+    fn a_steady_load_holds_while_in_flight_work_covers_the_workers() {
+        let o = options();
+        let (mut s, t0) = (TopicState::default(), Instant::now());
+        // A burst brings three workers; then a steady load keeps their 12
+        // slots busy with the queue drained (what made the old rule let
+        // workers go until the backlog came back).
+        let mut looks = vec![(12, 0)];
+        looks.extend(std::iter::repeat_n((0, 12), 600));
+        let decisions = run(&mut s, &o, t0, &looks);
+        assert_eq!(decisions[0], Decision::Up(3));
+        assert!(decisions[1..].iter().all(|d| *d == Decision::Hold), "{decisions:?}");
+        assert_eq!(s.workers.len(), 3);
+    }
+
+    #[test]
+    fn the_window_smooths_a_dip_and_then_lets_go() {
+        let o = options();
+        let (mut s, t0) = (TopicState::default(), Instant::now());
+        // Three busy workers for a minute, a 10 s dip to one worker's work,
+        // then busy again: nobody goes.
+        let mut looks = vec![(12, 0)];
+        looks.extend(std::iter::repeat_n((0, 12), 60));
+        looks.extend(std::iter::repeat_n((0, 4), 10));
+        looks.extend(std::iter::repeat_n((0, 12), 60));
+        let decisions = run(&mut s, &o, t0, &looks);
+        assert!(decisions[1..].iter().all(|d| *d == Decision::Hold), "a dip shorter than the window: {decisions:?}");
+        // Load falls to one worker's for good: after a whole window of it,
+        // down to one at once.
+        let t1 = t0 + Duration::from_secs(looks.len() as u64);
+        let later = run(&mut s, &o, t1, &vec![(0, 4); 40]);
+        let first_down = later.iter().position(|d| *d != Decision::Hold).expect("scaled in");
+        assert_eq!(later[first_down], Decision::Down(2));
+        assert!(first_down as u64 >= o.scale_down_window.as_secs(), "not before the window: {first_down}");
+        assert_eq!(s.workers.len(), 1);
+    }
+
+    #[test]
+    fn to_zero_and_back() {
+        let o = options();
+        let (mut s, t0) = (TopicState::default(), Instant::now());
+        let mut looks = vec![(5, 0)];
+        looks.extend(std::iter::repeat_n((0, 0), 40));
+        let decisions = run(&mut s, &o, t0, &looks);
+        assert_eq!(decisions[0], Decision::Up(2));
+        assert_eq!(s.workers.len(), 0, "idle for a window: none left");
+        let t1 = t0 + Duration::from_secs(41);
+        assert_eq!(run(&mut s, &o, t1, &[(1, 0)]), [Decision::Up(1)], "the next task brings one back");
         let floor = AutoscaleOptions { min_workers: 2, ..o };
-        let mut s = TopicState { workers: vec!["a".into(), "b".into(), "c".into()], ..TopicState::default() };
-        assert_eq!(s.decide(0, &floor, t0), Decision::Hold);
-        assert_eq!(s.decide(0, &floor, t0 + Duration::from_secs(31)), Decision::Down(1));
+        let mut s = TopicState::default();
+        let decisions = run(&mut s, &floor, t0, &vec![(0, 0); 40]);
+        assert_eq!(decisions[0], Decision::Up(2), "min_workers from the start");
+        assert_eq!(s.workers.len(), 2);
     }
 }

@@ -67,6 +67,8 @@ pub struct Sample {
     pub backlog: u64,
     /// Workers running.
     pub workers: usize,
+    /// Busy slots of the workers, as the autoscaler last saw them.
+    pub in_flight: u64,
     /// Tasks completed.
     pub completed: usize,
 }
@@ -90,6 +92,10 @@ pub struct Outcome {
     pub first_task_seconds: Vec<f64>,
     /// Seconds from the drain until the workers were back at the minimum.
     pub scale_in_seconds: Option<f64>,
+    /// Scale-ups and scale-downs while the producer ran.
+    pub scale_events: usize,
+    /// Minutes the producer ran.
+    pub producing_minutes: f64,
 }
 
 fn ctl(args: &[&str]) -> anyhow::Result<()> {
@@ -160,7 +166,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
         max_workers: if autoscale { demo.max_workers } else { 1 },
         target_per_worker: demo.target_per_worker,
         scale_up_cooldown: Duration::from_secs(if smoke { 1 } else { 3 }),
-        scale_down_idle: Duration::from_secs(if smoke { 2 } else { 10 }),
+        scale_down_window: Duration::from_secs(if smoke { 2 } else { 10 }),
         interval: Duration::from_millis(250),
         launcher: LauncherKind::Process,
         worker_prefix: "bench".into(),
@@ -170,6 +176,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
     let min = options.min_workers;
     let scaler = Autoscaler::new(t.clone(), options, launcher);
     let workers = scaler.watch_workers();
+    let look = scaler.last_look();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let scaling = tokio::spawn(scaler.run(stopped));
     let count = || async { workers.lock().await.get("compute").map_or(0, |s| s.workers.len()) };
@@ -213,7 +220,13 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
         let completed = store.list(None, Some(TaskStatus::Succeeded)).await?.len();
         let now = start.elapsed().as_secs_f64();
         let w = count().await;
-        o.samples.push(Sample { t: now, backlog, workers: w, completed });
+        let in_flight = look.lock().await.as_ref().map_or(0, |l| l.in_flight);
+        if let Some(previous) = o.samples.last() {
+            if previous.workers != w && produced_at.is_none() {
+                o.scale_events += 1;
+            }
+        }
+        o.samples.push(Sample { t: now, backlog, workers: w, in_flight, completed });
         o.peak_backlog = o.peak_backlog.max(backlog);
         if backlog > 0 && first_backlog.is_none() {
             first_backlog = Some(now);
@@ -235,6 +248,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
     }
     o.completed = store.list(None, Some(TaskStatus::Succeeded)).await?.len();
     o.drain_seconds = drained_at.unwrap_or_default() - produced_at.unwrap_or_default();
+    o.producing_minutes = produced_at.unwrap_or_default() / 60.0;
     // Each worker's first task, from the first backlog.
     let mut first: BTreeMap<String, chrono::NaiveDateTime> = BTreeMap::new();
     for task in store.list(None, None).await? {
@@ -260,18 +274,19 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
 /// The figures as a table.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut s = String::from(
-        "run        submitted completed peak_backlog drain_s scale_in_s  workers' first task (s after first backlog)\n",
+        "run        submitted completed peak_backlog drain_s scale_in_s scale_events/min  workers' first task (s after first backlog)\n",
     );
     for o in outcomes {
         let firsts: Vec<String> = o.first_task_seconds.iter().map(|f| format!("{f:.1}")).collect();
         s.push_str(&format!(
-            "{:<10} {:>9} {:>9} {:>12} {:>7.1} {:>10} {}\n",
+            "{:<10} {:>9} {:>9} {:>12} {:>7.1} {:>10} {:>16.1}  {}\n",
             o.name,
             o.submitted,
             o.completed,
             o.peak_backlog,
             o.drain_seconds,
             o.scale_in_seconds.map_or("-".into(), |v| format!("{v:.1}")),
+            o.scale_events as f64 / o.producing_minutes.max(1.0 / 60.0),
             if firsts.is_empty() { "-".into() } else { firsts.join(" ") },
         ));
     }
@@ -286,19 +301,27 @@ pub fn plot(outcomes: &[Outcome], file: &Path) -> anyhow::Result<()> {
     let panels = root.split_evenly((outcomes.len(), 1));
     for (o, area) in outcomes.iter().zip(panels) {
         let t_max = o.samples.last().map_or(1.0, |s| s.t).max(1.0);
-        let y_max = o.samples.iter().map(|s| (s.backlog as f64).max(s.completed as f64)).fold(1.0, f64::max);
+        let y_max = o
+            .samples
+            .iter()
+            .map(|s| (s.backlog as f64).max(s.completed as f64).max(s.in_flight as f64))
+            .fold(1.0, f64::max);
         let w_max = o.samples.iter().map(|s| s.workers).max().unwrap_or(1).max(1) as f64;
         let scale = y_max / w_max;
         let mut chart = ChartBuilder::on(&area)
-            .caption(format!("{}: backlog, completed tasks, workers (x{scale:.0})", o.name), ("sans-serif", 18))
+            .caption(
+                format!("{}: backlog, in flight, completed tasks, workers (x{scale:.0})", o.name),
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..t_max, 0.0..y_max * 1.05)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart.configure_mesh().x_desc("seconds").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let series: [Line; 3] = [
-            ("backlog", RED, |s, _| s.backlog as f64),
+        chart.configure_mesh().x_desc("seconds").y_desc("tasks").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let series: [Line; 4] = [
+            ("backlog (ready)", RED, |s, _| s.backlog as f64),
+            ("in flight (busy slots)", MAGENTA, |s, _| s.in_flight as f64),
             ("completed", BLUE, |s, _| s.completed as f64),
             ("workers", GREEN, |s, scale| s.workers as f64 * scale),
         ];

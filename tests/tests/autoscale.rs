@@ -1,7 +1,9 @@
 //! The autoscaler: a burst raises workers (real `nova-compute` processes)
 //! from zero, idle workers go back to zero, a worker scaled in while busy
 //! finishes its task first; the command launcher runs the operator's
-//! script with `up HOST` / `down HOST`.
+//! script with `up HOST` / `down HOST`; busy workers count (their slots,
+//! as they report them to a scheduler), so a drained queue whose workers
+//! are busy keeps them.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,13 +23,27 @@ fn options(topic: &str, launcher: LauncherKind) -> AutoscaleOptions {
         max_workers: 3,
         target_per_worker: 2,
         scale_up_cooldown: Duration::from_millis(500),
-        scale_down_idle: Duration::from_millis(1500),
+        scale_down_window: Duration::from_millis(1500),
         interval: Duration::from_millis(200),
         launcher,
         worker_prefix: "t".into(),
         max_deliveries: None,
         work_queues: Default::default(),
     }
+}
+
+/// A consumer of work queue `queue`, as worker `host` would consume it.
+async fn take_work(t: &Arc<dyn transport::Transport>, queue: &str, host: &str) -> transport::Listener {
+    let spec = transport::ListenSpec {
+        exchange: t.options().control_exchange.clone(),
+        topic: queue.into(),
+        server: host.into(),
+        prefetch: 1,
+        durable: false,
+        max_deliveries: None,
+        queues: transport::Queues::Work,
+    };
+    t.listen(spec).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,18 +150,7 @@ async fn the_command_launcher_runs_the_operators_script() {
     .await;
     assert_eq!(calls(), "work up t-work-1\nwork up t-work-2\nwork up t-work-3\n");
     // The backlog drains (a consumer takes it); the workers are let go, newest first.
-    let mut taker = t
-        .listen(transport::ListenSpec {
-            exchange: t.options().control_exchange.clone(),
-            topic: "work_work".into(),
-            server: "taker".into(),
-            prefetch: 1,
-            durable: false,
-            max_deliveries: None,
-            queues: transport::Queues::Work,
-        })
-        .await
-        .unwrap();
+    let mut taker = take_work(&t, "work_work", "taker").await;
     for _ in 0..5 {
         let (_, ack) = taker.recv().await.unwrap().into_parts();
         ack.ack().await;
@@ -205,4 +210,73 @@ async fn nova_all_runs_the_autoscaler() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("needs a broker"), "{err}");
+}
+
+/// The work in flight comes from the workers' capacity reports to a
+/// scheduler: while a worker reports its slots busy, a drained queue keeps
+/// it past the scale-down window; once it reports them free, it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_workers_are_kept_while_the_queue_is_drained() {
+    use nova_core::{db::services::ServiceRecords, ManagerHandle, Service};
+    use nova_services::{api::scheduler::SchedulerClient, scheduler::SchedulerManager};
+
+    let bus = Bus::new(Kind::Memory);
+    let t = bus.transport().await;
+    let db = TestDb::sqlite();
+    let database = Database::connect(&db.url).await.unwrap();
+    database.migrate(nova_core::db::services::MIGRATIONS).await.unwrap();
+    let rpc = RpcClient::new(t.clone(), Target::new("compute"));
+    let scheduler = SchedulerManager::new(ServiceRecords::new(database), Duration::from_secs(60), rpc.clone());
+    let scheduler = Service::create(t.clone(), ManagerHandle::new(Arc::new(scheduler)))
+        .binary("nova-scheduler")
+        .host("s1")
+        .start()
+        .await
+        .unwrap();
+    let dir = TempDir::new("inflight");
+    let log = dir.path().join("calls");
+    let script = dir.write("launch.sh", &format!("#!/bin/sh\necho \"$1 $2\" >> {}\n", log.display()));
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let argv = vec![script.display().to_string()];
+    let mut o = options("busy", LauncherKind::Command(argv.clone()));
+    o.scale_down_window = Duration::from_millis(1000);
+    let scaler = Autoscaler::new(t.clone(), o, Arc::new(CommandLauncher::new(argv)));
+    let look = scaler.last_look();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scaler.run(stopped));
+    let calls = || std::fs::read_to_string(&log).unwrap_or_default();
+    let work = RpcClient::new(t.clone(), Target::new("busy_work"));
+    eventually("the autoscaler looked", Duration::from_secs(10), || async { look.lock().await.clone() }).await;
+    work.cast(&RequestContext::new(), "job", serde_json::json!({})).await.unwrap();
+    eventually("a worker for the backlog", Duration::from_secs(10), || async {
+        (calls() == "up t-busy-1\n").then_some(())
+    })
+    .await;
+    // The worker takes the job and reports both its slots busy.
+    let mut taker = take_work(&t, "busy_work", "t-busy-1").await;
+    taker.resume().await;
+    let (_, ack) = taker.recv().await.unwrap().into_parts();
+    ack.ack().await;
+    let reports = SchedulerClient::new(RpcClient::new(t.clone(), Target::new("scheduler")));
+    let ctx = RequestContext::new();
+    reports.update_host_state(&ctx, "t-busy-1".into(), 0, 2, vec![]).await.unwrap();
+    let busy = eventually("the autoscaler sees the busy slots", Duration::from_secs(10), || async {
+        look.lock().await.clone().filter(|l| l.in_flight == 2 && l.backlog == 0)
+    })
+    .await;
+    // Three windows' worth of looks with the queue drained: the busy worker stays.
+    let windows = 3 * 1000 / 200;
+    eventually("three windows of looks", Duration::from_secs(30), || async {
+        look.lock().await.clone().filter(|l| l.number >= busy.number + windows)
+    })
+    .await;
+    assert_eq!(calls(), "up t-busy-1\n", "kept while busy");
+    reports.update_host_state(&ctx, "t-busy-1".into(), 2, 2, vec![]).await.unwrap();
+    eventually("let go once idle for a window", Duration::from_secs(30), || async {
+        (calls() == "up t-busy-1\ndown t-busy-1\n").then_some(())
+    })
+    .await;
+    stop.send_replace(true);
+    running.await.unwrap();
+    scheduler.stop().await;
 }

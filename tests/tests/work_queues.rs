@@ -404,3 +404,53 @@ async fn the_bare_topic_answers_while_every_slot_is_busy() {
     assert_eq!(most_at_once(&all, "b1"), 1, "{all:#?}");
     host.stop().await;
 }
+
+/// A compute on RabbitMQ holds two connections, as the broker counts
+/// them: one it consumes on (its queues, its work queue, its reply queue),
+/// one it publishes on. Its channels are counted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_holds_two_connections() {
+    let vhost = TestVhost::new();
+    let db = TestDb::postgres();
+    let dir = TempDir::new("conns");
+    let conf = dir.write(
+        "nova.conf",
+        &format!(
+            "[DEFAULT]\ntransport_url = {}\nreport_interval = 0.5\nstate_path = {}\n[database]\nconnection = {}\n",
+            vhost.url(),
+            dir.path().display(),
+            db.url
+        ),
+    );
+    let _compute = Proc::spawn("nova-compute", &["--config-file", conf.to_str().unwrap(), "--host", "n1"], dir.path());
+    let t = nova_rpc::transport::connect(nova_rpc::transport::TransportOptions::new(vhost.url())).await.unwrap();
+    work_queue_consumed(&t, 1).await;
+    // A call makes the compute answer (publishing) and its capacity report
+    // goes out; neither opens a connection of its own.
+    let ping = RpcClient::new(
+        t.clone(),
+        Target::new("compute").with_server("n1").with_namespace("baseapi").with_version("1.1"),
+    );
+    ping.call(&RequestContext::new(), "ping", serde_json::json!({"arg": 1})).await.unwrap();
+    t.close().await;
+    let listed = |what: &str, fields: &[&str]| -> Vec<serde_json::Value> {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", what, "--formatter", "json"])
+            .args(fields)
+            .output()
+            .expect("rabbitmqctl");
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        all.into_iter().filter(|c| c["vhost"] == vhost.name.as_str()).collect()
+    };
+    let conns = eventually("only the compute's connections are left", Duration::from_secs(30), || async {
+        let conns = listed("list_connections", &["vhost", "client_properties"]);
+        // The connection's name (a client property) says which program opened it.
+        conns.iter().all(|c| c["client_properties"].to_string().contains("nova-compute:")).then_some(conns)
+    })
+    .await;
+    assert_eq!(conns.len(), 2, "one to consume, one to publish: {conns:#?}");
+    let channels = listed("list_channels", &["vhost", "name", "consumer_count"]);
+    println!("nova-compute: {} connections, {} channels: {channels:#?}", conns.len(), channels.len());
+    assert!(channels.len() <= 6, "{channels:#?}");
+}

@@ -651,7 +651,10 @@ impl ComputeManager {
     /// for the request), and see it to its end.
     async fn run_holding(self: Arc<Self>, info: TaskInfo, slot: Option<OwnedSemaphorePermit>) -> TaskInfo {
         let outcome = match self.start(info.clone()).await {
-            Ok(Ok(task)) => self.clone().finish(task).await,
+            Ok(Ok(task)) => {
+                self.report_soon();
+                self.clone().finish(task).await
+            }
             Ok(Err(mut failed)) => {
                 self.deliver_result(&mut failed).await;
                 failed
@@ -735,10 +738,21 @@ impl ComputeManager {
         refused
     }
 
+    /// Report this host's capacity now, in the background: a slot was
+    /// just taken (the schedulers, and the autoscaler through them, see
+    /// the work in flight without waiting for the periodic report).
+    fn report_soon(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = me.report_capacity(RequestContext::new()).await;
+        });
+    }
+
     /// Start `info` in the free `slot`, which it holds until it ends.
     async fn run_in(self: &Arc<Self>, slot: OwnedSemaphorePermit, info: TaskInfo) -> Result<RunOutcome, ComputeError> {
         Ok(match self.start(info).await? {
             Ok(task) => {
+                self.report_soon();
                 let me = self.clone();
                 tokio::spawn(async move {
                     me.clone().finish(task).await;

@@ -26,6 +26,13 @@ pub(crate) struct Connector {
     options: RabbitOptions,
     tls: Option<OwnedTLSConfig>,
     next_host: AtomicUsize,
+    /// The connection every listener of the transport consumes on (each
+    /// on channels of its own); publishing has its own (see the publisher).
+    consuming: tokio::sync::Mutex<Option<std::sync::Arc<Connection>>>,
+    /// Listeners holding the consuming connection: the last one to stop closes it.
+    consumers: AtomicUsize,
+    /// The transport was closed: no connection is opened again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -56,7 +63,15 @@ impl Connector {
         };
         // `kombu_failover_strategy = shuffle`: each process starts at a random host.
         let first = if options.failover_shuffle { fastrand::usize(..url.hosts.len().max(1)) } else { 0 };
-        Ok(Self { url, options, tls, next_host: AtomicUsize::new(first) })
+        Ok(Self {
+            url,
+            options,
+            tls,
+            next_host: AtomicUsize::new(first),
+            consuming: tokio::sync::Mutex::default(),
+            consumers: AtomicUsize::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     pub(crate) fn options(&self) -> &RabbitOptions {
@@ -106,6 +121,52 @@ impl Connector {
     /// Connect to the first host that answers, starting with the last good
     /// one. After a full round of failures wait the backoff delay; give up
     /// after `retry` rounds (`None`: keep trying).
+    /// The transport's consuming connection, opened (or opened again, once
+    /// lost) by the first listener that needs it: a process's servers,
+    /// work queues, notification listeners and reply queues share one
+    /// connection, so a service holds two (this and the publisher's).
+    /// RabbitMQ throttles a connection that publishes too fast; consumers
+    /// never share one with a publisher, so throttling never slows them.
+    pub(crate) async fn consuming(&self) -> Result<std::sync::Arc<Connection>> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(RpcError::Transport("the transport is closed".into()));
+        }
+        let mut shared = self.consuming.lock().await;
+        if let Some(c) = shared.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let conn = std::sync::Arc::new(self.connect("consume", None).await?);
+        *shared = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A listener starts: it holds the consuming connection until
+    /// [`release`](Self::release).
+    pub(crate) fn hold(&self) {
+        self.consumers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A listener stopped; the last one closes the consuming connection.
+    pub(crate) async fn release(&self) {
+        if self.consumers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let mut shared = self.consuming.lock().await;
+            if self.consumers.load(Ordering::SeqCst) == 0 {
+                if let Some(c) = shared.take() {
+                    let _ = c.close(200, "no listener left".into()).await;
+                }
+            }
+        }
+    }
+
+    /// The transport closes: its consuming connection too, for good
+    /// (listeners stop).
+    pub(crate) async fn close_consuming(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        if let Some(c) = self.consuming.lock().await.take() {
+            let _ = c.close(200, "closing".into()).await;
+        }
+    }
+
     /// About how long [`connect`](Self::connect) takes to give up after
     /// `retry` retries: each round tries every host, then waits.
     pub(crate) fn retry_budget(&self, retry: u32) -> std::time::Duration {

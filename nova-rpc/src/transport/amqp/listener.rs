@@ -315,9 +315,18 @@ impl ConsumeLoop {
             }
             let _ = channel.close(200, "declared".into()).await;
         }
-        let mut subscribed = Vec::new();
+        let mut subscribed: Vec<(Channel, Option<lapin::Consumer>)> = Vec::new();
         for (sub, offset) in self.plan.subscriptions.iter().zip(&self.offsets) {
-            subscribed.push(subscribe(conn, sub, self.plan.prefetch, offset, consume).await?);
+            match subscribe(conn, sub, self.plan.prefetch, offset, consume).await {
+                Ok(s) => subscribed.push(s),
+                Err(e) => {
+                    // The connection is shared: close what this attempt opened.
+                    for (channel, _) in &subscribed {
+                        let _ = channel.close(200, "setup failed".into()).await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(subscribed)
     }
@@ -325,6 +334,21 @@ impl ConsumeLoop {
     async fn run(
         self,
         connector: Arc<Connector>,
+        output: Output,
+        stop: watch::Receiver<bool>,
+        ready: oneshot::Sender<Result<()>>,
+        flow: FlowControl,
+    ) {
+        connector.hold();
+        self.consume(&connector, output, stop, ready, flow).await;
+        connector.release().await;
+    }
+
+    /// Declare and consume, again after every loss, until stopped (or the
+    /// first declaration is refused).
+    async fn consume(
+        &self,
+        connector: &Arc<Connector>,
         output: Output,
         mut stop: watch::Receiver<bool>,
         ready: oneshot::Sender<Result<()>>,
@@ -336,7 +360,7 @@ impl ConsumeLoop {
             let conn = tokio::select! {
                 biased;
                 _ = crate::transport::stopped(&mut stop) => return,
-                c = connector.connect(self.plan.purpose, None) => match c {
+                c = connector.consuming() => match c {
                     Ok(c) => c,
                     Err(e) => {
                         if let Some(r) = ready.take() { let _ = r.send(Err(e)); }
@@ -347,7 +371,6 @@ impl ConsumeLoop {
             let subscribed = match self.setup(&conn, flow.consuming).await {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = conn.close(200, "setup failed".into()).await;
                     if let Some(r) = ready.take() {
                         // The broker answered but refused our topology: retrying cannot help.
                         let _ = r.send(Err(e));
@@ -366,13 +389,16 @@ impl ConsumeLoop {
             self.consuming(ready.take());
             round = 0;
             let (streams, mut subs) = ConsumerStreams::start(&self.plan, subscribed);
-            match self.forward((&connector, &conn), &mut subs, streams, &output, &mut stop, &mut flow).await {
+            match self.forward((connector, &conn), &mut subs, streams, &output, &mut stop, &mut flow).await {
                 Ended::Lost(why) => {
                     for q in self.queues() {
                         self.health.not_consumed(q, &why);
                     }
                     tracing::warn!(purpose = self.plan.purpose, error = %why, "AMQP connection lost; reconnecting");
-                    let _ = conn.close(200, "lost".into()).await;
+                    // The connection is shared: only this listener's channels are ours to close.
+                    for sub in &subs {
+                        let _ = sub.channel.close(200, "lost".into()).await;
+                    }
                 }
                 Ended::Stopped => return self.stopped(conn, subs, output, stop).await,
             }
@@ -395,14 +421,19 @@ impl ConsumeLoop {
     /// Told to stop: cancel the consumers; deliveries already handed out
     /// are settled on these channels, so let the receiver drain, then keep
     /// them open until the listener is dropped (its stop switch goes away).
-    async fn stopped(&self, conn: Connection, subs: Vec<Subscribed>, output: Output, mut stop: watch::Receiver<bool>) {
+    async fn stopped(
+        &self,
+        conn: Arc<Connection>,
+        subs: Vec<Subscribed>,
+        output: Output,
+        mut stop: watch::Receiver<bool>,
+    ) {
         self.stop(&conn, &subs).await;
         drop(output);
         while stop.changed().await.is_ok() {}
         for sub in &subs {
             let _ = sub.channel.close(200, "stopped".into()).await;
         }
-        let _ = conn.close(200, "stopped".into()).await;
     }
 
     async fn stop(&self, conn: &Connection, subs: &[Subscribed]) {

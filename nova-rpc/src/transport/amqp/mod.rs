@@ -10,7 +10,10 @@
 //!   the default exchange with `mandatory`.
 //!
 //! Publishing and consuming use separate connections, as oslo does, so a
-//! slow consumer never blocks a publish. Both re-establish themselves
+//! slow consumer never blocks a publish and a throttled publisher never
+//! slows a consumer: two per transport, every listener (servers, work
+//! queues, notification listeners, reply queues) consuming on channels of
+//! its own on the one consuming connection. Both re-establish themselves
 //! after the broker returns (see [`connector`](self) and the listener task).
 
 mod connector;
@@ -126,5 +129,6 @@ impl Transport for AmqpTransport {
 
     async fn close(&self) {
         self.publisher.close().await;
+        self.connector.close_consuming().await;
     }
 }
