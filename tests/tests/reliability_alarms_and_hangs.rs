@@ -173,15 +173,15 @@ async fn at_least_once_survives_a_consumer_reconnect_mid_method() {
     .await;
 
     // Close the consumer's connection under the running method.
-    let listeners = connections(&vhost.name, ":listen");
-    assert_eq!(listeners.len(), 1, "one listening connection: {listeners:?}");
+    let listeners = connections(&vhost.name, ":consume");
+    assert_eq!(listeners.len(), 1, "one consuming connection: {listeners:?}");
     let ctl = std::process::Command::new("rabbitmqctl")
         .args(["-q", "close_connection", &listeners[0], "test: forced reconnect"])
         .status()
         .expect("rabbitmqctl close_connection");
     assert!(ctl.success());
     eventually("the server consumes again on a new connection", Duration::from_secs(30), || async {
-        let again = connections(&vhost.name, ":listen");
+        let again = connections(&vhost.name, ":consume");
         (again.len() == 1 && again[0] != listeners[0]).then_some(())
     })
     .await;
