@@ -72,6 +72,18 @@ ensure_interop_venv() {
     export NOVA_INTEROP_PYTHON="$venv/bin/python"
 }
 
+# The private RabbitMQ nodes tests start (`novatest_*`, on their own ports)
+# must not outlive the run, whether it passes, fails or is interrupted: a
+# cluster shared by a test binary lives in a static, never dropped.
+stop_test_nodes() {
+    local node
+    for node in $(epmd -names 2>/dev/null | awk '$1 == "name" && $2 ~ /^novatest_/ {print $2}'); do
+        rabbitmqctl -q -n "$node@localhost" stop >/dev/null 2>&1 || true
+    done
+    rm -rf "${TMPDIR:-/tmp}/nova-rs-test-clusters" "${TMPDIR:-/tmp}"/novatest_*
+}
+trap stop_test_nodes EXIT
+
 ensure_rabbitmq
 ensure_postgres
 ensure_chromium
@@ -117,3 +129,7 @@ say "cargo test"
 cargo test --workspace --no-fail-fast
 say "cargo test: OpenTelemetry export (the otel feature)"
 cargo test -p nova-core --features otel,testing --test otel_export
+say "no private RabbitMQ node is left running"
+stop_test_nodes
+left="$(epmd -names 2>/dev/null | awk '$1 == "name" && $2 ~ /^novatest_/ {print $2}')"
+[ -z "$left" ] || { echo "private RabbitMQ nodes outlived the run: $left" >&2; exit 1; }

@@ -471,8 +471,12 @@ impl TopicState {
     /// the highest recommendation of the last `scale_down_window`, as
     /// Kubernetes' HPA stabilises scale-in, so a dip never lets a worker
     /// go that the load brings back.
-    pub fn decide(&mut self, backlog: u64, in_flight: u64, o: &AutoscaleOptions, now: Instant) -> Decision {
-        let work = backlog.saturating_add(in_flight);
+    ///
+    /// `in_flight` is `None` when no scheduler could tell it: then the
+    /// backlog alone decides, and scale-in is cautious, one worker per
+    /// window (a drained queue may only mean every worker is busy).
+    pub fn decide(&mut self, backlog: u64, in_flight: Option<u64>, o: &AutoscaleOptions, now: Instant) -> Decision {
+        let work = backlog.saturating_add(in_flight.unwrap_or(0));
         let wanted = usize::try_from(work.div_ceil(o.target_per_worker as u64)).unwrap_or(usize::MAX);
         let wanted = wanted.clamp(o.min_workers, o.max_workers);
         while self.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > o.scale_down_window) {
@@ -488,10 +492,13 @@ impl TopicState {
         let since = *self.since.get_or_insert(now);
         let seen_a_window = now.saturating_duration_since(since) >= o.scale_down_window;
         let stable = self.recent.iter().map(|(_, w)| *w).max().unwrap_or(wanted);
-        if stable < have && seen_a_window {
-            Decision::Down(have - stable)
-        } else {
-            Decision::Hold
+        match in_flight {
+            _ if stable >= have || !seen_a_window => Decision::Hold,
+            Some(_) => Decision::Down(have - stable),
+            None => {
+                self.since = Some(now);
+                Decision::Down(1)
+            }
         }
     }
 }
@@ -516,8 +523,8 @@ pub struct Look {
     pub topic: String,
     /// Ready messages in its work queue.
     pub backlog: u64,
-    /// Busy slots of its workers.
-    pub in_flight: u64,
+    /// Busy slots of its workers (`None`: no scheduler told).
+    pub in_flight: Option<u64>,
     /// Its workers before the decision.
     pub workers: usize,
     /// How many looks came before this one (all topics).
@@ -603,8 +610,8 @@ impl Autoscaler {
 
     /// The work `workers` hold now: their busy slots, as their capacity
     /// reports to the schedulers say (`max_tasks - free_slots`). Without a
-    /// scheduler to ask, the backlog alone is scaled on (logged once).
-    async fn in_flight(&self, topic: &str, workers: &[String]) -> u64 {
+    /// scheduler to ask, `None` (logged once).
+    async fn in_flight(&self, topic: &str, workers: &[String]) -> Option<u64> {
         #[derive(serde::Deserialize)]
         struct HostState {
             host: String,
@@ -612,7 +619,7 @@ impl Autoscaler {
             max_tasks: u64,
         }
         if workers.is_empty() {
-            return 0;
+            return Some(0);
         }
         let ctx = nova_rpc::RequestContext::new();
         let asked = self.schedulers.call_as::<Vec<HostState>>(&ctx, "list_host_states", serde_json::json!({})).await;
@@ -622,17 +629,19 @@ impl Autoscaler {
                 if blind.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     tracing::info!(topic, "reading the workers' busy slots from a scheduler again");
                 }
-                hosts
-                    .iter()
-                    .filter(|h| workers.contains(&h.host))
-                    .map(|h| h.max_tasks.saturating_sub(h.free_slots))
-                    .sum()
+                Some(
+                    hosts
+                        .iter()
+                        .filter(|h| workers.contains(&h.host))
+                        .map(|h| h.max_tasks.saturating_sub(h.free_slots))
+                        .sum(),
+                )
             }
             Err(e) => {
                 if !blind.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(topic, error = %e, "no scheduler tells the workers' busy slots; scaling on the backlog alone");
+                    tracing::warn!(topic, error = %e, "no scheduler tells the workers' busy slots; scaling on the backlog alone, in one worker per scale_down_window");
                 }
-                0
+                None
             }
         }
     }
@@ -677,7 +686,7 @@ impl Autoscaler {
         }
     }
 
-    async fn scale_up(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64, in_flight: u64) {
+    async fn scale_up(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64, in_flight: Option<u64>) {
         let from = s.workers.len();
         s.last_up = Some(Instant::now());
         for _ in 0..n {
@@ -688,11 +697,11 @@ impl Autoscaler {
                 Err(e) => tracing::error!(topic, worker = %host, error = %e, "cannot start a worker"),
             }
         }
-        tracing::info!(topic, backlog, in_flight, from, to = s.workers.len(), "scaled up");
+        tracing::info!(topic, backlog, in_flight = ?in_flight, from, to = s.workers.len(), "scaled up");
         count(topic, "up");
     }
 
-    async fn scale_down(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64, in_flight: u64) {
+    async fn scale_down(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64, in_flight: Option<u64>) {
         let from = s.workers.len();
         for _ in 0..n {
             let Some(host) = s.workers.pop() else { break };
@@ -700,7 +709,7 @@ impl Autoscaler {
                 tracing::error!(topic, worker = %host, error = %e, "cannot stop a worker");
             }
         }
-        tracing::info!(topic, backlog, in_flight, from, to = s.workers.len(), "scaled down");
+        tracing::info!(topic, backlog, in_flight = ?in_flight, from, to = s.workers.len(), "scaled down");
         count(topic, "down");
     }
 }
@@ -798,7 +807,7 @@ mod tests {
         let mut out = Vec::new();
         for (i, &(backlog, in_flight)) in looks.iter().enumerate() {
             let now = t0 + Duration::from_secs(i as u64);
-            let d = s.decide(backlog, in_flight, o, now);
+            let d = s.decide(backlog, Some(in_flight), o, now);
             match d {
                 Decision::Up(n) => {
                     s.last_up = Some(now);
@@ -818,12 +827,12 @@ mod tests {
     fn up_at_once_after_the_cooldown_and_clamped() {
         let o = options();
         let (mut s, t0) = (TopicState::default(), Instant::now());
-        assert_eq!(s.decide(0, 0, &o, t0), Decision::Hold);
-        assert_eq!(s.decide(9, 0, &o, t0), Decision::Up(3));
+        assert_eq!(s.decide(0, Some(0), &o, t0), Decision::Hold);
+        assert_eq!(s.decide(9, Some(0), &o, t0), Decision::Up(3));
         s.workers = vec!["a".into(), "b".into(), "c".into()];
         s.last_up = Some(t0);
-        assert_eq!(s.decide(40, 12, &o, t0 + Duration::from_secs(5)), Decision::Hold, "within the cool-down");
-        assert_eq!(s.decide(40, 12, &o, t0 + Duration::from_secs(10)), Decision::Up(3), "clamped to max_workers");
+        assert_eq!(s.decide(40, Some(12), &o, t0 + Duration::from_secs(5)), Decision::Hold, "within the cool-down");
+        assert_eq!(s.decide(40, Some(12), &o, t0 + Duration::from_secs(10)), Decision::Up(3), "clamped to max_workers");
     }
 
     #[test]
@@ -861,6 +870,22 @@ mod tests {
         assert_eq!(later[first_down], Decision::Down(2));
         assert!(first_down as u64 >= o.scale_down_window.as_secs(), "not before the window: {first_down}");
         assert_eq!(s.workers.len(), 1);
+    }
+
+    #[test]
+    fn without_a_scheduler_one_worker_per_window() {
+        let o = options();
+        let (mut s, t0) = (TopicState::default(), Instant::now());
+        s.workers = vec!["a".into(), "b".into(), "c".into()];
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut downs = Vec::new();
+        for i in 0..100 {
+            if let Decision::Down(n) = s.decide(0, None, &o, at(i)) {
+                downs.push((i, n));
+                s.workers.pop();
+            }
+        }
+        assert_eq!(downs, [(30, 1), (60, 1), (90, 1)], "cautious: one per window");
     }
 
     #[test]

@@ -158,6 +158,14 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
     database.migrate(MIGRATIONS).await?;
     let store = TaskStore::new(database);
     let t = transport::connect(transport::TransportOptions::new(url.clone())).await?;
+    // A scheduler, as every deployment has: the computes report their busy
+    // slots to it, and the autoscaler reads the work in flight there.
+    let mut scheduler = tokio::process::Command::new(std::env::current_exe()?.with_file_name("nova-scheduler"))
+        .args(["--config-file", &conf.display().to_string(), "--host", "bench-scheduler"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("nova-scheduler beside nova-bench")?;
     let program = std::env::current_exe()?.with_file_name("nova-compute");
     let launcher = Arc::new(ProcessLauncher::new(program, vec!["--config-file".into(), conf.display().to_string()]));
     let options = AutoscaleOptions {
@@ -220,7 +228,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
         let completed = store.list(None, Some(TaskStatus::Succeeded)).await?.len();
         let now = start.elapsed().as_secs_f64();
         let w = count().await;
-        let in_flight = look.lock().await.as_ref().map_or(0, |l| l.in_flight);
+        let in_flight = look.lock().await.as_ref().and_then(|l| l.in_flight).unwrap_or(0);
         if let Some(previous) = o.samples.last() {
             if previous.workers != w && produced_at.is_none() {
                 o.scale_events += 1;
@@ -267,6 +275,7 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
     o.first_task_seconds = firsts;
     stop.send_replace(true);
     let _ = scaling.await;
+    let _ = scheduler.kill().await;
     t.close().await;
     Ok(o)
 }

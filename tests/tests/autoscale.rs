@@ -261,7 +261,7 @@ async fn busy_workers_are_kept_while_the_queue_is_drained() {
     let ctx = RequestContext::new();
     reports.update_host_state(&ctx, "t-busy-1".into(), 0, 2, vec![]).await.unwrap();
     let busy = eventually("the autoscaler sees the busy slots", Duration::from_secs(10), || async {
-        look.lock().await.clone().filter(|l| l.in_flight == 2 && l.backlog == 0)
+        look.lock().await.clone().filter(|l| l.in_flight == Some(2) && l.backlog == 0)
     })
     .await;
     // Three windows' worth of looks with the queue drained: the busy worker stays.
