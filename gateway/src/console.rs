@@ -3,7 +3,7 @@
 //!
 //! It lists the services with their up/down state and enabled status
 //! (refreshed every 5 s), per-method rate and latency charts (from
-//! [`super::history`]), each topic's methods with their docs and arguments
+//! [`super::history`]; each with time and value axes, units and a legend), each topic's methods with their docs and arguments
 //! (from `describe`), and a form that calls or casts a method through the
 //! gateway and shows the result; resources link their own pages (`/tasks`). The form can be pre-filled from the URL
 //! (`?topic=&method=&args=&server=`) but never sends anything by itself.
@@ -228,7 +228,7 @@ pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension
             p.note { span #services-refreshed { "refreshed every 5 s" } }
             (services_table(&services))
             h2 { "Rate and latency" }
-            p.note { "Per method, requests per second and p50 / p99 latency over the last five minutes (from this process's metrics, sampled every 2 s)." }
+            p.note { "Per method, calls per second (above) and p50 / p99 latency in milliseconds (below) over the last five minutes, from this process's metrics, sampled every 2 s." }
             div #charts {}
             h2 { "Methods" }
             @for (topic, description) in &methods {
@@ -264,6 +264,9 @@ label{display:inline-block;min-width:7em}input,textarea,select{font-family:monos
 .err span{background:#b32}
 .note{color:#666;font-size:.9em}.chart{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
 .chart svg{border:1px solid #ddd;background:#fcfcfc}.chart .rate{stroke:#3a7bd5}.chart .p50{stroke:#2a7d2a}.chart .p99{stroke:#b32}
+.chart .axis{stroke:#999;stroke-width:1}.chart .tick,.chart .unit{fill:#555}.legend{font-size:.85em;color:#444}
+.legend .item{margin-right:1em}.legend .key{display:inline-block;width:1.5em;height:.25em;vertical-align:middle;margin-right:.3em}
+.key.rate{background:#3a7bd5}.key.p50{background:#2a7d2a}.key.p99{background:#b32}
 .queued{color:#865}.running{color:#3a7bd5}.succeeded{color:#2a7d2a}.failed,.killed{color:#b32}
 .error,.critical{color:#b32}.warn{color:#b60}.info,.audit,.sample{color:#3a7bd5}.debug{color:#666}
 #events code{display:inline-block;max-width:50em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}";
@@ -339,30 +342,71 @@ function line(svg, points, cls) {
   p.setAttribute('class', cls); p.setAttribute('fill', 'none'); p.setAttribute('stroke-width', '2');
   svg.appendChild(p);
 }
-function label(svg, x, y, text) {
+function label(svg, x, y, text, anchor) {
   const t = document.createElementNS(SVG, 'text');
-  t.setAttribute('x', x); t.setAttribute('y', y); t.setAttribute('font-size', '11'); t.textContent = text;
+  t.setAttribute('x', x); t.setAttribute('y', y); t.setAttribute('font-size', '11');
+  if (anchor) t.setAttribute('text-anchor', anchor);
+  t.textContent = text;
   svg.appendChild(t);
+  return t;
+}
+function rule(svg, x1, y1, x2, y2) {
+  const l = document.createElementNS(SVG, 'line');
+  l.setAttribute('x1', x1); l.setAttribute('y1', y1); l.setAttribute('x2', x2); l.setAttribute('y2', y2);
+  l.setAttribute('class', 'axis');
+  svg.appendChild(l);
+}
+function nice(v) { return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2); }
+// One panel: a value axis (0, half, max, with its unit) and a time axis
+// (seconds before now), from `top` down `height` pixels.
+function panel(svg, top, height, max, unit, t0, t1, x, right, left) {
+  const bottom = top + height;
+  rule(svg, left, top, left, bottom);
+  rule(svg, left, bottom, right, bottom);
+  for (const f of [0, 0.5, 1]) {
+    const y = bottom - height * f;
+    rule(svg, left - 3, y, left, y);
+    label(svg, left - 5, y + 4, nice(max * f), 'end').setAttribute('class', 'tick');
+  }
+  label(svg, left + 4, top - 4, unit).setAttribute('class', 'unit');
+  const span = t1 - t0;
+  for (const f of [0, 0.5, 1]) {
+    const t = t0 + span * f, ago = Math.round(t1 - t);
+    label(svg, x(t), bottom + 13, ago === 0 ? 'now' : '-' + ago + ' s', 'middle').setAttribute('class', 'tick');
+  }
+  return (v) => bottom - height * v / max;
+}
+function legend(entries) {
+  const box = document.createElement('div'); box.className = 'legend';
+  for (const [cls, text] of entries) {
+    const item = document.createElement('span'); item.className = 'item';
+    const key = document.createElement('span'); key.className = 'key ' + cls;
+    item.append(key, text);
+    box.appendChild(item);
+  }
+  return box;
 }
 function chart(name, points) {
-  const w = 360, h = 120, pad = 4;
+  const w = 400, h = 90, left = 46, gap = 40;
   const box = document.createElement('div'); box.className = 'chart'; box.dataset.method = name;
   const title = document.createElement('div'); title.textContent = name; box.appendChild(title);
   const svg = document.createElementNS(SVG, 'svg');
-  svg.setAttribute('width', w); svg.setAttribute('height', h * 2 + 10);
+  svg.setAttribute('width', w + 8); svg.setAttribute('height', 2 * h + gap + 40);
   const t0 = points[0].t, t1 = Math.max(points[points.length - 1].t, t0 + 1);
-  const x = (t) => pad + (w - 2 * pad) * (t - t0) / (t1 - t0);
+  const right = w - 14;
+  const x = (t) => left + (right - left) * (t - t0) / (t1 - t0);
   const maxRate = Math.max(1, ...points.map((p) => p.rate));
   const maxMs = Math.max(1, ...points.map((p) => p.p99_ms || 0));
-  line(svg, points.map((p) => [x(p.t), h - pad - (h - 2 * pad) * p.rate / maxRate]), 'rate');
-  const lat = (k) => points.filter((p) => p[k] != null).map((p) => [x(p.t), 2 * h + 10 - pad - (h - 2 * pad) * p[k] / maxMs]);
+  const rateY = panel(svg, 16, h, maxRate, 'calls/s', t0, t1, x, right, left);
+  line(svg, points.map((p) => [x(p.t), rateY(p.rate)]), 'rate');
+  const msY = panel(svg, 16 + h + gap, h, maxMs, 'ms', t0, t1, x, right, left);
+  const lat = (k) => points.filter((p) => p[k] != null).map((p) => [x(p.t), msY(p[k])]);
   line(svg, lat('p50_ms'), 'p50'); line(svg, lat('p99_ms'), 'p99');
-  const last = points[points.length - 1];
-  label(svg, 6, 14, 'calls/s (max ' + maxRate.toFixed(1) + ', now ' + last.rate.toFixed(1) + ')');
-  label(svg, 6, h + 24, 'p50 / p99 ms (max ' + maxMs.toFixed(2) + ')');
   box.dataset.points = String(points.length);
   box.dataset.peakRate = maxRate.toFixed(2);
   box.appendChild(svg);
+  const last = points[points.length - 1];
+  box.appendChild(legend([['rate', 'calls/s (now ' + last.rate.toFixed(1) + ')'], ['p50', 'p50 latency, ms'], ['p99', 'p99 latency, ms']]));
   return box;
 }
 async function refreshCharts() {

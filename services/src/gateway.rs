@@ -9,7 +9,7 @@
 //! | `GET /v1/tasks/{id}` | one task, with live output while it runs |
 //! | `GET /v1/tasks/{id}/stdout` (`/stderr`) | the output's tail; `?follow=true` streams it until the task ends |
 //! | `DELETE /v1/tasks/{id}` | kill it (or cancel it while it waits in the queue) |
-//! | `GET /tasks[?id=]` | the console's tasks page |
+//! | `GET /tasks[?id=&status=&host=&page=]` | the console's tasks page: filtered by status and host, 50 a page, newest first |
 //!
 //! A submitted task is recorded `queued` (no host yet) and cast to the
 //! work queue (`compute_work`, `[compute] work_queue`) as `submit_task`;
@@ -390,23 +390,79 @@ async fn page(
         return e.into_response();
     }
     let ctx = caller.context(request_id(&headers));
-    let (mut listed, trouble) = match tasks.store.list(None, None).await {
+    let filter = match PageFilter::of(&q) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let (mut listed, trouble) = match tasks.store.list(filter.host.as_deref(), filter.status).await {
         Ok(t) => (t, None),
         Err(e) => (Vec::new(), Some(format!("cannot read tasks: {e}"))),
     };
     listed.retain(|t| t.visible_to(&ctx));
     listed.reverse();
-    listed.truncate(200);
+    let live = listed.iter().any(|t| !t.status.is_final());
+    let total = listed.len();
+    let shown: Vec<TaskInfo> = listed.into_iter().skip(filter.first()).take(PAGE_SIZE).collect();
     let chosen = match q.get("id") {
         Some(id) => Some(tasks.task(&ctx, id).await.map_err(|e| e.message().to_owned())),
         None => None,
     };
-    let live = listed.iter().any(|t| !t.status.is_final());
-    let mut page = document("nova-rs tasks", page_body(&listed, chosen.as_ref(), trouble, live));
+    let body = page_body(&shown, chosen.as_ref(), trouble, live, &filter, total);
+    let mut page = document("nova-rs tasks", body);
     if live {
         page.headers_mut().insert(header::REFRESH, axum::http::HeaderValue::from_static("2"));
     }
     page
+}
+
+/// Tasks the console's page shows at once.
+pub const PAGE_SIZE: usize = 50;
+
+/// The tasks page's filters and page (`?status=&host=&page=`).
+#[derive(Debug, Clone, Default)]
+struct PageFilter {
+    status: Option<TaskStatus>,
+    host: Option<String>,
+    /// 1-based.
+    page: usize,
+}
+
+impl PageFilter {
+    fn of(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let status = match q.get("status").map(String::as_str) {
+            None | Some("") => None,
+            Some(s) => Some(s.parse::<TaskStatus>().map_err(ApiError::bad_request)?),
+        };
+        let host = q.get("host").filter(|h| !h.is_empty()).cloned();
+        let page = match q.get("page") {
+            None => 1,
+            Some(p) => p
+                .parse::<usize>()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| ApiError::bad_request("page: a number from 1"))?,
+        };
+        Ok(Self { status, host, page })
+    }
+
+    fn first(&self) -> usize {
+        (self.page - 1).saturating_mul(PAGE_SIZE)
+    }
+
+    /// This page's link with the same filters, at `page`.
+    fn link(&self, page: usize) -> String {
+        let mut q = vec![format!("page={page}")];
+        if let Some(s) = self.status {
+            q.push(format!("status={}", s.as_str()));
+        }
+        if let Some(h) = &self.host {
+            let safe = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+            let host: String =
+                h.bytes().map(|b| if safe(b) { char::from(b).to_string() } else { format!("%{b:02X}") }).collect();
+            q.push(format!("host={host}"));
+        }
+        format!("/tasks?{}", q.join("&"))
+    }
 }
 
 /// The tasks page's content: the chosen task's output, then the table.
@@ -415,7 +471,12 @@ fn page_body(
     chosen: Option<&Result<TaskInfo, String>>,
     trouble: Option<String>,
     live: bool,
+    filter: &PageFilter,
+    total: usize,
 ) -> maud::Markup {
+    let statuses = ["queued", "running", "succeeded", "failed", "killed"];
+    let (first, last) = (filter.first() + 1, filter.first() + listed.len());
+    let more = filter.first() + listed.len() < total;
     let when = |t: &Option<chrono::NaiveDateTime>| t.map(|t| t.format("%H:%M:%S%.3f").to_string()).unwrap_or_default();
     html! {
         h1 { "Tasks" }
@@ -434,6 +495,20 @@ fn page_body(
                 }
                 Err(e) => p.err { (e) },
             }
+        }
+        form #task-filter method="get" action="/tasks" {
+            label { "status" }
+            select name="status" {
+                option value="" { "any" }
+                @for st in statuses { option value=(st) selected[filter.status.map(|s| s.as_str()) == Some(st)] { (st) } }
+            }
+            " " label { "host" } input name="host" value=(filter.host.clone().unwrap_or_default()) autocomplete="off";
+            " " button type="submit" { "Show" }
+        }
+        p.note #pager data-total=(total) data-page=(filter.page) {
+            @if listed.is_empty() { "no task" } @else { "tasks " (first) "–" (last) " of " (total) ", newest first" }
+            @if filter.page > 1 { " · " a #newer href=(filter.link(filter.page - 1)) { "newer" } }
+            @if more { " · " a #older href=(filter.link(filter.page + 1)) { "older" } }
         }
         table #tasks {
             tr { th { "Task" } th { "Command" } th { "Host" } th { "Status" } th { "Submitted" } th { "Started" } th { "Finished" } th { "Exit" } }

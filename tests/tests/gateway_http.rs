@@ -257,6 +257,9 @@ const CHARTS_AND_REFRESH: &str = r#"(async () => {
     peak: chart ? Number(chart.dataset.peakRate) : 0,
     points: chart ? Number(chart.dataset.points) : 0,
     lines: chart ? chart.querySelectorAll('polyline').length : 0,
+    legend: chart ? [...chart.querySelectorAll('.legend .item')].map((i) => i.textContent) : [],
+    units: chart ? [...chart.querySelectorAll('text.unit')].map((t) => t.textContent) : [],
+    times: chart ? [...chart.querySelectorAll('text.tick')].map((t) => t.textContent).filter((t) => t === 'now' || t.endsWith(' s')).length : 0,
     refreshed: !!document.getElementById('services').dataset.refreshed,
     rows: document.querySelectorAll('#services tr').length,
   });
@@ -291,6 +294,16 @@ async fn console_charts_a_burst_of_calls_and_refreshes_services() {
     let page = json(page.trim());
     assert!(page["peak"].as_f64().unwrap_or(0.0) > 0.0, "the chart has data: {page}");
     assert_eq!(page["lines"], 3, "rate, p50 and p99: {page}");
+    let legend: Vec<&str> = page["legend"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
+    assert!(
+        legend.len() == 3
+            && legend[0].starts_with("calls/s")
+            && legend[1] == "p50 latency, ms"
+            && legend[2] == "p99 latency, ms",
+        "{page}"
+    );
+    assert_eq!(page["units"], serde_json::json!(["calls/s", "ms"]), "each panel's value axis says its unit: {page}");
+    assert_eq!(page["times"], 6, "each panel's time axis runs to now: {page}");
     assert_eq!(page["refreshed"], true, "the services table refreshed itself: {page}");
     assert_eq!(page["rows"], 4, "three services and the header: {page}");
 }

@@ -247,3 +247,49 @@ async fn the_tasks_page_in_a_real_browser() {
     })
     .await;
 }
+
+/// The console's tasks page filters by status and host, and pages through
+/// many tasks (50 at a time, newest first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_page_filters_and_pages() {
+    let all = nova_all().await;
+    let port = all.port;
+    let post = |body: String| http("POST", port, "/v1/tasks", &[], body.as_bytes()).expect("the gateway answers");
+    for i in 0..55 {
+        assert_eq!(post(format!(r#"{{"name": "echo", "args": ["{i}"], "task_id": "many-{i:02}"}}"#)).0, 202);
+    }
+    assert_eq!(post(r#"{"name": "sh", "args": ["exit 3"], "task_id": "the-failure"}"#.into()).0, 202);
+    eventually("every task ended", Duration::from_secs(120), || async {
+        let (_, _, body) = http("GET", port, "/v1/tasks", &[], b"").ok()?;
+        let tasks = json(&body);
+        let tasks = tasks.as_array()?;
+        (tasks.len() == 56 && tasks.iter().all(|t| t["status"] == "succeeded" || t["status"] == "failed")).then_some(())
+    })
+    .await;
+    let page = |query: &str| {
+        let (status, _, body) = http("GET", port, &format!("/tasks{query}"), &[], b"").expect("the gateway answers");
+        (status, body.matches("<tr data-status=").count(), body)
+    };
+    let (status, rows, body) = page("");
+    assert_eq!((status, rows), (200, 50), "{body}");
+    assert!(
+        body.contains("tasks 1–50 of 56") && body.contains("id=\"older\"") && !body.contains("id=\"newer\""),
+        "{body}"
+    );
+    let (_, rows, body) = page("?page=2");
+    assert_eq!(rows, 6, "{body}");
+    assert!(
+        body.contains("tasks 51–56 of 56") && body.contains("id=\"newer\"") && !body.contains("id=\"older\""),
+        "{body}"
+    );
+    let (_, rows, body) = page("?status=failed");
+    assert_eq!(rows, 1, "{body}");
+    assert!(body.contains("the-failure") && body.contains("of 1,"), "{body}");
+    let (_, rows, _) = page("?status=succeeded&host=h1");
+    assert_eq!(rows, 50, "the first page of 55 on h1");
+    let (_, rows, body) = page("?host=elsewhere");
+    assert_eq!(rows, 0, "{body}");
+    assert!(body.contains("no task"), "{body}");
+    assert_eq!(page("?status=lost").0, 400);
+    assert_eq!(page("?page=0").0, 400);
+}
