@@ -3,7 +3,9 @@
 //!
 //! It lists the services with their up/down state and enabled status
 //! (refreshed every 5 s), per-method rate and latency charts (from
-//! [`super::history`]; each with time and value axes, units and a legend), each topic's methods with their docs and arguments
+//! [`super::history`]; each with time and value axes, units and a legend),
+//! each work queue's backlog, work in flight, workers and consumers over
+//! time (polled from `/v1/work` every 2 s while the page is open), each topic's methods with their docs and arguments
 //! (from `describe`), and a form that calls or casts a method through the
 //! gateway and shows the result; resources link their own pages (`/tasks`). The form can be pre-filled from the URL
 //! (`?topic=&method=&args=&server=`) but never sends anything by itself.
@@ -227,6 +229,9 @@ pub(super) async fn page(State(gw): State<Gateway>, Extension(caller): Extension
             @if let Some(t) = trouble { p.disabled { (t) } }
             p.note { span #services-refreshed { "refreshed every 5 s" } }
             (services_table(&services))
+            h2 { "Work queues" }
+            p.note { "Each work queue since this page opened, sampled every 2 s: tasks waiting (backlog) and running (busy slots of its workers, as they report them), and its workers and consumers. This is what the autoscaler scales on: it keeps ceil((backlog + in flight) / target_per_worker) workers." }
+            div #work {}
             h2 { "Rate and latency" }
             p.note { "Per method, calls per second (above) and p50 / p99 latency in milliseconds (below) over the last five minutes, from this process's metrics, sampled every 2 s." }
             div #charts {}
@@ -267,6 +272,7 @@ label{display:inline-block;min-width:7em}input,textarea,select{font-family:monos
 .chart .axis{stroke:#999;stroke-width:1}.chart .tick,.chart .unit{fill:#555}.legend{font-size:.85em;color:#444}
 .legend .item{margin-right:1em}.legend .key{display:inline-block;width:1.5em;height:.25em;vertical-align:middle;margin-right:.3em}
 .key.rate{background:#3a7bd5}.key.p50{background:#2a7d2a}.key.p99{background:#b32}
+.chart .consumers{stroke:#865;stroke-dasharray:4 3}.key.consumers{background:#865}
 .queued{color:#865}.running{color:#3a7bd5}.succeeded{color:#2a7d2a}.failed,.killed{color:#b32}
 .error,.critical{color:#b32}.warn{color:#b60}.info,.audit,.sample{color:#3a7bd5}.debug{color:#666}
 #events code{display:inline-block;max-width:50em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}";
@@ -386,28 +392,72 @@ function legend(entries) {
   }
   return box;
 }
+// A chart's frame: its box (named in `data-<key>`), title and SVG of two
+// panels, and where in it each time goes.
+function frame(key, name, points) {
+  const f = {w: 400, h: 90, left: 46, gap: 40};
+  f.right = f.w - 14;
+  f.box = document.createElement('div'); f.box.className = 'chart'; f.box.dataset[key] = name;
+  const title = document.createElement('div'); title.textContent = name; f.box.appendChild(title);
+  f.svg = document.createElementNS(SVG, 'svg');
+  f.svg.setAttribute('width', f.w + 8); f.svg.setAttribute('height', 2 * f.h + f.gap + 40);
+  f.t0 = points[0].t; f.t1 = Math.max(points[points.length - 1].t, f.t0 + 1);
+  f.x = (t) => f.left + (f.right - f.left) * (t - f.t0) / (f.t1 - f.t0);
+  // The upper panel, or the lower.
+  f.panel = (lower, max, unit) => panel(f.svg, 16 + (lower ? f.h + f.gap : 0), f.h, max, unit, f.t0, f.t1, f.x, f.right, f.left);
+  return f;
+}
 function chart(name, points) {
-  const w = 400, h = 90, left = 46, gap = 40;
-  const box = document.createElement('div'); box.className = 'chart'; box.dataset.method = name;
-  const title = document.createElement('div'); title.textContent = name; box.appendChild(title);
-  const svg = document.createElementNS(SVG, 'svg');
-  svg.setAttribute('width', w + 8); svg.setAttribute('height', 2 * h + gap + 40);
-  const t0 = points[0].t, t1 = Math.max(points[points.length - 1].t, t0 + 1);
-  const right = w - 14;
-  const x = (t) => left + (right - left) * (t - t0) / (t1 - t0);
+  const f = frame('method', name, points), x = f.x;
   const maxRate = Math.max(1, ...points.map((p) => p.rate));
   const maxMs = Math.max(1, ...points.map((p) => p.p99_ms || 0));
-  const rateY = panel(svg, 16, h, maxRate, 'calls/s', t0, t1, x, right, left);
-  line(svg, points.map((p) => [x(p.t), rateY(p.rate)]), 'rate');
-  const msY = panel(svg, 16 + h + gap, h, maxMs, 'ms', t0, t1, x, right, left);
+  const rateY = f.panel(false, maxRate, 'calls/s');
+  line(f.svg, points.map((p) => [x(p.t), rateY(p.rate)]), 'rate');
+  const msY = f.panel(true, maxMs, 'ms');
   const lat = (k) => points.filter((p) => p[k] != null).map((p) => [x(p.t), msY(p[k])]);
-  line(svg, lat('p50_ms'), 'p50'); line(svg, lat('p99_ms'), 'p99');
-  box.dataset.points = String(points.length);
-  box.dataset.peakRate = maxRate.toFixed(2);
-  box.appendChild(svg);
+  line(f.svg, lat('p50_ms'), 'p50'); line(f.svg, lat('p99_ms'), 'p99');
+  f.box.dataset.points = String(points.length);
+  f.box.dataset.peakRate = maxRate.toFixed(2);
+  f.box.appendChild(f.svg);
   const last = points[points.length - 1];
-  box.appendChild(legend([['rate', 'calls/s (now ' + last.rate.toFixed(1) + ')'], ['p50', 'p50 latency, ms'], ['p99', 'p99 latency, ms']]));
-  return box;
+  f.box.appendChild(legend([['rate', 'calls/s (now ' + last.rate.toFixed(1) + ')'], ['p50', 'p50 latency, ms'], ['p99', 'p99 latency, ms']]));
+  return f.box;
+}
+const workHistory = {};
+function workChart(queue, points) {
+  const f = frame('queue', queue, points), x = f.x;
+  const maxTasks = Math.max(1, ...points.map((p) => Math.max(p.backlog, p.in_flight || 0)));
+  const maxCount = Math.max(1, ...points.map((p) => Math.max(p.workers, p.consumers)));
+  const tasksY = f.panel(false, maxTasks, 'tasks');
+  line(f.svg, points.map((p) => [x(p.t), tasksY(p.backlog)]), 'p99');
+  line(f.svg, points.filter((p) => p.in_flight != null).map((p) => [x(p.t), tasksY(p.in_flight)]), 'rate');
+  const countY = f.panel(true, maxCount, 'workers');
+  line(f.svg, points.map((p) => [x(p.t), countY(p.workers)]), 'p50');
+  line(f.svg, points.map((p) => [x(p.t), countY(p.consumers)]), 'consumers');
+  const last = points[points.length - 1];
+  f.box.dataset.samples = String(points.length);
+  f.box.dataset.peakBacklog = String(Math.max(...points.map((p) => p.backlog)));
+  f.box.dataset.backlog = String(last.backlog);
+  f.box.appendChild(f.svg);
+  f.box.appendChild(legend([['p99', 'backlog (now ' + last.backlog + ')'], ['rate', 'in flight (now ' + (last.in_flight == null ? '?' : last.in_flight) + ')'],
+                            ['p50', 'workers (now ' + last.workers + ')'], ['consumers', 'consumers (now ' + last.consumers + ')']]));
+  return f.box;
+}
+async function refreshWork() {
+  const box = document.getElementById('work');
+  if (!box) return;
+  try {
+    const r = await fetch('/v1/work', {headers: authHeaders()});
+    if (!r.ok) return;
+    const now = Date.now() / 1000;
+    for (const q of await r.json()) {
+      const series = workHistory[q.queue] || (workHistory[q.queue] = []);
+      series.push({t: now, backlog: q.backlog, in_flight: q.in_flight, workers: q.workers, consumers: q.consumers});
+      if (series.length > 450) series.shift();
+    }
+    box.replaceChildren(...Object.entries(workHistory).map(([q, p]) => workChart(q, p)));
+    box.dataset.refreshed = String(Date.now());
+  } catch (e) {}
 }
 async function refreshCharts() {
   const charts = document.getElementById('charts');
@@ -462,6 +512,8 @@ document.addEventListener('DOMContentLoaded', () => {
   followEvents();
   if (document.getElementById('services')) {
     refreshCharts();
+    refreshWork();
+    setInterval(refreshWork, 2000);
     setInterval(refreshServices, 5000);
     setInterval(refreshCharts, 2000);
   }

@@ -11,6 +11,7 @@
 //! | `GET /v1/openapi.json` | this API as an OpenAPI 3 document |
 //! | `GET /v1/metrics/history` | per method, rate and p50/p99 latency over the last minutes ([`history`]) |
 //! | `GET /v1/queues` | backlog, consumers and oldest message of every topic's queues ([`queues`]) |
+//! | `GET /v1/work` | each work queue's backlog, consumers, workers and their busy slots: what the autoscaler scales on ([`queues`]) |
 //! | `GET /v1/events` | notifications as they arrive, as Server-Sent Events ([`events`]); the console follows them at `/events` |
 //! | what a [`Resource`] adds | e.g. `/v1/tasks…` and the console's `/tasks`, from `nova_services::gateway` |
 //! | `GET /traces/{request_id}` | the trace as a timeline in the console |
@@ -193,6 +194,7 @@ impl Gateway {
             .get("/metrics", traces::metrics)
             .get("/v1/openapi.json", openapi)
             .get("/v1/queues", queues::list)
+            .get("/v1/work", queues::work)
             .get("/v1/metrics/history", metrics_history)
             .get("/v1/events", events::stream)
             .get("/events", events::page)

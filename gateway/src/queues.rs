@@ -83,6 +83,88 @@ impl Gateway {
     }
 }
 
+/// One work queue as an operator (and the autoscaler) sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkQueueState {
+    /// The topic whose work it holds.
+    pub topic: String,
+    /// The queue (`<topic>_work`).
+    pub queue: String,
+    /// Ready messages: work waiting.
+    pub backlog: u64,
+    /// Consumers attached now (a worker with every slot busy is not one).
+    pub consumers: u32,
+    /// The topic's services that are up: its workers.
+    pub workers: usize,
+    /// Busy slots of those workers, from their capacity reports to the
+    /// schedulers (`None`: no scheduler answered).
+    pub in_flight: Option<u64>,
+    /// Their slots in all.
+    pub slots: Option<u64>,
+}
+
+/// `GET /v1/work`.
+pub(crate) async fn work(
+    State(gw): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<WorkQueueState>>, ApiError> {
+    gw.authorize("api:services", &caller)?;
+    Ok(Json(gw.work_queues().await?))
+}
+
+/// What a scheduler says of a compute host's slots.
+#[derive(serde::Deserialize)]
+struct HostSlots {
+    host: String,
+    free_slots: u64,
+    max_tasks: u64,
+}
+
+impl Gateway {
+    /// Each topic's work queue that exists: its backlog and consumers, and
+    /// its up workers' busy slots: what the autoscaler scales on.
+    pub async fn work_queues(&self) -> Result<Vec<WorkQueueState>, ApiError> {
+        let services = self.service_list().await?;
+        let mut topics: Vec<String> = services.iter().filter_map(|s| s["topic"].as_str().map(str::to_owned)).collect();
+        topics.sort();
+        topics.dedup();
+        let queues: Vec<String> = topics.iter().map(|t| self.work_queue(t)).collect();
+        let stats = self.client.transport().queue_stats(&queues).await?;
+        let scheduler =
+            self.client.with_target(nova_rpc::Target::new("scheduler")).with_timeout(Duration::from_secs(2));
+        let ctx = nova_rpc::RequestContext::new();
+        let hosts: Option<Vec<HostSlots>> =
+            scheduler.call_as(&ctx, "list_host_states", serde_json::json!({})).await.ok();
+        let mut out = Vec::new();
+        for (topic, queue) in topics.iter().zip(&queues) {
+            let Some(q) = stats.iter().find(|q| &q.queue == queue) else { continue };
+            let up: Vec<&str> = services
+                .iter()
+                .filter(|s| s["topic"] == topic.as_str() && s["state"] == "up")
+                .filter_map(|s| s["host"].as_str())
+                .collect();
+            let mine = |h: &&HostSlots| up.contains(&h.host.as_str());
+            let (in_flight, slots) = match &hosts {
+                Some(hosts) => (
+                    Some(hosts.iter().filter(mine).map(|h| h.max_tasks.saturating_sub(h.free_slots)).sum()),
+                    Some(hosts.iter().filter(mine).map(|h| h.max_tasks).sum()),
+                ),
+                None => (None, None),
+            };
+            out.push(WorkQueueState {
+                topic: topic.clone(),
+                queue: queue.clone(),
+                backlog: q.messages,
+                consumers: q.consumers,
+                workers: up.len(),
+                in_flight,
+                slots,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// Why RabbitMQ's management API told nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementApiError {

@@ -293,3 +293,51 @@ async fn the_tasks_page_filters_and_pages() {
     assert_eq!(page("?status=lost").0, 400);
     assert_eq!(page("?page=0").0, 400);
 }
+
+/// The console's work-queue panel in Chromium: a backlog builds while the
+/// host's two slots are busy (8 tasks of 2 s: it lasts 6 s, longer than
+/// the panel's 2 s between samples) and drains as they free; the panel charts
+/// backlog, work in flight, workers and consumers over time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_queue_panel_follows_a_backlog() {
+    let all = nova_all().await;
+    let port = all.port;
+    let url = format!("http://127.0.0.1:{port}/");
+    // The page samples from when it opens: submit once it has a first sample.
+    let script = r#"new Promise((done) => {
+        let submitted = false, peak = 0, busy = 0;
+        const look = setInterval(async () => {
+            const chart = document.querySelector('#work .chart[data-queue="compute_work"]');
+            if (!chart) return;
+            if (!submitted) {
+                submitted = true;
+                for (let i = 0; i < 8; i++) {
+                    await fetch('/v1/tasks', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                        body: JSON.stringify({name: 'sleep', args: ['2'], task_id: 'panel-' + i})});
+                }
+                return;
+            }
+            peak = Math.max(peak, Number(chart.dataset.peakBacklog));
+            const legend = [...chart.querySelectorAll('.legend .item')].map((i) => i.textContent);
+            if (legend[1].includes('(now 2)')) busy += 1;
+            if (peak > 0 && chart.dataset.backlog === '0' && legend[1].includes('(now 0)')) {
+                clearInterval(look);
+                done(JSON.stringify({peak, busy, legend, lines: chart.querySelectorAll('polyline').length,
+                    units: [...chart.querySelectorAll('text.unit')].map((t) => t.textContent)}));
+            }
+        }, 250);
+    })"#;
+    let page = tokio::task::spawn_blocking(move || nova_tests::browser(&url, script, "console-work")).await.unwrap();
+    let page = json(page.trim());
+    assert!(page["peak"].as_u64().unwrap_or(0) >= 1, "a backlog was charted: {page}");
+    assert!(page["busy"].as_u64().unwrap_or(0) >= 1, "both slots were seen busy: {page}");
+    assert_eq!(page["lines"], 4, "backlog, in flight, workers, consumers: {page}");
+    assert_eq!(page["units"], serde_json::json!(["tasks", "workers"]), "{page}");
+    let legend: Vec<&str> = page["legend"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
+    assert!(legend[0].starts_with("backlog") && legend[2] == "workers (now 1)", "{page}");
+    let (status, _, body) = http("GET", port, "/v1/work", &[], b"").expect("the gateway answers");
+    assert_eq!(status, 200, "{body}");
+    let work = json(&body);
+    assert_eq!(work[0]["queue"], "compute_work", "{work}");
+    assert_eq!((work[0]["slots"].as_u64(), work[0]["workers"].as_u64()), (Some(2), Some(1)), "{work}");
+}

@@ -664,8 +664,11 @@ impl ComputeManager {
                 info
             }
         };
+        // A work-queue request (no slot of its own here) frees its slot
+        // as soon as it returns, just after this report: count it free.
+        let releasing = usize::from(slot.is_none());
         drop(slot);
-        let _ = self.report_capacity(RequestContext::new()).await;
+        let _ = self.send_capacity(releasing).await;
         outcome
     }
 }
@@ -736,6 +739,16 @@ impl ComputeManager {
         }
         self.started.notify_waiters();
         refused
+    }
+
+    /// Tell every scheduler this host's free slots, `releasing` more than
+    /// are free this instant (slots about to be given back).
+    async fn send_capacity(&self, releasing: usize) -> Result<(), RpcError> {
+        let free = (self.slots.available_permits() + releasing).min(self.max_tasks);
+        let commands = self.commands().names();
+        self.schedulers
+            .update_host_state(&RequestContext::new(), self.host.clone(), free, self.max_tasks, commands)
+            .await
     }
 
     /// Report this host's capacity now, in the background: a slot was
@@ -919,10 +932,8 @@ impl ComputeApi for ComputeManager {
         Ok(all)
     }
 
-    async fn report_capacity(&self, ctx: RequestContext) -> Result<(), RpcError> {
-        let free = self.slots.available_permits();
-        let commands = self.commands().names();
-        self.schedulers.update_host_state(&ctx, self.host.clone(), free, self.max_tasks, commands).await
+    async fn report_capacity(&self, _ctx: RequestContext) -> Result<(), RpcError> {
+        self.send_capacity(0).await
     }
 }
 
