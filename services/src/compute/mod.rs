@@ -668,7 +668,7 @@ impl ComputeManager {
         // as soon as it returns, just after this report: count it free.
         let releasing = usize::from(slot.is_none());
         drop(slot);
-        let _ = self.send_capacity(releasing).await;
+        let _ = self.send_capacity(&RequestContext::new(), releasing).await;
         outcome
     }
 }
@@ -742,13 +742,12 @@ impl ComputeManager {
     }
 
     /// Tell every scheduler this host's free slots, `releasing` more than
-    /// are free this instant (slots about to be given back).
-    async fn send_capacity(&self, releasing: usize) -> Result<(), RpcError> {
+    /// are free this instant (slots about to be given back), in `ctx` (a
+    /// report asked for by a fanout answers in the asker's request).
+    async fn send_capacity(&self, ctx: &RequestContext, releasing: usize) -> Result<(), RpcError> {
         let free = (self.slots.available_permits() + releasing).min(self.max_tasks);
         let commands = self.commands().names();
-        self.schedulers
-            .update_host_state(&RequestContext::new(), self.host.clone(), free, self.max_tasks, commands)
-            .await
+        self.schedulers.update_host_state(ctx, self.host.clone(), free, self.max_tasks, commands).await
     }
 
     /// Report this host's capacity now, in the background: a slot was
@@ -932,8 +931,8 @@ impl ComputeApi for ComputeManager {
         Ok(all)
     }
 
-    async fn report_capacity(&self, _ctx: RequestContext) -> Result<(), RpcError> {
-        self.send_capacity(0).await
+    async fn report_capacity(&self, ctx: RequestContext) -> Result<(), RpcError> {
+        self.send_capacity(&ctx, 0).await
     }
 }
 
