@@ -233,7 +233,7 @@ impl Notifications {
             .iter()
             .map(|n| Driver::named(n, routing.clone()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| c.invalid("oslo_messaging_notifications", "driver", e))?;
+            .map_err(|e| c.invalid("oslo_messaging_notifications", "driver", e.to_string()))?;
         let transport = match c.value(&options::TRANSPORT_URL)? {
             Some(url) => {
                 let mut o = transport.options().clone();
@@ -371,7 +371,7 @@ fn read_routing(path: &std::path::Path) -> Result<RoutingConfig, String> {
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| e.to_string())?;
-    RoutingConfig::from_value(&value)
+    RoutingConfig::from_value(&value).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

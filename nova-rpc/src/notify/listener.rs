@@ -328,9 +328,14 @@ impl Dispatch {
                 continue;
             }
             let call = async {
-                match (batched, wanted.len()) {
-                    (false, 1) => endpoint.notify(wanted.into_iter().next().expect("one")).await,
-                    _ => endpoint.notify_batch(wanted).await,
+                let mut wanted = wanted;
+                match wanted.pop() {
+                    Some(one) if !batched && wanted.is_empty() => endpoint.notify(one).await,
+                    Some(last) => {
+                        wanted.push(last);
+                        endpoint.notify_batch(wanted).await
+                    }
+                    None => NotificationResult::Handled,
                 }
             };
             let result = AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|_| {

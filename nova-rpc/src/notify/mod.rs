@@ -62,8 +62,8 @@ pub use self::{
         RunningListener,
     },
     message::{decode, encode, utc_timestamp, NotificationRef},
-    notifier::{metrics, Driver, NotificationMetrics, Notifier, NotifierOptions},
-    routing::{fnmatch, RoutingConfig, RoutingRule},
+    notifier::{metrics, Driver, DriverError, NotificationMetrics, Notifier, NotifierOptions},
+    routing::{fnmatch, RoutingConfig, RoutingError, RoutingRule},
 };
 
 /// How much a notification matters, as oslo names it. The message says it

@@ -38,20 +38,31 @@ impl Driver {
     /// # Errors
     ///
     /// A name oslo does not know, or `routing` without its file.
-    pub fn named(name: &str, routing: Option<Arc<RoutingConfig>>) -> Result<Self, String> {
+    pub fn named(name: &str, routing: Option<Arc<RoutingConfig>>) -> Result<Self, DriverError> {
         match name {
             "messagingv2" => Ok(Driver::MessagingV2),
             "messaging" => Ok(Driver::Messaging),
             "log" => Ok(Driver::Log),
             "noop" => Ok(Driver::Noop),
-            "routing" => routing.map(Driver::Routing).ok_or_else(|| "the routing driver needs routing_config".into()),
-            other => Err(format!("unknown notification driver {other:?} (messagingv2, messaging, log, noop, routing)")),
+            "routing" => routing.map(Driver::Routing).ok_or(DriverError::RoutingWithoutConfig),
+            other => Err(DriverError::Unknown(other.to_owned())),
         }
     }
 
     fn simple(name: &str) -> Option<Self> {
         Self::named(name, None).ok()
     }
+}
+
+/// Why a driver name cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// Not one of oslo's drivers.
+    #[error("unknown notification driver {0:?} (messagingv2, messaging, log, noop, routing)")]
+    Unknown(String),
+    /// `routing` needs its rules.
+    #[error("the routing driver needs routing_config")]
+    RoutingWithoutConfig,
 }
 
 /// A notifier's settings; see [`Notifier::new`].

@@ -39,6 +39,11 @@ impl RoutingRule {
     }
 }
 
+/// What in a routing file is not a group of drivers with lists of patterns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RoutingError(pub String);
+
 /// The routing file, read: every group's rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutingConfig {
@@ -53,30 +58,32 @@ impl RoutingConfig {
     /// # Errors
     ///
     /// What in the file is not a group of drivers with lists of patterns.
-    pub fn from_value(value: &Value) -> Result<Self, String> {
+    pub fn from_value(value: &Value) -> Result<Self, RoutingError> {
         let mut rules = Vec::new();
         let Some(groups) = value.as_object() else {
-            return if value.is_null() { Ok(Self::default()) } else { Err("expected a map of groups".into()) };
+            return if value.is_null() {
+                Ok(Self::default())
+            } else {
+                Err(RoutingError("expected a map of groups".into()))
+            };
         };
         for (group, drivers) in groups {
-            let drivers = drivers.as_object().ok_or_else(|| format!("group {group}: expected a map of drivers"))?;
+            let drivers =
+                drivers.as_object().ok_or_else(|| RoutingError(format!("group {group}: expected a map of drivers")))?;
             for (driver, checks) in drivers {
                 if !matches!(driver.as_str(), "messagingv2" | "messaging" | "log" | "noop") {
-                    return Err(format!("group {group}: unknown driver {driver:?}"));
+                    return Err(RoutingError(format!("group {group}: unknown driver {driver:?}")));
                 }
-                let list = |key: &str| -> Result<Option<Vec<String>>, String> {
+                let list = |key: &str| -> Result<Option<Vec<String>>, RoutingError> {
+                    let bad = |what: &str| RoutingError(format!("{group}.{driver}.{key}: expected {what}"));
                     match checks.get(key) {
                         None | Some(Value::Null) => Ok(None),
                         Some(Value::Array(items)) => items
                             .iter()
-                            .map(|i| {
-                                i.as_str()
-                                    .map(str::to_owned)
-                                    .ok_or_else(|| format!("{group}.{driver}.{key}: expected strings"))
-                            })
+                            .map(|i| i.as_str().map(str::to_owned).ok_or_else(|| bad("strings")))
                             .collect::<Result<_, _>>()
                             .map(Some),
-                        Some(_) => Err(format!("{group}.{driver}.{key}: expected a list")),
+                        Some(_) => Err(bad("a list")),
                     }
                 };
                 rules.push(RoutingRule {
@@ -206,9 +213,9 @@ mod tests {
 
     #[test]
     fn bad_files_say_where() {
-        let err = RoutingConfig::from_value(&json!({"g": {"kafka": {}}})).unwrap_err();
+        let err = RoutingConfig::from_value(&json!({"g": {"kafka": {}}})).unwrap_err().to_string();
         assert!(err.contains("kafka"), "{err}");
-        let err = RoutingConfig::from_value(&json!({"g": {"log": {"accepted_events": "x"}}})).unwrap_err();
+        let err = RoutingConfig::from_value(&json!({"g": {"log": {"accepted_events": "x"}}})).unwrap_err().to_string();
         assert!(err.contains("g.log.accepted_events"), "{err}");
         assert_eq!(RoutingConfig::from_value(&Value::Null).unwrap(), RoutingConfig::default());
     }
