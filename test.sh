@@ -74,13 +74,24 @@ ensure_interop_venv() {
 
 # The private RabbitMQ nodes tests start (`novatest_*`, on their own ports)
 # must not outlive the run, whether it passes, fails or is interrupted: a
-# cluster shared by a test binary lives in a static, never dropped.
+# cluster shared by a test binary lives in a static, never dropped. Nor
+# must the test hosts of the partition tests (network namespaces and a
+# bridge named `nvt*`, with the nodes running inside them).
+test_namespaces() { ip netns list 2>/dev/null | awk '$1 ~ /^nvt/ {print $1}'; }
 stop_test_nodes() {
-    local node
+    local node ns br
     for node in $(epmd -names 2>/dev/null | awk '$1 == "name" && $2 ~ /^novatest_/ {print $2}'); do
         rabbitmqctl -q -n "$node@localhost" stop >/dev/null 2>&1 || true
     done
-    rm -rf "${TMPDIR:-/tmp}/nova-rs-test-clusters" "${TMPDIR:-/tmp}"/novatest_*
+    for ns in $(test_namespaces); do
+        ip netns pids "$ns" | xargs -r kill -KILL 2>/dev/null || true
+        ip netns del "$ns" || true
+        rm -rf "/etc/netns/$ns"
+    done
+    for br in $(ip -o link show type bridge 2>/dev/null | awk -F': ' '$2 ~ /^nvt/ {print $2}'); do
+        ip link del "$br" || true
+    done
+    rm -rf "${TMPDIR:-/tmp}/nova-rs-test-clusters" "${TMPDIR:-/tmp}/nova-rs-test-netns" "${TMPDIR:-/tmp}"/novatest_*
 }
 trap stop_test_nodes EXIT
 
@@ -129,7 +140,9 @@ say "cargo test"
 cargo test --workspace --no-fail-fast
 say "cargo test: OpenTelemetry export (the otel feature)"
 cargo test -p nova-core --features otel,testing --test otel_export
-say "no private RabbitMQ node is left running"
+say "no private RabbitMQ node or test host is left"
+left="$(epmd -names 2>/dev/null | awk '$1 == "name" && $2 ~ /^novatest_/ {print $2}') $(test_namespaces)"
 stop_test_nodes
-left="$(epmd -names 2>/dev/null | awk '$1 == "name" && $2 ~ /^novatest_/ {print $2}')"
-[ -z "$left" ] || { echo "private RabbitMQ nodes outlived the run: $left" >&2; exit 1; }
+[ -z "${left// /}" ] || echo "stopped what the tests left running: $left" >&2
+left="$(epmd -names 2>/dev/null | awk '$1 == "name" && $2 ~ /^novatest_/ {print $2}') $(test_namespaces)"
+[ -z "${left// /}" ] || { echo "private RabbitMQ nodes or test hosts outlived the run: $left" >&2; exit 1; }

@@ -10,13 +10,15 @@ use std::{
     time::Duration,
 };
 
-use crate::{free_port, unique};
+use crate::{free_port, netns, unique};
 
 /// A private RabbitMQ node; stopped and removed when dropped.
 #[derive(Debug)]
 pub struct PrivateBroker {
-    /// `name@localhost`.
+    /// `name@localhost`, or `name@<host>` on a test host of its own.
     pub node: String,
+    /// The address clients reach it at: 127.0.0.1, or its test host's.
+    pub host: String,
     /// The AMQP port.
     pub port: u16,
     /// The AMQPS port, when started with TLS.
@@ -25,9 +27,11 @@ pub struct PrivateBroker {
     pub management_port: Option<u16>,
     /// Where the node keeps its files (and the test CA, with TLS).
     pub dir: PathBuf,
+    /// The test host it runs on, if not the machine itself.
+    netns: Option<netns::Host>,
 }
 
-fn run(cmd: &mut Command) -> Result<String, String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -74,19 +78,29 @@ pub fn make_certificates(dir: &Path) {
 impl PrivateBroker {
     /// Start a node on fresh ports and wait until it accepts connections.
     pub fn start(tls: bool) -> Self {
-        Self::start_node(tls, false)
+        Self::start_node(tls, false, None)
     }
 
     /// A node with the management plugin (its statistics every half second).
     pub fn start_with_management() -> Self {
-        Self::start_node(false, true)
+        Self::start_node(false, true, None)
     }
 
-    fn start_node(tls: bool, management: bool) -> Self {
+    /// A node on a test host of its own ([`netns`]), on the standard ports
+    /// there, for a cluster whose nodes a test can partition: it pauses
+    /// when it finds itself in a minority (`pause_minority`, what
+    /// production clusters of three run), and finds out in seconds
+    /// (`net_ticktime` of 4 s, 60 s by default).
+    pub fn start_on(host: &netns::Host) -> Self {
+        Self::start_node(false, false, Some(host))
+    }
+
+    fn start_node(tls: bool, management: bool, on: Option<&netns::Host>) -> Self {
         let name = unique("novatest").replace('-', "_");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let (port, dist_port) = (free_port(), free_port());
+        // A test host has its ports to itself.
+        let (port, dist_port) = if on.is_some() { (5672, 25672) } else { (free_port(), free_port()) };
         let tls_port = tls.then(free_port);
         let management_port = management.then(free_port);
         let plugins = if management { "[rabbitmq_management].\n" } else { "[].\n" };
@@ -105,14 +119,24 @@ impl PrivateBroker {
                 dir.display()
             ));
         }
+        if on.is_some() {
+            conf.push_str("cluster_partition_handling = pause_minority\n");
+            std::fs::write(dir.join("advanced.config"), "[{kernel, [{net_ticktime, 4}]}].\n").expect("advanced.config");
+            // Not the machine's rabbitmq-env.conf, which names the shared
+            // node and keeps epmd and distribution on 127.0.0.1.
+            std::fs::write(dir.join("rabbitmq-env.conf"), "").expect("rabbitmq-env.conf");
+        }
         std::fs::write(dir.join("rabbitmq.conf"), conf).expect("rabbitmq.conf");
         run(Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir))
             .unwrap_or_else(|e| panic!("the private broker runs as the rabbitmq user: {e}"));
-        let node = format!("{name}@localhost");
-        let env = [
+        let (node, host) = match on {
+            Some(h) => (format!("{name}@{}", h.name), h.ip.to_string()),
+            None => (format!("{name}@localhost"), "127.0.0.1".to_owned()),
+        };
+        let mut env = vec![
             ("RABBITMQ_NODENAME", node.clone()),
             ("RABBITMQ_NODE_PORT", port.to_string()),
-            ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".to_owned()),
+            ("RABBITMQ_NODE_IP_ADDRESS", if on.is_some() { "0.0.0.0".to_owned() } else { host.clone() }),
             ("RABBITMQ_DIST_PORT", dist_port.to_string()),
             ("RABBITMQ_MNESIA_BASE", dir.join("mnesia").display().to_string()),
             ("RABBITMQ_LOG_BASE", dir.join("log").display().to_string()),
@@ -120,9 +144,13 @@ impl PrivateBroker {
             ("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq").display().to_string()),
             ("RABBITMQ_PID_FILE", dir.join("pid").display().to_string()),
         ];
-        run(Command::new("rabbitmq-server").arg("-detached").envs(env))
+        if on.is_some() {
+            env.push(("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf").display().to_string()));
+            env.push(("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config").display().to_string()));
+        }
+        let broker = Self { node, host, port, tls_port, management_port, dir, netns: on.cloned() };
+        run(broker.command("rabbitmq-server").arg("-detached").envs(env))
             .unwrap_or_else(|e| panic!("RabbitMQ is required for this test: {e}"));
-        let broker = Self { node, port, tls_port, management_port, dir };
         // The node registers with epmd a moment after `-detached` returns.
         let until = std::time::Instant::now() + Duration::from_secs(90);
         while let Err(e) = broker.ctl(&["await_startup", "--timeout", "10"]) {
@@ -132,14 +160,35 @@ impl PrivateBroker {
         broker
     }
 
-    /// Run `rabbitmqctl -n <node> args…`.
-    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        run(Command::new("rabbitmqctl").arg("-q").arg("-n").arg(&self.node).args(args))
+    /// `program`, run where the node runs (on its test host, with its own
+    /// `rabbitmq-env.conf`), or on the machine.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(h) => {
+                let mut cmd = h.command(program);
+                cmd.env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"));
+                // The CLI names itself after this host, which every node
+                // can reach: nodes stream `list_*` rows to it directly.
+                cmd.env("RABBITMQ_NODENAME", &self.node);
+                cmd
+            }
+            None => Command::new(program),
+        }
     }
 
-    /// `rabbit://guest:guest@127.0.0.1:<port>/`.
+    /// Run `rabbitmqctl -n <node> args…`.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        run(self.command("rabbitmqctl").arg("-q").arg("-n").arg(&self.node).args(args))
+    }
+
+    /// `host:port`, where clients reach it.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// `rabbit://guest:guest@<host>:<port>/`.
     pub fn url(&self) -> String {
-        format!("rabbit://guest:guest@127.0.0.1:{}/", self.port)
+        format!("rabbit://guest:guest@{}/", self.address())
     }
 
     /// Stop the broker (every connection drops, transient queues go).

@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod interop;
+pub mod netns;
 pub mod postgres;
 
 use std::{process::Command, sync::Arc, time::Duration};
@@ -379,6 +380,8 @@ pub fn fast_reconnect(url: &str, exchange: &str, timeout: Duration) -> Transport
     o.rabbit.rabbit_interval_max = Duration::from_secs(1);
     o.rabbit.connection_timeout = Duration::from_secs(2);
     o.rabbit.kombu_reconnect_delay = Duration::from_millis(300);
+    // Tests choose the node each process starts at.
+    o.rabbit.failover_shuffle = false;
     o
 }
 

@@ -9,20 +9,21 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
 
 use nova_rpc::{
-    dispatcher::{Dispatcher, Router},
     server::RunningServer,
     transport::{self, Transport, TransportOptions},
-    RequestContext, RpcClient, RpcError, RpcServer, Target, Version,
+    RequestContext, RpcClient, RpcServer, Target,
 };
-use nova_tests::{cluster::Cluster, eventually, unique, Proc, TempDir};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use nova_tests::{
+    cluster::{counting_api, Cluster, Served},
+    eventually, unique, Proc, TempDir,
+};
+use serde_json::json;
 
 /// One test at a time on the shared cluster.
 async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
@@ -30,51 +31,24 @@ async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
     TURN.lock().await
 }
 
-/// The cluster's nodes, starting the failover list at node `first`.
-fn url_from(cluster: &Cluster, vhost: &str, first: usize) -> String {
-    let n = cluster.nodes.len();
-    let hosts: Vec<String> =
-        (0..n).map(|i| format!("guest:guest@127.0.0.1:{}", cluster.nodes[(first + i) % n].port)).collect();
-    format!("rabbit://{}/{vhost}", hosts.join(","))
-}
-
 fn options(url: &str, exchange: &str) -> TransportOptions {
     nova_tests::fast_reconnect(url, exchange, Duration::from_secs(5))
-}
-
-#[derive(Deserialize)]
-struct Record {
-    value: u64,
-}
-
-/// `whoami` answers the server's name; `record` counts each value it serves.
-fn api(name: &str, served: Arc<Mutex<HashMap<u64, usize>>>) -> Dispatcher {
-    let name = name.to_owned();
-    let r = Router::new(Version::new(1, 0))
-        .method("whoami", move |_ctx: RequestContext, _v: Value| {
-            let name = name.clone();
-            async move { Ok::<_, RpcError>(name) }
-        })
-        .method("record", move |_ctx: RequestContext, r: Record| {
-            *served.lock().unwrap().entry(r.value).or_default() += 1;
-            async { Ok::<_, RpcError>(()) }
-        });
-    Dispatcher::new(vec![Arc::new(r)])
 }
 
 struct Host {
     transport: Arc<dyn Transport>,
     server: RunningServer,
-    served: Arc<Mutex<HashMap<u64, usize>>>,
+    served: Served,
 }
 
 async fn host(options: TransportOptions, topic: &str, name: &str) -> Host {
     let transport = transport::connect(options).await.unwrap();
-    let served = Arc::new(Mutex::new(HashMap::new()));
-    let server = RpcServer::new(transport.clone(), Target::new(topic).with_server(name), api(name, served.clone()))
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("server {name} starts: {e}"));
+    let served = Served::default();
+    let server =
+        RpcServer::new(transport.clone(), Target::new(topic).with_server(name), counting_api(name, served.clone()))
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("server {name} starts: {e}"));
     Host { transport, server, served }
 }
 
@@ -112,9 +86,9 @@ async fn classic_durable_queue_node_restart_consumed_again() {
     let topic = unique("compute");
     // Each host first connects to a different node; the first declares the
     // classic queue `topic`, so it lives on node 0.
-    let mut o1 = options(&url_from(cluster, &vhost, 0), &exchange);
+    let mut o1 = options(&cluster.url_from(&vhost, 0), &exchange);
     o1.rabbit.amqp_durable_queues = true;
-    let mut o2 = options(&url_from(cluster, &vhost, 1), &exchange);
+    let mut o2 = options(&cluster.url_from(&vhost, 1), &exchange);
     o2.rabbit.amqp_durable_queues = true;
     let h1 = host(o1.clone(), &topic, "h1").await;
     let h2 = host(o2, &topic, "h2").await;
@@ -156,7 +130,7 @@ async fn quorum_queues_lose_a_node_under_load() {
     let exchange = unique("nova");
     let topic = unique("compute");
     let quorum = |first| {
-        let mut o = options(&url_from(cluster, &vhost, first), &exchange);
+        let mut o = options(&cluster.url_from(&vhost, first), &exchange);
         o.rabbit.rabbit_quorum_queue = true;
         o
     };
@@ -273,7 +247,7 @@ async fn stream_fanout_reaches_every_server_across_a_node_stop() {
     let exchange = unique("nova");
     let topic = unique("compute");
     let modern = |first| {
-        let mut o = options(&url_from(cluster, &vhost, first), &exchange);
+        let mut o = options(&cluster.url_from(&vhost, first), &exchange);
         o.rabbit.rabbit_quorum_queue = true;
         o.rabbit.rabbit_transient_quorum_queue = true;
         o.rabbit.rabbit_stream_fanout = true;
@@ -326,7 +300,7 @@ async fn a_deleted_queue_is_consumed_again() {
     let vhost = cluster.vhost();
     let exchange = unique("nova");
     let topic = unique("compute");
-    let o = options(&url_from(cluster, &vhost, 0), &exchange);
+    let o = options(&cluster.url_from(&vhost, 0), &exchange);
     let h1 = host(o.clone(), &topic, "h1").await;
     let own = format!("{topic}.h1");
     consumers_reach(cluster, &vhost, &own, 1).await;
@@ -352,7 +326,7 @@ async fn a_deaf_service_stops_reporting_itself_up_and_says_why() {
     let vhost = cluster.vhost();
     let dir = TempDir::new("deaf");
     let exchange = unique("nova");
-    let url = url_from(cluster, &vhost, 0);
+    let url = cluster.url_from(&vhost, 0);
     let conf = dir.write(
         "nova.conf",
         &format!(

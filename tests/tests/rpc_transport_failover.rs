@@ -18,6 +18,7 @@ async fn a_dead_first_host_fails_over_to_the_next() {
     let url = format!("rabbit://guest:guest@127.0.0.1:{dead},guest:guest@127.0.0.1:5672/{}", vhost.name);
     let mut options = TransportOptions::new(url).with_control_exchange(unique("nova"));
     options.rabbit.rabbit_retry_interval = Duration::from_millis(100);
+    options.rabbit.failover_shuffle = false;
     let t = transport::connect(options).await.unwrap();
     let api = Router::new(Version::new(1, 0))
         .method("echo", |_ctx: RequestContext, v: Value| async move { Ok::<_, RpcError>(v) });

@@ -483,8 +483,8 @@ pub mod rabbit {
     pub const KOMBU_FAILOVER_STRATEGY: Opt<bool> = Opt::new(
         "oslo_messaging_rabbit",
         "kombu_failover_strategy",
-        "round-robin",
-        "Which broker of the URL to try next: round-robin or shuffle.",
+        "shuffle",
+        "Which broker of the URL to try next: round-robin or shuffle. Shuffle (nova-rs's default; oslo's is round-robin) starts each process at a random broker, spreading a fleet's connections over the cluster's nodes.",
         failover_shuffle,
     );
 

@@ -301,7 +301,10 @@ impl Dispatch {
             for d in deliveries {
                 let (_, acker) = d.into_parts();
                 match result {
-                    NotificationResult::Handled => acker.ack().await,
+                    // Not acknowledged (the connection is gone): it comes back.
+                    NotificationResult::Handled => {
+                        acker.ack().await;
+                    }
                     NotificationResult::Requeue => acker.requeue().await,
                 }
             }

@@ -9,7 +9,7 @@ use super::{reply::send_reply, ServerState};
 use crate::signing::Binding;
 pub(super) use crate::transport::Settle;
 use crate::{
-    transport::{Acknowledge, Delivery},
+    transport::{Acked, Acknowledge, Delivery},
     wire::{self, Request},
     RemoteFailure,
 };
@@ -30,7 +30,7 @@ pub(super) struct Admission<'a> {
     /// The request to serve, if it is served.
     pub(super) admitted: Option<Admitted>,
     /// What to wait for first: acknowledging (at-most-once, before the
-    /// method runs), or settling one that is not served.
+    /// method runs, then [`acknowledged`]), or settling one that is not served.
     pub(super) waiting: Option<BoxFuture<'a>>,
 }
 
@@ -40,7 +40,7 @@ impl<'a> Admission<'a> {
     }
 }
 
-type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Acked> + Send + 'a>>;
 
 /// Decode and check a delivery.
 pub(super) fn admit(shared: &ServerState, delivery: Delivery) -> Admission<'_> {
@@ -66,6 +66,7 @@ pub(super) fn admit(shared: &ServerState, delivery: Delivery) -> Admission<'_> {
         let unique_id = request.unique_id;
         return Admission::settled(Some(Box::pin(async move {
             settle_in_flight(shared, &unique_id, Settle::Reject, acker).await;
+            Acked::Done
         })));
     }
     // oslo's default is at-most-once: acknowledge before dispatching.
@@ -81,11 +82,34 @@ async fn refuse(
     failure: RemoteFailure,
     reply_to: ReplyTo,
     deadline: Option<Instant>,
-) {
+) -> Acked {
     malformed(&shared.topic);
     acker.reject().await;
     if let Some((msg_id, reply_q)) = reply_to {
         send_reply(shared, &reply_q, &msg_id, Err(failure), deadline, false).await;
+    }
+    Acked::Done
+}
+
+/// At-most-once, once the acknowledgement is through: whether the request
+/// is served. Its id is recorded only now, when it is about to run, not on
+/// receipt: a copy whose acknowledgement failed (its connection died) is
+/// not served, and the broker's redelivery of it is not a duplicate. The
+/// one copy that records the id first is served; when an acknowledgement
+/// got no answer, the copy is served (once), as the broker may have it.
+pub(super) fn acknowledged(shared: &ServerState, id: &str, acked: Acked) -> bool {
+    match acked {
+        Acked::Failed => {
+            tracing::debug!(topic = %shared.topic, unique_id = %id, "not serving a message whose acknowledgement failed; the broker hands it out again");
+            false
+        }
+        Acked::Done | Acked::Unknown => {
+            let first = id.is_empty() || crate::lock(&shared.seen).insert(id);
+            if !first {
+                tracing::info!(topic = %shared.topic, unique_id = %id, "dropping duplicate message");
+            }
+            first
+        }
     }
 }
 
@@ -154,9 +178,10 @@ fn intake(shared: &ServerState, id: &str, acker: Box<dyn Acknowledge>) -> Option
     if id.is_empty() {
         return Some(acker);
     }
-    let mut seen = crate::lock(&shared.seen);
+    let seen = crate::lock(&shared.seen);
     if !shared.at_least_once {
-        if seen.insert(id) {
+        // Recorded once acknowledged (see `acknowledged`).
+        if !seen.contains(id) {
             return Some(acker);
         }
     } else if !seen.contains(id) {
@@ -195,7 +220,10 @@ pub(super) async fn settle_in_flight(shared: &ServerState, id: &str, how: Settle
         match how {
             Settle::Requeue if i == 0 => a.requeue().await,
             Settle::Reject if i == 0 => a.reject().await,
-            _ => a.ack().await,
+            // The method ran: a redelivery after a failed ack is a duplicate.
+            _ => {
+                a.ack().await;
+            }
         }
     }
 }

@@ -33,6 +33,8 @@ mod reply;
 mod request;
 mod serving;
 mod slot;
+#[cfg(test)]
+mod tests;
 
 pub use slot::{deadline, release_slot, MAX_WAITING};
 
@@ -107,6 +109,37 @@ struct ServerState {
     server: String,
     /// Requests waiting without a slot ([`release_slot`]).
     waiting: Arc<Semaphore>,
+}
+
+impl ServerState {
+    fn new(
+        transport: Arc<dyn Transport>,
+        (exchange, topic, server): (String, String, String),
+        dispatcher: Dispatcher,
+        layers: Layers,
+        max_deliveries: Option<u32>,
+    ) -> Self {
+        let end: Inner = {
+            let dispatcher = dispatcher.clone();
+            Arc::new(move |c: Call| {
+                dispatcher.dispatch(c.ctx, c.namespace.as_deref(), c.version.as_deref(), &c.method, c.args)
+            })
+        };
+        Self {
+            transport,
+            exchange,
+            end,
+            dispatcher,
+            topic,
+            seen: Mutex::new(SeenIds::new(4096)),
+            in_flight: Mutex::default(),
+            at_least_once: max_deliveries.is_some(),
+            max_deliveries,
+            layers,
+            server,
+            waiting: Arc::new(Semaphore::new(slot::MAX_WAITING as usize)),
+        }
+    }
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::stop`].
@@ -225,24 +258,13 @@ impl RpcServer {
         };
         let mut listener = self.transport.listen(spec).await?;
         let health = listener.health();
-        let dispatcher = self.dispatcher.clone();
-        let end: Inner = Arc::new(move |c: Call| {
-            dispatcher.dispatch(c.ctx, c.namespace.as_deref(), c.version.as_deref(), &c.method, c.args)
-        });
-        let shared = Arc::new(ServerState {
-            transport: self.transport,
-            exchange,
-            end,
-            dispatcher: self.dispatcher,
-            topic: self.target.topic,
-            seen: Mutex::new(SeenIds::new(4096)),
-            in_flight: Mutex::default(),
-            at_least_once: self.max_deliveries.is_some(),
-            max_deliveries: self.max_deliveries,
-            layers: self.layers,
-            server,
-            waiting: Arc::new(Semaphore::new(slot::MAX_WAITING as usize)),
-        });
+        let shared = Arc::new(ServerState::new(
+            self.transport,
+            (exchange, self.target.topic, server),
+            self.dispatcher,
+            self.layers,
+            self.max_deliveries,
+        ));
         let (stop, stopped) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(self.executor_size));
         if let Some(work) = self.work_slots {

@@ -50,10 +50,11 @@ pub(super) async fn handle(shared: &ServerState, delivery: Delivery, served: Ser
 /// when it is not to be served, once it is settled.
 async fn take_in(shared: &ServerState, delivery: Delivery) -> Option<Admitted> {
     let Admission { admitted, waiting } = admit(shared, delivery);
-    if let Some(waiting) = waiting {
-        waiting.await;
-    }
-    admitted
+    let acked = match waiting {
+        Some(waiting) => waiting.await,
+        None => return admitted,
+    };
+    admitted.filter(|a| super::intake::acknowledged(shared, &a.request.unique_id, acked))
 }
 
 /// Serve an admitted request. The request is handed to the method before

@@ -25,8 +25,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{
-    Acknowledge, Delivery, Destination, InlineServing, ListenSpec, Listener, NotificationQueue, NotificationSpec,
-    Outgoing, QueueStats, ReplyQueue, ReplySink, Source, Transport, TransportOptions, TransportUrl,
+    Acked, Acknowledge, Delivery, Destination, InlineServing, ListenSpec, Listener, NotificationQueue,
+    NotificationSpec, Outgoing, QueueStats, ReplyQueue, ReplySink, Source, Transport, TransportOptions, TransportUrl,
 };
 use crate::{lock, Result, RpcError};
 
@@ -372,8 +372,9 @@ impl Drop for MemoryAck {
 
 #[async_trait]
 impl Acknowledge for MemoryAck {
-    async fn ack(mut self: Box<Self>) {
+    async fn ack(mut self: Box<Self>) -> Acked {
         self.message = None;
+        Acked::Done
     }
 
     async fn requeue(self: Box<Self>) {}

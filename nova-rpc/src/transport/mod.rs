@@ -203,11 +203,23 @@ pub enum Settle {
     Reject,
 }
 
+/// What became of an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// Sent on a live channel: the broker forgets the message.
+    Done,
+    /// Not sent: the channel or connection is gone, so the broker keeps
+    /// the message and hands it out again.
+    Failed,
+    /// No answer in time: the broker may or may not have it.
+    Unknown,
+}
+
 /// Settles a delivery with the broker.
 #[async_trait]
 pub trait Acknowledge: Send + Sync {
-    /// Done with it: the broker forgets it.
-    async fn ack(self: Box<Self>);
+    /// Done with it: the broker forgets it (see [`Acked`]).
+    async fn ack(self: Box<Self>) -> Acked;
     /// Not processed: give it back to the queue for another consumer.
     async fn requeue(self: Box<Self>);
     /// Unprocessable: drop it (or dead-letter it, where the queue says so).

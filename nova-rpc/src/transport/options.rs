@@ -86,8 +86,10 @@ pub struct RabbitOptions {
     pub kombu_reconnect_delay: Duration,
     /// `kombu_reconnect_splay`: up to this much random extra wait (0 s).
     pub kombu_reconnect_splay: Duration,
-    /// `kombu_failover_strategy`: start each connect round at the next host
-    /// (`round-robin`) or a random one (`shuffle`).
+    /// `kombu_failover_strategy`: each process starts at a random host of
+    /// the URL and a lost connection moves to a random other one
+    /// (`shuffle`, the default: a fleet spreads over the cluster's nodes),
+    /// or the first host, then the next (`round-robin`, oslo's default).
     pub failover_shuffle: bool,
     /// `rabbit_login_method`: `PLAIN`, `AMQPLAIN`, `EXTERNAL` or `RABBIT-CR-DEMO`.
     pub rabbit_login_method: String,
@@ -145,7 +147,7 @@ impl Default for RabbitOptions {
             direct_mandatory_flag: true,
             kombu_reconnect_delay: Duration::from_secs(1),
             kombu_reconnect_splay: Duration::ZERO,
-            failover_shuffle: false,
+            failover_shuffle: true,
             rabbit_login_method: "AMQPLAIN".into(),
             heartbeat_rate: 3,
             rabbit_transient_queues_ttl: Duration::from_secs(1800),

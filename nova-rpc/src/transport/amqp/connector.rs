@@ -1,6 +1,12 @@
 //! Opening AMQP connections: failover across the URL's hosts, backoff with
 //! jitter between rounds (oslo's `rabbit_retry_interval`,
 //! `rabbit_retry_backoff`, `rabbit_interval_max`), heartbeats, TLS.
+//!
+//! A connection that is lost is opened again on another host first: the
+//! next one of the URL (`kombu_failover_strategy = round-robin`) or a
+//! random other one (`shuffle`), as kombu moves on after a connection
+//! error. A node that is cut off, paused or stopped is tried last, and the
+//! log says which node a connection left and which it went to.
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -26,6 +32,9 @@ pub(crate) struct Connector {
     options: RabbitOptions,
     tls: Option<OwnedTLSConfig>,
     next_host: AtomicUsize,
+    /// The host each kind of connection (`send`, `consume`) is on, by
+    /// index into the URL's hosts.
+    on_host: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The connection every listener of the transport consumes on (each
     /// on channels of its own); publishing has its own (see the publisher).
     consuming: tokio::sync::Mutex<Option<std::sync::Arc<Connection>>>,
@@ -68,6 +77,7 @@ impl Connector {
             options,
             tls,
             next_host: AtomicUsize::new(first),
+            on_host: std::sync::Mutex::default(),
             consuming: tokio::sync::Mutex::default(),
             consumers: AtomicUsize::new(0),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -174,8 +184,37 @@ impl Connector {
         (0..=retry).map(|round| self.options.connection_timeout * hosts + self.options.reconnect_delay(round)).sum()
     }
 
+    /// The host the `purpose` connection is (or was last) on, for the log.
+    pub(crate) fn host_of(&self, purpose: &str) -> Option<&HostAddress> {
+        let i = *crate::lock(&self.on_host).get(purpose)?;
+        self.url.hosts.get(i)
+    }
+
+    /// Where a connection that was on host `lost` tries first: the next
+    /// host (round-robin) or a random other one (shuffle).
+    fn move_on_from(&self, lost: usize) {
+        let n = self.url.hosts.len();
+        if n < 2 || self.next_host.load(Ordering::Relaxed) % n != lost {
+            return;
+        }
+        let step = if self.options.failover_shuffle { fastrand::usize(1..n) } else { 1 };
+        self.next_host.store((lost + step) % n, Ordering::Relaxed);
+    }
+
+    fn strategy(&self) -> &'static str {
+        if self.options.failover_shuffle {
+            "shuffle"
+        } else {
+            "round-robin"
+        }
+    }
+
     pub(crate) async fn connect(&self, purpose: &str, retry: Option<u32>) -> Result<Connection> {
         let hosts = &self.url.hosts;
+        let lost = crate::lock(&self.on_host).get(purpose).copied();
+        if let Some(lost) = lost {
+            self.move_on_from(lost);
+        }
         let mut round = 0u32;
         loop {
             let mut last_error = None;
@@ -184,8 +223,17 @@ impl Connector {
                 match self.connect_host(&hosts[i], purpose).await {
                     Ok(conn) => {
                         watch_blocked(&conn, purpose);
-                        if round > 0 {
-                            tracing::info!(host = ?hosts[i], purpose, "reconnected to AMQP server");
+                        crate::lock(&self.on_host).insert(purpose.to_owned(), i);
+                        match lost {
+                            Some(lost) => tracing::info!(
+                                host = ?hosts[i],
+                                previous = ?hosts[lost],
+                                purpose,
+                                strategy = self.strategy(),
+                                rounds = round,
+                                "connected to AMQP server again"
+                            ),
+                            None => tracing::debug!(host = ?hosts[i], purpose, "connected to AMQP server"),
                         }
                         return Ok(conn);
                     }
@@ -236,4 +284,51 @@ fn watch_blocked(conn: &Connection, purpose: &str) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(shuffle: bool) -> Connector {
+        let url = TransportUrl::parse("rabbit://a:5672,b:5672,c:5672/").unwrap();
+        Connector::new(url, RabbitOptions { failover_shuffle: shuffle, ..RabbitOptions::default() }).unwrap()
+    }
+
+    #[test]
+    fn a_lost_connection_tries_the_next_host_first() {
+        let c = connector(false);
+        c.next_host.store(1, Ordering::Relaxed);
+        c.move_on_from(1);
+        assert_eq!(c.next_host.load(Ordering::Relaxed), 2);
+        c.move_on_from(2);
+        assert_eq!(c.next_host.load(Ordering::Relaxed), 0, "round-robin wraps");
+    }
+
+    #[test]
+    fn shuffle_moves_to_a_random_other_host() {
+        for _ in 0..50 {
+            let c = connector(true);
+            c.next_host.store(1, Ordering::Relaxed);
+            c.move_on_from(1);
+            assert_ne!(c.next_host.load(Ordering::Relaxed) % 3, 1, "never the lost host first");
+        }
+    }
+
+    #[test]
+    fn shuffle_spreads_processes_over_the_hosts() {
+        let firsts: std::collections::HashSet<usize> =
+            (0..100).map(|_| connector(true).next_host.load(Ordering::Relaxed)).collect();
+        assert_eq!(firsts.len(), 3, "a hundred processes start on every host: {firsts:?}");
+        assert_eq!(connector(false).next_host.load(Ordering::Relaxed), 0, "round-robin starts at the first");
+    }
+
+    #[test]
+    fn another_connection_already_moved_on() {
+        // The publisher moved on already: the listener does not skip a host.
+        let c = connector(false);
+        c.next_host.store(2, Ordering::Relaxed);
+        c.move_on_from(1);
+        assert_eq!(c.next_host.load(Ordering::Relaxed), 2);
+    }
 }

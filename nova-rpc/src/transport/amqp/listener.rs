@@ -49,7 +49,7 @@ use super::{
     topology::{Arg, Binding, Exchange, ExchangeKind, Queue, Subscription},
 };
 use crate::{
-    transport::{Acknowledge, Delivery, Flow, Health, Listener, ReplyQueue, ReplySink, Settle},
+    transport::{Acked, Acknowledge, Delivery, Flow, Health, Listener, ReplyQueue, ReplySink, Settle},
     Result, RpcError,
 };
 
@@ -394,7 +394,8 @@ impl ConsumeLoop {
                     for q in self.queues() {
                         self.health.not_consumed(q, &why);
                     }
-                    tracing::warn!(purpose = self.plan.purpose, error = %why, "AMQP connection lost; reconnecting");
+                    let host = connector.host_of("consume").map(|h| format!("{h:?}")).unwrap_or_default();
+                    tracing::warn!(purpose = self.plan.purpose, %host, error = %why, "AMQP connection lost; reconnecting");
                     // The connection is shared: only this listener's channels are ours to close.
                     for sub in &subs {
                         let _ = sub.channel.close(200, "lost".into()).await;
@@ -666,14 +667,13 @@ fn reply_to(sink: &ReplySink, d: AmqpDelivery) {
 
 struct AmqpAck(Acker);
 
-/// How long settling a delivery may hold its request. A settle on a
-/// connection that has just died may never be answered; the broker then
-/// redelivers the message anyway, so waiting longer gains nothing, and an
-/// at-most-once request (acknowledged before it runs) must not be held.
+/// How long settling a delivery may take. A settle on a connection that
+/// is closing may never complete; the broker then redelivers the message
+/// anyway, so waiting longer only holds the request's resources.
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 
 impl AmqpAck {
-    async fn settle(self, how: Settle) {
+    async fn settle(self, how: Settle) -> Acked {
         let settling = async {
             match how {
                 Settle::Ack => self.0.ack(BasicAckOptions::default()).await,
@@ -682,19 +682,23 @@ impl AmqpAck {
             }
         };
         match tokio::time::timeout(SETTLE_LIMIT, settling).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "settling a delivery failed; the broker will redeliver it"),
-            Err(_) => tracing::warn!(
-                "settling a delivery got no answer (its connection is gone?); the broker will redeliver it"
-            ),
+            Ok(Ok(_)) => Acked::Done,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "settling a delivery failed; the broker will redeliver it");
+                Acked::Failed
+            }
+            Err(_) => {
+                tracing::warn!("settling a delivery got no answer (its connection is gone?)");
+                Acked::Unknown
+            }
         }
     }
 }
 
 #[async_trait]
 impl Acknowledge for AmqpAck {
-    async fn ack(self: Box<Self>) {
-        self.settle(Settle::Ack).await;
+    async fn ack(self: Box<Self>) -> Acked {
+        self.settle(Settle::Ack).await
     }
 
     async fn requeue(self: Box<Self>) {

@@ -187,7 +187,8 @@ impl Publisher {
                 Err(Failure::Refused(e)) => return Err(e),
                 Err(Failure::Lost(e)) => {
                     lost += 1;
-                    tracing::warn!(error = %e, ?destination, "publish failed; reconnecting");
+                    let host = self.connector.host_of("send").map(|h| format!("{h:?}")).unwrap_or_default();
+                    tracing::warn!(error = %e, %host, ?destination, "publish failed; reconnecting");
                     if message.retry.is_some_and(|r| lost > r) {
                         return Err(e);
                     }
