@@ -131,6 +131,11 @@ fleet_log="$(mktemp)"
 "${CARGO_TARGET_DIR:-target}/debug/nova-bench" fleet --smoke >"$fleet_log" 2>&1 \
     || { tail -n 30 "$fleet_log" >&2; echo "nova-bench fleet --smoke failed" >&2; exit 1; }
 rm -f "$fleet_log"
+say "nova-bench gateway --smoke (a compute behind nova-gateway, beside direct calls; measures nothing)"
+gateway_log="$(mktemp)"
+"${CARGO_TARGET_DIR:-target}/debug/nova-bench" gateway --smoke >"$gateway_log" 2>&1 \
+    || { tail -n 30 "$gateway_log" >&2; echo "nova-bench gateway --smoke failed" >&2; exit 1; }
+rm -f "$gateway_log"
 say "nova-bench soak --smoke (nova-all with tracing off, sampled and on; measures nothing)"
 soak_log="$(mktemp)"
 "${CARGO_TARGET_DIR:-target}/debug/nova-bench" soak --smoke >"$soak_log" 2>&1 \

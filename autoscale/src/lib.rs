@@ -9,8 +9,11 @@
 //! the workers' busy slots, from the capacity each reports to the
 //! schedulers (at every task's start and end, and periodically). Counting
 //! both, a drained queue whose workers are all busy still wants them all:
-//! a steady load holds steady. Scaling up waits `scale_up_cooldown` after
-//! the last scale-up and starts every worker wanted at once; scaling in is
+//! a steady load holds steady. Scaling up starts every worker wanted at
+//! once, then waits until they all serve (each reports to the schedulers)
+//! or `scale_up_cooldown` has passed, before judging the backlog again;
+//! starting `min_workers` is no scale-up, so the first backlog is answered
+//! at the next look. Scaling in is
 //! stabilised as Kubernetes' HPA does it: down only to the highest number
 //! wanted over the last `scale_down_window`, so a dip lets nobody go that
 //! the load brings back. A worker being stopped no longer counts.
@@ -93,8 +96,13 @@ pub mod opts {
         at_least_one,
     );
     /// `[autoscale] scale_up_cooldown`.
-    pub const SCALE_UP_COOLDOWN: Opt<Duration> =
-        Opt::new("autoscale", "scale_up_cooldown", "10", "Seconds after a scale-up before the next one.", up_to_a_day);
+    pub const SCALE_UP_COOLDOWN: Opt<Duration> = Opt::new(
+        "autoscale",
+        "scale_up_cooldown",
+        "10",
+        "Seconds after a scale-up before the next one, unless its workers all serve sooner (starting min_workers is no scale-up).",
+        up_to_a_day,
+    );
     /// `[autoscale] scale_down_window`.
     pub const SCALE_DOWN_WINDOW: Opt<Duration> = Opt::new(
         "autoscale",
@@ -458,6 +466,9 @@ pub struct TopicState {
     pub workers: Vec<String>,
     next: usize,
     last_up: Option<Instant>,
+    /// Every worker reports to the schedulers (it serves): the workers of
+    /// the last scale-up are up, and the cool-down need not run out.
+    pub all_serving: bool,
     /// Recommendations over the scale-down window, oldest first.
     recent: std::collections::VecDeque<(Instant, usize)>,
     /// The first look: no scale-in before a whole window was seen.
@@ -465,6 +476,16 @@ pub struct TopicState {
 }
 
 impl TopicState {
+    /// Workers were started at `now`, bringing the topic to `to`: the
+    /// scale-up cool-down starts, unless they only brought it up to
+    /// `min_workers`. That is a start, not an answer to load: the first
+    /// backlog must not wait a cool-down for it.
+    pub fn started(&mut self, to: usize, o: &AutoscaleOptions, now: Instant) {
+        if to > o.min_workers {
+            self.last_up = Some(now);
+        }
+    }
+
     /// Decide for `backlog` ready messages and `in_flight` ones the workers
     /// hold, at `now`: `ceil((backlog + in_flight) / target_per_worker)`
     /// workers, clamped. Up at once (after the cool-down); down only to
@@ -485,7 +506,9 @@ impl TopicState {
         self.recent.push_back((now, wanted));
         let have = self.workers.len();
         if wanted > have {
-            let cooled = self.last_up.is_none_or(|t| now.duration_since(t) >= o.scale_up_cooldown);
+            // The cool-down lets new workers come up before the backlog is
+            // judged again; once they all serve, it has done its work.
+            let cooled = self.all_serving || self.last_up.is_none_or(|t| now.duration_since(t) >= o.scale_up_cooldown);
             return if cooled { Decision::Up(wanted - have) } else { Decision::Hold };
         }
         // Scale-in looks back a whole window, so none before one was seen.
@@ -609,9 +632,9 @@ impl Autoscaler {
     }
 
     /// The work `workers` hold now: their busy slots, as their capacity
-    /// reports to the schedulers say (`max_tasks - free_slots`). Without a
-    /// scheduler to ask, `None` (logged once).
-    async fn in_flight(&self, topic: &str, workers: &[String]) -> Option<u64> {
+    /// reports to the schedulers say (`max_tasks - free_slots`), and how
+    /// many of them report. Without a scheduler to ask, `None` (logged once).
+    async fn in_flight(&self, topic: &str, workers: &[String]) -> Option<(u64, usize)> {
         #[derive(serde::Deserialize)]
         struct HostState {
             host: String,
@@ -619,7 +642,7 @@ impl Autoscaler {
             max_tasks: u64,
         }
         if workers.is_empty() {
-            return Some(0);
+            return Some((0, 0));
         }
         let ctx = nova_rpc::RequestContext::new();
         let asked = self.schedulers.call_as::<Vec<HostState>>(&ctx, "list_host_states", serde_json::json!({})).await;
@@ -629,13 +652,8 @@ impl Autoscaler {
                 if blind.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     tracing::info!(topic, "reading the workers' busy slots from a scheduler again");
                 }
-                Some(
-                    hosts
-                        .iter()
-                        .filter(|h| workers.contains(&h.host))
-                        .map(|h| h.max_tasks.saturating_sub(h.free_slots))
-                        .sum(),
-                )
+                let ours: Vec<&HostState> = hosts.iter().filter(|h| workers.contains(&h.host)).collect();
+                Some((ours.iter().map(|h| h.max_tasks.saturating_sub(h.free_slots)).sum(), ours.len()))
             }
             Err(e) => {
                 if !blind.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -671,7 +689,9 @@ impl Autoscaler {
                     continue;
                 }
             };
-            let in_flight = self.in_flight(topic, &s.workers).await;
+            let asked = self.in_flight(topic, &s.workers).await;
+            s.all_serving = asked.is_some_and(|(_, serving)| serving >= s.workers.len());
+            let in_flight = asked.map(|(busy, _)| busy);
             let decision = s.decide(backlog, in_flight, &self.options, Instant::now());
             let mut last = self.last.lock().await;
             let number = last.as_ref().map_or(0, |l| l.number + 1);
@@ -687,8 +707,7 @@ impl Autoscaler {
     }
 
     async fn scale_up(&self, topic: &str, s: &mut TopicState, n: usize, backlog: u64, in_flight: Option<u64>) {
-        let from = s.workers.len();
-        s.last_up = Some(Instant::now());
+        let (from, now) = (s.workers.len(), Instant::now());
         for _ in 0..n {
             s.next += 1;
             let host = format!("{}-{topic}-{}", self.options.worker_prefix, s.next);
@@ -697,6 +716,7 @@ impl Autoscaler {
                 Err(e) => tracing::error!(topic, worker = %host, error = %e, "cannot start a worker"),
             }
         }
+        s.started(s.workers.len(), &self.options, now);
         tracing::info!(topic, backlog, in_flight = ?in_flight, from, to = s.workers.len(), "scaled up");
         count(topic, "up");
     }
@@ -810,10 +830,10 @@ mod tests {
             let d = s.decide(backlog, Some(in_flight), o, now);
             match d {
                 Decision::Up(n) => {
-                    s.last_up = Some(now);
                     for _ in 0..n {
                         s.workers.push(format!("w{}", s.workers.len()));
                     }
+                    s.started(s.workers.len(), o, now);
                 }
                 Decision::Down(n) => s.workers.truncate(s.workers.len() - n),
                 Decision::Hold => {}
@@ -833,6 +853,29 @@ mod tests {
         s.last_up = Some(t0);
         assert_eq!(s.decide(40, Some(12), &o, t0 + Duration::from_secs(5)), Decision::Hold, "within the cool-down");
         assert_eq!(s.decide(40, Some(12), &o, t0 + Duration::from_secs(10)), Decision::Up(3), "clamped to max_workers");
+    }
+
+    #[test]
+    fn starting_the_minimum_does_not_hold_back_the_first_scale_up() {
+        let o = AutoscaleOptions { min_workers: 1, ..options() };
+        let (mut s, t0) = (TopicState::default(), Instant::now());
+        // The first look starts the minimum; a second later a backlog
+        // forms behind the first worker's four busy slots: up at once…
+        let decisions = run(&mut s, &o, t0, &[(0, 0), (3, 4), (9, 8)]);
+        assert_eq!(decisions, [Decision::Up(1), Decision::Up(1), Decision::Hold], "…then the cool-down holds");
+        assert_eq!(s.workers.len(), 2);
+    }
+
+    #[test]
+    fn the_cool_down_ends_once_the_new_workers_serve() {
+        let o = options();
+        let (mut s, t0) = (TopicState::default(), Instant::now());
+        assert_eq!(run(&mut s, &o, t0, &[(8, 0)]), [Decision::Up(2)]);
+        // The backlog keeps growing while the two start: held…
+        assert_eq!(s.decide(20, Some(0), &o, t0 + Duration::from_secs(1)), Decision::Hold);
+        // …until both report to the schedulers, well within the cool-down.
+        s.all_serving = true;
+        assert_eq!(s.decide(12, Some(8), &o, t0 + Duration::from_secs(2)), Decision::Up(3));
     }
 
     #[test]

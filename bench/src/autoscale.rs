@@ -252,7 +252,10 @@ async fn replay(demo: &Demo, autoscale: bool, smoke: bool, id: &str, dir: &Path)
             }
         }
         anyhow::ensure!(start.elapsed() < limit, "the run did not finish in {limit:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Until the backlog first shows, look often: the workers' first
+        // tasks are timed from it.
+        let pause = if first_backlog.is_none() { 50 } else { 500 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     o.completed = store.list(None, Some(TaskStatus::Succeeded)).await?.len();
     o.drain_seconds = drained_at.unwrap_or_default() - produced_at.unwrap_or_default();

@@ -202,3 +202,40 @@ pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
     Ok(kb / 1024.0)
 }
+
+/// Run `rabbitmqctl` with `args`; its standard output.
+pub fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("rabbitmqctl is needed on the broker's machine: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rabbitmqctl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A vhost of the bench's own, deleted when dropped.
+pub struct Vhost(pub String);
+
+impl Vhost {
+    /// Create it, with every permission for `guest`.
+    pub fn create(name: String) -> anyhow::Result<Self> {
+        rabbitmqctl(&["add_vhost", &name])?;
+        let vhost = Self(name);
+        let user = "guest";
+        rabbitmqctl(&["set_permissions", "-p", &vhost.0, user, ".*", ".*", ".*"])?;
+        Ok(vhost)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        if let Err(e) = rabbitmqctl(&["delete_vhost", &self.0]) {
+            eprintln!("nova-bench: {e}");
+        }
+    }
+}

@@ -15,7 +15,15 @@
 //! * how long a fanout takes to reach every service: a `report_capacity`
 //!   fanout cast, which each service answers with an `update_host_state`
 //!   cast to the schedulers, carrying the fanout's request id; the bench
-//!   serves the scheduler topic and counts the answers.
+//!   serves the scheduler topic and counts the answers. The first answer
+//!   gives the path's own latency; the rest is the fleet's work queueing
+//!   for the machine. Where that work goes is read from each process's
+//!   CPU time over the fanouts: the broker's, the services' and the
+//!   bench's, per fanout.
+//!
+//! With `--stream-fanout` the fleet runs oslo's `rabbit_stream_fanout`
+//! (one stream every service reads at its own offset, quorum transient
+//! queues, a prefetch of 10) instead of a classic fanout queue per service.
 
 use std::{
     collections::HashMap,
@@ -31,23 +39,22 @@ use nova_rpc::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    child::{rss_mib, with_vhost, Child},
+    child::{rabbitmqctl, rss_mib, with_vhost, Child, Vhost},
     Report,
 };
 
-/// Run `rabbitmqctl` with `args`; its standard output.
-fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map_err(|e| anyhow::anyhow!("rabbitmqctl is needed on the broker's machine: {e}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "rabbitmqctl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// The CPU time process `pid` has used (user and system), in ms.
+fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    super::process_cpu_seconds(pid).map(|s| s * 1e3).ok_or_else(|| anyhow::anyhow!("no CPU times for process {pid}"))
+}
+
+/// The broker node's OS process (`rabbitmqctl status`).
+fn broker_pid() -> anyhow::Result<u32> {
+    let status: Value = serde_json::from_str(&rabbitmqctl(&["status", "--formatter", "json"])?)?;
+    status["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| anyhow::anyhow!("no pid in rabbitmqctl status"))
 }
 
 /// The broker node's memory (`rabbitmqctl status`), in MiB.
@@ -116,27 +123,6 @@ impl Usage {
     }
 }
 
-/// A vhost of the bench's own, deleted when dropped.
-struct Vhost(String);
-
-impl Vhost {
-    fn create(name: String) -> anyhow::Result<Self> {
-        rabbitmqctl(&["add_vhost", &name])?;
-        let vhost = Self(name);
-        let user = "guest";
-        rabbitmqctl(&["set_permissions", "-p", &vhost.0, user, ".*", ".*", ".*"])?;
-        Ok(vhost)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        if let Err(e) = rabbitmqctl(&["delete_vhost", &self.0]) {
-            eprintln!("nova-bench fleet: {e}");
-        }
-    }
-}
-
 /// Counts `update_host_state` casts by request id: the schedulers' side of
 /// a capacity report, served by the bench.
 fn scheduler_api(seen: Arc<Mutex<HashMap<String, usize>>>) -> Dispatcher {
@@ -151,9 +137,18 @@ fn scheduler_api(seen: Arc<Mutex<HashMap<String, usize>>>) -> Dispatcher {
     Dispatcher::new(vec![Arc::new(api)])
 }
 
+/// The settings `rabbit_stream_fanout` needs, as oslo checks them, for a
+/// process's environment.
+const STREAM_FANOUT_ENV: [(&str, &str); 3] = [
+    ("NOVA_OSLO_MESSAGING_RABBIT__RABBIT_STREAM_FANOUT", "true"),
+    ("NOVA_OSLO_MESSAGING_RABBIT__RABBIT_TRANSIENT_QUORUM_QUEUE", "true"),
+    ("NOVA_OSLO_MESSAGING_RABBIT__RABBIT_QOS_PREFETCH_COUNT", "10"),
+];
+
 /// What one fleet size costs; see the module docs.
-async fn one_size(url: &str, n: usize, calls: usize, fanouts: usize, report: &mut Report) -> anyhow::Result<()> {
-    let group = format!("fleet_{n}");
+async fn one_size(url: &str, n: usize, load: Load, report: &mut Report) -> anyhow::Result<()> {
+    let Load { calls, fanouts, stream_fanout } = load;
+    let group = if stream_fanout { format!("fleet_{n}_stream") } else { format!("fleet_{n}") };
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("nova-compute");
     anyhow::ensure!(bin.exists(), "{} is missing: cargo build --release --bins", bin.display());
@@ -164,7 +159,13 @@ async fn one_size(url: &str, n: usize, calls: usize, fanouts: usize, report: &mu
     let memory_before = BrokerMemory::read()?;
 
     // The schedulers' side first, so no capacity report is lost.
-    let transport = nova_rpc::transport::connect(super::api::options(&url, "nova", true)).await?;
+    let mut options = super::api::options(&url, "nova", true);
+    if stream_fanout {
+        options.rabbit.rabbit_stream_fanout = true;
+        options.rabbit.rabbit_transient_quorum_queue = true;
+        options.rabbit.rabbit_qos_prefetch_count = 10;
+    }
+    let transport = nova_rpc::transport::connect(options).await?;
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let scheduler = RpcServer::new(
         transport.clone(),
@@ -187,6 +188,9 @@ async fn one_size(url: &str, n: usize, calls: usize, fanouts: usize, report: &mu
     for host in &hosts {
         let mut cmd = Command::new(&bin);
         cmd.args(["--transport-url", &url, "--host", host]).arg("--state-path").arg(state.join(host));
+        if stream_fanout {
+            cmd.envs(STREAM_FANOUT_ENV);
+        }
         fleet.push(Child::spawn_command(cmd.env("RUST_LOG", "warn"))?);
     }
     for host in &hosts {
@@ -239,14 +243,21 @@ async fn one_size(url: &str, n: usize, calls: usize, fanouts: usize, report: &mu
 
     // Fanout to all: every service answers with its capacity, tagged.
     let capacity = RpcClient::new(transport.clone(), Target::new("compute").with_version("1.1")).with_fanout(true);
-    let mut times = Vec::with_capacity(fanouts);
+    let (mut times, mut firsts) = (Vec::with_capacity(fanouts), Vec::with_capacity(fanouts));
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_ms(*p)).sum::<anyhow::Result<f64>>();
+    let (broker, services) = (broker_pid()?, fleet.iter().map(Child::pid).collect::<Vec<_>>());
+    let before = (cpu(&[broker])?, cpu(&services)?, cpu(&[std::process::id()])?);
     for _ in 0..fanouts {
         let ctx = RequestContext::new();
         let marker = ctx.request_id.to_string();
         let clock = Instant::now();
+        let mut first = None;
         capacity.cast(&ctx, "report_capacity", json!({})).await?;
         loop {
             let got = seen.lock().unwrap_or_else(|p| p.into_inner()).get(&marker).copied().unwrap_or(0);
+            if got > 0 && first.is_none() {
+                first = Some(clock.elapsed());
+            }
             if got >= n {
                 break;
             }
@@ -254,10 +265,18 @@ async fn one_size(url: &str, n: usize, calls: usize, fanouts: usize, report: &mu
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         times.push(clock.elapsed().as_secs_f64() * 1e3);
+        firsts.push(first.unwrap_or_default().as_secs_f64() * 1e3);
     }
+    let after = (cpu(&[broker])?, cpu(&services)?, cpu(&[std::process::id()])?);
     times.sort_by(f64::total_cmp);
+    firsts.sort_by(f64::total_cmp);
     report.add(&group, "fanout_to_all_p50_ms", super::percentile(&times, 0.5));
     report.add(&group, "fanout_to_all_max_ms", times.last().copied().unwrap_or(0.0));
+    report.add(&group, "fanout_first_answer_p50_ms", super::percentile(&firsts, 0.5));
+    let per_fanout = |a: f64, b: f64| (a - b) / fanouts.max(1) as f64;
+    report.add(&group, "fanout_cpu_broker_ms", per_fanout(after.0, before.0));
+    report.add(&group, "fanout_cpu_services_ms", per_fanout(after.1, before.1));
+    report.add(&group, "fanout_cpu_bench_ms", per_fanout(after.2, before.2));
 
     for c in &fleet {
         c.terminate();
@@ -270,12 +289,23 @@ async fn one_size(url: &str, n: usize, calls: usize, fanouts: usize, report: &mu
     Ok(())
 }
 
+/// What the bench asks of each fleet.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Pings at 64 outstanding, spread over the fleet.
+    pub calls: usize,
+    /// Fanouts timed.
+    pub fanouts: usize,
+    /// oslo's `rabbit_stream_fanout` instead of classic fanout queues.
+    pub stream_fanout: bool,
+}
+
 /// The fleet figures for each of `sizes`.
-pub async fn run(url: &str, sizes: &[usize], calls: usize, fanouts: usize) -> anyhow::Result<Report> {
+pub async fn run(url: &str, sizes: &[usize], load: Load) -> anyhow::Result<Report> {
     let mut report = Report::default();
     for &n in sizes {
         anyhow::ensure!(n > 0, "a fleet needs at least one service");
-        one_size(url, n, calls, fanouts, &mut report).await?;
+        one_size(url, n, load, &mut report).await?;
     }
     Ok(report)
 }

@@ -15,6 +15,7 @@ pub mod api;
 pub mod autoscale;
 pub mod child;
 pub mod fleet;
+pub mod gateway;
 pub mod lapin;
 pub mod nova;
 pub mod process;
@@ -191,13 +192,18 @@ pub fn cpu_seconds() -> f64 {
 /// from the clients and servers, and on a production broker it is what
 /// the fleet shares.
 pub fn broker_cpu_seconds() -> Option<f64> {
-    // /proc reports CPU in USER_HZ ticks, 100 a second on Linux.
-    const TICKS: f64 = 100.0;
     let beam = std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "beam.smp"))?;
-    let stat = std::fs::read_to_string(beam.path().join("stat")).ok()?;
+    process_cpu_seconds(beam.file_name().to_str()?.parse().ok()?)
+}
+
+/// CPU time process `pid` has used so far (user + system), in seconds.
+pub(crate) fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    // /proc reports CPU in USER_HZ ticks, 100 a second on Linux.
+    const TICKS: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command: state is the 3rd field, utime the 14th, stime the 15th.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();

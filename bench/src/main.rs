@@ -7,7 +7,9 @@
 //! nova-bench --smoke                        # seconds, for the test command
 //! nova-bench serve --topic T --host H ...   # a worker process (used by the bench)
 //! nova-bench autoscale --plot autoscale.svg # the producer-consumer demo, fixed vs autoscaled
+//! nova-bench gateway                        # what nova-gateway adds to a compute ping
 //! nova-bench fleet --sizes 1,10,50          # what 1, 10, 50 nova-compute services cost
+//! nova-bench fleet --sizes 1,10,50,100 --stream-fanout  # the same, fanning out over one stream
 //! nova-bench soak --requests 1000000 --plot soak.svg  # what grows in nova-all, tracing off/sampled/on
 //! ```
 
@@ -145,7 +147,27 @@ enum Command {
         /// Fanouts timed per size.
         #[arg(long, default_value_t = 20)]
         fanouts: usize,
+        /// Fan out over one stream (oslo's `rabbit_stream_fanout`) instead of
+        /// a classic queue per service.
+        #[arg(long)]
+        stream_fanout: bool,
         /// Sizes 1 and 2 with tiny counts, for the test command: proves it runs.
+        #[arg(long)]
+        smoke: bool,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the HTTP gateway adds to a call: compute pings through
+    /// nova-gateway beside direct calls, one at a time and 64 at once.
+    Gateway {
+        /// The broker (`rabbitmqctl` must reach it from here).
+        #[arg(long = "transport-url", default_value = "rabbit://guest:guest@127.0.0.1:5672/")]
+        transport_url: String,
+        /// Sequential pings each way (and four times as many concurrent ones).
+        #[arg(long, default_value_t = 5_000)]
+        requests: usize,
+        /// A few requests, for the test command: proves it runs.
         #[arg(long)]
         smoke: bool,
         /// Print one JSON object instead of the table.
@@ -425,11 +447,24 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Fleet { transport_url, mut sizes, mut calls, mut fanouts, smoke, json }) => {
+        Some(Command::Fleet { transport_url, mut sizes, mut calls, mut fanouts, stream_fanout, smoke, json }) => {
             if smoke {
                 (sizes, calls, fanouts) = (vec![1, 2], 200, 2);
             }
-            let report = rt.block_on(bench::fleet::run(&transport_url, &sizes, calls, fanouts))?;
+            let load = bench::fleet::Load { calls, fanouts, stream_fanout };
+            let report = rt.block_on(bench::fleet::run(&transport_url, &sizes, load))?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Some(Command::Gateway { transport_url, mut requests, smoke, json }) => {
+            if smoke {
+                requests = 50;
+            }
+            let report = rt.block_on(bench::gateway::run(&transport_url, requests))?;
             if json {
                 println!("{}", report.to_json());
             } else {

@@ -732,6 +732,11 @@ pub async fn serve(
             tracing::debug!(client = %peer.ip(), "closing a connection past max_connections_per_client");
             continue;
         };
+        // A response goes out at once, not held for the client's ack of
+        // the last one (Nagle's algorithm).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connection = serve_connection(stream, service, options.header_read_timeout, stopped.clone());
         tokio::spawn(async move {

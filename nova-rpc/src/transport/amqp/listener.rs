@@ -149,6 +149,27 @@ async fn declare_queue(channel: &Channel, q: &Queue) -> Result<()> {
     Ok(())
 }
 
+/// Declare a queue the listener does not consume (a dead-letter queue),
+/// on a channel of its own. One that exists with other arguments (a
+/// dead-letter queue an earlier version declared classic) is kept as it
+/// is, with a warning: it still takes what is dead-lettered.
+async fn declare_prelude(conn: &Connection, q: &Queue) -> Result<()> {
+    let channel = conn.create_channel().await?;
+    let declared = declare_queue(&channel, q).await;
+    if let Err(e) = &declared {
+        if e.to_string().contains("PRECONDITION_FAILED") {
+            tracing::warn!(queue = %q.name, error = %e, "keeping this queue as it was declared before; delete it to have it declared anew");
+            let passive = conn.create_channel().await?;
+            let options = QueueDeclareOptions { passive: true, ..Default::default() };
+            passive.queue_declare(q.name.as_str().into(), options, FieldTable::default()).await?;
+            let _ = passive.close(200, "declared".into()).await;
+            return Ok(());
+        }
+    }
+    let _ = channel.close(200, "declared".into()).await;
+    declared
+}
+
 /// Declare `queue`, and each binding's exchange and the binding.
 pub(crate) async fn declare_bound_queue(channel: &Channel, queue: &Queue, bindings: &[Binding]) -> Result<()> {
     for b in bindings {
@@ -307,13 +328,25 @@ impl ConsumeLoop {
         self.plan.subscriptions.iter().map(|s| s.queue.name.as_str())
     }
 
-    async fn setup(&self, conn: &Connection, consume: bool) -> Result<Vec<(Channel, Option<lapin::Consumer>)>> {
-        if !self.plan.prelude.is_empty() {
-            let channel = conn.create_channel().await?;
-            for q in &self.plan.prelude {
-                declare_queue(&channel, q).await?;
+    /// Declare the plan's queues and subscribe. On a first start every
+    /// refusal is the caller's to hear; after a loss, a queue of the
+    /// prelude that cannot be declared (its node is down) is logged and
+    /// passed over: the prelude is not consumed, and consuming the rest
+    /// must not wait for it.
+    async fn setup(
+        &self,
+        conn: &Connection,
+        consume: bool,
+        first: bool,
+    ) -> Result<Vec<(Channel, Option<lapin::Consumer>)>> {
+        for q in &self.plan.prelude {
+            match declare_prelude(conn, q).await {
+                Ok(()) => {}
+                Err(e) if first => return Err(e),
+                Err(e) => {
+                    tracing::warn!(queue = %q.name, error = %e, "cannot declare this queue now; consuming the others")
+                }
             }
-            let _ = channel.close(200, "declared".into()).await;
         }
         let mut subscribed: Vec<(Channel, Option<lapin::Consumer>)> = Vec::new();
         for (sub, offset) in self.plan.subscriptions.iter().zip(&self.offsets) {
@@ -368,7 +401,7 @@ impl ConsumeLoop {
                     }
                 },
             };
-            let subscribed = match self.setup(&conn, flow.consuming).await {
+            let subscribed = match self.setup(&conn, flow.consuming, ready.is_some()).await {
                 Ok(s) => s,
                 Err(e) => {
                     if let Some(r) = ready.take() {

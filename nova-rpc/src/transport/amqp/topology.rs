@@ -262,11 +262,13 @@ impl Topology {
         if spec.queues.own() {
             subscriptions.push(self.fanout_subscription(spec));
         }
+        // A quorum queue, as the target's own: it survives the loss of a
+        // node, and no server waits for a node to declare it.
         let dead_letter = spec.max_deliveries.map(|_| Queue {
             name: dead_letter_queue(&spec.topic),
             durable: true,
             auto_delete: false,
-            arguments: Vec::new(),
+            arguments: vec![("x-queue-type".into(), Arg::Str("quorum".into()))],
         });
         ServerTopology { dead_letter, subscriptions }
     }
