@@ -202,11 +202,31 @@ impl PrivateBroker {
         self.ctl(&["await_startup", "--timeout", "60"]).expect("await_startup");
     }
 
-    /// Freeze the node's Erlang VM (SIGSTOP): connections stay open, nothing answers.
+    /// Freeze the node's Erlang VM (SIGSTOP): connections stay open, nothing
+    /// answers. Returns once the kernel reports the VM stopped (or running
+    /// again).
     pub fn freeze(&self, frozen: bool) -> Result<(), String> {
         let pid = std::fs::read_to_string(self.dir.join("pid")).map_err(|e| format!("broker pid file: {e}"))?;
+        let pid = pid.trim();
         let sig = if frozen { "-STOP" } else { "-CONT" };
-        run(Command::new("kill").args([sig, pid.trim()])).map(|_| ())
+        run(Command::new("kill").args([sig, pid]))?;
+        // The state after the command name in /proc/<pid>/stat: `T` when stopped.
+        let stopped = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+                s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "T"))
+            })
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match stopped() {
+                Some(state) if state == frozen => return Ok(()),
+                None => return Err(format!("broker process {pid} is gone")),
+                Some(_) if std::time::Instant::now() > until => {
+                    return Err(format!("broker process {pid} is not {}", if frozen { "stopped" } else { "running" }))
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
     }
 
     /// How many messages queue `name` holds (in vhost `/`).
