@@ -135,6 +135,10 @@ pub async fn run(url: &str, requests: usize) -> anyhow::Result<Report> {
     let start = |name: &str, args: &[&str]| {
         let mut cmd = Command::new(exe.with_file_name(name));
         cmd.args(["--transport-url", &url]).args(args).arg("--state-path").arg(&state);
+        // The bench is one client address with 64 requests at once, and the
+        // pool may hold a few more connections than that: past
+        // `max_connections_per_client` (64) the gateway would close them.
+        cmd.env("NOVA_API__MAX_CONNECTIONS_PER_CLIENT", "256");
         Child::spawn_command(cmd.env("RUST_LOG", "warn").env("NOVA_TRACE_ENABLED", "false"))
             .map_err(|e| anyhow::anyhow!("cannot start {name} (build it beside nova-bench): {e}"))
     };
