@@ -52,8 +52,9 @@ pub(super) fn admit(shared: &ServerState, delivery: Delivery) -> Admission<'_> {
             return Admission::settled(Some(Box::pin(refuse(shared, acker, failure, reply_to, deadline))));
         }
     };
-    // At-most-once records the id on receipt. At-least-once records it only
-    // once the method succeeded, so a failed attempt can be tried again, and
+    // At-most-once records the id once acknowledged, as the method starts.
+    // At-least-once records it only once the method succeeded, so a failed
+    // attempt can be tried again, and
     // meanwhile holds it as in flight so concurrent copies run once: a copy
     // that arrives while the original runs (redelivered after a reconnect)
     // is settled with the original's outcome, so neither is lost.
@@ -175,16 +176,13 @@ fn remember_signed(
 /// Take a request in: `None` when it is a duplicate, already settled or
 /// held beside its running original.
 fn intake(shared: &ServerState, id: &str, acker: Box<dyn Acknowledge>) -> Option<Box<dyn Acknowledge>> {
-    if id.is_empty() {
+    // At-most-once: a duplicate is found once acknowledged (`acknowledged`),
+    // where the id is recorded: one look at the window per message.
+    if id.is_empty() || !shared.at_least_once {
         return Some(acker);
     }
     let seen = crate::lock(&shared.seen);
-    if !shared.at_least_once {
-        // Recorded once acknowledged (see `acknowledged`).
-        if !seen.contains(id) {
-            return Some(acker);
-        }
-    } else if !seen.contains(id) {
+    if !seen.contains(id) {
         match crate::lock(&shared.in_flight).entry(id.to_owned()) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(Vec::new());
